@@ -1,0 +1,50 @@
+"""x86-64 facts: System V ABI, kernel memory map (Documentation/arch/x86/x86_64/mm.rst)."""
+from ..base import ArchInfo, MemoryLayout
+
+_GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi",
+          "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
+
+ARCH = ArchInfo(
+    name="x86_64",
+    aliases=("x86-64", "amd64", "x64", "x86"),
+    description="x86-64: 5-byte call __fentry__ site, rel32 calls (+/-2 GiB)",
+    gpr={n: i for i, n in enumerate(_GPR64)},
+    gpr32={n: i for i, n in enumerate(_GPR32)},
+    pc="rip",
+    sp="rsp",
+    fp="rbp",
+    lr=None,
+    arg_regs=("rdi", "rsi", "rdx", "rcx", "r8", "r9"),
+    ret_regs=("rax", "rdx"),
+    caller_saved=("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"),
+    callee_saved=("rbx", "rbp", "r12", "r13", "r14", "r15"),
+    return_address_on_stack=True,
+    stack_args_offset=8,
+    stack_align=16,
+    frame_record=(0, 8),
+    max_reg_args=6,
+    nops={1: bytes.fromhex("90"), 5: bytes.fromhex("0f1f440000")},
+    ret_insn=bytes.fromhex("c3"),
+    insn_align=1,
+    insn_max_size=15,
+    uc_arch="UC_ARCH_X86",
+    uc_mode="UC_MODE_64",
+    uc_reg_module="x86_const",
+    uc_reg_prefix="UC_X86_REG_",
+    cs_arch="CS_ARCH_X86",
+    cs_mode=("CS_MODE_64",),
+    phys_bits=48,
+    memory=MemoryLayout(
+        kernel_text=0xFFFFFFFF81000000,   # __START_KERNEL_map + 16 MiB
+        kernel_size=0x00400000,
+        module_area=0xFFFFFFFFA0000000,   # MODULES_VADDR
+        module_size=0x00400000,
+        bpf_area=0xFFFFFFFFC0000000,      # bpf_prog_pack lives in module space
+        bpf_size=0x00400000,
+        stack_area=0xFFFFC90000000000,    # vmalloc space
+        stack_size=0x4000,                # THREAD_SIZE 16 KiB
+    ),
+    elf_machine="EM_X86_64",
+)

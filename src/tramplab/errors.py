@@ -1,0 +1,61 @@
+"""The two ways tramplab reports failure.
+
+`KernelError` is what the kernel would return as an errno: the model refused something and
+nothing changed.  `Oops` is a fault inside emulated machine code: the model ran and crashed, and
+the report says where and how.
+"""
+from __future__ import annotations
+
+import errno as _errno
+
+# The kernel's own numbers; ENOTSUPP (524) is kernel-internal and not in Python's errno module.
+ERRNO = {
+    "EPERM": _errno.EPERM,
+    "ENOENT": _errno.ENOENT,
+    "EFAULT": _errno.EFAULT,
+    "EBUSY": _errno.EBUSY,
+    "EEXIST": _errno.EEXIST,
+    "EINVAL": _errno.EINVAL,
+    "E2BIG": _errno.E2BIG,
+    "ERANGE": _errno.ERANGE,
+    "EAGAIN": _errno.EAGAIN,
+    "ENOMEM": _errno.ENOMEM,
+    "ENODEV": _errno.ENODEV,
+    "EOPNOTSUPP": _errno.EOPNOTSUPP,
+    "ENOTSUPP": 524,
+}
+
+
+class TramplabError(Exception):
+    """Base class of every error tramplab raises on purpose."""
+
+
+class KernelError(TramplabError):
+    """A refusal the kernel reports as a negative errno, with the rule that was hit."""
+
+    def __init__(self, name: str, rule: str):
+        if name not in ERRNO:
+            raise ValueError(f"unknown errno name {name!r}")
+        self.name = name
+        self.errno = ERRNO[name]
+        self.rule = rule
+        super().__init__(f"{name}: {rule}")
+
+
+class EncodeError(TramplabError, ValueError):
+    """An instruction operand that the encoding cannot represent (never silently truncated)."""
+
+
+class UsageError(TramplabError, ValueError):
+    """Bad input from a user of the Python API or the CLI (unknown arch, function, arg count...)."""
+
+
+class Oops(TramplabError):
+    """A fault in emulated code; `report` is the readable oops text."""
+
+    def __init__(self, summary: str, report: str, cpu: int | None = None, pc: int | None = None):
+        self.summary = summary
+        self.report = report
+        self.cpu = cpu
+        self.pc = pc
+        super().__init__(report)
