@@ -18,6 +18,7 @@ class MemoryLayout:
     bpf_size: int
     stack_area: int           # per-CPU stacks (vmalloc-like), each with a guard page below
     stack_size: int           # bytes of stack per CPU (THREAD_SIZE)
+    heap_area: int            # kmalloc-like data (the linear map): structs passed by pointer
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class ArchInfo:
     stack_align: int
     frame_record: tuple[int, int]         # (saved-fp offset, return-address offset) from fp
     max_reg_args: int
+    # What happens to a two-register (16-byte) argument when only one register is left:
+    # "stack-backfill" (x86: it goes to the stack, later scalars still use registers),
+    # "stack-no-backfill" (arm64: it and every later arg go to the stack), "split" (riscv).
+    pair_overflow: str
+    # RV64 keeps 32-bit values sign-extended in registers even when unsigned.
+    sign_extend_u32: bool
 
     # Encodings the generic code needs (the rest lives in arch/<name>/encode.py).
     nops: dict[int, bytes]                # size -> canonical nop

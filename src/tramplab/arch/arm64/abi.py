@@ -26,6 +26,8 @@ ARCH = ArchInfo(
     stack_align=16,
     frame_record=(0, 8),
     max_reg_args=8,
+    pair_overflow="stack-no-backfill",
+    sign_extend_u32=False,
     nops={4: bytes.fromhex("1f2003d5")},
     ret_insn=bytes.fromhex("c0035fd6"),
     insn_align=4,
@@ -46,6 +48,7 @@ ARCH = ArchInfo(
         bpf_size=0x00400000,
         stack_area=0xFFFF800100000000,    # vmalloc space
         stack_size=0x4000,
+        heap_area=0xFFFF000080000000,
     ),
     elf_machine="EM_AARCH64",
 )

@@ -29,6 +29,8 @@ ARCH = ArchInfo(
     stack_align=16,
     frame_record=(-16, -8),
     max_reg_args=8,
+    pair_overflow="split",
+    sign_extend_u32=True,
     nops={2: bytes.fromhex("0100"), 4: bytes.fromhex("13000000")},
     ret_insn=bytes.fromhex("67800000"),
     insn_align=2,
@@ -49,6 +51,7 @@ ARCH = ArchInfo(
         bpf_size=0x00400000,
         stack_area=0xFFFFFFC800000000,    # vmalloc space
         stack_size=0x4000,
+        heap_area=0xFFFFFFD800000000,
     ),
     elf_machine="EM_RISCV",
 )

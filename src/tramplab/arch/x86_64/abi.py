@@ -25,6 +25,8 @@ ARCH = ArchInfo(
     stack_align=16,
     frame_record=(0, 8),
     max_reg_args=6,
+    pair_overflow="stack-backfill",
+    sign_extend_u32=False,
     nops={1: bytes.fromhex("90"), 5: bytes.fromhex("0f1f440000")},
     ret_insn=bytes.fromhex("c3"),
     insn_align=1,
@@ -45,6 +47,7 @@ ARCH = ArchInfo(
         bpf_size=0x00400000,
         stack_area=0xFFFFC90000000000,    # vmalloc space
         stack_size=0x4000,                # THREAD_SIZE 16 KiB
+        heap_area=0xFFFF888100000000,
     ),
     elf_machine="EM_X86_64",
 )

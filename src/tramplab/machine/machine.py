@@ -1,0 +1,241 @@
+"""The machine: one shared memory, N CPUs, kallsyms, host calls, and the rules for running code.
+
+Regions (virtual addresses from the arch's MemoryLayout, overridable so a test can push the BPF
+area out of branch range):
+
+    kernel     kernel image: the compiled targets' text and data            (executable)
+    hostcalls  the Python "C functions", right after the image              (executable)
+    modules    module_alloc area                                            (executable)
+    bpf        BPF programs and trampoline images                           (executable)
+    heap       kmalloc-like data
+    stack:N    THREAD_SIZE stack of CPU N, an unmapped guard page below it
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from unicorn import unicorn_const as ucc
+
+from ..arch import get_arch
+from ..errors import Oops, UsageError
+from .cpu import Cpu
+from .hostcall import POISON_BASE, HostCalls
+from .memory import PAGE_SIZE, Arena, Memory
+from .oops import make_oops
+from .symbols import Kallsyms
+
+HOSTCALL_SIZE = 0x10000
+GUARD = PAGE_SIZE
+STACK_STRIDE_PAD = 0x10000      # room between per-CPU stacks (guard + spacing)
+
+_UC_ERRORS = {
+    ucc.UC_ERR_INSN_INVALID: "invalid instruction",
+    ucc.UC_ERR_EXCEPTION: "unhandled CPU exception",
+    ucc.UC_ERR_READ_UNMAPPED: "read from unmapped address",
+    ucc.UC_ERR_WRITE_UNMAPPED: "write to unmapped address",
+    ucc.UC_ERR_FETCH_UNMAPPED: "instruction fetch from unmapped address",
+    ucc.UC_ERR_READ_PROT: "read from protected address",
+    ucc.UC_ERR_WRITE_PROT: "write to read-only address",
+    ucc.UC_ERR_FETCH_PROT: "instruction fetch from non-executable address",
+    ucc.UC_ERR_READ_UNALIGNED: "unaligned read",
+    ucc.UC_ERR_WRITE_UNALIGNED: "unaligned write",
+    ucc.UC_ERR_FETCH_UNALIGNED: "unaligned instruction fetch",
+}
+
+
+@dataclass
+class MachineConfig:
+    cpus: int = 1
+    module_area: int | None = None      # override the arch default (virtual address)
+    bpf_area: int | None = None         # e.g. > 128 MiB from text to force arm64's far path
+    history_blocks: int = 32            # translated blocks remembered per CPU for oops reports
+    max_insns: int = 20_000_000         # a run-to-completion longer than this is a soft lockup
+    heap_size: int = 0x100000
+
+
+@dataclass
+class Stats:
+    text_writes: int = 0
+    text_bytes: int = 0
+    invalidations: int = 0
+
+
+@dataclass
+class CallTask:
+    """A call of emulated code on one CPU: entry point, register args, stack args."""
+
+    cpu: int
+    entry: int
+    reg_args: list[int]
+    stack_args: list[int] = field(default_factory=list)
+    name: str = ""
+    done: bool = False
+    result: int | None = None
+    result2: int | None = None
+    steps: int = 0
+
+
+class Machine:
+    def __init__(self, arch, config: MachineConfig | None = None, **overrides):
+        self.arch = get_arch(arch)
+        self.config = replace(config or MachineConfig(), **overrides)
+        if not 1 <= self.config.cpus <= 64:
+            raise UsageError(f"cpus must be 1..64, got {self.config.cpus}")
+        lay = self.arch.memory
+        self.memory = Memory(self.arch.phys_bits)
+        self.kallsyms = Kallsyms()
+        self.stats = Stats()
+        self.trap_handlers: list[Callable] = []
+        m = self.memory
+        self.kernel = m.add_region("kernel", lay.kernel_text, lay.kernel_size, "text", True)
+        hc = m.add_region("hostcalls", lay.kernel_text + lay.kernel_size, HOSTCALL_SIZE,
+                          "hostcall", True)
+        self.modules = m.add_region("modules", self.config.module_area or lay.module_area,
+                                    lay.module_size, "module", True)
+        self.bpf = m.add_region("bpf", self.config.bpf_area or lay.bpf_area, lay.bpf_size,
+                                "bpf", True)
+        self.heap = m.add_region("heap", lay.heap_area, self.config.heap_size, "heap", False)
+        self.stacks = []
+        for i in range(self.config.cpus):
+            base = lay.stack_area + i * (lay.stack_size + STACK_STRIDE_PAD) + GUARD
+            self.stacks.append(m.add_region(f"stack:{i}", base, lay.stack_size, "stack", False))
+        self.heap_arena = Arena(self.heap, align=16)
+        self.module_arena = Arena(self.modules, align=PAGE_SIZE)
+        self.bpf_arena = Arena(self.bpf, align=16)
+        self.hostcalls = HostCalls(self, hc)
+        self.kallsyms.add("ret_to_tramplab", self.hostcalls.return_trap, 16, "t")
+        self.cpus = [Cpu(self, i) for i in range(self.config.cpus)]
+        for cpu in self.cpus:
+            self.hostcalls.install(cpu)
+
+    # ------------------------------------------------------------------ memory and text
+    def write_text(self, addr: int, data: bytes) -> None:
+        """The only way text changes after load: write, then drop every CPU's translations of
+        those bytes (Unicorn would otherwise keep executing the old code)."""
+        region = self.memory.region_at(addr)
+        if region is None or not region.executable or addr + len(data) > region.end:
+            raise UsageError(f"write_text: {addr:#x}+{len(data)} is not inside executable memory")
+        self.memory.write(addr, data)
+        self.stats.text_writes += 1
+        self.stats.text_bytes += len(data)
+        for cpu in self.cpus:
+            cpu.invalidate(addr, addr + len(data))
+            self.stats.invalidations += 1
+
+    def describe_address(self, addr: int) -> str:
+        if addr & 0xFFFFFFFF00000000 == POISON_BASE:
+            reg = next((n for n, v in self.arch.gpr.items() if v == addr & 0xFF), "?")
+            return f"poison: {reg} was clobbered by a C (host) call and then used"
+        region = self.memory.region_at(addr)
+        if region is not None:
+            sym = self.kallsyms.lookup(addr)
+            return f"{region.name}" + (f", {self.kallsyms.format(addr)}" if sym else "")
+        for i, st in enumerate(self.stacks):
+            if st.start - GUARD <= addr < st.start:
+                return f"guard page below the stack of CPU {i}: stack overflow"
+        return "unmapped"
+
+    # ------------------------------------------------------------------ traps
+    def handle_trap(self, cpu: Cpu, intno: int) -> bool:
+        """Offer a trap (x86 int3, arm64 brk, riscv ecall) to the registered handlers."""
+        for handler in self.trap_handlers:
+            if handler(cpu, intno):
+                return True
+        return False
+
+    # ------------------------------------------------------------------ calls
+    def start(self, task: CallTask) -> CallTask:
+        """Load a CPU with a call: args in the ABI registers and on the stack, the return address
+        pointing at the return trap, a fresh stack and a zero frame pointer (end of chain)."""
+        arch = self.arch
+        cpu = self.cpus[task.cpu]
+        if cpu.task is not None and not cpu.task.done:
+            raise UsageError(f"CPU {task.cpu} is already running {cpu.task.name}")
+        if len(task.reg_args) > len(arch.arg_regs):
+            raise UsageError(f"{arch.name} has only {len(arch.arg_regs)} argument registers")
+        stack = self.stacks[task.cpu]
+        sp = stack.end - 256                       # like the top of a kernel stack, minus pt_regs
+        nstack = len(task.stack_args)
+        sp -= (nstack * 8 + 15) // 16 * 16
+        for i, value in enumerate(task.stack_args):
+            self.memory.write_u64(sp + 8 * i, value)
+        trap = self.hostcalls.return_trap
+        if arch.return_address_on_stack:
+            sp -= 8
+            self.memory.write_u64(sp, trap)
+        else:
+            cpu.set_reg(arch.lr, trap)
+        for reg, value in zip(arch.arg_regs, task.reg_args):
+            cpu.set_reg(reg, value)
+        cpu.set_reg(arch.fp, 0)
+        cpu.sp = sp
+        cpu.pc = task.entry
+        cpu.history.clear()
+        task.done = False
+        task.steps = 0
+        cpu.task = task
+        return task
+
+    def step(self, cpu: Cpu, count: int) -> bool:
+        """Run up to `count` instructions of the CPU's task; True when it has returned."""
+        task = cpu.task
+        trap = self.hostcalls.return_trap
+        err = cpu.run(cpu.pc, trap, count)
+        self._check(cpu, err)
+        task.steps += count
+        return self._finish_if_returned(cpu)
+
+    def finish(self, cpu: Cpu) -> CallTask:
+        """Run the CPU's task to its return (or to the soft-lockup budget)."""
+        task = cpu.task
+        err = cpu.run(cpu.pc, self.hostcalls.return_trap, self.config.max_insns)
+        self._check(cpu, err)
+        if not self._finish_if_returned(cpu):
+            raise make_oops(self, cpu, f"soft lockup: {task.name or 'call'} did not return "
+                                       f"within {self.config.max_insns} instructions")
+        return task
+
+    def call(self, entry: int, reg_args: list[int], stack_args: list[int] | None = None,
+             cpu: int = 0, name: str = "") -> CallTask:
+        """Call emulated code and run it to completion on one CPU."""
+        task = self.start(CallTask(cpu, entry, list(reg_args), list(stack_args or []), name))
+        return self.finish(self.cpus[cpu])
+
+    def _finish_if_returned(self, cpu: Cpu) -> bool:
+        if cpu.pc != self.hostcalls.return_trap:
+            return False
+        task = cpu.task
+        task.result = cpu.reg(self.arch.ret_regs[0])
+        task.result2 = cpu.reg(self.arch.ret_regs[1])
+        task.done = True
+        cpu.task = None
+        return True
+
+    def _check(self, cpu: Cpu, err: int) -> None:
+        fault = cpu.fault
+        if err == 0 and fault is None:
+            return
+        task = cpu.task
+        if task is not None:
+            task.done = True
+            cpu.task = None
+        if fault is not None and fault.kind == "memory":
+            addr = fault.address
+            where = self.describe_address(addr)
+            summary = fault.what
+            if "stack overflow" in where:
+                summary = f"stack overflow: {fault.what}"
+            raise make_oops(self, cpu, summary, address=addr)
+        if fault is not None:
+            raise make_oops(self, cpu, fault.what, fault_pc=fault.pc)
+        what = _UC_ERRORS.get(err, f"emulation error {err}")
+        raise make_oops(self, cpu, what)
+
+    def cpu(self, index: int) -> Cpu:
+        if not 0 <= index < len(self.cpus):
+            raise UsageError(f"no CPU {index}: this machine has {len(self.cpus)}")
+        return self.cpus[index]
+
+    def oops(self, cpu: Cpu, summary: str) -> Oops:
+        return make_oops(self, cpu, summary)

@@ -1,0 +1,175 @@
+"""Physical memory shared by every CPU, and the virtual regions the kernel would have.
+
+Each region is one anonymous mmap; every CPU's Unicorn maps the same buffer with `mem_map_ptr`,
+so a store by one CPU is a store for all.  Python reads and writes go straight to the buffers.
+Text must not be written here directly: `Machine.write_text` also drops every CPU's stale
+translations (Unicorn does not notice writes to the buffer).
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass, field
+
+from ..errors import TramplabError
+
+PAGE_SIZE = 4096
+
+
+class MemoryFault(TramplabError):
+    """A Python-side access to an address no region covers."""
+
+
+@dataclass
+class Region:
+    name: str
+    start: int
+    size: int
+    kind: str                      # text | data | stack | heap | hostcall | bpf | module
+    executable: bool
+    buf: mmap.mmap = field(repr=False)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+    @property
+    def ptr(self) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+
+    def __contains__(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+
+class Memory:
+    """Regions by virtual address; `phys_bits` is the arch's virtual->physical rule (see ArchInfo)."""
+
+    def __init__(self, phys_bits: int | None):
+        self.phys_bits = phys_bits
+        self.regions: list[Region] = []
+        self._starts: list[int] = []
+
+    # -- address translation (only x86-64 needs one: Unicorn cannot map above 2^52 flat) --
+    def phys(self, vaddr: int) -> int:
+        if self.phys_bits is None:
+            return vaddr
+        return vaddr & ((1 << self.phys_bits) - 1)
+
+    def virt(self, paddr: int) -> int:
+        if self.phys_bits is None:
+            return paddr
+        top = 1 << (self.phys_bits - 1)
+        return paddr | ~((1 << self.phys_bits) - 1) & (2**64 - 1) if paddr & top else paddr
+
+    # -- regions --
+    def add_region(self, name: str, start: int, size: int, kind: str, executable: bool) -> Region:
+        if start % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
+            raise ValueError(f"region {name}: start and size must be page aligned")
+        for r in self.regions:
+            if start < r.end and r.start < start + size:
+                raise ValueError(f"region {name} [{start:#x}, {start + size:#x}) overlaps {r.name}")
+        region = Region(name, start, size, kind, executable, mmap.mmap(-1, size))
+        i = bisect.bisect(self._starts, start)
+        self.regions.insert(i, region)
+        self._starts.insert(i, start)
+        return region
+
+    def region_at(self, addr: int) -> Region | None:
+        i = bisect.bisect(self._starts, addr) - 1
+        if i >= 0 and addr < self.regions[i].end:
+            return self.regions[i]
+        return None
+
+    def region(self, name: str) -> Region:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def _locate(self, addr: int, n: int) -> tuple[Region, int]:
+        r = self.region_at(addr)
+        if r is None or addr + n > r.end:
+            raise MemoryFault(f"no memory at {addr:#x}..{addr + n:#x}")
+        return r, addr - r.start
+
+    # -- raw access --
+    def read(self, addr: int, n: int) -> bytes:
+        r, off = self._locate(addr, n)
+        return r.buf[off:off + n]
+
+    def write(self, addr: int, data: bytes) -> None:
+        r, off = self._locate(addr, len(data))
+        r.buf[off:off + len(data)] = data
+
+    def fill(self, addr: int, n: int, pattern: bytes) -> None:
+        reps = -(-n // len(pattern))
+        self.write(addr, (pattern * reps)[:n])
+
+    def read_u64(self, addr: int) -> int:
+        r, off = self._locate(addr, 8)
+        return struct.unpack_from("<Q", r.buf, off)[0]
+
+    def write_u64(self, addr: int, value: int) -> None:
+        r, off = self._locate(addr, 8)
+        struct.pack_into("<Q", r.buf, off, value & 0xFFFFFFFFFFFFFFFF)
+
+    def read_u32(self, addr: int) -> int:
+        r, off = self._locate(addr, 4)
+        return struct.unpack_from("<I", r.buf, off)[0]
+
+    def write_u32(self, addr: int, value: int) -> None:
+        r, off = self._locate(addr, 4)
+        struct.pack_into("<I", r.buf, off, value & 0xFFFFFFFF)
+
+    def snapshot(self, kinds: tuple[str, ...] | None = None) -> dict[str, bytes]:
+        """Bytes of every region (or of the given kinds): used to prove a failed operation
+        left memory exactly as it was."""
+        return {r.name: bytes(r.buf) for r in self.regions if kinds is None or r.kind in kinds}
+
+
+class Arena:
+    """A first-fit allocator over one region (module_alloc / bpf_prog_pack / kmalloc stand-in)."""
+
+    def __init__(self, region: Region, align: int = 16):
+        self.region = region
+        self.align = align
+        self.free_list: list[tuple[int, int]] = [(region.start, region.size)]
+        self.used: dict[int, int] = {}
+
+    def alloc(self, size: int, align: int | None = None) -> int:
+        align = max(align or self.align, 1)
+        size = max(size, 1)
+        for i, (start, length) in enumerate(self.free_list):
+            addr = -(-start // align) * align
+            if addr + size <= start + length:
+                del self.free_list[i]
+                if addr > start:
+                    self.free_list.insert(i, (start, addr - start))
+                    i += 1
+                if addr + size < start + length:
+                    self.free_list.insert(i, (addr + size, start + length - addr - size))
+                self.used[addr] = size
+                return addr
+        raise MemoryError(f"{self.region.name}: no room for {size} bytes")
+
+    def free(self, addr: int) -> int:
+        size = self.used.pop(addr)
+        self.free_list.append((addr, size))
+        self.free_list.sort()
+        merged: list[tuple[int, int]] = []
+        for start, length in self.free_list:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((start, length))
+        self.free_list = merged
+        return size
+
+    def owner(self, addr: int) -> tuple[int, int] | None:
+        """The live allocation (start, size) containing addr, if any."""
+        for start, size in self.used.items():
+            if start <= addr < start + size:
+                return start, size
+        return None

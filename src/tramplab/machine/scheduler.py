@@ -1,0 +1,99 @@
+"""A deterministic, seedable scheduler for several CPUs sharing one memory.
+
+Tasks are emulated calls (`CallTask`, one per CPU) and Python actors (`HostTask`: a generator
+standing in for kernel C code running on another CPU, e.g. a text patcher; every `yield` is a
+point where other CPUs may run).  In "interleave" mode each step picks a runnable task with a
+seeded RNG and runs it for `quantum` instructions (an int, or a (lo, hi) range drawn per step);
+"sequential" runs each task to completion in order.  The same seed gives the same interleaving.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Generator
+
+from ..errors import UsageError
+from .machine import CallTask, Machine
+from .oops import make_oops
+
+
+@dataclass
+class HostTask:
+    gen: Generator
+    name: str = "host"
+    done: bool = False
+    result: object = None
+    steps: int = 0
+
+
+@dataclass
+class Scheduler:
+    machine: Machine
+    seed: int = 0
+    mode: str = "interleave"
+    quantum: int | tuple[int, int] = 1
+    max_steps: int = 5_000_000
+    trace: list[tuple[int, int]] = field(default_factory=list)   # (task index, instructions)
+
+    def __post_init__(self):
+        if self.mode not in ("interleave", "sequential"):
+            raise UsageError(f"scheduler mode must be interleave or sequential, not {self.mode!r}")
+        self.rng = random.Random(self.seed)
+
+    def _quantum(self) -> int:
+        if isinstance(self.quantum, tuple):
+            return self.rng.randint(*self.quantum)
+        return self.quantum
+
+    def run(self, tasks: list) -> list:
+        cpus = [t.cpu for t in tasks if isinstance(t, CallTask)]
+        if len(cpus) != len(set(cpus)):
+            raise UsageError("at most one call task per CPU")
+        for t in tasks:
+            if isinstance(t, CallTask):
+                self.machine.start(t)
+        if self.mode == "sequential":
+            for i, t in enumerate(tasks):
+                self._run_to_end(i, t)
+        else:
+            self._interleave(tasks)
+        return [t.result for t in tasks]
+
+    def _run_to_end(self, i: int, t) -> None:
+        if isinstance(t, CallTask):
+            self.machine.finish(self.machine.cpus[t.cpu])
+            self.trace.append((i, t.steps))
+        else:
+            while not t.done:
+                self._host_step(t)
+                self.trace.append((i, 1))
+
+    def _interleave(self, tasks: list) -> None:
+        steps = 0
+        while True:
+            live = [i for i, t in enumerate(tasks) if not t.done]
+            if not live:
+                return
+            i = self.rng.choice(live)
+            t = tasks[i]
+            if isinstance(t, CallTask):
+                n = self._quantum()
+                self.machine.step(self.machine.cpus[t.cpu], n)
+            else:
+                n = 1
+                self._host_step(t)
+            self.trace.append((i, n))
+            steps += 1
+            if steps > self.max_steps:
+                busy = next(tasks[j] for j in live if isinstance(tasks[j], CallTask))
+                raise make_oops(self.machine, self.machine.cpus[busy.cpu],
+                                f"soft lockup: interleaving exceeded {self.max_steps} steps")
+
+    @staticmethod
+    def _host_step(t: HostTask) -> None:
+        try:
+            next(t.gen)
+            t.steps += 1
+        except StopIteration as stop:
+            t.done = True
+            t.result = stop.value

@@ -1,0 +1,88 @@
+"""A kallsyms-like symbol table: address -> "name+off/size [module]" and name -> address."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    addr: int
+    size: int
+    kind: str = "t"          # kallsyms type letter: t text, d data, b bss
+    module: str | None = None  # "[bpf]", "[tramplab]"... as /proc/kallsyms shows
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+class Kallsyms:
+    def __init__(self):
+        self._by_name: dict[str, Symbol] = {}
+        self._sorted: list[Symbol] | None = []
+        self._addrs: list[int] = []
+
+    def add(self, name: str, addr: int, size: int, kind: str = "t", module: str | None = None) -> Symbol:
+        if name in self._by_name:
+            raise ValueError(f"symbol {name} already defined")
+        sym = Symbol(name, addr, size, kind, module)
+        self._by_name[name] = sym
+        self._sorted = None
+        return sym
+
+    def remove(self, name: str) -> None:
+        del self._by_name[name]
+        self._sorted = None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def __iter__(self):
+        self._index()
+        return iter(self._sorted)
+
+    def _index(self) -> None:
+        if self._sorted is None:
+            self._sorted = sorted(self._by_name.values(), key=lambda s: (s.addr, -s.size))
+            self._addrs = [s.addr for s in self._sorted]
+
+    def get(self, name: str) -> Symbol:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UsageError(f"unknown symbol {name!r}") from None
+
+    def addr_of(self, name: str) -> int:
+        return self.get(name).addr
+
+    def lookup(self, addr: int) -> Symbol | None:
+        """The symbol whose [addr, addr+size) contains addr (zero-size symbols match exactly)."""
+        self._index()
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        while i >= 0:
+            sym = self._sorted[i]
+            if sym.addr <= addr < sym.end or sym.addr == addr:
+                return sym
+            if sym.addr < addr and sym.size and sym.end <= addr:
+                # an earlier, longer symbol may still cover addr (rare: aliases); look back a bit
+                j = i - 1
+                while j >= 0 and j >= i - 4:
+                    s = self._sorted[j]
+                    if s.addr <= addr < s.end:
+                        return s
+                    j -= 1
+                return None
+            i -= 1
+        return None
+
+    def format(self, addr: int) -> str:
+        """kallsyms style: bpf_fentry_test1+0x4/0x18, or the bare address when unknown."""
+        sym = self.lookup(addr)
+        if sym is None:
+            return f"{addr:#x}"
+        text = f"{sym.name}+{addr - sym.addr:#x}/{sym.size:#x}"
+        return f"{text} {sym.module}" if sym.module else text
