@@ -50,6 +50,6 @@ def disassemble(arch, code: bytes, addr: int, count: int = 0) -> list[Insn]:
 
 
 def format_insn(insn: Insn, kallsyms=None, mark: bool = False) -> str:
-    where = f"<{kallsyms.format(insn.addr)}>" if kallsyms else ""
+    where = f"<{kallsyms.format(insn.addr)}>" if kallsyms and kallsyms.lookup(insn.addr) else ""
     arrow = "=>" if mark else "  "
     return f"{arrow} {insn.addr:#018x} {where:<40} {insn.raw.hex():<20} {insn.text}"

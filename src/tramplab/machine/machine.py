@@ -180,17 +180,14 @@ class Machine:
     def step(self, cpu: Cpu, count: int) -> bool:
         """Run up to `count` instructions of the CPU's task; True when it has returned."""
         task = cpu.task
-        trap = self.hostcalls.return_trap
-        err = cpu.run(cpu.pc, trap, count)
-        self._check(cpu, err)
+        self._execute(cpu, count)
         task.steps += count
         return self._finish_if_returned(cpu)
 
     def finish(self, cpu: Cpu) -> CallTask:
         """Run the CPU's task to its return (or to the soft-lockup budget)."""
         task = cpu.task
-        err = cpu.run(cpu.pc, self.hostcalls.return_trap, self.config.max_insns)
-        self._check(cpu, err)
+        self._execute(cpu, self.config.max_insns)
         if not self._finish_if_returned(cpu):
             raise make_oops(self, cpu, f"soft lockup: {task.name or 'call'} did not return "
                                        f"within {self.config.max_insns} instructions")
@@ -201,6 +198,19 @@ class Machine:
         """Call emulated code and run it to completion on one CPU."""
         task = self.start(CallTask(cpu, entry, list(reg_args), list(stack_args or []), name))
         return self.finish(self.cpus[cpu])
+
+    def _execute(self, cpu: Cpu, count: int) -> None:
+        try:
+            err = cpu.run(cpu.pc, self.hostcalls.return_trap, count)
+        except BaseException:
+            self._abort(cpu)       # a Python exception from a hook ends the call
+            raise
+        self._check(cpu, err)
+
+    def _abort(self, cpu: Cpu) -> None:
+        if cpu.task is not None:
+            cpu.task.done = True
+            cpu.task = None
 
     def _finish_if_returned(self, cpu: Cpu) -> bool:
         if cpu.pc != self.hostcalls.return_trap:
@@ -216,10 +226,7 @@ class Machine:
         fault = cpu.fault
         if err == 0 and fault is None:
             return
-        task = cpu.task
-        if task is not None:
-            task.done = True
-            cpu.task = None
+        self._abort(cpu)
         if fault is not None and fault.kind == "memory":
             addr = fault.address
             where = self.describe_address(addr)

@@ -42,14 +42,15 @@ def backtrace(machine, cpu) -> list[int]:
 def last_instructions(machine, cpu, fault_pc: int, n: int = LAST_INSNS) -> list:
     """Instructions of the recorded blocks, the last one cut at the fault pc."""
     insns = []
-    for start, size in list(cpu.history):
+    blocks = list(cpu.history)
+    for k, (start, size) in enumerate(blocks):
         try:
             code = machine.memory.read(start, size)
         except Exception:  # noqa: BLE001 - block in a region since removed
             continue
         block = disassemble(machine.arch, code, start)
-        if start <= fault_pc < start + size:
-            block = [i for i in block if i.addr <= fault_pc]
+        if k == len(blocks) - 1 and start <= fault_pc < start + size:
+            block = [i for i in block if i.addr <= fault_pc]    # the fault ends the last block
         insns.extend(block)
     return insns[-n:]
 
@@ -76,6 +77,6 @@ def make_oops(machine, cpu, summary: str, fault_pc: int | None = None,
     last = last_instructions(machine, cpu, pc)
     if last:
         lines.append(f"Last {len(last)} instructions executed:")
-        for insn in last:
-            lines.append("  " + format_insn(insn, ks, mark=insn.addr == pc))
+        for k, insn in enumerate(last):
+            lines.append("  " + format_insn(insn, ks, mark=k == len(last) - 1 and insn.addr == pc))
     return Oops(summary, "\n".join(lines), cpu=cpu.index, pc=pc)

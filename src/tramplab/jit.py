@@ -1,0 +1,85 @@
+"""An arch-neutral code emitter with labels, run the way the kernel JITs run: a sizing pass whose
+branches point at placeholder targets, then the real pass with every label known.  Code that
+generates machine code is a function `gen(e: Emitter)` calling the arch encoders:
+
+    def gen(e):
+        e.emit(enc.push("rbp"))                    # push rbp
+        e.emit(enc.jcc_rel32("e", e.pc, e.label_addr("out")))   # je out
+        ...
+        e.label("out")
+
+`assemble(gen, base)` runs the passes until the layout is stable (a form whose size depends on the
+distance, such as x86 rel8 vs rel32, may move labels once) and returns the bytes and labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+MAX_PASSES = 6
+
+
+@dataclass
+class Emitter:
+    base: int
+    known: dict[str, int] = field(default_factory=dict)   # labels from the previous pass
+    code: bytearray = field(default_factory=bytearray)
+    labels: dict[str, int] = field(default_factory=dict)
+    marks: list[tuple[int, str]] = field(default_factory=list)   # (offset, note) annotations
+
+    @property
+    def pc(self) -> int:
+        return self.base + len(self.code)
+
+    def emit(self, insn: bytes) -> int:
+        """Append one instruction (or a fixed sequence); returns its address."""
+        at = self.pc
+        self.code += insn
+        return at
+
+    def label(self, name: str) -> int:
+        if name in self.labels:
+            raise ValueError(f"label {name} defined twice")
+        self.labels[name] = self.pc
+        return self.pc
+
+    def label_addr(self, name: str) -> int:
+        """Address of a label: from the previous pass while sizing (the current pc as a harmless
+        placeholder on the very first pass), exact in the final pass."""
+        if name in self.labels:
+            return self.labels[name]
+        return self.known.get(name, self.pc)
+
+    def note(self, text: str) -> None:
+        """Annotate the next instruction (shown by disassembly listings: stack slots, labels)."""
+        self.marks.append((len(self.code), text))
+
+    def align(self, n: int, pad: bytes) -> None:
+        while len(self.code) % n:
+            self.code += pad[: n - len(self.code) % n]
+
+
+@dataclass
+class Assembled:
+    base: int
+    code: bytes
+    labels: dict[str, int]
+    marks: list[tuple[int, str]]
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.code)
+
+
+def assemble(gen: Callable[[Emitter], None], base: int) -> Assembled:
+    known: dict[str, int] = {}
+    previous = None
+    for _ in range(MAX_PASSES):
+        e = Emitter(base, known=dict(known))
+        gen(e)
+        layout = (len(e.code), e.labels)
+        if layout == previous:
+            return Assembled(base, bytes(e.code), dict(e.labels), list(e.marks))
+        previous = (len(e.code), dict(e.labels))
+        known = dict(e.labels)
+    raise RuntimeError("code layout did not converge")
