@@ -39,6 +39,23 @@ def backtrace(machine, cpu) -> list[int]:
     return trace
 
 
+def stack_scan(machine, cpu, exclude: set[int], words: int = 32) -> list[int]:
+    """Text addresses found on the stack near sp: the kernel prints these as '? func+off'
+    (unreliable) entries; they reveal the caller when the frame record is not set up yet."""
+    mem = machine.memory
+    sp = cpu.sp
+    region = mem.region_at(sp)
+    if region is None or region.kind != "stack":
+        return []
+    found = []
+    for addr in range(sp, min(sp + 8 * words, region.end - 7), 8):
+        value = mem.read_u64(addr)
+        r = mem.region_at(value)
+        if r is not None and r.executable and value not in exclude and value not in found:
+            found.append(value)
+    return found
+
+
 def last_instructions(machine, cpu, fault_pc: int, n: int = LAST_INSNS) -> list:
     """Instructions of the recorded blocks, the last one cut at the fault pc."""
     insns = []
@@ -71,9 +88,12 @@ def make_oops(machine, cpu, summary: str, fault_pc: int | None = None,
     regs = list(cpu.registers().items())
     for i in range(0, len(regs), 4):
         lines.append("  " + "  ".join(f"{n:>4}: {v:016x}" for n, v in regs[i:i + 4]))
-    lines.append("Call trace (frame pointers):")
-    for addr in backtrace(machine, cpu):
+    lines.append("Call trace (frame pointers; '?' = found on the stack, unreliable):")
+    trace = backtrace(machine, cpu)
+    for addr in trace:
         lines.append(f"  {ks.format(addr)}")
+    for addr in stack_scan(machine, cpu, set(trace)):
+        lines.append(f"  ? {ks.format(addr)}")
     last = last_instructions(machine, cpu, pc)
     if last:
         lines.append(f"Last {len(last)} instructions executed:")

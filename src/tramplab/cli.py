@@ -1,0 +1,200 @@
+"""The `tramplab` command.
+
+Exit codes: 0 success; 1 the model ran and something failed (an oops, a failing selftest);
+2 bad usage (unknown arch, layout or function, wrong argument count or value).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .arch import ARCH_NAMES, get_arch
+from .errors import KernelError, Oops, TramplabError, UsageError
+
+ARCH_HELP = "x86_64 | arm64 | riscv64 (aliases: amd64, aarch64, rv64, ...)"
+
+
+def _console() -> Console:
+    # Piped output (CI logs, files) gets a wide page instead of rich's 80-column default.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+class _Group(click.Group):
+    """Turn tramplab's own errors into the exit codes above instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            click.echo(f"tramplab: error: {e}", err=True)
+            sys.exit(2)
+        except Oops as e:
+            click.echo(e.report, err=True)
+            sys.exit(1)
+        except KernelError as e:
+            click.echo(f"tramplab: {e}", err=True)
+            sys.exit(1)
+        except TramplabError as e:
+            click.echo(f"tramplab: error: {e}", err=True)
+            sys.exit(1)
+
+
+def _arch(value: str) -> str:
+    return get_arch(value).name
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tramplab")
+def main():
+    """tramplab: Linux ftrace, direct calls and BPF trampolines as real machine code on
+    emulated x86-64, arm64 and riscv64 CPUs."""
+
+
+def _kernel(arch: str, layout: str | None, cpus: int = 1):
+    from .kernel import Kernel
+    return Kernel(_arch(arch), layout=layout, cpus=cpus)
+
+
+def _parse_arg(text: str, ctype):
+    """A command-line argument in the parameter's C type: integers (decimal, 0x.., negative),
+    pointers as addresses, 16-byte structs as comma-separated 64-bit words (e.g. 2,3)."""
+    try:
+        if ctype is not None and ctype.kind == "struct":
+            return tuple(int(w, 0) for w in text.strip("{}").split(","))
+        if len(text) == 3 and text[0] == text[2] == "'":
+            return ord(text[1])
+        return int(text, 0)
+    except ValueError:
+        kind = ctype.name if ctype is not None else "argument"
+        raise UsageError(f"cannot read {text!r} as {kind}") from None
+
+
+def _format_value(value, ctype) -> str:
+    if value is None:
+        return "(void)"
+    if ctype is not None and ctype.kind == "ptr":
+        return f"{value:#x}"
+    if isinstance(value, tuple):
+        return "{" + ", ".join(f"{w:#x}" for w in value) + "}"
+    return str(value)
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
+@click.option("--cpu", default=0, show_default=True, help="CPU to run the call on")
+@click.option("--cpus", default=None, type=int, help="CPUs in the machine (default: cpu+1)")
+@click.argument("function")
+@click.argument("args", nargs=-1)
+def call(arch, layout, cpu, cpus, function, args):
+    """Call FUNCTION with ARGS on an emulated CPU and print its return value.
+
+    Example: tramplab call --arch riscv64 bpf_fentry_test3 4 5 6   (prints 15)
+    """
+    k = _kernel(arch, layout, cpus or cpu + 1)
+    fn = k.function(function)
+    params = fn.proto.params
+    if len(args) != len(params):
+        raise UsageError(f"{fn.signature} takes {len(params)} argument(s), got {len(args)}")
+    values = [_parse_arg(a, p) for a, p in zip(args, params)]
+    result = k.call(function, *values, cpu=cpu)
+    click.echo(_format_value(result, fn.proto.ret))
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
+def symbols(arch, layout):
+    """List the kernel functions with their address, prototype and patch-site layout."""
+    k = _kernel(arch, layout)
+    t = Table(title=f"{k.arch.name} kernel functions, layout {k.layout_name}: "
+                    f"{k.layout.description}")
+    for col in ("address", "size", "prototype (DWARF)", "patchable entry (ftrace record)"):
+        t.add_column(col)
+    for fn in sorted(k.functions.values(), key=lambda f: f.addr):
+        site = ", ".join(f"func{s.offset:+d}: {s.nops} x {s.nop_size}-byte nop"
+                         + (f" ({s.nops_before_symbol} before the symbol)"
+                            if s.nops_before_symbol else "")
+                         for s in fn.sites) or "none"
+        t.add_row(f"{fn.addr:#x}", str(fn.size), fn.signature, site)
+    _console().print(t)
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
+@click.argument("function")
+def disasm(arch, layout, function):
+    """Annotated disassembly of FUNCTION, including the nops the compiler put before it."""
+    from .machine.disasm import disassemble
+    k = _kernel(arch, layout)
+    fn = k.function(function)
+    start = min([fn.addr] + [s.addr for s in fn.sites])
+    code = k.memory.read(start, fn.addr + fn.size - start)
+    site_addrs = {s.addr for s in fn.sites}
+    click.echo(f"{fn.signature}   [{k.arch.name}, layout {k.layout_name}]")
+    for insn in disassemble(k.arch, code, start):
+        notes = []
+        if insn.addr in site_addrs:
+            notes.append("<- patchable entry recorded here (ftrace record)")
+        if insn.addr == fn.addr:
+            notes.append(f"<- {fn.name}")
+        elif insn.addr < fn.addr:
+            notes.append("(before the symbol)")
+        note = "   ; " + " ".join(notes) if notes else ""
+        click.echo(f"  {insn.addr:#018x} <+{insn.addr - fn.addr:>4}>  {insn.raw.hex():<10} "
+                   f"{insn.text}{note}")
+
+
+@main.command()
+def layouts():
+    """List the patch-site layouts (one compiled object each) per arch."""
+    from .targets import LAYOUTS, default_layout
+    t = Table(title="patch-site layouts")
+    for col in ("arch", "layout", "default", "kernel", "description"):
+        t.add_column(col)
+    for arch in ARCH_NAMES:
+        for name, lay in LAYOUTS[arch].items():
+            t.add_row(arch, name, "*" if name == default_layout(arch) else "", lay.kernels,
+                      lay.description)
+    _console().print(t)
+
+
+@main.command()
+@click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
+def selftest(arch, as_json):
+    """Run the selftest matrix (arch x suite) and print a table; exit 1 on any failure."""
+    from .selftests import run_matrix
+    arches = list(ARCH_NAMES) if arch == "all" else [_arch(arch)]
+    results = run_matrix(arches)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=1))
+    else:
+        _print_matrix(results, arches)
+    if any(r.status == "fail" for r in results):
+        sys.exit(1)
+
+
+def _print_matrix(results, arches) -> None:
+    tests = list(dict.fromkeys(r.test for r in results))
+    t = Table(title="tramplab selftest")
+    t.add_column("test")
+    for a in arches:
+        t.add_column(a)
+    style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "unsupported": "[yellow]n/a[/]"}
+    for test in tests:
+        row = [test]
+        for a in arches:
+            cell = [r for r in results if r.test == test and r.arch == a]
+            row.append(" ".join(style[r.status] for r in cell) or "-")
+        t.add_row(*row)
+    con = _console()
+    con.print(t)
+    for r in results:
+        if r.status == "fail":
+            con.print(f"[red]FAIL[/] {r.arch}/{r.profile} {r.test}: {r.detail}")

@@ -1,0 +1,127 @@
+"""`Kernel`: the user's entry point.  A machine of one arch with the compiled kernel functions
+loaded from the object of one patch-site layout; call them by name with C-typed arguments.
+
+    k = Kernel("riscv64", cpus=2)
+    k.call("bpf_fentry_test3", 4, 5, 6)             # 15, run on an emulated CPU
+    k.call("bpf_fentry_test1", 1, cpu=1)            # on CPU 1
+    k.call_many([("bpf_fentry_test1", (1,)), ("bpf_fentry_test2", (2, 3))], seed=7)
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .arch import get_arch
+from .errors import UsageError
+from .machine import Machine
+from .machine.callconv import assign, from_ret
+from .machine.machine import CallTask
+from .machine.scheduler import Scheduler
+from .targets import get_layout, load_target
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    addr: int
+    size: int
+    proto: object                 # targets.loader.Prototype (from DWARF)
+    sites: tuple = ()             # targets.loader.Site(s) the compiler recorded
+
+    @property
+    def signature(self) -> str:
+        return self.proto.c_decl() if self.proto is not None else f"{self.name}(?)"
+
+
+class Kernel:
+    def __init__(self, arch: str = "x86_64", *, layout: str | None = None, cpus: int = 1,
+                 **machine_options):
+        self.arch = get_arch(arch)
+        self.layout = get_layout(self.arch, layout)
+        self.layout_name = self.layout.name
+        self.machine = Machine(self.arch, cpus=cpus, **machine_options)
+        self.image = load_target(self.arch, self.layout_name, self.machine.kernel.start)
+        self._install_image()
+
+    # ------------------------------------------------------------------ loading
+    def _install_image(self) -> None:
+        m = self.machine
+        for seg in self.image.segments:
+            if seg.addr + len(seg.data) > m.kernel.end:
+                raise UsageError(f"segment {seg.name} does not fit in the kernel region")
+            m.memory.write(seg.addr, seg.data)
+        for cpu in m.cpus:
+            cpu.invalidate(m.kernel.start, m.kernel.end)
+        sites: dict[str, list] = {}
+        for site in self.image.sites:
+            sites.setdefault(site.func, []).append(site)
+        self.functions: dict[str, Function] = {}
+        for sym in self.image.symbols:
+            m.kallsyms.add(sym.name, sym.addr, sym.size, "t" if sym.kind == "func" else "d")
+            if sym.kind == "func":
+                self.functions[sym.name] = Function(sym.name, sym.addr, sym.size,
+                                                    self.image.prototypes.get(sym.name),
+                                                    tuple(sites.get(sym.name, ())))
+
+    # ------------------------------------------------------------------ lookup
+    def function(self, name: str) -> Function:
+        try:
+            return self.functions[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.functions, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UsageError(f"unknown function {name!r} on {self.arch.name}{hint}") from None
+
+    def symbol(self, addr: int) -> str:
+        return self.machine.kallsyms.format(addr)
+
+    # ------------------------------------------------------------------ calls
+    def task(self, name: str, *args, cpu: int = 0) -> CallTask:
+        fn = self.function(name)
+        if fn.proto is None:
+            raise UsageError(f"{name} has no prototype (no DWARF)")
+        try:
+            regs, stack = assign(self.arch, fn.proto.params, list(args))
+        except UsageError as e:
+            raise UsageError(f"{fn.signature}: {e}") from None
+        return CallTask(cpu, fn.addr, regs, stack, name)
+
+    def result(self, task: CallTask):
+        fn = self.function(task.name)
+        return from_ret(fn.proto.ret, task.result, task.result2)
+
+    def call(self, name: str, *args, cpu: int = 0):
+        """Call a kernel function on an emulated CPU and return its C value."""
+        self.machine.cpu(cpu)
+        task = self.task(name, *args, cpu=cpu)
+        self.machine.start(task)
+        self.machine.finish(self.machine.cpus[cpu])
+        return self.result(task)
+
+    def call_many(self, calls, *, interleave: bool = True, seed: int = 0,
+                  quantum: int | tuple[int, int] = 1) -> list:
+        """Run several calls at once, call i on CPU i, interleaved instruction by instruction
+        (or `quantum` instructions at a time) by a seeded scheduler; returns their C values."""
+        if len(calls) > len(self.machine.cpus):
+            raise UsageError(f"{len(calls)} calls need {len(calls)} CPUs; this kernel has "
+                             f"{len(self.machine.cpus)}")
+        tasks = [self.task(name, *args, cpu=i) for i, (name, args) in enumerate(calls)]
+        sched = Scheduler(self.machine, seed=seed, quantum=quantum,
+                          mode="interleave" if interleave else "sequential")
+        sched.run(tasks)
+        return [self.result(t) for t in tasks]
+
+    # ------------------------------------------------------------------ data for pointer args
+    def kmalloc(self, data: bytes | int, align: int = 16) -> int:
+        """Allocate kernel data (zeroed `data` bytes, or a copy of `data`); returns its address."""
+        raw = bytes(data) if isinstance(data, (bytes, bytearray)) else bytes(data)
+        addr = self.machine.heap_arena.alloc(max(len(raw), 1), align)
+        self.machine.memory.write(addr, raw)
+        return addr
+
+    def kfree(self, addr: int) -> None:
+        self.machine.heap_arena.free(addr)
+
+    @property
+    def memory(self):
+        return self.machine.memory

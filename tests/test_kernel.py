@@ -1,0 +1,95 @@
+"""The user entry points: Kernel.call on every arch and layout (the §6.1 table), on one CPU and
+two interleaved CPUs; a real oops from a compiled function; the CLI's outputs and exit codes."""
+import pytest
+from click.testing import CliRunner
+
+from tramplab import Kernel, Oops, UsageError
+from tramplab.cli import main
+from tramplab.selftests import targets
+from tramplab.targets import LAYOUTS
+
+LAYOUT_PARAMS = [(a, l) for a in LAYOUTS for l in LAYOUTS[a]]
+
+
+@pytest.mark.parametrize("arch,layout", LAYOUT_PARAMS)
+def test_every_function_returns_the_kernel_value(arch, layout):
+    assert targets.run(lambda cpus: Kernel(arch, layout=layout, cpus=cpus), seed=3) == []
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_interleaving_really_alternates_cpus(arch):
+    k = Kernel(arch, cpus=2)
+    from tramplab.machine.scheduler import Scheduler
+    tasks = [k.task("tramplab_test_run_tracing", cpu=0), k.task("tramplab_test_run_many_args", cpu=1)]
+    s = Scheduler(k.machine, seed=11, quantum=1)
+    s.run(tasks)
+    assert [k.result(t) for t in tasks] == [0, 0]
+    switches = sum(1 for x, y in zip(s.trace, s.trace[1:]) if x[0] != y[0])
+    assert switches > 50          # one instruction at a time, both CPUs making progress
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_null_dereference_in_a_compiled_function_is_an_oops(arch):
+    k = Kernel(arch)
+    with pytest.raises(Oops) as info:
+        k.call("bpf_fentry_test8", 0)           # arg->a with arg == NULL
+    report = info.value.report
+    assert "read from unmapped address 0x0" in report
+    assert "pc : bpf_fentry_test8+0x" in report
+    assert "ret_to_tramplab" in report        # the backtrace reaches the caller
+    assert "=> " in report and "Last" in report
+
+
+def test_call_on_a_chosen_cpu_and_bad_usage():
+    k = Kernel("arm64", cpus=2)
+    assert k.call("bpf_fentry_test2", 2, 3, cpu=1) == 5
+    with pytest.raises(UsageError, match="no CPU 2"):
+        k.call("bpf_fentry_test1", 1, cpu=2)
+    with pytest.raises(UsageError, match="takes|expected 1 arguments"):
+        k.call("bpf_fentry_test1", 1, 2)
+    with pytest.raises(UsageError, match="did you mean"):
+        k.call("bpf_fentry_test", 1)
+    with pytest.raises(UsageError, match="does not fit"):
+        k.call("bpf_fentry_test3", 300, 1, 1)   # char
+    with pytest.raises(UsageError, match="unknown layout"):
+        Kernel("arm64", layout="pfe4")
+
+
+def test_c_types_round_trip():
+    k = Kernel("riscv64")
+    assert k.call("bpf_fentry_test2", -5, 3) == -2                 # int + u64 -> int
+    assert k.call("bpf_fentry_test9", k.kmalloc((7).to_bytes(4, "little"))) == 7   # u32 *
+    assert k.call("bpf_testmod_test_struct_arg_1", (2, 3), 1, 4) == 10
+
+
+CLI_CASES = [
+    (["call", "--arch", "riscv64", "bpf_fentry_test3", "4", "5", "6"], 0, "15\n"),
+    (["call", "--arch", "aarch64", "bpf_fentry_test2", "2", "3"], 0, "5\n"),
+    (["call", "--arch", "amd64", "--cpu", "1", "bpf_testmod_fentry_test7",
+      "16", "17", "18", "19", "20", "21", "22"], 0, "133\n"),
+    (["call", "--arch", "rv64", "bpf_testmod_test_struct_arg_1", "2,3", "1", "4"], 0, "10\n"),
+    (["call", "--arch", "arm64", "nope"], 2, None),
+    (["call", "--arch", "arm64", "bpf_fentry_test1", "1", "2"], 2, None),
+    (["call", "--arch", "sparc", "bpf_fentry_test1", "1"], 2, None),
+    (["call", "--arch", "x86_64", "bpf_fentry_test1", "one"], 2, None),
+    (["call", "--arch", "x86_64", "bpf_fentry_test8", "0"], 1, None),      # oops
+]
+
+
+@pytest.mark.parametrize("argv,code,out", CLI_CASES)
+def test_cli_call(argv, code, out):
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == code, r.output
+    if out is not None:
+        assert r.output == out
+
+
+def test_cli_symbols_disasm_layouts_selftest():
+    r = CliRunner().invoke(main, ["symbols", "--arch", "arm64", "--layout", "callops-bti"])
+    assert r.exit_code == 0 and "bpf_fentry_test1" in r.output and "func-8" in r.output
+    r = CliRunner().invoke(main, ["disasm", "--arch", "x86_64", "bpf_fentry_test1"])
+    assert r.exit_code == 0 and "patchable entry" in r.output and "ret" in r.output
+    r = CliRunner().invoke(main, ["layouts"])
+    assert r.exit_code == 0 and "callops-bti" in r.output and "pfe8" in r.output
+    r = CliRunner().invoke(main, ["selftest", "--arch", "arm64", "--json"])
+    assert r.exit_code == 0 and '"status": "pass"' in r.output
