@@ -144,3 +144,26 @@ def test_bad_cpu_and_double_start_are_usage_errors():
     m.start(CallTask(0, f, []))
     with pytest.raises(UsageError, match="already running"):
         m.start(CallTask(0, f, []))
+
+
+FAR = {   # distance of the BPF area from kernel text that breaks each arch's near branch
+    "x86_64": 3 << 30,        # rel32: +/-2 GiB
+    "arm64": 256 << 20,       # bl: +/-128 MiB
+    "riscv64": 3 << 30,       # auipc+jalr: +/-2 GiB
+}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_bpf_area_can_be_forced_out_of_branch_range(arch):
+    from tramplab.arch.arm64 import encode as A
+    from tramplab.arch.riscv64 import encode as R
+    from tramplab.arch.x86_64 import encode as X
+    from tramplab.errors import EncodeError
+    near_call = {"x86_64": X.call_rel32, "arm64": A.bl,
+                 "riscv64": lambda pc, t: R.auipc_jalr("t0", "t0", pc, t)}[arch]
+    lay = Machine(arch).arch.memory
+    near = Machine(arch)
+    near_call(near.kernel.start, near.bpf.start)          # default map: reachable
+    far = Machine(arch, bpf_area=lay.kernel_text - FAR[arch])
+    with pytest.raises(EncodeError):
+        near_call(far.kernel.start, far.bpf.start)

@@ -1,0 +1,1 @@
+"""BPF programs, links, the trampoline manager and the trampoline JIT contract."""

@@ -1,0 +1,123 @@
+"""What a trampoline JIT is given: the arch-neutral contract between the BPF trampoline manager
+(kernel/bpf/trampoline.c, Python here) and each arch's `prepare_trampoline`
+(arch/<arch>/trampoline.py, the kernel's arch_prepare_bpf_trampoline).
+
+The JIT never decides policy: flags, the programs, where the original function continues and how
+the trampoline is entered all come from the manager (and the profile behind it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+
+class TrampFlag(IntFlag):
+    """BPF_TRAMP_F_* (include/linux/bpf.h); kernel-anchors.md §3.8."""
+
+    RESTORE_REGS = 1 << 0     # fentry only: reload arg registers before returning into the function
+    CALL_ORIG = 1 << 1        # fexit/fmod_ret: call the original function from the trampoline
+    SKIP_FRAME = 1 << 2       # return to the parent, skipping the traced function's frame
+    IP_ARG = 1 << 3           # store the function address at ctx[-2] for bpf_get_func_ip
+    RET_FENTRY_RET = 1 << 4   # struct_ops: return what the fentry prog returned
+    ORIG_STACK = 1 << 5       # call the original through the return address on the stack
+    SHARE_IPMODIFY = 1 << 6   # shares the function with an IPMODIFY ops (livepatch)
+    TAIL_CALL_CTX = 1 << 7
+    INDIRECT = 1 << 8
+
+
+@dataclass(frozen=True)
+class FuncModel:
+    """btf_func_model: what the trampoline must save and restore.
+
+    `arg_size[i]` is the byte size of argument i (1, 2, 4, 8, or up to 16 for a struct passed by
+    value); `arg_struct[i]` marks struct arguments (BTF_FMODEL_STRUCT_ARG).  A struct takes
+    ceil(size/8) 8-byte slots in ctx; everything else one slot."""
+
+    nr_args: int
+    arg_size: tuple[int, ...]
+    arg_struct: tuple[bool, ...]
+    arg_signed: tuple[bool, ...]
+    ret_size: int                 # 0 for void
+    ret_struct: bool = False
+
+    @property
+    def arg_slots(self) -> tuple[int, ...]:
+        return tuple((s + 7) // 8 if st else 1 for s, st in zip(self.arg_size, self.arg_struct))
+
+    @property
+    def nr_arg_slots(self) -> int:
+        return sum(self.arg_slots)
+
+    @classmethod
+    def from_prototype(cls, proto) -> "FuncModel":
+        params = proto.params
+        return cls(
+            nr_args=len(params),
+            arg_size=tuple(p.size for p in params),
+            arg_struct=tuple(p.kind == "struct" for p in params),
+            arg_signed=tuple(p.signed for p in params),
+            ret_size=proto.ret.size if proto.ret.kind != "void" else 0,
+            ret_struct=proto.ret.kind == "struct",
+        )
+
+
+@dataclass(frozen=True)
+class ProgLink:
+    """One attached program as the JIT sees it (bpf_tramp_link + its prog)."""
+
+    prog: int          # address of the struct bpf_prog stand-in (first arg of enter/exit)
+    bpf_func: int      # address of the program's code: called as bpf_func(ctx, insnsi=0)
+    cookie: int        # bpf_cookie, stored in the run_ctx before enter
+    enter: int         # __bpf_prog_enter_recur (or another enter variant)
+    exit: int          # __bpf_prog_exit_recur
+
+
+# How the trampoline is entered (the patch site's contract, kernel-anchors.md §1.4).
+ENTRY_KINDS = {
+    "x86_64": ("call", "jmp"),          # [rsp] = return into function (call) / parent (jmp)
+    "arm64": ("bl",),                   # x30 = return into function body, x9 = parent
+    "riscv64": ("t0", "ra-sled16"),     # t0 = into function, ra = parent  |  old 16-byte sled:
+                                        # ra = into function (the sled's `ld ra`), parent at -8(sp)
+}
+
+
+@dataclass(frozen=True)
+class TrampolineSpec:
+    arch: str
+    model: FuncModel
+    flags: TrampFlag
+    fentry: tuple[ProgLink, ...] = ()
+    fexit: tuple[ProgLink, ...] = ()
+    fmod_ret: tuple[ProgLink, ...] = ()
+    func_addr: int = 0        # the traced function's symbol address (the IP_ARG value)
+    site_skip: int = 0        # bytes from func_addr to the first instruction after the patch
+                              # site, as the BPF side believes it (x86 5, or 9 with endbr; riscv
+                              # 8, or 16 with the old sled); orig_call = func_addr + site_skip
+    im: int = 0               # address of the bpf_tramp_image (arg of __bpf_tramp_enter/exit)
+    tramp_enter: int = 0      # __bpf_tramp_enter(im)
+    tramp_exit: int = 0       # __bpf_tramp_exit(im)
+    image: int = 0            # where the code will be placed (branches are pc-relative)
+    entry: str = ""           # one of ENTRY_KINDS[arch]
+    max_args: int = 12        # MAX_BPF_FUNC_ARGS for this arch/profile (more -> ENOTSUPP)
+    reg_args_only: bool = False   # arches/eras whose trampoline cannot take stack args
+    extra: dict = field(default_factory=dict, compare=False)   # arch-specific switches
+
+    @property
+    def progs(self) -> tuple[ProgLink, ...]:
+        return self.fentry + self.fmod_ret + self.fexit
+
+
+@dataclass
+class TrampolineImage:
+    """What prepare_trampoline returns."""
+
+    code: bytes
+    image: int                      # address the code was generated for
+    ip_after_call: int | None       # address of the patchable nop after the call to the original
+    ip_epilogue: int | None         # where __bpf_tramp_exit / the epilogue starts
+    stack_diagram: str              # the frame layout, for `tramplab show`
+    marks: list = field(default_factory=list)   # (offset, note) for annotated disassembly
+
+    @property
+    def size(self) -> int:
+        return len(self.code)
