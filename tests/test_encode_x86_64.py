@@ -666,3 +666,48 @@ def test_error_names_instruction_operand_and_range():
     with pytest.raises(EncodeError) as err:
         E.mov_load("rax", "rbp", 1 << 31)
     assert "displacement 0x8000_0000" in str(err.value) and "mov r64, m64" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel_nop: the 64-bit x86_nops[] up to ASM_NOP_MAX 11 (the trampoline's emit_align padding)
+
+KERNEL_NOPS_LONG = {  # BYTES_NOP9..11: cs, then osp prefixes, before the 8-byte nopl
+    9: "2e0f1f840000000000", 10: "662e0f1f840000000000", 11: "66662e0f1f840000000000",
+}
+
+
+@pytest.mark.parametrize("size", range(1, 12))
+def test_kernel_nop_is_one_instruction(size):
+    code = E.kernel_nop(size)
+    expected = KERNEL_NOPS.get(size) or KERNEL_NOPS_LONG[size]
+    assert code == bytes.fromhex(expected)
+    insn = decode(code)
+    assert insn.mnemonic == "nop" and insn.size == size
+    if size >= 9:
+        assert "cs:" in insn.op_str
+
+
+@pytest.mark.parametrize("size", [0, 12, -1, None, "9", 9.0, True])
+def test_kernel_nop_bad_size(size):
+    with pytest.raises(EncodeError, match="kernel_nop"):
+        E.kernel_nop(size)
+
+
+PUSH_MEM_CASES = [(b, d) for b in ("rsp", "rbp", "rax", "r12", "r13", "r15")
+                  for d in (0, 8, 16, -8, 127, 128, -129, 0x1000)]
+
+
+@pytest.mark.parametrize("base,disp", PUSH_MEM_CASES)
+def test_push_mem_round_trip(base, disp):
+    import capstone
+    from tramplab.arch.x86_64 import encode as enc
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    code = enc.push_mem(base, disp)
+    insns = list(cs.disasm(code, 0x1000))
+    assert len(insns) == 1 and insns[0].size == len(code)
+    i = insns[0]
+    assert i.mnemonic == "push"
+    op = i.operands[0]
+    assert op.type == capstone.x86.X86_OP_MEM and op.size == 8
+    assert i.reg_name(op.mem.base) == base and op.mem.disp == disp

@@ -15,9 +15,30 @@ from .arch import get_arch
 from .errors import UsageError
 from .machine import Machine
 from .machine.callconv import assign, from_ret
+from .machine.memory import Arena
 from .machine.machine import CallTask
 from .machine.scheduler import Scheduler
+from .ftrace.kconfig import check
+from .profiles import Profile, get_profile, presets
 from .targets import get_layout, load_target
+
+
+def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
+    """The profile a kernel is built with: the one given (a preset name or a Profile), with its
+    layout replaced if `layout` is given; or, for a bare layout, the newest preset using it."""
+    if profile is None and layout is not None:
+        get_layout(arch, layout)                       # unknown layout -> UsageError
+        matching = [p for p in presets(arch).values() if p.layout == layout]
+        if not matching:
+            raise UsageError(f"no {arch} profile uses layout {layout!r}")
+        return check(matching[-1])
+    chosen = profile if isinstance(profile, Profile) else get_profile(arch, profile)
+    if chosen.arch != arch:
+        raise UsageError(f"profile {chosen.name} is for {chosen.arch}, not {arch}")
+    if layout is not None and layout != chosen.layout:
+        get_layout(arch, layout)
+        chosen = chosen.with_(layout=layout)
+    return check(chosen)
 
 
 @dataclass(frozen=True)
@@ -34,14 +55,24 @@ class Function:
 
 
 class Kernel:
-    def __init__(self, arch: str = "x86_64", *, layout: str | None = None, cpus: int = 1,
-                 **machine_options):
+    def __init__(self, arch: str = "x86_64", *, profile=None, layout: str | None = None,
+                 cpus: int = 1, **machine_options):
         self.arch = get_arch(arch)
-        self.layout = get_layout(self.arch, layout)
+        self.profile = _choose_profile(self.arch.name, profile, layout)
+        self.layout = get_layout(self.arch, self.profile.layout)
         self.layout_name = self.layout.name
+        self._ftrace = None
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
         self.image = load_target(self.arch, self.layout_name, self.machine.kernel.start)
         self._install_image()
+
+    @property
+    def ftrace(self):
+        """The kernel's ftrace (booted on first use: records found, sites made nops)."""
+        if self._ftrace is None:
+            from .ftrace import Ftrace
+            self._ftrace = Ftrace(self, self.profile)
+        return self._ftrace
 
     # ------------------------------------------------------------------ loading
     def _install_image(self) -> None:
@@ -52,6 +83,10 @@ class Kernel:
             m.memory.write(seg.addr, seg.data)
         for cpu in m.cpus:
             cpu.invalidate(m.kernel.start, m.kernel.end)
+        # The rest of the kernel region: text the model generates (ftrace_caller, samples) and
+        # kernel data that text refers to rip/pc-relatively (function_trace_op ...).
+        image_end = max(seg.addr + len(seg.data) for seg in self.image.segments)
+        self.text_arena = Arena(m.kernel, align=16, start=(image_end + 0xFFF) & ~0xFFF)
         sites: dict[str, list] = {}
         for site in self.image.sites:
             sites.setdefault(site.func, []).append(site)
@@ -125,3 +160,13 @@ class Kernel:
     @property
     def memory(self):
         return self.machine.memory
+
+    def text_alloc(self, code_or_size, name: str | None = None, align: int = 16) -> int:
+        """Place generated code (or reserve bytes) in kernel text; named code gets a symbol."""
+        size = code_or_size if isinstance(code_or_size, int) else len(code_or_size)
+        addr = self.text_arena.alloc(size, align)
+        if not isinstance(code_or_size, int):
+            self.machine.write_text(addr, bytes(code_or_size))
+        if name:
+            self.machine.kallsyms.add(name, addr, size, "t")
+        return addr

@@ -132,10 +132,14 @@ class Memory:
 class Arena:
     """A first-fit allocator over one region (module_alloc / bpf_prog_pack / kmalloc stand-in)."""
 
-    def __init__(self, region: Region, align: int = 16):
+    def __init__(self, region: Region, align: int = 16, start: int | None = None,
+                 end: int | None = None):
+        """Allocate from [start, end) of `region` (default: all of it)."""
         self.region = region
         self.align = align
-        self.free_list: list[tuple[int, int]] = [(region.start, region.size)]
+        start = region.start if start is None else start
+        end = region.end if end is None else end
+        self.free_list: list[tuple[int, int]] = [(start, end - start)]
         self.used: dict[int, int] = {}
 
     def alloc(self, size: int, align: int | None = None) -> int:

@@ -455,3 +455,26 @@ def shl_ri(reg: str, n: int) -> bytes:
 def shr_ri(reg: str, n: int) -> bytes:
     """shr r64, imm8"""
     return _shift_ri("shr r64, imm8", 5, reg, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding as the 64-bit kernel emits it (arch/x86/include/asm/nops.h, CONFIG_64BIT: ASM_NOP_MAX
+# 11 since "x86_64: Longer NOPs", 2023): x86_nops[9..11] prefix the 8-byte nopl with cs (2e),
+# then one or two osp (66).
+
+KERNEL_NOP_MAX = 11
+
+
+def kernel_nop(size: int) -> bytes:
+    """nop (the 64-bit kernel's x86_nops[size]: 1..11 bytes, one instruction; 9..11 are nopl
+    with cs and osp prefixes)"""
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= KERNEL_NOP_MAX:
+        raise EncodeError(f"kernel_nop: size {size!r} outside [1, {KERNEL_NOP_MAX}]")
+    if size <= 8:
+        return NOPS[size]
+    return b"\x66" * (size - 9) + b"\x2e" + NOPS[8]
+
+
+def push_mem(base: str, disp: int) -> bytes:
+    """push qword [base+disp]  (FF /6: 64-bit operand by default, no REX.W needed)"""
+    return _mem_insn("push m64", b"\xff", 6, base, disp, w=False)

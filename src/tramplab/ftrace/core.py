@@ -1,0 +1,472 @@
+"""Dynamic ftrace, the C part (kernel/trace/ftrace.c) in Python.
+
+- records (`dyn_ftrace`): one per compiler-made patch site, found at boot in __mcount_loc /
+  __patchable_function_entries and turned into the profile's disabled state;
+- `FtraceOps` with the kernel's flags, filter/notrace hashes, register/unregister and
+  ftrace_set_filter_ip; callbacks are Python, reached from the arch's real ftrace_caller through
+  host calls (`ftrace_ops_list_func`, `ftrace_ops_assist_func`, `call_direct_funcs`);
+- the update algorithm: for every record, what should the site call now (nop, ftrace_caller,
+  ftrace_regs_caller, or a direct trampoline) and which ops goes in the CALL_OPS literal;
+- the direct-call API in its three generations (direct.py) and the IPMODIFY/DIRECT sharing
+  policy with ops_func (seed 002).
+
+Every mutating operation is a generator underneath (`*_steps`), so it can run as an actor
+interleaved with CPUs by the scheduler; the plain methods run it to completion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Callable, Generator
+
+from ..arch import arch_module
+from ..errors import KernelError
+from ..machine.oops import make_oops
+from ..machine.scheduler import HostTask
+from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
+from .kconfig import check
+
+
+class FL(IntFlag):
+    """FTRACE_OPS_FL_* (include/linux/ftrace.h, recent bit numbers)."""
+
+    ENABLED = 1 << 0
+    DYNAMIC = 1 << 1
+    SAVE_REGS = 1 << 2
+    SAVE_REGS_IF_SUPPORTED = 1 << 3
+    RECURSION = 1 << 4
+    STUB = 1 << 5
+    INITIALIZED = 1 << 6
+    DELETED = 1 << 7
+    ADDING = 1 << 8
+    REMOVING = 1 << 9
+    MODIFYING = 1 << 10
+    ALLOC_TRAMP = 1 << 11
+    IPMODIFY = 1 << 12
+    PID = 1 << 13
+    RCU = 1 << 14
+    TRACE_ARRAY = 1 << 15
+    PERMANENT = 1 << 16
+    DIRECT = 1 << 17
+    SUBOP = 1 << 18
+    GRAPH = 1 << 19
+    JMP = 1 << 20
+
+
+class OpsCmd(IntEnum):
+    """enum ftrace_ops_cmd (v6.0)."""
+
+    ENABLE_SHARE_IPMODIFY_SELF = 0
+    ENABLE_SHARE_IPMODIFY_PEER = 1
+    DISABLE_SHARE_IPMODIFY_PEER = 2
+
+
+@dataclass(eq=False)
+class FtraceOps:
+    """struct ftrace_ops.  `func(ip, parent_ip, ops, fregs)` is a Python callback; `ops_func(ops,
+    ip, cmd) -> int` answers the IPMODIFY sharing questions (0 or a negative errno)."""
+
+    func: Callable | None = None
+    flags: FL = FL(0)
+    name: str = "ops"
+    ops_func: Callable | None = None
+    private: object = None
+    filter: set[int] = field(default_factory=set)     # empty: every function
+    notrace: set[int] = field(default_factory=set)
+    direct_call: int = 0
+    mem: int = 0                                       # in-memory mirror (func, direct_call)
+    calls: int = 0
+
+    def traces(self, ip: int) -> bool:
+        return (not self.filter or ip in self.filter) and ip not in self.notrace
+
+
+@dataclass(eq=False)
+class Record:
+    """struct dyn_ftrace: one patch site."""
+
+    ip: int               # rec->ip as the arch defines it (ftrace_call_adjust)
+    func: str
+    func_addr: int
+    site: object          # targets.loader.Site
+    state: SiteState = field(default_factory=SiteState)
+    calls: int = 0
+
+    def __repr__(self) -> str:
+        return f"<rec {self.func} ip={self.ip:#x} {self.state}>"
+
+
+@dataclass
+class FtraceStats:
+    updates: int = 0              # ftrace_modify_all_code / ftrace_update_ops rounds
+    pokes: int = 0                # text writes
+    sync_cores: int = 0           # x86 text_poke IPI rounds
+    stop_machines: int = 0        # riscv stop_machine calls
+    synchronize_rcu: int = 0      # grace periods the direct API waits for
+
+
+class FtraceCore:
+    def __init__(self, kernel, profile):
+        self.kernel = kernel
+        self.machine = kernel.machine
+        self.profile = check(profile)
+        self.stats = FtraceStats()
+        self.ops_list: list[FtraceOps] = []
+        self.records: dict[int, Record] = {}
+        self.direct_functions: dict[int, int] = {}       # ip -> trampoline (bit 0: jmp)
+        self._ops_by_mem: dict[int, FtraceOps] = {}
+        self._running: set[tuple[int, int]] = set()      # (cpu, id(ops)) recursion guard
+        self._current_func: int | None = None
+        self.bugs: list[str] = []
+        hc = self.machine.hostcalls
+        self.list_func = hc.register("ftrace_ops_list_func", self._list_func, 4)
+        self.assist_func = hc.register("ftrace_ops_assist_func", self._assist_func, 4)
+        self.direct_funcs = hc.register("call_direct_funcs", self._call_direct_funcs_host, 4)
+        self.stub_func = hc.register("ftrace_stub", lambda cpu, *a: 0, 4)
+        self.function_trace_op = kernel.kmalloc(8)
+        self.machine.kallsyms.add("function_trace_op", self.function_trace_op, 8, "d")
+        self.list_ops = self._ops_mirror("ftrace_list_ops", self.list_func)
+        self.nop_ops = self._ops_mirror("ftrace_nop_ops", self.stub_func)
+        self.arch = arch_module(kernel.arch, "ftrace").ArchFtraceImpl(kernel, profile, self)
+        self.arch.install()
+        self._boot()
+
+    # ------------------------------------------------------------------ boot
+    def _ops_mirror(self, name: str, func: int, ops: FtraceOps | None = None) -> int:
+        addr = self.kernel.kmalloc(OPS_MEM_SIZE)
+        self.machine.memory.write_u64(addr + OPS_FUNC, func)
+        self.machine.kallsyms.add(name, addr, OPS_MEM_SIZE, "d")
+        if ops is not None:
+            self._ops_by_mem[addr] = ops
+        return addr
+
+    def _boot(self) -> None:
+        """ftrace_init + ftrace_process_locs: one record per site, each made a nop."""
+        writes: list[TextWrite] = []
+        for fn in self.kernel.functions.values():
+            for site in fn.sites:
+                rec = Record(self.arch.rec_ip(site), fn.name, fn.addr, site)
+                self.records[rec.ip] = rec
+                writes += self.arch.boot_writes(rec)
+                rec.state = SiteState(None, self.nop_ops if self.profile.call_ops else None)
+        self._run(self._apply_steps(writes))
+        self._run(self._set_global_func_steps(self.stub_func, 0))
+        self.stats = FtraceStats()       # boot patching is not part of any measured operation
+
+    # ------------------------------------------------------------------ lookup
+    def ftrace_location(self, addr: int) -> int:
+        """The record ip for `addr`: itself if it is a record, else the record inside the
+        function starting at `addr` ("map sym+0 to __fentry__"); 0 if none."""
+        if addr in self.records:
+            return addr
+        sym = self.machine.kallsyms.lookup(addr)
+        if sym is None or sym.addr != addr:
+            return 0
+        for rec in self.records.values():
+            if rec.func_addr == addr:
+                return rec.ip
+        return 0
+
+    def record(self, func_or_ip) -> Record:
+        ip = func_or_ip
+        if isinstance(func_or_ip, str):
+            ip = self.ftrace_location(self.kernel.function(func_or_ip).addr)
+        rec = self.records.get(ip)
+        if rec is None:
+            raise KernelError("ENOENT", f"{func_or_ip!r} is not an ftrace location")
+        return rec
+
+    def ip_of(self, func: str) -> int:
+        return self.record(func).ip
+
+    # ------------------------------------------------------------------ callbacks (host calls)
+    def _fregs(self, cpu, fregs: int):
+        return self.arch.fregs(cpu, fregs) if fregs else None
+
+    def _invoke(self, ops: FtraceOps, cpu, ip: int, pip: int, fregs: int) -> None:
+        if ops.func is None:
+            return
+        key = (cpu.index, id(ops))
+        if key in self._running and not ops.flags & FL.RECURSION:
+            return                             # ftrace's recursion protection: skip
+        self._running.add(key)
+        try:
+            ops.calls += 1
+            ops.func(ip, pip, ops, self._fregs(cpu, fregs))
+        finally:
+            self._running.discard(key)
+
+    def _list_func(self, cpu, ip, pip, op, fregs):
+        """ftrace_ops_list_func: every registered ops whose hashes match ip."""
+        for ops in list(self.ops_list):
+            if ops.flags & FL.ENABLED and ops.traces(ip):
+                if ops.flags & FL.DIRECT:
+                    self._call_direct_funcs(cpu, ip, pip, ops, fregs)
+                else:
+                    self._invoke(ops, cpu, ip, pip, fregs)
+        rec = self.records.get(ip)
+        if rec is not None:
+            rec.calls += 1
+
+    def _assist_func(self, cpu, ip, pip, op, fregs):
+        """The func of a single ops reached through the CALL_OPS literal or function_trace_op."""
+        ops = self._ops_by_mem.get(op)
+        if ops is not None and ops.flags & FL.ENABLED:
+            self._invoke(ops, cpu, ip, pip, fregs)
+        rec = self.records.get(ip)
+        if rec is not None:
+            rec.calls += 1
+
+    def _call_direct_funcs_host(self, cpu, ip, pip, op, fregs):
+        ops = self._ops_by_mem.get(op)
+        if ops is not None:
+            self._call_direct_funcs(cpu, ip, pip, ops, fregs)
+
+    def _call_direct_funcs(self, cpu, ip, pip, ops: FtraceOps, fregs: int) -> None:
+        """call_direct_funcs: hand the trampoline to the caller through ftrace_regs."""
+        if self.profile.direct_api == "ops":
+            addr = ops.direct_call
+        else:                                   # v5.5 and v7.0 look the ip up in the hash
+            addr = self.direct_functions.get(ip, 0)
+        if not addr:
+            return
+        if not fregs:
+            msg = ("BUG: kernel NULL pointer dereference in arch_ftrace_set_direct_caller(): "
+                   f"the caller passed NULL ftrace_regs for {self.machine.kallsyms.format(ip)}. "
+                   f"This kernel has DYNAMIC_FTRACE_WITH_REGS={'y' if self.profile.with_regs else 'n'}, "
+                   f"WITH_ARGS={'y' if self.profile.with_args else 'n'}, and the direct ops' "
+                   f"MULTI_FLAGS ({self.profile.multi_flags}) do not ask for SAVE_REGS, so a site "
+                   "shared with another ops goes through ftrace_caller, which has no regs to "
+                   "give (seed 004)")
+            self.bugs.append(msg)
+            raise make_oops(self.machine, cpu, msg)
+        self.arch.set_direct_caller(cpu, fregs, addr)
+
+    # ------------------------------------------------------------------ the update algorithm
+    def _ops_on(self, rec: Record) -> list[FtraceOps]:
+        return [o for o in self.ops_list if o.flags & FL.ENABLED and o.traces(rec.ip)]
+
+    def _needs_regs(self, ops: FtraceOps) -> bool:
+        if ops.flags & FL.SAVE_REGS:
+            return True
+        return bool(ops.flags & FL.SAVE_REGS_IF_SUPPORTED) and self.profile.with_regs
+
+    def desired(self, rec: Record) -> SiteState:
+        """ftrace_get_addr_new + the CALL_OPS literal choice for one record."""
+        ops_on = self._ops_on(rec)
+        literal = None
+        if self.profile.call_ops:
+            literal = (self.nop_ops if not ops_on else
+                       ops_on[0].mem if len(ops_on) == 1 else self.list_ops)
+        if not ops_on:
+            return SiteState(None, literal)
+        if len(ops_on) == 1 and ops_on[0].flags & FL.DIRECT:
+            addr = self.direct_functions.get(rec.ip)
+            if addr:
+                jmp = bool(addr & 1) and self.profile.jmp
+                return SiteState(self.arch.callable_addr(rec, addr & ~1), literal, jmp)
+        if any(self._needs_regs(o) for o in ops_on):
+            return SiteState(self.arch.ftrace_regs_addr, literal)
+        return SiteState(self.arch.ftrace_addr, literal)
+
+    def _global_func(self) -> tuple[int, int]:
+        """update_ftrace_function: what the callers' ftrace_call site calls, and
+        function_trace_op."""
+        active = [o for o in self.ops_list if o.flags & FL.ENABLED]
+        if not active:
+            return self.stub_func, 0
+        if len(active) == 1:
+            ops = active[0]
+            return (self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func), ops.mem
+        return self.list_func, self.list_ops
+
+    def _set_global_func_steps(self, func: int, op: int) -> Generator:
+        self.machine.memory.write_u64(self.function_trace_op, op)
+        if func == self._current_func:
+            return
+        writes = self.arch.func_writes(func)
+        self._current_func = func
+        yield from self._apply_steps(writes)
+
+    def _update_steps(self) -> Generator:
+        """ftrace_modify_all_code: list func first (it copes with any set of ops), then the
+        sites, then the final global func."""
+        self.stats.updates += 1
+        func, op = self._global_func()
+        if func != self._current_func:
+            yield from self._set_global_func_steps(self.list_func, self.list_ops)
+        writes: list[TextWrite] = []
+        changed: list[tuple[Record, SiteState]] = []
+        for rec in self.records.values():
+            new = self.desired(rec)
+            if new != rec.state:
+                writes += self.arch.transition(rec, rec.state, new)
+                changed.append((rec, new))
+        yield from self._apply_steps(writes)
+        for rec, new in changed:
+            rec.state = new
+        yield from self._set_global_func_steps(func, op)
+
+    def _apply_steps(self, writes: list[TextWrite]) -> Generator:
+        if not writes:
+            return
+        _verify_sequence(self.machine, writes)
+        self.stats.pokes += len(writes)
+        yield from self.arch.apply(writes)
+
+    def _run(self, gen: Generator):
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    def task(self, gen: Generator, name: str = "ftrace") -> HostTask:
+        """Run an operation as an actor the scheduler interleaves with CPUs, e.g.
+        `sched.run([call_task, k.ftrace.task(k.ftrace.register_ftrace_function_steps(ops))])`."""
+        return HostTask(gen, name)
+
+    # ------------------------------------------------------------------ ops API
+    def _mirror(self, ops: FtraceOps) -> None:
+        if not ops.mem:
+            ops.mem = self._ops_mirror(f"ftrace_ops:{ops.name}:{id(ops):x}", 0, ops)
+        func = self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func
+        self.machine.memory.write_u64(ops.mem + OPS_FUNC, func)
+        self.machine.memory.write_u64(ops.mem + OPS_DIRECT_CALL, ops.direct_call)
+
+    def ftrace_set_filter_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
+                             reset: bool = False):
+        return self._run(self.ftrace_set_filter_ip_steps(ops, ip, remove, reset))
+
+    def ftrace_set_filter_ip_steps(self, ops, ip, remove=False, reset=False) -> Generator:
+        return self.ftrace_set_filter_ips_steps(ops, [ip], remove, reset)
+
+    def ftrace_set_filter_ips(self, ops: FtraceOps, ips, remove=False, reset=False):
+        return self._run(self.ftrace_set_filter_ips_steps(ops, ips, remove, reset))
+
+    def ftrace_set_filter_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
+        ips = list(ips)
+        for ip in ips:
+            if ip not in self.records:
+                raise KernelError("ENOENT", f"{ip:#x} is not an ftrace location "
+                                            "(ftrace_set_filter_ip)")
+        old = set(ops.filter)
+        new = set() if reset else set(old)
+        new = new - set(ips) if remove else new | set(ips)
+        if ops.flags & FL.ENABLED:
+            self._check_ipmodify_change(ops, new)
+        ops.filter = new
+        ops.flags |= FL.INITIALIZED
+        if ops.flags & FL.ENABLED:
+            yield from self._update_steps()
+
+    def register_ftrace_function(self, ops: FtraceOps):
+        return self._run(self.register_ftrace_function_steps(ops))
+
+    def register_ftrace_function_steps(self, ops: FtraceOps) -> Generator:
+        if ops.flags & FL.ENABLED:
+            raise KernelError("EBUSY", f"ftrace_ops {ops.name} is already registered")
+        if ops.flags & FL.SAVE_REGS and not self.profile.with_regs:
+            raise KernelError("EINVAL", "FTRACE_OPS_FL_SAVE_REGS needs "
+                                        "DYNAMIC_FTRACE_WITH_REGS (use SAVE_REGS_IF_SUPPORTED)")
+        self._check_ipmodify(ops, ops.filter)
+        self._mirror(ops)
+        ops.flags |= FL.ENABLED | FL.INITIALIZED
+        self.ops_list.append(ops)
+        try:
+            yield from self._update_steps()
+        except BaseException:
+            self._drop(ops)
+            raise
+
+    def unregister_ftrace_function(self, ops: FtraceOps):
+        return self._run(self.unregister_ftrace_function_steps(ops))
+
+    def unregister_ftrace_function_steps(self, ops: FtraceOps) -> Generator:
+        if not ops.flags & FL.ENABLED:
+            raise KernelError("EINVAL", f"ftrace_ops {ops.name} is not registered")
+        peers = self._direct_peers(ops) if ops.flags & FL.IPMODIFY else []
+        self._drop(ops)
+        yield from self._update_steps()
+        self.stats.synchronize_rcu += 1        # ftrace_shutdown waits before the ops can go
+        for peer, ip in peers:
+            if peer.ops_func is not None:
+                peer.ops_func(peer, ip, OpsCmd.DISABLE_SHARE_IPMODIFY_PEER)
+
+    def _drop(self, ops: FtraceOps) -> None:
+        ops.flags &= ~FL.ENABLED
+        if ops in self.ops_list:
+            self.ops_list.remove(ops)
+
+    # ------------------------------------------------------------------ IPMODIFY policy (§2.2)
+    def _ips_of(self, ops: FtraceOps, filt: set[int]) -> list[int]:
+        if filt:
+            return sorted(i for i in filt if i in self.records and i not in ops.notrace)
+        return sorted(i for i in self.records if i not in ops.notrace)
+
+    def _direct_peers(self, ops: FtraceOps) -> list[tuple[FtraceOps, int]]:
+        out = []
+        for ip in self._ips_of(ops, ops.filter):
+            for other in self.ops_list:
+                if other is not ops and other.flags & FL.DIRECT and other.traces(ip):
+                    out.append((other, ip))
+        return out
+
+    def _check_ipmodify_change(self, ops: FtraceOps, new_filter: set[int]) -> None:
+        added = set(self._ips_of(ops, new_filter)) - set(self._ips_of(ops, ops.filter))
+        saved = ops.filter
+        self._check_ipmodify(ops, added, only=True)
+        ops.filter = saved
+
+    def _check_ipmodify(self, ops: FtraceOps, filt: set[int], only: bool = False) -> None:
+        """At most one IPMODIFY ops per function; a DIRECT ops and an IPMODIFY ops share a
+        function only if the direct ops' ops_func agrees (SELF when the direct one comes second,
+        PEER when the IPMODIFY one does); no ops_func -> EBUSY."""
+        ips = sorted(filt) if only else self._ips_of(ops, filt)
+        others = [o for o in self.ops_list if o is not ops and o.flags & FL.ENABLED]
+        for ip in ips:
+            on_ip = [o for o in others if o.traces(ip)]
+            name = self.machine.kallsyms.format(ip)
+            if ops.flags & FL.IPMODIFY:
+                if any(o.flags & FL.IPMODIFY for o in on_ip):
+                    raise KernelError("EBUSY", f"{name} already has an IPMODIFY ops "
+                                               "(only one may change the ip of a function)")
+                for peer in (o for o in on_ip if o.flags & FL.DIRECT):
+                    if peer.ops_func is None:
+                        raise KernelError("EBUSY", f"{name} has a direct ops without ops_func: "
+                                                   "it cannot share with IPMODIFY")
+                    self._ops_func(peer, ip, OpsCmd.ENABLE_SHARE_IPMODIFY_PEER)
+            if ops.flags & FL.DIRECT and any(o.flags & FL.IPMODIFY for o in on_ip):
+                if ops.ops_func is None:
+                    raise KernelError("EBUSY", f"{name} has an IPMODIFY ops and this direct ops "
+                                               "has no ops_func to agree to share it")
+                self._ops_func(ops, ip, OpsCmd.ENABLE_SHARE_IPMODIFY_SELF)
+
+    @staticmethod
+    def _ops_func(ops: FtraceOps, ip: int, cmd: OpsCmd) -> None:
+        err = ops.ops_func(ops, ip, cmd)
+        if err:
+            from ..errors import ERRNO
+            name = next((n for n, v in ERRNO.items() if v == -err), None)
+            if name is None:
+                raise KernelError("EINVAL", f"ops_func returned unknown error {err}")
+            raise KernelError(name, f"ops_func({ops.name}, {cmd.name}) refused: {name}")
+
+
+def _verify_sequence(machine, writes: list[TextWrite]) -> None:
+    """Verify old bytes for a sequence in which one address may be written twice: check each
+    write against memory overlaid with the earlier writes of the same sequence."""
+    shadow: dict[int, int] = {}
+
+    class _View:
+        def read(self, addr, n):
+            base = machine.memory.read(addr, n)
+            return bytes(shadow.get(addr + i, base[i]) for i in range(n))
+
+    class _M:
+        memory = _View()
+
+    for w in writes:
+        verify(_M, [w], machine.kallsyms)
+        for i, b in enumerate(w.new):
+            shadow[w.addr + i] = b
