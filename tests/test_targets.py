@@ -331,6 +331,8 @@ EXPECTED_PROTOTYPES = {
     "tramplab_test_run_many_args": "int tramplab_test_run_many_args(void)",
     "tramplab_test_run_struct_arg": "int tramplab_test_run_struct_arg(void)",
     "tramplab_test_run_trampoline_count": "int tramplab_test_run_trampoline_count(void)",
+    "livepatch_bpf_fentry_test1": "int livepatch_bpf_fentry_test1(int a)",
+    "livepatch_bpf_fentry_test2": "int livepatch_bpf_fentry_test2(int a, u64 b)",
 }
 
 # C spelling -> (size, signed, kind); chars are unsigned (-funsigned-char, as the kernel).
@@ -371,10 +373,10 @@ def test_prototypes(loaded):
 # Relocations seen
 
 EXPECTED_RELOCS = {
-    "x86_64": {"R_X86_64_64": 22, "R_X86_64_PC32": 1, "R_X86_64_PLT32": 17},
-    "arm64": {"R_AARCH64_ABS64": 22, "R_AARCH64_ADR_PREL_PG_HI21": 1, "R_AARCH64_CALL26": 17,
+    "x86_64": {"R_X86_64_64": 24, "R_X86_64_PC32": 1, "R_X86_64_PLT32": 17},
+    "arm64": {"R_AARCH64_ABS64": 24, "R_AARCH64_ADR_PREL_PG_HI21": 1, "R_AARCH64_CALL26": 17,
               "R_AARCH64_LDST64_ABS_LO12_NC": 1},
-    "riscv64": {"R_RISCV_64": 22, "R_RISCV_CALL_PLT": 17, "R_RISCV_PCREL_HI20": 1,
+    "riscv64": {"R_RISCV_64": 24, "R_RISCV_CALL_PLT": 17, "R_RISCV_PCREL_HI20": 1,
                 "R_RISCV_PCREL_LO12_S": 1},
 }
 

@@ -94,8 +94,9 @@ class ArchFtrace:
         raise NotImplementedError
 
     # -- global callback (non-CALL_OPS callers have a patchable `call ftrace_stub`) ----------
-    def func_writes(self, func_addr: int) -> list[TextWrite]:
-        """Point the callers' ftrace_call site(s) at `func_addr` (ftrace_update_ftrace_func)."""
+    def func_writes(self, old_func: int | None, func_addr: int) -> list[TextWrite]:
+        """Point the callers' ftrace_call site(s) from `old_func` (None: as emitted at install)
+        to `func_addr` (ftrace_update_ftrace_func)."""
         return []
 
     # -- protocol -------------------------------------------------------------------------
@@ -111,6 +112,14 @@ class ArchFtrace:
 
     def set_direct_caller(self, cpu, fregs_addr: int, addr: int) -> None:
         """arch_ftrace_set_direct_caller: make the caller branch to `addr` when it returns."""
+        raise NotImplementedError
+
+    # -- samples/ftrace/ftrace-direct*.c ----------------------------------------------------
+    def sample_direct(self, e, kind: str, entry_host: int, exit_host: int) -> None:
+        """Emit into `e` (jit.Emitter) a direct trampoline honouring the §1.4 entry contract:
+        kind "call": save the argument registers, call entry_host(first arg), restore them and
+        return into the function; kind "after": the same, then call the function body itself,
+        call exit_host(its return value) and return that value to the parent."""
         raise NotImplementedError
 
 

@@ -149,8 +149,12 @@ class FtraceCore:
                 self.records[rec.ip] = rec
                 writes += self.arch.boot_writes(rec)
                 rec.state = SiteState(None, self.nop_ops if self.profile.call_ops else None)
+        _verify_sequence(self.machine, writes)
         self._run(self._apply_steps(writes))
-        self._run(self._set_global_func_steps(self.stub_func, 0))
+        writes = self._func_writes(self.stub_func, None)
+        _verify_sequence(self.machine, writes)
+        self._run(self._apply_steps(writes))
+        self._current_func = self.stub_func
         self.stats = FtraceStats()       # boot patching is not part of any measured operation
 
     # ------------------------------------------------------------------ lookup
@@ -280,37 +284,40 @@ class FtraceCore:
             return (self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func), ops.mem
         return self.list_func, self.list_ops
 
-    def _set_global_func_steps(self, func: int, op: int) -> Generator:
-        self.machine.memory.write_u64(self.function_trace_op, op)
-        if func == self._current_func:
-            return
-        writes = self.arch.func_writes(func)
-        self._current_func = func
-        yield from self._apply_steps(writes)
+    def _func_writes(self, func: int, current: int | None) -> list[TextWrite]:
+        return [] if func == current else self.arch.func_writes(current, func)
 
     def _update_steps(self) -> Generator:
-        """ftrace_modify_all_code: list func first (it copes with any set of ops), then the
-        sites, then the final global func."""
+        """ftrace_modify_all_code.  Everything is computed and verified before the first byte
+        changes (a refusal leaves the text as it was); then: the callers' ftrace_call to the list
+        function (it copes with any set of ops), the sites, the final global function."""
         self.stats.updates += 1
         func, op = self._global_func()
-        if func != self._current_func:
-            yield from self._set_global_func_steps(self.list_func, self.list_ops)
-        writes: list[TextWrite] = []
+        site_writes: list[TextWrite] = []
         changed: list[tuple[Record, SiteState]] = []
         for rec in self.records.values():
             new = self.desired(rec)
             if new != rec.state:
-                writes += self.arch.transition(rec, rec.state, new)
+                site_writes += self.arch.transition(rec, rec.state, new)
                 changed.append((rec, new))
-        yield from self._apply_steps(writes)
-        for rec, new in changed:
-            rec.state = new
-        yield from self._set_global_func_steps(func, op)
+        via_list = func != self._current_func
+        first = self._func_writes(self.list_func, self._current_func) if via_list else []
+        last = self._func_writes(func, self.list_func if via_list else self._current_func)
+        _verify_sequence(self.machine, first + site_writes + last)
+        if via_list:
+            self.machine.memory.write_u64(self.function_trace_op, self.list_ops)
+            yield from self._apply_steps(first)
+            self._current_func = self.list_func
+        yield from self._apply_steps(site_writes)
+        for rec, state in changed:
+            rec.state = state
+        yield from self._apply_steps(last)
+        self._current_func = func
+        self.machine.memory.write_u64(self.function_trace_op, op)
 
     def _apply_steps(self, writes: list[TextWrite]) -> Generator:
         if not writes:
             return
-        _verify_sequence(self.machine, writes)
         self.stats.pokes += len(writes)
         yield from self.arch.apply(writes)
 

@@ -232,10 +232,11 @@ class ArchFtraceImpl(ArchFtrace):
     def site_bytes(self, rec, state: SiteState) -> dict[int, bytes]:
         return {rec.ip: self._insn(rec.ip, state)}
 
-    def func_writes(self, func_addr: int) -> list[TextWrite]:
+    def func_writes(self, old_func: int | None, func_addr: int) -> list[TextWrite]:
         out = []
         for site in self._call_sites:
-            old = self.machine.memory.read(site, 5)
+            old = (self.machine.memory.read(site, 5) if old_func is None
+                   else X.call_rel32(site, old_func))
             new = X.call_rel32(site, func_addr)
             if old != new:
                 out.append(TextWrite(site, old, new, "ftrace_call"))
@@ -293,3 +294,31 @@ class ArchFtraceImpl(ArchFtrace):
     def set_direct_caller(self, cpu, fregs_addr: int, addr: int) -> None:
         """arch_ftrace_set_direct_caller: regs->orig_ax = addr."""
         self.machine.memory.write_u64(fregs_addr + PT["orig_ax"], addr)
+
+    def sample_direct(self, e, kind: str, entry_host: int, exit_host: int) -> None:
+        """my_tramp of samples/ftrace/ftrace-direct*.c.  Entered by the site's call:
+        [rsp] = return into the function, [rsp+8] = parent.  The C helper may clobber every
+        argument register, so all six are saved (the kernel samples save what their target
+        needs)."""
+        e.emit(X.push("rbp"))                              # push rbp
+        e.emit(X.mov_rr("rbp", "rsp"))                     # mov rbp, rsp
+        for reg in ARG_REGS:
+            e.emit(X.push(reg))                            # push reg  (args, rsp stays 16-aligned)
+        e.emit(X.call_rel32(e.pc, entry_host))             # call my_direct_func  (rdi = arg 0)
+        for reg in reversed(ARG_REGS):
+            e.emit(X.pop(reg))                             # pop reg
+        if kind == "call":
+            e.emit(X.leave())                              # leave
+            e.emit(X.ret())                                # ret  (into the function)
+            return
+        e.emit(X.mov_load("rax", "rbp", 8))                # mov rax, [rbp+8]  (the function body)
+        e.emit(X.call_reg("rax"))                          # call rax  (run the function)
+        e.emit(X.push("rax"))                              # push rax  (its return value)
+        e.emit(X.push("rax"))                              # push rax  (keep rsp 16-aligned)
+        e.emit(X.mov_rr("rdi", "rax"))                     # mov rdi, rax
+        e.emit(X.call_rel32(e.pc, exit_host))              # call my_direct_func_exit
+        e.emit(X.pop("rax"))                               # pop rax
+        e.emit(X.pop("rax"))                               # pop rax
+        e.emit(X.leave())                                  # leave
+        e.emit(X.add_ri("rsp", 8))                         # add rsp, 8  (skip the function frame)
+        e.emit(X.ret())                                    # ret  (to the parent)

@@ -5,3 +5,4 @@
  */
 #include "test_run.c"
 #include "bpf_testmod.c"
+#include "livepatch_sample.c"
