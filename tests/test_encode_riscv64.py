@@ -678,3 +678,57 @@ def test_loads_sign_and_zero_extend_on_unicorn():
     assert r("a5") == 0xCCDDEEFF
     assert r("a6") == 0x8899AABBCCDDEEFF
     assert r("a7") == 0x8899AABBCCDDEE00
+
+
+# ------------------------------------------------------------------------------------------
+# c.addi4spn and c.addiw (added for the BPF trampoline JIT's RVC forms)
+# ------------------------------------------------------------------------------------------
+
+# Capstone prints c.addi4spn with its sp operand, c.addiw as rd, imm.
+TRAMP_RVC_ROWS: list[tuple] = []
+for _r in CREGS:
+    TRAMP_RVC_ROWS.append(("c_addi4spn", (_r, 16), "c.addi4spn", [_r, "sp", 16]))
+for _imm in [4, 8, 12, 16, 32, 64, 124, 128, 252, 256, 512, 1016, 1020]:
+    TRAMP_RVC_ROWS.append(("c_addi4spn", ("s0", _imm), "c.addi4spn", ["s0", "sp", _imm]))
+for _r in NONZERO:
+    TRAMP_RVC_ROWS.append(("c_addiw", (_r, 3), "c.addiw", [_r, 3]))
+for _imm in [-32, -31, -2, -1, 0, 1, 2, 15, 16, 30, 31]:
+    TRAMP_RVC_ROWS.append(("c_addiw", ("a0", _imm), "c.addiw", ["a0", _imm]))
+ROWS.extend((fn, args, mnem, ops, PC) for fn, args, mnem, ops in TRAMP_RVC_ROWS)
+
+
+def test_trampoline_rvc_encoders_round_trip():
+    bad = []
+    for fn, args, mnem, ops in TRAMP_RVC_ROWS:
+        code = getattr(E, fn)(*args)
+        got = decode(code) if len(code) == 2 else ("<size>", len(code))
+        if got != (mnem, ops):
+            bad.append(f"{fn}{args} = {code.hex()} -> {got}, want {(mnem, ops)}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("fn,args,match", [
+    ("c_addi4spn", ("s0", 0), r"c\.addi4spn: imm=0 is reserved"),
+    ("c_addi4spn", ("s0", 1024), r"c\.addi4spn: imm=1024 out of range \[0, 1020\]"),
+    ("c_addi4spn", ("s0", 6), r"c\.addi4spn: imm=6 is not a multiple of 4"),
+    ("c_addi4spn", ("s0", -4), r"c\.addi4spn: imm=-4"),
+    ("c_addi4spn", ("t0", 16), r"c\.addi4spn: rd='t0' \(x5\) not encodable"),
+    ("c_addi4spn", ("sp", 16), r"c\.addi4spn: rd='sp'"),
+    ("c_addiw", ("zero", 1), r"c\.addiw: rd=x0"),
+    ("c_addiw", ("a0", 32), r"c\.addiw: imm=32 out of range \[-32, 31\]"),
+    ("c_addiw", ("a0", -33), r"c\.addiw: imm=-33"),
+])
+def test_trampoline_rvc_encoders_refuse(fn, args, match):
+    with pytest.raises(EncodeError, match=match):
+        getattr(E, fn)(*args)
+
+
+def test_trampoline_rvc_encoders_on_unicorn():
+    # c.addi4spn computes sp + imm; c.addiw adds in 32 bits and sign-extends (0: sext.w).
+    code = (E.c_addi4spn("a0", 64) + E.li("a1", 0x7FFFFFFF) + E.c_addiw("a1", 1)
+            + E.li("a2", 0x1234_0000_8000_0000) + E.c_addiw("a2", 0))
+    uc = _run(code)
+    sp = uc.reg_read(UC_REG["sp"])
+    assert uc.reg_read(UC_REG["a0"]) == (sp + 64) & M64
+    assert uc.reg_read(UC_REG["a1"]) == 0xFFFFFFFF80000000
+    assert uc.reg_read(UC_REG["a2"]) == 0xFFFFFFFF80000000

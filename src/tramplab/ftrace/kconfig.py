@@ -75,6 +75,11 @@ def violations(p: Profile) -> list[str]:
                        "preempted between auipc and jalr would resume into a rewritten pair)")
         if p.site in ("jalr-only", "callops-jalr") and v < (6, 16):
             out.append("the jalr-only atomic riscv patching exists from v6.16")
+        if p.site == "jalr-only" and p.layout in LAYOUTS.get(a, {}) and \
+                LAYOUTS[a][p.layout].entry.align < 4:
+            out.append("riscv jalr-only patching writes one 4-byte jalr atomically, which needs "
+                       "4-byte aligned functions (FUNCTION_ALIGNMENT_4B); layout "
+                       f"{p.layout!r} is only {LAYOUTS[a][p.layout].entry.align}-byte aligned")
     if p.jmp and (a != "x86_64" or not p.direct_calls):
         out.append("DYNAMIC_FTRACE_WITH_JMP depends on DYNAMIC_FTRACE_WITH_DIRECT_CALLS && "
                    "HAVE_DYNAMIC_FTRACE_WITH_JMP (x86-64 only)")

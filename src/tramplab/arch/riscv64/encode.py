@@ -759,3 +759,28 @@ def c_ld(rd: str, rs1: str, imm: int) -> bytes:
 def c_sd(rs2: str, rs1: str, imm: int) -> bytes:
     """c.sd rs2, imm(rs1)     (rs2, rs1 in s0,s1,a0-a5; imm multiple of 8 in 0..248)"""
     return _cl_cs("c.sd", 0b111, "rs2", rs2, rs1, imm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compressed forms the BPF trampoline JIT needs (the kernel's emit_addi/emit_addiw pick them).
+# ----------------------------------------------------------------------------------------------
+
+def c_addi4spn(rd: str, imm: int) -> bytes:
+    """c.addi4spn rd, sp, imm (rd in s0,s1,a0-a5; imm multiple of 4 in 4..1020)"""
+    r = _creg("c.addi4spn", "rd", rd)
+    imm = _unsigned("c.addi4spn", "imm", imm, 0, 1020, 4)
+    if imm == 0:
+        # the all-zero immediate is reserved (and 0x0000 is the defined illegal instruction)
+        raise EncodeError("c.addi4spn: imm=0 is reserved")
+    # CIW: nzuimm[5:4|9:6|2|3] in bits 12:5.
+    return _le16(0b000 << 13 | _bits(imm, 5, 4) << 11 | _bits(imm, 9, 6) << 7
+                 | _bits(imm, 2, 2) << 6 | _bits(imm, 3, 3) << 5 | r << 2 | 0b00)
+
+
+def c_addiw(rd: str, imm: int) -> bytes:
+    """c.addiw rd, imm        (rd != x0, imm -32..31; imm 0 is sext.w rd)"""
+    r = _nonzero_reg("c.addiw", "rd", rd)
+    return _ci(0b001, 0b01, r, _signed("c.addiw", "imm", imm, 6))
+
+
+__all__ += ["c_addi4spn", "c_addiw"]

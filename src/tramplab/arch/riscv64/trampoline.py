@@ -1,0 +1,646 @@
+"""riscv64 BPF trampoline JIT: the kernel's __arch_prepare_bpf_trampoline and its size pass
+(arch/riscv/net/bpf_jit_comp64.c), in the two versions that differ in how they are entered
+(`spec.entry`, kernel-anchors.md §1.3/§1.4/§4.3):
+
+  "t0"         v6.4+ ("riscv, bpf: Adapt bpf trampoline to optimized riscv ftrace framework",
+               Pu Lehui; stack arguments since v6.11).  Entered from the 8-byte site
+               `auipc t0; jalr t0`: t0 = return into the function (site + 8), ra = the parent.
+               Builds two frame records (the parent's, then the traced function's) so the
+               unwinder sees both, keeps a0 and BPF R0 (a5) of the return value.
+  "ra-sled16"  v6.3 ("riscv, bpf: Add bpf trampoline support for RV64", Pu Lehui, Feb 2023),
+               written for the pre-v6.3 16-byte sled `sd ra,-8(sp); auipc ra; jalr ra;
+               ld ra,-8(sp)`: ra = return into the function (the sled's `ld ra`), the parent's
+               ra at -8(sp), stored there by the sled.  One frame record; the parent's ra is
+               read back from FP-8; at most 8 register arguments; one return-value slot.
+
+The v6.3 version is kept exactly as it was, including what it assumes about its caller: entered
+from the v6.3+ 8-byte site (nothing stored at -8(sp), ra = parent) it calls the original 16 bytes
+in instead of 8 and returns to whatever was at -8(sp) -- the bug Björn Töpel reported when
+DYNAMIC_FTRACE_WITH_DIRECT_CALLS came to riscv (seed 000).
+
+Instruction choice follows the kernel's emit_* helpers (bpf_jit.h): the compressed form whenever
+the kernel would take it (CONFIG_RISCV_ISA_C; `spec.extra["rvc"] = False` for a non-C kernel),
+except where a slot must stay patchable (the beq/bne placeholders, the two nops after the call
+to the original).  Calls are `jal ra` within +/-1 MiB, else `auipc t1; jalr ra`; 64-bit constants
+use the kernel's emit_imm recursion.  The size pass assumes the longest form of everything the
+real pass may shorten (every call auipc+jalr, `im` loaded as RV_MAX_COUNT_IMM), as the kernel's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...bpf.spec import ENTRY_KINDS, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from ...errors import KernelError, UsageError
+from ...jit import Emitter, assemble
+from . import encode as R
+
+F = TrampFlag
+MAX_REG_ARGS = 8                   # RV_MAX_REG_ARGS: a0-a7
+RV_MAX_COUNT_IMM = 0x7FFF7FF7FF7FF7FF   # the constant emit_imm needs the most instructions for
+RUN_CTX_SIZE = 16                  # struct bpf_tramp_run_ctx: cookie at +0, saved_run_ctx at +8
+COOKIE_OFF = 0                     # offsetof(struct bpf_tramp_run_ctx, bpf_cookie)
+STACK_ALIGN = 16
+# What the 3-bit register field of c.ld/c.sd/c.addi4spn can name (the kernel's is_creg()).
+CREGS = frozenset({"fp", "s0", "s1", "a0", "a1", "a2", "a3", "a4", "a5"})
+# Reach of `jal` (is_21b_int) and of auipc+jalr (in_auipc_jalr_range), from the call's pc.
+JAL_MIN, JAL_MAX = -(1 << 20), (1 << 20) - 1
+AUIPC_MIN, AUIPC_MAX = -(1 << 31) - (1 << 11), (1 << 31) - (1 << 11) - 1
+
+V64 = "v6.4+"                      # entry "t0"
+V63 = "v6.3"                       # entry "ra-sled16"
+
+
+def _version(spec: TrampolineSpec) -> str:
+    return V63 if spec.entry == "ra-sled16" else V64
+
+
+# ----------------------------------------------------------------------------------------------
+# The frame
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Frame:
+    """Frame offsets as the kernel names them: the slot `x` lives at FP - x_off."""
+
+    version: str
+    nr_arg_slots: int
+    stack_size: int          # the trampoline's own frame (the parent's record is 16 B more)
+    retval_off: int | None   # CALL_ORIG or RET_FENTRY_RET: a0 here (v6.4+: a5 at +8)
+    args_off: int            # ctx = FP - args_off
+    nregs_off: int           # ctx[-1]
+    ip_off: int | None       # ctx[-2], IP_ARG only
+    run_ctx_off: int
+    sreg_off: int            # saved s1 (the trampoline keeps `start` there across calls)
+    stk_arg_off: int | None  # outgoing stack args for the original (v6.4+, slots > 8)
+    retaddr_off: int = 0     # v6.3: ra at entry = return into the function
+    fp_off: int = 0          # v6.3: the caller's fp
+
+    @property
+    def nr_reg_args(self) -> int:
+        return min(self.nr_arg_slots, MAX_REG_ARGS)
+
+    @property
+    def nr_stack_args(self) -> int:
+        return max(self.nr_arg_slots - MAX_REG_ARGS, 0)
+
+
+def _saves_ret(flags: TrampFlag) -> bool:
+    return bool(flags & (F.CALL_ORIG | F.RET_FENTRY_RET))
+
+
+def frame_layout(spec: TrampolineSpec) -> Frame:
+    """Offsets in the order the kernel allocates them, top of the frame first."""
+    if _version(spec) == V63:
+        return _frame_v63(spec)
+    slots, flags = spec.model.nr_arg_slots, spec.flags
+    size = 16                                   # the traced function's record: t0, fp
+    retval_off = None
+    if _saves_ret(flags):
+        size += 16                              # a0 and BPF R0 (a5)
+        retval_off = size
+    size += 8 * slots
+    args_off = size
+    size += 8
+    nregs_off = size
+    ip_off = None
+    if flags & F.IP_ARG:
+        size += 8
+        ip_off = size
+    size += RUN_CTX_SIZE
+    run_ctx_off = size
+    size += 8
+    sreg_off = size
+    if flags & F.CALL_ORIG and slots > MAX_REG_ARGS:
+        size += 8 * (slots - MAX_REG_ARGS)
+    size = -(-size // STACK_ALIGN) * STACK_ALIGN
+    # the outgoing stack arguments sit at sp, the bottom of the frame
+    return Frame(V64, slots, size, retval_off, args_off, nregs_off, ip_off, run_ctx_off,
+                 sreg_off, stk_arg_off=size)
+
+
+def _frame_v63(spec: TrampolineSpec) -> Frame:
+    slots, flags = spec.model.nr_arg_slots, spec.flags
+    size = 8                                    # FP-8: the parent's ra, stored by the sled
+    size += 8
+    retaddr_off = size                          # ra at entry: back into the function
+    size += 8
+    fp_off = size
+    retval_off = None
+    if _saves_ret(flags):
+        size += 8                               # one slot: a0 of the original, a5 of a prog
+        retval_off = size
+    size += 8 * slots
+    args_off = size
+    size += 8
+    nregs_off = size
+    ip_off = None
+    if flags & F.IP_ARG:
+        size += 8
+        ip_off = size
+    size += RUN_CTX_SIZE
+    run_ctx_off = size
+    size += 8
+    sreg_off = size
+    size = -(-size // STACK_ALIGN) * STACK_ALIGN
+    return Frame(V63, slots, size, retval_off, args_off, nregs_off, ip_off, run_ctx_off,
+                 sreg_off, None, retaddr_off, fp_off)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the kernel refuses (before emitting anything)
+# ----------------------------------------------------------------------------------------------
+
+def check_spec(spec: TrampolineSpec) -> None:
+    if spec.arch != "riscv64":
+        raise UsageError(f"riscv64 trampoline JIT given a spec for {spec.arch}")
+    if spec.entry not in ENTRY_KINDS["riscv64"]:
+        raise UsageError(f"riscv64 trampolines are entered via {ENTRY_KINDS['riscv64']}, "
+                         f"not {spec.entry!r}")
+    # Both versions test the two flags with one mask: either one alone is refused too.
+    if spec.flags & (F.ORIG_STACK | F.SHARE_IPMODIFY):
+        raise KernelError("ENOTSUPP", "riscv trampolines support neither ORIG_STACK nor "
+                                      "SHARE_IPMODIFY (no sharing a function with livepatch)")
+    if (spec.fexit or spec.fmod_ret) and not spec.flags & F.CALL_ORIG:
+        raise UsageError("fexit/fmod_ret programs need CALL_ORIG (bpf_trampoline_update sets it)")
+    slots = spec.model.nr_arg_slots
+    if _version(spec) == V63:
+        if slots > MAX_REG_ARGS:
+            raise KernelError("ENOTSUPP", f"v6.3 riscv trampoline: {slots} argument slots, "
+                                          f"only the {MAX_REG_ARGS} argument registers")
+        return
+    if spec.model.nr_args > spec.max_args:
+        raise KernelError("ENOTSUPP", f"{spec.model.nr_args} arguments > MAX_BPF_FUNC_ARGS "
+                                      f"({spec.max_args})")
+    if spec.reg_args_only and slots > MAX_REG_ARGS:
+        raise KernelError("ENOTSUPP", f"{slots} argument slots: stack arguments need the v6.11 "
+                                      f"trampoline (this one takes {MAX_REG_ARGS} registers)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The JIT
+# ----------------------------------------------------------------------------------------------
+
+def _sext12(value: int) -> int:
+    return ((value & 0xFFF) ^ 0x800) - 0x800
+
+
+def _signed64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >> 63 else value
+
+
+class _Jit:
+    """One pass over the trampoline: `e` collects the code, `sizing` is the kernel's size pass."""
+
+    def __init__(self, e: Emitter, spec: TrampolineSpec, frame: Frame, sizing: bool):
+        self.e = e
+        self.spec = spec
+        self.f = frame
+        self.sizing = sizing
+        self.rvc = spec.extra.get("rvc", True)
+        self.nlabels = 0
+
+    def fresh_label(self, what: str) -> str:
+        self.nlabels += 1
+        return f"{what}{self.nlabels}"
+
+    # -- the kernel's emit_* helpers: compressed when the kernel would compress ----------------
+    def addi(self, rd: str, rs: str, imm: int) -> None:
+        e = self.e
+        if self.rvc and rd == rs == "sp" and imm and -512 <= imm < 512 and not imm & 0xF:
+            e.emit(R.c_addi16sp(imm))                       # c.addi16sp sp, imm
+        elif self.rvc and rd in CREGS and rs == "sp" and 0 < imm < 1024 and not imm & 3:
+            e.emit(R.c_addi4spn(rd, imm))                   # c.addi4spn rd, sp, imm
+        elif self.rvc and rd != "zero" and rd == rs and imm and -32 <= imm < 32:
+            e.emit(R.c_addi(rd, imm))                       # c.addi rd, imm
+        else:
+            e.emit(R.addi(rd, rs, imm))                     # addi rd, rs, imm
+
+    def addiw(self, rd: str, rs: str, imm: int) -> None:
+        if self.rvc and rd != "zero" and rd == rs and -32 <= imm < 32:
+            self.e.emit(R.c_addiw(rd, imm))                 # c.addiw rd, imm
+        else:
+            self.e.emit(R.addiw(rd, rs, imm))               # addiw rd, rs, imm
+
+    def li(self, rd: str, imm: int) -> None:
+        if self.rvc and rd != "zero" and -32 <= imm < 32:
+            self.e.emit(R.c_li(rd, imm))                    # c.li rd, imm
+        else:
+            self.e.emit(R.addi(rd, "zero", imm))            # li rd, imm  (addi rd, zero, imm)
+
+    def lui(self, rd: str, imm: int) -> None:
+        if self.rvc and rd not in ("zero", "sp") and imm and -32 <= imm < 32:
+            self.e.emit(R.c_lui(rd, imm))                   # c.lui rd, imm
+        else:
+            self.e.emit(R.lui(rd, imm & 0xFFFFF))           # lui rd, imm
+
+    def slli(self, rd: str, rs: str, shamt: int) -> None:
+        if self.rvc and rd != "zero" and rd == rs and 0 < shamt < 64:
+            self.e.emit(R.c_slli(rd, shamt))                # c.slli rd, shamt
+        else:
+            self.e.emit(R.slli(rd, rs, shamt))              # slli rd, rs, shamt
+
+    def mv(self, rd: str, rs: str) -> None:
+        if self.rvc and rd != "zero" and rs != "zero":
+            self.e.emit(R.c_mv(rd, rs))                     # c.mv rd, rs
+        else:
+            self.e.emit(R.mv(rd, rs))                       # mv rd, rs
+
+    def sd(self, rs: str, base: str, off: int) -> None:
+        e = self.e
+        if self.rvc and base == "sp" and 0 <= off < 512 and not off & 7:
+            e.emit(R.c_sdsp(rs, off))                       # c.sdsp rs, off(sp)
+        elif self.rvc and base in CREGS and rs in CREGS and 0 <= off < 256 and not off & 7:
+            e.emit(R.c_sd(rs, base, off))                   # c.sd rs, off(base)
+        else:
+            e.emit(R.sd(rs, base, off))                     # sd rs, off(base)
+
+    def ld(self, rd: str, base: str, off: int) -> None:
+        e = self.e
+        if self.rvc and base == "sp" and rd != "zero" and 0 <= off < 512 and not off & 7:
+            e.emit(R.c_ldsp(rd, off))                       # c.ldsp rd, off(sp)
+        elif self.rvc and base in CREGS and rd in CREGS and 0 <= off < 256 and not off & 7:
+            e.emit(R.c_ld(rd, base, off))                   # c.ld rd, off(base)
+        else:
+            e.emit(R.ld(rd, base, off))                     # ld rd, off(base)
+
+    def jr(self, rs: str) -> None:
+        if self.rvc:
+            self.e.emit(R.c_jr(rs))                         # c.jr rs   (jalr zero, 0(rs))
+        else:
+            self.e.emit(R.jr(rs))                           # jalr zero, 0(rs)
+
+    def nop4(self) -> None:
+        # always the 4-byte nop: these slots are rewritten later with 4-byte instructions
+        self.e.emit(R.nop())                                # nop
+
+    def imm(self, rd: str, value: int) -> None:
+        """emit_imm: any 64-bit constant, lowest bits last (addi/addiw sign-extend them)."""
+        val = _signed64(value)
+        upper = (val + (1 << 11)) >> 12
+        lower = _sext12(val)
+        if -(1 << 31) <= val < (1 << 31):
+            if not upper:
+                self.li(rd, lower)                          # li rd, lower
+                return
+            self.lui(rd, upper)
+            self.addiw(rd, rd, lower)       # also when lower == 0: wraps lui's 0x80000 back
+            return
+        shift = (upper & -upper).bit_length() - 1
+        self.imm(rd, upper >> shift)                        # li rd, upper >> shift
+        self.slli(rd, rd, shift + 12)
+        if lower:
+            self.addi(rd, rd, lower)
+
+    def call(self, target: int) -> None:
+        """emit_call(addr, fixed_addr=true): jal when it reaches, else auipc t1 + jalr ra.
+        The size pass does not know where the image goes and assumes the long form."""
+        e = self.e
+        off = target - e.pc
+        if self.sizing:
+            e.emit(R.auipc("t1", 0) + R.jalr("ra", "t1", 0))   # auipc t1, ?; jalr ra, ?(t1)
+        elif off and JAL_MIN <= off <= JAL_MAX:
+            e.emit(R.jal("ra", e.pc, target))                   # jal ra, target
+        elif AUIPC_MIN <= off <= AUIPC_MAX:
+            e.emit(R.auipc_jalr("ra", "t1", e.pc, target))      # auipc t1, hi; jalr ra, lo(t1)
+        else:
+            raise KernelError("ERANGE", f"bpf-jit: target offset {off:#x} is out of range "
+                                        f"(call from {e.pc:#x} to {target:#x})")
+
+    # -- arguments ------------------------------------------------------------------------------
+    def store_args(self) -> None:
+        """ctx[i] = a<i>; slots past a7 are copied from the traced function's caller's stack,
+        which starts right above the parent's frame record (FP + 16)."""
+        f = self.f
+        self.e.note(f"ctx[0..{f.nr_arg_slots - 1}]: save the argument slots")
+        for i in range(f.nr_arg_slots):
+            slot = -f.args_off + 8 * i
+            if i < MAX_REG_ARGS:
+                self.sd(f"a{i}", "fp", slot)                # sd a<i>, -args_off+8i(fp)
+            else:
+                self.ld("t1", "fp", 16 + 8 * (i - MAX_REG_ARGS))   # ld t1, stack arg(fp)
+                self.sd("t1", "fp", slot)                   # sd t1, -args_off+8i(fp)
+
+    def restore_args(self) -> None:
+        for i in range(self.f.nr_reg_args):
+            self.ld(f"a{i}", "fp", -self.f.args_off + 8 * i)    # ld a<i>, ctx[i]
+
+    def restore_stack_args(self) -> None:
+        """The original's stack arguments: ctx[8..] copied to the bottom of our frame (sp)."""
+        f = self.f
+        for i in range(f.nr_stack_args):
+            self.ld("t1", "fp", -f.args_off + 8 * (MAX_REG_ARGS + i))   # ld t1, ctx[8+i]
+            self.sd("t1", "fp", -f.stk_arg_off + 8 * i)                 # sd t1, 8i(sp)
+
+    # -- one program ----------------------------------------------------------------------------
+    def prog_enter(self, link: ProgLink) -> None:
+        """run_ctx.cookie = cookie; a0 = enter(prog, &run_ctx)."""
+        f = self.f
+        if link.cookie:
+            self.imm("t1", link.cookie)                     # li t1, cookie
+            self.sd("t1", "fp", -f.run_ctx_off + COOKIE_OFF)   # sd t1, run_ctx.cookie
+        else:
+            self.sd("zero", "fp", -f.run_ctx_off + COOKIE_OFF)  # sd zero, run_ctx.cookie
+        self.imm("a0", link.prog)                           # li a0, prog
+        self.addi("a1", "fp", -f.run_ctx_off)               # addi a1, fp, -run_ctx_off
+        self.call(link.enter)                               # call enter
+
+    def skip_if_recursing(self, skip: str) -> None:
+        # enter returned 0: the prog is already running on this CPU
+        e = self.e
+        e.emit(R.beq("a0", "zero", e.pc, e.label_addr(skip)))   # beq a0, zero, skip
+
+    def prog_run(self, link: ProgLink, save_ret: bool) -> None:
+        """a0 = bpf_func(ctx); keep it as the return value if asked."""
+        f = self.f
+        self.addi("a0", "fp", -f.args_off)                  # addi a0, fp, -args_off  (ctx)
+        self.call(link.bpf_func)                            # call bpf_func
+        if not save_ret:
+            return
+        if f.version == V63:
+            self.sd("a5", "fp", -f.retval_off)              # sd a5, retval  (BPF R0)
+            return
+        self.sd("a0", "fp", -f.retval_off)                  # sd a0, retval
+        self.sd("a5", "fp", -(f.retval_off - 8))            # sd a5, retval+8  (BPF R0)
+
+    def prog_exit(self, link: ProgLink) -> None:
+        """exit(prog, start, &run_ctx): always called, also when the prog was skipped."""
+        self.imm("a0", link.prog)                           # li a0, prog
+        self.mv("a1", "s1")                                 # mv a1, s1  (start)
+        self.addi("a2", "fp", -self.f.run_ctx_off)          # addi a2, fp, -run_ctx_off
+        self.call(link.exit)                                # call exit
+
+    def invoke_prog(self, link: ProgLink, save_ret: bool, what: str) -> None:
+        skip = self.fresh_label("skip")
+        self.e.note(what)
+        self.prog_enter(link)
+        if self.f.version == V63:
+            # v6.3 tested before saving `start`: a skipped prog's exit gets a stale s1
+            self.skip_if_recursing(skip)
+            self.mv("s1", "a0")                             # mv s1, a0  (start)
+        else:
+            self.mv("s1", "a0")                             # mv s1, a0  (start)
+            self.skip_if_recursing(skip)
+        self.prog_run(link, save_ret)
+        self.e.label(skip)
+        self.prog_exit(link)
+
+    def invoke_fmod_ret(self) -> None:
+        """ret = 0; each prog stores its return; a non-zero one skips the original."""
+        f, e = self.f, self.e
+        e.note("fmod_ret: clear the return value")
+        self.sd("zero", "fp", -f.retval_off)                # sd zero, retval
+        for n, link in enumerate(self.spec.fmod_ret):
+            self.invoke_prog(link, True, f"fmod_ret prog {n}")
+            self.ld("t1", "fp", -f.retval_off)              # ld t1, retval
+            e.emit(R.bne("t1", "zero", e.pc, e.label_addr("do_fexit")))   # bne t1, zero, do_fexit
+
+    # -- the original ---------------------------------------------------------------------------
+    def call_original(self) -> None:
+        spec, f, e = self.spec, self.f, self.e
+        e.note("call the original past its patch site")
+        self.restore_args()                                 # ld a0..a7, ctx[0..7]
+        self.restore_stack_args()                           # ctx[8..] -> 0..(sp)
+        self.call(spec.func_addr + spec.site_skip)          # call func + site_skip
+        self.sd("a0", "fp", -f.retval_off)                  # sd a0, retval
+        if f.version == V64:
+            self.sd("a5", "fp", -(f.retval_off - 8))        # sd a5, retval+8
+        e.label("ip_after_call")
+        e.note("im->ip_after_call: room for auipc+jalr to the epilogue")
+        self.nop4()                                         # nop
+        self.nop4()                                         # nop
+
+    def tramp_helper(self, helper: int) -> None:
+        """__bpf_tramp_enter/exit(im); the size pass loads the longest constant instead."""
+        im = RV_MAX_COUNT_IMM if self.sizing and self.f.version == V64 else self.spec.im
+        self.imm("a0", im)                                  # li a0, im
+        self.call(helper)                                   # call __bpf_tramp_enter/exit
+
+    # -- frames ---------------------------------------------------------------------------------
+    def enter_frames(self) -> None:
+        if self.f.version == V63:
+            self.enter_frame_v63()
+        elif self.spec.flags & F.INDIRECT:
+            self.enter_frame_direct()
+        else:
+            self.enter_frames_from_site()
+
+    def enter_frames_from_site(self) -> None:
+        """The parent's record (ra = parent), then the traced function's (t0 = into it)."""
+        n = self.f.stack_size
+        self.e.note("frame record of the parent: ra, fp")
+        self.addi("sp", "sp", -16)                          # addi sp, sp, -16
+        self.sd("ra", "sp", 8)                              # sd ra, 8(sp)
+        self.sd("fp", "sp", 0)                              # sd fp, 0(sp)
+        self.addi("fp", "sp", 16)                           # addi fp, sp, 16
+        self.e.note("frame record of the traced function: t0, fp")
+        self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
+        self.sd("t0", "sp", n - 8)                          # sd t0, stack_size-8(sp)
+        self.sd("fp", "sp", n - 16)                         # sd fp, stack_size-16(sp)
+        self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+
+    def enter_frame_direct(self) -> None:
+        """struct_ops (INDIRECT): called like a function, one record with ra."""
+        n = self.f.stack_size
+        self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
+        self.sd("ra", "sp", n - 8)                          # sd ra, stack_size-8(sp)
+        self.sd("fp", "sp", n - 16)                         # sd fp, stack_size-16(sp)
+        self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+
+    def enter_frame_v63(self) -> None:
+        """FP = sp at entry, so the sled's saved parent ra is FP-8; ra (into the function) is
+        kept at FP-retaddr_off."""
+        f = self.f
+        n = f.stack_size
+        self.e.note("v6.3 frame: the sled left the parent's ra at FP-8")
+        self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
+        self.sd("ra", "sp", n - f.retaddr_off)              # sd ra, stack_size-retaddr_off(sp)
+        self.sd("fp", "sp", n - f.fp_off)                   # sd fp, stack_size-fp_off(sp)
+        self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+
+    def leave_frames(self) -> None:
+        if self.f.version == V63:
+            self.leave_frame_v63()
+        elif self.spec.flags & F.INDIRECT:
+            self.leave_frame_direct()
+        else:
+            self.leave_frames_to_site()
+
+    def leave_frames_to_site(self) -> None:
+        n = self.f.stack_size
+        self.e.note("unwind both records: t0 = into the function, ra = parent")
+        self.ld("t0", "sp", n - 8)                          # ld t0, stack_size-8(sp)
+        self.ld("fp", "sp", n - 16)                         # ld fp, stack_size-16(sp)
+        self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        self.ld("ra", "sp", 8)                              # ld ra, 8(sp)
+        self.ld("fp", "sp", 0)                              # ld fp, 0(sp)
+        self.addi("sp", "sp", 16)                           # addi sp, sp, 16
+        if self.spec.flags & F.SKIP_FRAME:
+            self.jr("ra")                                   # jalr zero, ra  (to the parent)
+        else:
+            self.jr("t0")                                   # jalr zero, t0  (into the function)
+
+    def leave_frame_direct(self) -> None:
+        n = self.f.stack_size
+        self.ld("ra", "sp", n - 8)                          # ld ra, stack_size-8(sp)
+        self.ld("fp", "sp", n - 16)                         # ld fp, stack_size-16(sp)
+        self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        self.jr("ra")                                       # jalr zero, ra
+
+    def leave_frame_v63(self) -> None:
+        f = self.f
+        n = f.stack_size
+        if self.spec.flags & F.SKIP_FRAME:
+            self.e.note("v6.3: the parent's ra, from where the sled put it")
+            self.ld("ra", "sp", n - 8)                      # ld ra, stack_size-8(sp)  (FP-8)
+        else:
+            self.ld("ra", "sp", n - f.retaddr_off)          # ld ra, stack_size-retaddr_off(sp)
+        self.ld("fp", "sp", n - f.fp_off)                   # ld fp, stack_size-fp_off(sp)
+        self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        self.jr("ra")                                       # jalr zero, ra
+
+    # -- the whole trampoline -------------------------------------------------------------------
+    def generate(self) -> None:
+        # Stack layout (FP = s0 of the trampoline; x_off are Frame fields, slot at FP - x_off):
+        #
+        # v6.4+, entered from `auipc t0; jalr t0`     v6.3, entered from the 16-byte sled
+        #   FP+8   [ ra: back to the parent     ]      FP-8   [ parent's ra (the sled's sd) ]
+        #   FP+0   [ parent's fp                ]      FP-16  [ ra: back into func (+12)    ]
+        #   FP-8   [ t0: back into func (+8)    ]      FP-24  [ parent's fp                 ]
+        #   FP-16  [ fp of the record above     ]
+        #   FP-retval_off+8 [ BPF R0 (a5)       ]      (v6.3: one retval slot, no a5 slot)
+        #   FP-retval_off   [ return value (a0) ]  CALL_ORIG or RET_FENTRY_RET; = ctx[nr]
+        #                   [ arg slot nr-1     ]
+        #                   [ ...               ]
+        #   FP-args_off     [ arg slot 0        ]  <- ctx (a0 of every bpf_func call)
+        #   FP-nregs_off    [ nr arg slots      ]  ctx[-1]
+        #   FP-ip_off       [ func_addr         ]  ctx[-2], IP_ARG
+        #   FP-run_ctx_off  [ bpf_tramp_run_ctx ]  cookie at +0, saved_run_ctx at +8
+        #   FP-sreg_off     [ caller's s1       ]  s1 holds enter()'s `start` across calls
+        #                   [ pad to 16 bytes   ]
+        #                   [ stack arg slots   ]  v6.4+, CALL_ORIG, slots > 8: args of the
+        #   FP-stk_arg_off = sp                       original, at its sp
+        spec, f, e = self.spec, self.f, self.e
+        flags = spec.flags
+        self.enter_frames()
+        self.sd("s1", "fp", -f.sreg_off)                    # sd s1, -sreg_off(fp)
+        if flags & F.IP_ARG:
+            e.note("ctx[-2] = the traced function (bpf_get_func_ip)")
+            self.imm("t1", spec.func_addr)                  # li t1, func_addr
+            self.sd("t1", "fp", -f.ip_off)                  # sd t1, -ip_off(fp)
+        e.note("ctx[-1] = number of argument slots")
+        self.li("t1", f.nr_arg_slots)                       # li t1, nr_arg_slots
+        self.sd("t1", "fp", -f.nregs_off)                   # sd t1, -nregs_off(fp)
+        self.store_args()                                   # sd a0..a7 (+ stack), ctx[]
+        if flags & F.CALL_ORIG:
+            e.note("__bpf_tramp_enter(im)")
+            self.tramp_helper(spec.tramp_enter)
+        for n, link in enumerate(spec.fentry):
+            self.invoke_prog(link, bool(flags & F.RET_FENTRY_RET), f"fentry prog {n}")
+        if spec.fmod_ret:
+            self.invoke_fmod_ret()
+        if flags & F.CALL_ORIG:
+            self.call_original()
+        if spec.fmod_ret:
+            e.label("do_fexit")
+        for n, link in enumerate(spec.fexit):
+            self.invoke_prog(link, False, f"fexit prog {n}")
+        if flags & F.CALL_ORIG:
+            e.label("ip_epilogue")
+            e.note("im->ip_epilogue: __bpf_tramp_exit(im)")
+            self.tramp_helper(spec.tramp_exit)
+        if flags & F.RESTORE_REGS:
+            e.note("reload the argument registers for the function")
+            self.restore_args()                             # ld a0..a7, ctx[0..7]
+        if _saves_ret(flags):
+            self.ld("a0", "fp", -f.retval_off)              # ld a0, retval
+            if f.version == V64:
+                self.ld("a5", "fp", -(f.retval_off - 8))    # ld a5, retval+8
+        self.ld("s1", "fp", -f.sreg_off)                    # ld s1, -sreg_off(fp)
+        self.leave_frames()
+
+
+def _assemble(spec: TrampolineSpec, sizing: bool):
+    check_spec(spec)
+    frame = frame_layout(spec)
+    return assemble(lambda e: _Jit(e, spec, frame, sizing).generate(), spec.image), frame
+
+
+def trampoline_size(spec: TrampolineSpec) -> int:
+    """arch_bpf_trampoline_size: bytes the image needs (the real code is never longer)."""
+    return len(_assemble(spec, sizing=True)[0].code)
+
+
+def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
+    """arch_prepare_bpf_trampoline: the code for address spec.image."""
+    out, frame = _assemble(spec, sizing=False)
+    call_orig = bool(spec.flags & F.CALL_ORIG)
+    return TrampolineImage(
+        code=out.code,
+        image=spec.image,
+        ip_after_call=out.labels["ip_after_call"] if call_orig else None,
+        ip_epilogue=out.labels["ip_epilogue"] if call_orig else None,
+        stack_diagram=_diagram(spec, frame),
+        marks=out.marks,
+    )
+
+
+def stack_diagram(spec: TrampolineSpec) -> str:
+    check_spec(spec)
+    return _diagram(spec, frame_layout(spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# The stack diagram (the kernel's comment block, with this spec's numbers)
+# ----------------------------------------------------------------------------------------------
+
+def _row(offset: int, what: str, note: str = "") -> str:
+    where = f"FP{offset:+d}" if offset else "FP+0"
+    return f"  {where:>8}  [ {what:<28}]  {note}".rstrip()
+
+
+def _common_rows(spec: TrampolineSpec, f: Frame) -> list[str]:
+    rows = []
+    if f.retval_off is not None:
+        if f.version == V64:
+            rows.append(_row(-(f.retval_off - 8), "BPF R0 (a5)", "RET_FENTRY_RET / CALL_ORIG"))
+        rows.append(_row(-f.retval_off, "return value" + (" (a0)" if f.version == V64 else ""),
+                         f"ctx[{f.nr_arg_slots}]"))
+    for i in reversed(range(f.nr_arg_slots)):
+        src = f"a{i}" if i < MAX_REG_ARGS else f"caller's stack FP+{16 + 8 * (i - 8)}"
+        rows.append(_row(-f.args_off + 8 * i, f"arg slot {i} ({src})", f"ctx[{i}]"
+                         + ("  <- ctx" if i == 0 else "")))
+    rows.append(_row(-f.nregs_off, f"nr arg slots = {f.nr_arg_slots}", "ctx[-1]"))
+    if f.ip_off is not None:
+        rows.append(_row(-f.ip_off, f"func ip {spec.func_addr:#x}", "ctx[-2], IP_ARG"))
+    rows.append(_row(-f.run_ctx_off + 8, "run_ctx.saved_run_ctx"))
+    rows.append(_row(-f.run_ctx_off, "run_ctx.bpf_cookie", "&run_ctx"))
+    rows.append(_row(-f.sreg_off, "saved s1", "s1 = start across calls"))
+    return rows
+
+
+def _diagram(spec: TrampolineSpec, f: Frame) -> str:
+    head = (f"riscv64 BPF trampoline ({f.version}, entry {spec.entry!r}, flags "
+            f"{spec.flags.name or 0}), frame {f.stack_size} bytes"
+            + ("" if f.version == V63 or spec.flags & F.INDIRECT else " + 16 (parent's record)"))
+    rows = [head]
+    if f.version == V63:
+        rows += [_row(-8, "ra of the parent", "stored by the sled: sd ra, -8(sp)"),
+                 _row(-f.retaddr_off, "ra: return into the function", "func+12"),
+                 _row(-f.fp_off, "fp of the parent")]
+    elif spec.flags & F.INDIRECT:
+        rows += [_row(-8, "ra of the caller"), _row(-16, "fp of the caller")]
+    else:
+        rows += [_row(8, "ra: return to the parent", "parent's frame record"),
+                 _row(0, "fp of the parent"),
+                 _row(-8, "t0: return into the function", "traced function's record"),
+                 _row(-16, "fp (of the record above)")]
+    rows += _common_rows(spec, f)
+    pad_top = -f.sreg_off
+    if f.stk_arg_off is not None and f.nr_stack_args and spec.flags & F.CALL_ORIG:
+        for i in reversed(range(f.nr_stack_args)):
+            rows.append(_row(-f.stk_arg_off + 8 * i, f"outgoing stack arg {i}",
+                             "copied for the original" + ("  <- sp" if i == 0 else "")))
+    elif -f.stack_size != pad_top:
+        rows.append(_row(-f.stack_size, "(padding to 16 bytes)", "<- sp"))
+    return "\n".join(rows)
