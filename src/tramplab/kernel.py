@@ -74,6 +74,51 @@ class Kernel:
             self._ftrace = Ftrace(self, self.profile)
         return self._ftrace
 
+    @property
+    def bpf(self):
+        """The BPF side: programs, links, trampolines (kernel/bpf/trampoline.c)."""
+        if getattr(self, "_bpf", None) is None:
+            from .bpf.manager import BpfManager
+            self.ftrace                                   # BPF attaches through ftrace
+            self._bpf = BpfManager(self)
+        return self._bpf
+
+    def _program(self, kind: str, target, name, func_ip, cookie, calls, attach):
+        def load(body):
+            base = name or body.__name__
+            pname, n = base, 1
+            while pname in self.bpf.progs:
+                n += 1
+                pname = f"{base}_{n}"
+            prog = self.bpf.load(pname, kind, body, target, func_ip=func_ip, calls=calls)
+            prog.link = self.bpf.attach(prog, cookie) if attach else None
+            return prog
+        return load
+
+    def fentry(self, target, *, name=None, func_ip=False, cookie=0, calls=None, attach=True):
+        """Decorator: load `body(ctx)` as an fentry program on `target` (a function name or a
+        BPF program) and attach it.  Returns the program; `.link.detach()` detaches."""
+        return self._program("fentry", target, name, func_ip, cookie, calls, attach)
+
+    def fexit(self, target, *, name=None, func_ip=False, cookie=0, calls=None, attach=True):
+        """Decorator: an fexit program (`ctx.ret` holds the return value)."""
+        return self._program("fexit", target, name, func_ip, cookie, calls, attach)
+
+    def fmod_ret(self, target, *, name=None, func_ip=False, cookie=0, calls=None, attach=True):
+        """Decorator: an fmod_ret program; a non-zero return skips the original function."""
+        return self._program("fmod_ret", target, name, func_ip, cookie, calls, attach)
+
+    def freplace(self, target, *, name=None, attach=True):
+        """Decorator: an freplace (BPF_PROG_TYPE_EXT) program replacing BPF function `target`;
+        `body(*args)` gets the target's arguments."""
+        return self._program("freplace", target, name, False, 0, None, attach)
+
+    def call_prog(self, prog, *args, cpu: int = 0) -> int:
+        """Run a BPF function program (like bpf_prog_test_run): args in registers, u64 result."""
+        self.machine.cpu(cpu)
+        task = self.machine.call(prog.image, list(args), cpu=cpu, name=prog.name)
+        return task.result
+
     # ------------------------------------------------------------------ loading
     def _install_image(self) -> None:
         m = self.machine

@@ -1,0 +1,566 @@
+"""The BPF trampoline manager (kernel/bpf/trampoline.c + the tracing attach path), in Python.
+
+It never writes instruction bytes itself: images come from the arch JIT
+(arch/<arch>/trampoline.py), sites change through ftrace's direct-call API (kernel functions) or
+the arch's checked text poke (BPF-program targets).
+
+    link = k.bpf.attach(prog)                   # bpf_tracing_prog_attach -> bpf_tracing_link
+    link.detach()
+
+The update algorithm is kernel-anchors §3.3: collect the programs, choose the flags, size the
+image (> PAGE_SIZE -> E2BIG), JIT it, install it (register or modify the direct call), retry
+with SHARE_IPMODIFY on -EAGAIN (seed 002), and put the old image.  Every refusal leaves state
+and memory exactly as before.  Images are freed only when no CPU can be inside them
+(`__bpf_tramp_enter/exit` counts = the percpu_ref; no pc or return address in the image on any
+CPU = the tasks-RCU grace period); freed images are poisoned with trap instructions.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from ..arch import arch_module
+from ..errors import KernelError, UsageError
+from ..ftrace import FL, FtraceOps, OpsCmd
+from ..machine.memory import PAGE_SIZE
+from .prog import BpfProg, Ctx
+from .spec import FuncModel, ProgLink, TrampFlag, TrampolineSpec
+
+BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
+# ALLOW_ERROR_INJECTION / the fmodret BTF id sets of the selftest targets (net/bpf/test_run.c,
+# bpf_testmod): the only functions fmod_ret may attach to here.
+FMOD_RET_ALLOWED = frozenset({"bpf_modify_return_test", "bpf_modify_return_test2",
+                              "bpf_testmod_trampoline_count_test"})
+IM_SIZE = 64
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class TrampImage:
+    """struct bpf_tramp_image."""
+
+    tr: "Trampoline"
+    im: int                        # the struct in kernel memory (arg of __bpf_tramp_enter/exit)
+    addr: int
+    size: int
+    code: bytes
+    flags: TrampFlag
+    ip_after_call: int | None
+    ip_epilogue: int | None
+    stack_diagram: str
+    marks: list
+    name: str
+    pcref: int = 0                 # CPUs between __bpf_tramp_enter and __bpf_tramp_exit
+    dying: bool = False
+
+
+@dataclass(eq=False)
+class Trampoline:
+    """struct bpf_trampoline: one per attach target."""
+
+    key: tuple
+    target: object                 # function name or BpfProg
+    func_addr: int
+    ip: int                        # ftrace record ip, or the BPF program's patch site
+    ftrace_managed: bool
+    model: FuncModel
+    proto: object
+    links: dict = field(default_factory=lambda: {k: [] for k in BPF_TRAMP_KINDS})
+    flags: TrampFlag = TrampFlag(0)
+    cur_image: TrampImage | None = None
+    extension: "Link | None" = None
+    fops: FtraceOps | None = None
+    refcnt: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.links.values())
+
+    @property
+    def name(self) -> str:
+        return self.target if isinstance(self.target, str) else self.target.name
+
+
+@dataclass(eq=False)
+class Link:
+    prog: BpfProg
+    tr: Trampoline
+    cookie: int = 0
+    manager: "BpfManager" = None
+    attached: bool = True
+
+    def detach(self) -> None:
+        self.manager.detach(self)
+
+
+class BpfManager:
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.machine = kernel.machine
+        self.profile = kernel.profile
+        self.arch = kernel.arch
+        self.jit = arch_module(self.arch, "trampoline")
+        self.progjit = arch_module(self.arch, "bpfjit")
+        self.trampolines: dict[tuple, Trampoline] = {}
+        self.progs: dict[str, BpfProg] = {}
+        self.dying: list[TrampImage] = []
+        self.freed: list[TrampImage] = []
+        self._bpf_ctx: dict[int, int] = {}          # cpu -> current->bpf_ctx (run_ctx address)
+        self._ims: dict[int, TrampImage] = {}
+        self.single_ops = None                       # v7.0: the one direct_ops
+        hc = self.machine.hostcalls
+        self.enter = hc.register("__bpf_prog_enter_recur", self._prog_enter, 2)
+        self.exit = hc.register("__bpf_prog_exit_recur", self._prog_exit, 3)
+        self.tramp_enter = hc.register("__bpf_tramp_enter", self._tramp_enter, 1)
+        self.tramp_exit = hc.register("__bpf_tramp_exit", self._tramp_exit, 1)
+
+    # ================================================================== programs
+    def load(self, name: str, kind: str, body, target, *, func_ip: bool = False,
+             nargs: int = 0, calls: str | None = None) -> BpfProg:
+        """Load a program: give it a struct bpf_prog and a JITed image (prologue with its
+        patchable entry, then a call of `body`)."""
+        if name in self.progs:
+            raise UsageError(f"a program named {name!r} is already loaded")
+        if kind in BPF_TRAMP_KINDS and not self.profile.bpf_trampoline:
+            raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name} has no BPF "
+                                          "trampoline JIT (arch_prepare_bpf_trampoline)")
+        if kind == "fmod_ret" and not self.profile.fmod_ret:
+            raise KernelError("EINVAL", "BPF_MODIFY_RETURN does not exist in this kernel")
+        if kind == "freplace" and not self.profile.freplace:
+            raise KernelError("EINVAL", "BPF_PROG_TYPE_EXT does not exist in this kernel")
+        prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
+                       id=next(_ids))
+        prog.mem = self.kernel.kmalloc(64)
+        self.machine.kallsyms.add(f"bpf_prog_struct:{name}", prog.mem, 64, "d")
+        host = self.machine.hostcalls.register(f"bpf_prog_body:{name}", self._body_host(prog),
+                                               5 if kind in ("func", "freplace") else 2)
+        calls_addr = self.kernel.function(calls).addr if calls else None
+        prog.image, prog.site, prog.site_skip, size = self.progjit.load_prog_image(
+            self.kernel, name, host, kind, calls_addr)
+        self.progs[name] = prog
+        return prog
+
+    def load_func(self, name: str, body, nargs: int) -> BpfProg:
+        """A BPF program that is itself an attach target (a global function of a BPF object):
+        called with `nargs` integer arguments, `body(*args) -> int`."""
+        prog = self.load(name, "freplace", body, None, nargs=nargs)
+        prog.kind = "func"
+        return prog
+
+    def _body_host(self, prog: BpfProg):
+        def run(cpu, *args):
+            prog.runs += 1
+            if prog.kind in ("func", "freplace"):
+                ret = prog.body(*args[: prog.nargs or self._target_nargs(prog)])
+            else:
+                ret = prog.body(Ctx(self, prog, cpu, args[0]))
+            return 0 if ret is None else int(ret) & 0xFFFFFFFFFFFFFFFF
+        return run
+
+    def _target_nargs(self, prog: BpfProg) -> int:
+        t = prog.target
+        return t.nargs if isinstance(t, BpfProg) else 0
+
+    def prototype_of(self, prog: BpfProg):
+        t = prog.target
+        if isinstance(t, BpfProg):
+            return _func_proto(t)
+        return self.kernel.function(t).proto
+
+    # ================================================================== enter/exit helpers
+    def _prog_by_mem(self, mem: int) -> BpfProg:
+        for p in self.progs.values():
+            if p.mem == mem:
+                return p
+        raise KernelError("EFAULT", f"no bpf_prog at {mem:#x}")
+
+    def _prog_enter(self, cpu, prog_mem, run_ctx):
+        """__bpf_prog_enter_recur: switch current->bpf_ctx to this run_ctx; a program already
+        active on this CPU is not run again (misses++, return 0 = skip)."""
+        prog = self._prog_by_mem(prog_mem)
+        mem = self.machine.memory
+        mem.write_u64(run_ctx + 8, self._bpf_ctx.get(cpu.index, 0))    # saved_run_ctx
+        self._bpf_ctx[cpu.index] = run_ctx
+        depth = prog._active.get(cpu.index, 0) + 1
+        prog._active[cpu.index] = depth
+        if depth > 1:
+            prog.misses += 1
+            return 0
+        return 1                                   # NO_START_TIME
+
+    def _prog_exit(self, cpu, prog_mem, start, run_ctx):
+        prog = self._prog_by_mem(prog_mem)
+        self._bpf_ctx[cpu.index] = self.machine.memory.read_u64(run_ctx + 8)
+        prog._active[cpu.index] -= 1
+        return 0
+
+    def _tramp_enter(self, cpu, im):
+        self._ims[im].pcref += 1                   # percpu_ref_get
+        return 0
+
+    def _tramp_exit(self, cpu, im):
+        self._ims[im].pcref -= 1                   # percpu_ref_put
+        return 0
+
+    def current_cookie(self, cpu) -> int:
+        run_ctx = self._bpf_ctx.get(cpu.index, 0)
+        return self.machine.memory.read_u64(run_ctx) if run_ctx else 0
+
+    # ================================================================== attach / detach
+    def attach(self, prog: BpfProg, cookie: int = 0) -> Link:
+        """bpf_tracing_prog_attach + bpf_trampoline_link_prog."""
+        if prog.kind == "func":
+            raise UsageError(f"{prog.name} is a target function, not an attachable program")
+        tr = self._get_trampoline(prog)
+        link = Link(prog, tr, cookie, self)
+        try:
+            if prog.kind == "freplace":
+                self._link_extension(tr, link)
+            else:
+                self._link(tr, link)
+        except BaseException:
+            self._put_trampoline(tr)
+            raise
+        return link
+
+    def detach(self, link: Link) -> None:
+        if not link.attached:
+            raise KernelError("EINVAL", "link is already detached")
+        tr = link.tr
+        if link.prog.kind == "freplace":
+            self._unlink_extension(tr, link)
+        else:
+            tr.links[link.prog.kind].remove(link)
+            self._update(tr)
+        link.attached = False
+        self._put_trampoline(tr)
+
+    def _get_trampoline(self, prog: BpfProg) -> Trampoline:
+        target = prog.target
+        if isinstance(target, BpfProg):
+            key = ("prog", target.id, 0)
+            func_addr, ip, managed = target.image, target.site, False
+            proto = _func_proto(target)
+        else:
+            fn = self.kernel.function(target)
+            key = ("vmlinux", target)
+            func_addr = fn.addr
+            ip = self.kernel.ftrace.ftrace_location(fn.addr)
+            managed = bool(ip)
+            if not managed:
+                raise KernelError("EINVAL", f"{target} has no patchable entry")
+            proto = fn.proto
+            if prog.kind == "fmod_ret" and target not in FMOD_RET_ALLOWED:
+                raise KernelError("EINVAL", f"fmod_ret on {target}: not in the error-injection "
+                                            "allow-list (ALLOW_ERROR_INJECTION / fmodret set)")
+        tr = self.trampolines.get(key)
+        if tr is None:
+            tr = Trampoline(key, target, func_addr, ip, managed, FuncModel.from_prototype(proto),
+                            proto)
+            self.trampolines[key] = tr
+        tr.refcnt += 1
+        return tr
+
+    def _put_trampoline(self, tr: Trampoline) -> None:
+        tr.refcnt -= 1
+        if tr.refcnt == 0 and tr.count == 0 and tr.extension is None:
+            del self.trampolines[tr.key]
+
+    def _link(self, tr: Trampoline, link: Link) -> None:
+        prog = link.prog
+        if tr.extension is not None:
+            raise KernelError("EBUSY", f"{tr.name} is replaced by an freplace program: no "
+                                       "fentry/fexit/fmod_ret on it")
+        if tr.count >= self.profile.tramp_links_max:
+            raise KernelError("E2BIG", f"{tr.name} already has {tr.count} links "
+                                       f"(BPF_MAX_TRAMP_LINKS {self.profile.tramp_links_max})")
+        if any(l.prog is prog for ls in tr.links.values() for l in ls):
+            raise KernelError("EBUSY", f"{prog.name} is already attached to {tr.name}")
+        tr.links[prog.kind].insert(0, link)        # hlist_add_head: newest first
+        try:
+            self._update(tr)
+        except BaseException:
+            tr.links[prog.kind].remove(link)
+            raise
+
+    # ================================================================== the update (§3.3)
+    def _flags_for(self, tr: Trampoline) -> TrampFlag:
+        flags = tr.flags & (TrampFlag.SHARE_IPMODIFY | TrampFlag.TAIL_CALL_CTX)
+        if tr.links["fexit"] or tr.links["fmod_ret"]:
+            flags |= TrampFlag.CALL_ORIG | TrampFlag.SKIP_FRAME
+        else:
+            flags |= TrampFlag.RESTORE_REGS
+        if any(l.prog.func_ip for ls in tr.links.values() for l in ls):
+            flags |= TrampFlag.IP_ARG
+        return flags
+
+    def _update(self, tr: Trampoline) -> None:
+        if tr.count == 0:
+            self._unregister(tr)
+            return
+        orig_flags = tr.flags
+        flags = self._flags_for(tr)
+        for _attempt in range(3):
+            if flags & TrampFlag.CALL_ORIG:
+                if flags & TrampFlag.SHARE_IPMODIFY:
+                    flags |= TrampFlag.ORIG_STACK | TrampFlag.SKIP_FRAME
+                elif self.profile.jmp and tr.ftrace_managed:
+                    flags &= ~TrampFlag.SKIP_FRAME           # jmp mode
+            tr.flags = flags
+            try:
+                self._install(tr)
+                return
+            except KernelError as e:
+                if e.name == "EAGAIN" and tr.flags & TrampFlag.SHARE_IPMODIFY:
+                    flags = self._flags_for(tr) | TrampFlag.SHARE_IPMODIFY
+                    continue                                  # goto again
+                tr.flags = orig_flags
+                raise
+            except BaseException:
+                tr.flags = orig_flags
+                raise
+        tr.flags = orig_flags
+        raise KernelError("EAGAIN", f"{tr.name}: trampoline regeneration did not settle")
+
+    def _jmp_mode(self, tr: Trampoline) -> bool:
+        return bool(tr.flags & TrampFlag.CALL_ORIG) and not tr.flags & TrampFlag.SKIP_FRAME
+
+    def _spec(self, tr: Trampoline, image: int, im: int) -> TrampolineSpec:
+        p = self.profile
+        links = {k: tuple(ProgLink(l.prog.mem, l.prog.image, l.cookie, self.enter, self.exit)
+                          for l in tr.links[k]) for k in BPF_TRAMP_KINDS}
+        if tr.ftrace_managed:
+            entry, skip = p.bpf_entry, p.bpf_site_skip
+        else:
+            entry, skip = self.progjit.PROG_ENTRY, tr.target.site_skip
+        if self.arch.name == "x86_64" and self._jmp_mode(tr):
+            entry = "jmp"
+        extra = {"bti": self.kernel.layout.entry.landing_pad_name == "bti c"}
+        return TrampolineSpec(
+            arch=self.arch.name, model=tr.model, flags=tr.flags, fentry=links["fentry"],
+            fexit=links["fexit"], fmod_ret=links["fmod_ret"], func_addr=tr.func_addr,
+            site_skip=skip, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
+            image=image, entry=entry, max_args=p.bpf_max_args, reg_args_only=p.bpf_reg_args_only,
+            extra=extra)
+
+    def _build_image(self, tr: Trampoline) -> TrampImage:
+        """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
+        Nothing is written yet (a refusal here changes no memory)."""
+        size = self.jit.trampoline_size(self._spec(tr, 0, 0))
+        if size > PAGE_SIZE:
+            raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
+                                       f"> PAGE_SIZE ({PAGE_SIZE})")
+        addr = self.machine.bpf_arena.alloc(size, 16)
+        try:
+            im = self.kernel.kmalloc(IM_SIZE)
+            image = self.jit.prepare_trampoline(self._spec(tr, addr, im))
+        except BaseException:
+            self.machine.bpf_arena.free(addr)
+            raise
+        name = f"bpf_trampoline_{tr.name}"
+        return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
+                          image.ip_epilogue, image.stack_diagram, image.marks, name)
+
+    def _install(self, tr: Trampoline) -> None:
+        new = self._build_image(tr)
+        old_bytes = self.machine.memory.read(new.addr, len(new.code))
+        self.machine.write_text(new.addr, new.code)
+        self._ims[new.im] = new
+        try:
+            if tr.cur_image is None:
+                self._register(tr, new)
+            else:
+                self._modify(tr, tr.cur_image, new)
+        except BaseException:
+            self.machine.write_text(new.addr, old_bytes)      # as if never written
+            self.machine.bpf_arena.free(new.addr)
+            self.kernel.kfree(new.im)
+            del self._ims[new.im]
+            raise
+        old, tr.cur_image = tr.cur_image, new
+        self.machine.kallsyms.add(f"{new.name}:{new.addr:x}", new.addr, len(new.code), "t",
+                                  "[bpf]")
+        if old is not None:
+            self._image_put(old)
+
+    def _addr_for_site(self, tr: Trampoline, im: TrampImage) -> int:
+        """The direct address (bit 0 = enter by jmp, x86 v6.19+)."""
+        return im.addr | (1 if self.arch.name == "x86_64" and im.flags & TrampFlag.CALL_ORIG
+                          and not im.flags & TrampFlag.SKIP_FRAME else 0)
+
+    # ------------------------------------------------------------------ register/modify/unregister
+    def _register(self, tr: Trampoline, im: TrampImage) -> None:
+        if not tr.ftrace_managed:
+            self.progjit.poke(self.kernel, tr.target, None, ("call", im.addr))
+            return
+        if not self.profile.direct_calls:
+            raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name}: attaching to "
+                                          "kernel functions needs "
+                                          "DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
+        ft = self.kernel.ftrace
+        addr = self._addr_for_site(tr, im)
+        api = self.profile.direct_api
+        if api == "ip":
+            ft.register_ftrace_direct_ip(tr.ip, addr)
+        elif api == "ops":
+            if tr.fops is None:
+                tr.fops = FtraceOps(name=f"bpf_tramp:{tr.name}", private=tr,
+                                    ops_func=self._ops_func if self.profile.ops_func else None)
+            tr.fops.filter = {tr.ip}
+            ft.register_ftrace_direct(tr.fops, addr)
+        else:
+            if self.single_ops is None:
+                self.single_ops = FtraceOps(name="bpf_direct_ops", ops_func=self._ops_func)
+            ft.update_ftrace_direct_add(self.single_ops, {tr.ip: addr})
+
+    def _modify(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> None:
+        if not tr.ftrace_managed:
+            self.progjit.poke(self.kernel, tr.target, ("call", old.addr), ("call", new.addr))
+            return
+        ft = self.kernel.ftrace
+        addr = self._addr_for_site(tr, new)
+        api = self.profile.direct_api
+        if api == "ip":
+            ft.modify_ftrace_direct_ip(tr.ip, self._addr_for_site(tr, old), addr)
+        elif api == "ops":
+            ft.modify_ftrace_direct(tr.fops, addr)
+        else:
+            ft.update_ftrace_direct_mod(self.single_ops, {tr.ip: addr})
+
+    def _unregister(self, tr: Trampoline) -> None:
+        old = tr.cur_image
+        if old is None:
+            return
+        if not tr.ftrace_managed:
+            self.progjit.poke(self.kernel, tr.target, ("call", old.addr), None)
+        else:
+            ft = self.kernel.ftrace
+            addr = self._addr_for_site(tr, old)
+            api = self.profile.direct_api
+            if api == "ip":
+                ft.unregister_ftrace_direct_ip(tr.ip, addr)
+            elif api == "ops":
+                ft.unregister_ftrace_direct(tr.fops, addr)
+            else:
+                ft.update_ftrace_direct_del(self.single_ops, {tr.ip: addr})
+        tr.cur_image = None
+        tr.flags &= TrampFlag.SHARE_IPMODIFY | TrampFlag.TAIL_CALL_CTX
+        self._image_put(old)
+
+    # ------------------------------------------------------------------ ops_func (§3.7)
+    def _ops_func(self, ops: FtraceOps, ip: int, cmd: OpsCmd) -> int:
+        tr = ops.private if isinstance(ops.private, Trampoline) else self._tr_by_ip(ip)
+        if tr is None:
+            return 0
+        if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_SELF:
+            if tr.flags & TrampFlag.SHARE_IPMODIFY:
+                return -16                                   # -EBUSY: already shared
+            tr.flags |= TrampFlag.SHARE_IPMODIFY
+            if tr.flags & TrampFlag.CALL_ORIG and not tr.flags & TrampFlag.ORIG_STACK:
+                return -11                                   # -EAGAIN: regenerate
+            return 0
+        if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_PEER:
+            tr.flags |= TrampFlag.SHARE_IPMODIFY
+            if tr.flags & TrampFlag.CALL_ORIG and not tr.flags & TrampFlag.ORIG_STACK:
+                self._regenerate(tr)
+            return 0
+        if cmd == OpsCmd.DISABLE_SHARE_IPMODIFY_PEER:
+            tr.flags &= ~TrampFlag.SHARE_IPMODIFY
+            if tr.flags & TrampFlag.ORIG_STACK:
+                self._regenerate(tr)
+            return 0
+        return -22
+
+    def _regenerate(self, tr: Trampoline) -> None:
+        share = tr.flags & TrampFlag.SHARE_IPMODIFY
+        flags = self._flags_for(tr) | share
+        if flags & TrampFlag.CALL_ORIG and share:
+            flags |= TrampFlag.ORIG_STACK | TrampFlag.SKIP_FRAME
+        tr.flags = flags
+        self._install(tr)
+
+    def _tr_by_ip(self, ip: int) -> Trampoline | None:
+        for tr in self.trampolines.values():
+            if tr.ftrace_managed and tr.ip == ip:
+                return tr
+        return None
+
+    # ------------------------------------------------------------------ freplace
+    def _link_extension(self, tr: Trampoline, link: Link) -> None:
+        if tr.ftrace_managed:
+            raise KernelError("EINVAL", "freplace targets BPF programs, not kernel functions")
+        if tr.extension is not None:
+            raise KernelError("EBUSY", f"{tr.name} already has an freplace program")
+        if tr.count:
+            raise KernelError("EBUSY", f"{tr.name} has fentry/fexit/fmod_ret programs: it "
+                                       "cannot be replaced")
+        self.progjit.poke(self.kernel, tr.target, None, ("jump", link.prog.image))
+        tr.extension = link
+
+    def _unlink_extension(self, tr: Trampoline, link: Link) -> None:
+        self.progjit.poke(self.kernel, tr.target, ("jump", link.prog.image), None)
+        tr.extension = None
+
+    # ------------------------------------------------------------------ image lifetime (§3.5)
+    def _image_put(self, im: TrampImage) -> None:
+        """bpf_tramp_image_put: fexit-style images first get ip_after_call turned into a jump
+        to the epilogue (CPUs still in the original skip the fexit programs); then the image
+        waits for its grace periods (see reclaim)."""
+        if im.ip_after_call is not None:
+            self.progjit.skip_fexit(self.kernel, im.ip_after_call, im.ip_epilogue)
+        im.dying = True
+        self.dying.append(im)
+        self.reclaim()
+
+    def in_use(self, im: TrampImage) -> bool:
+        """A CPU may still be inside: between __bpf_tramp_enter and _exit (percpu_ref), or with
+        its pc or a return address on its live stack inside the image (tasks RCU)."""
+        if im.pcref:
+            return True
+        lo, hi = im.addr, im.addr + len(im.code)
+        for cpu in self.machine.cpus:
+            if cpu.task is None:
+                continue
+            if lo <= cpu.pc < hi:
+                return True
+            stack = self.machine.stacks[cpu.index]
+            sp = cpu.sp
+            if stack.start <= sp < stack.end:
+                data = self.machine.memory.read(sp, stack.end - sp)
+                for off in range(0, len(data) - 7, 8):
+                    if lo <= int.from_bytes(data[off:off + 8], "little") < hi:
+                        return True
+            for reg in (self.arch.lr,) if self.arch.lr else ():
+                if lo <= cpu.reg(reg) < hi:
+                    return True
+        return False
+
+    def reclaim(self) -> int:
+        """Free every dying image no CPU can be in; returns how many were freed."""
+        freed = 0
+        for im in list(self.dying):
+            if self.in_use(im):
+                continue
+            self.dying.remove(im)
+            self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
+            self.machine.bpf_arena.free(im.addr)
+            self.machine.kallsyms.remove(f"{im.name}:{im.addr:x}")
+            self.freed.append(im)
+            freed += 1
+        return freed
+
+    # ------------------------------------------------------------------ introspection
+    def trampoline_of(self, target) -> Trampoline:
+        key = ("prog", target.id, 0) if isinstance(target, BpfProg) else ("vmlinux", target)
+        try:
+            return self.trampolines[key]
+        except KeyError:
+            raise UsageError(f"nothing is attached to {target}") from None
+
+
+def _func_proto(prog: BpfProg):
+    """A BPF program target's prototype: nargs u64 args, u64 return (its BTF func proto)."""
+    from ..targets.loader import CType, Prototype
+    u64 = CType("u64", 8, False, "int")
+    return Prototype(prog.name, tuple([u64] * prog.nargs), u64,
+                     tuple(f"a{i}" for i in range(prog.nargs)))
