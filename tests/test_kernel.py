@@ -91,5 +91,7 @@ def test_cli_symbols_disasm_layouts_selftest():
     assert r.exit_code == 0 and "patchable entry" in r.output and "ret" in r.output
     r = CliRunner().invoke(main, ["layouts"])
     assert r.exit_code == 0 and "callops-bti" in r.output and "pfe8" in r.output
-    r = CliRunner().invoke(main, ["selftest", "--arch", "arm64", "--json"])
+    r = CliRunner().invoke(main, ["selftest", "--arch", "x86_64", "--json"])
     assert r.exit_code == 0 and '"status": "pass"' in r.output
+    r = CliRunner().invoke(main, ["selftest", "--arch", "x86_64", "--test", "nope"])
+    assert r.exit_code == 2

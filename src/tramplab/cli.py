@@ -166,12 +166,21 @@ def layouts():
 
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+@click.option("--profile", "-p", default="latest", show_default=True,
+              help="profile preset, 'all' (every preset but the seed-bug ones), or vX.Y")
+@click.option("--test", "-t", "tests", multiple=True, help="run only these tests (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
-def selftest(arch, as_json):
-    """Run the selftest matrix (arch x suite) and print a table; exit 1 on any failure."""
+def selftest(arch, profile, tests, as_json):
+    """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
+    exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
+    in --json's detail)."""
     from .selftests import run_matrix
+    from .selftests.bpf_tests import TESTS
+    for t in tests:
+        if t not in TESTS:
+            raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
     arches = list(ARCH_NAMES) if arch == "all" else [_arch(arch)]
-    results = run_matrix(arches)
+    results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:
@@ -181,20 +190,34 @@ def selftest(arch, as_json):
 
 
 def _print_matrix(results, arches) -> None:
-    tests = list(dict.fromkeys(r.test for r in results))
-    t = Table(title="tramplab selftest")
-    t.add_column("test")
-    for a in arches:
-        t.add_column(a)
     style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "unsupported": "[yellow]n/a[/]"}
-    for test in tests:
-        row = [test]
-        for a in arches:
-            cell = [r for r in results if r.test == test and r.arch == a]
-            row.append(" ".join(style[r.status] for r in cell) or "-")
-        t.add_row(*row)
     con = _console()
-    con.print(t)
+    profiles = list(dict.fromkeys(r.profile for r in results if not r.profile.startswith("layout:")))
+    tests = list(dict.fromkeys(r.test for r in results))
+    if len(profiles) <= 1:
+        t = Table(title=f"tramplab selftest ({profiles[0] if profiles else ''})")
+        t.add_column("test")
+        for a in arches:
+            t.add_column(a)
+        for test in tests:
+            t.add_row(test, *(" ".join(style[r.status] for r in results
+                                        if r.test == test and r.arch == a) or "-" for a in arches))
+        con.print(t)
+    else:
+        for a in arches:
+            profs = [p for p in profiles if any(r.arch == a and r.profile == p for r in results)]
+            t = Table(title=f"tramplab selftest: {a}")
+            t.add_column("test")
+            for p in profs:
+                t.add_column(p)
+            for test in tests:
+                row = [test]
+                for p in profs:
+                    cell = [r for r in results if r.arch == a and r.test == test and
+                            (r.profile == p or (test == "targets" and p == profs[0]))]
+                    row.append(" ".join(style[r.status] for r in cell) or "-")
+                t.add_row(*row)
+            con.print(t)
     for r in results:
         if r.status == "fail":
             con.print(f"[red]FAIL[/] {r.arch}/{r.profile} {r.test}: {r.detail}")

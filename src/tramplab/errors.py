@@ -33,12 +33,14 @@ class TramplabError(Exception):
 class KernelError(TramplabError):
     """A refusal the kernel reports as a negative errno, with the rule that was hit."""
 
-    def __init__(self, name: str, rule: str):
+    def __init__(self, name: str, rule: str, *, feature: str | None = None):
+        """`feature`: the kernel feature whose absence (in this profile) is the reason."""
         if name not in ERRNO:
             raise ValueError(f"unknown errno name {name!r}")
         self.name = name
         self.errno = ERRNO[name]
         self.rule = rule
+        self.feature = feature
         super().__init__(f"{name}: {rule}")
 
 

@@ -123,11 +123,17 @@ class BpfManager:
             raise UsageError(f"a program named {name!r} is already loaded")
         if kind in BPF_TRAMP_KINDS and not self.profile.bpf_trampoline:
             raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name} has no BPF "
-                                          "trampoline JIT (arch_prepare_bpf_trampoline)")
+                                          "trampoline JIT (arch_prepare_bpf_trampoline)",
+                              feature="bpf_trampoline")
         if kind == "fmod_ret" and not self.profile.fmod_ret:
-            raise KernelError("EINVAL", "BPF_MODIFY_RETURN does not exist in this kernel")
+            raise KernelError("EINVAL", "BPF_MODIFY_RETURN does not exist in this kernel",
+                              feature="fmod_ret")
         if kind == "freplace" and not self.profile.freplace:
-            raise KernelError("EINVAL", "BPF_PROG_TYPE_EXT does not exist in this kernel")
+            raise KernelError("EINVAL", "BPF_PROG_TYPE_EXT does not exist in this kernel",
+                              feature="freplace")
+        if func_ip and not self.profile.func_ip:
+            raise KernelError("EINVAL", "bpf_get_func_ip for tracing programs does not exist "
+                                        "in this kernel", feature="func_ip")
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
                        id=next(_ids))
         prog.mem = self.kernel.kmalloc(64)
@@ -250,6 +256,10 @@ class BpfManager:
             if not managed:
                 raise KernelError("EINVAL", f"{target} has no patchable entry")
             proto = fn.proto
+            if any(t.kind == "struct" for t in proto.params) and not self.profile.struct_args:
+                raise KernelError("EINVAL", f"{target} takes a struct by value: "
+                                            "btf_distill_func_proto rejects struct arguments in "
+                                            "this kernel", feature="struct_args")
             if prog.kind == "fmod_ret" and target not in FMOD_RET_ALLOWED:
                 raise KernelError("EINVAL", f"fmod_ret on {target}: not in the error-injection "
                                             "allow-list (ALLOW_ERROR_INJECTION / fmodret set)")
@@ -396,7 +406,8 @@ class BpfManager:
         if not self.profile.direct_calls:
             raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name}: attaching to "
                                           "kernel functions needs "
-                                          "DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
+                                          "DYNAMIC_FTRACE_WITH_DIRECT_CALLS",
+                              feature="direct_calls")
         ft = self.kernel.ftrace
         addr = self._addr_for_site(tr, im)
         api = self.profile.direct_api
@@ -453,10 +464,15 @@ class BpfManager:
         if tr is None:
             return 0
         if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_SELF:
-            if tr.flags & TrampFlag.SHARE_IPMODIFY:
-                return -16                                   # -EBUSY: already shared
-            tr.flags |= TrampFlag.SHARE_IPMODIFY
+            # A trampoline that calls the original at a fixed address must be regenerated to
+            # call it through the stack: say -EAGAIN and let the update retry.  One that
+            # already does (ORIG_STACK), or never calls it (fentry only), shares as it is —
+            # and, as in the kernel, without recording SHARE_IPMODIFY (see
+            # test_fexit_added_later_to_a_livepatched_function).
             if tr.flags & TrampFlag.CALL_ORIG and not tr.flags & TrampFlag.ORIG_STACK:
+                if tr.flags & TrampFlag.SHARE_IPMODIFY:
+                    return -16                               # -EBUSY (WARN_ON_ONCE)
+                tr.flags |= TrampFlag.SHARE_IPMODIFY
                 return -11                                   # -EAGAIN: regenerate
             return 0
         if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_PEER:

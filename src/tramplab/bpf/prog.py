@@ -112,17 +112,27 @@ class Ctx:
         return _sext(raw, r.size * 8) if r.kind == "int" and r.signed else raw
 
     # -- helpers with the kernel's return conventions --------------------------------------
+    def _helper(self, feature: str, name: str) -> None:
+        """A helper the verifier of this kernel does not know: the program would not load."""
+        if not getattr(self._bpf.profile, feature):
+            from ..errors import KernelError
+            raise KernelError("EINVAL", f"{name} does not exist in this kernel (the verifier "
+                                        "rejects the program)", feature=feature)
+
     def bpf_get_func_arg(self, n: int) -> tuple[int, int]:
+        self._helper("get_func_arg", "bpf_get_func_arg")
         if n >= self.nr_args:
             return EINVAL, 0
         return 0, self.slot(n)
 
     def bpf_get_func_ret(self) -> tuple[int, int]:
+        self._helper("get_func_arg", "bpf_get_func_ret")
         if self.prog.kind not in ("fexit", "fmod_ret"):
             return EOPNOTSUPP, 0
         return 0, self.slot(self.nr_args)
 
     def bpf_get_func_arg_cnt(self) -> int:
+        self._helper("get_func_arg", "bpf_get_func_arg_cnt")
         return self.nr_args
 
     @property
@@ -140,4 +150,5 @@ class Ctx:
     @property
     def cookie(self) -> int:
         """bpf_get_attach_cookie: the cookie in the run_ctx that current->bpf_ctx points at."""
+        self._helper("cookie", "bpf_get_attach_cookie for tracing programs")
         return self._bpf.current_cookie(self.cpu)

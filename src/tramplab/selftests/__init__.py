@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import Oops
+from ..errors import KernelError, Oops
 
 
 @dataclass
@@ -38,8 +38,45 @@ def _targets_results(arch: str) -> list[Result]:
     return out
 
 
-def run_matrix(arches: list[str]) -> list[Result]:
+BUG_PROFILES = ("i386-like-rfc", "v6.4", "seed000-mismatch")
+
+
+def profiles_for(arch: str, which: str) -> list[str]:
+    """'latest', 'all' (every preset except the deliberate bug profiles), or one name."""
+    from ..profiles import get_profile, presets
+    if which == "all":
+        return [n for n in presets(arch) if n not in BUG_PROFILES]
+    get_profile(arch, which)
+    return [which]
+
+
+def run_bpf_test(arch: str, profile: str, name: str) -> Result:
+    from ..kernel import Kernel
+    from .bpf_tests import TESTS, UNSUPPORTED_ERRNOS, Failed
+    try:
+        k = Kernel(arch, profile=profile)
+        TESTS[name](k)
+    except Failed as e:
+        return Result(arch, profile, name, "fail", str(e))
+    except KernelError as e:
+        if e.name in UNSUPPORTED_ERRNOS or e.feature:
+            return Result(arch, profile, name, "unsupported", f"{e.name}: {e.rule}")
+        return Result(arch, profile, name, "fail", f"{e.name}: {e.rule}")
+    except Oops as e:
+        return Result(arch, profile, name, "fail", e.report)
+    except ModuleNotFoundError as e:
+        return Result(arch, profile, name, "fail", f"not implemented for {arch} yet ({e.name})")
+    return Result(arch, profile, name, "pass")
+
+
+def run_matrix(arches: list[str], profile: str = "latest", tests: list[str] | None = None,
+               with_targets: bool = True) -> list[Result]:
+    from .bpf_tests import TESTS
     results: list[Result] = []
     for arch in arches:
-        results += _targets_results(arch)
+        if with_targets:
+            results += _targets_results(arch)
+        for prof in profiles_for(arch, profile):
+            for name in tests or TESTS:
+                results.append(run_bpf_test(arch, prof, name))
     return results

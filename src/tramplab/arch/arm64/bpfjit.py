@@ -1,0 +1,101 @@
+"""arm64 BPF program images and bpf_arch_text_poke (arch/arm64/net/bpf_jit_comp.c).
+
+The JIT's prologue keeps a patchable slot like a kernel function's: `mov x9, x30` then a nop,
+poked into `bl <trampoline>` (fentry/fexit on this program: x30 = the instruction after the slot,
+x9 = the parent) or `b <extension>` (freplace: the extension runs with the caller's x30).
+
+    bpf_prog_NAME:   [bti jc]
+                     mov x9, x30
+              site:  nop                          <- bpf_arch_text_poke
+                     stp x29, x30, [sp, #-32]!; mov x29, sp
+                     [str x0, [sp, #16]; mov w0, #1; bl <kernel function>; ldr x0, [sp, #16]]
+                     bl <body>                    x0 = ctx (or the args of a BPF function)
+                     ldp x29, x30, [sp], #32; ret
+
+Trampolines and programs share the BPF area, so `bl` always reaches (the kernel's PLT for
+far targets is not needed here: a target out of range raises ERANGE).
+"""
+from __future__ import annotations
+
+from ...errors import EncodeError, KernelError
+from ...ftrace.arch_api import TextWrite
+from ...jit import assemble
+from . import encode as A
+
+PROG_ENTRY = "bl"
+NOP = A.nop()
+BREAK_FAULT = A.brk(0x100)          # AARCH64_BREAK_FAULT: what freed JIT memory is filled with
+
+
+def prog_entry(profile) -> str:
+    return PROG_ENTRY
+
+
+def _call(e, target: int) -> None:
+    try:
+        e.emit(A.bl(e.pc, target))                          # bl target
+    except EncodeError:
+        e.emit(A.mov_imm64("x10", target))                  # mov x10, #target
+        e.emit(A.blr("x10"))                                # blr x10
+
+
+def _gen_image(e, host: int, calls: int | None, bti: bool) -> None:
+    if bti:
+        e.emit(A.bti("jc"))                                 # bti jc
+    e.emit(A.mov("x9", "x30"))                              # mov x9, x30
+    e.label("site")
+    e.emit(NOP)                                             # nop  (patch site)
+    e.emit(A.stp_pre("x29", "x30", "sp", -32))              # stp x29, x30, [sp, #-32]!
+    e.emit(A.mov("x29", "sp"))                              # mov x29, sp
+    if calls is not None:
+        e.emit(A.str_("x0", "sp", 16))                      # str x0, [sp, #16]  (ctx)
+        e.emit(A.movz("w0", 1))                             # mov w0, #1
+        _call(e, calls)                                     # bl <kernel function>
+        e.emit(A.ldr("x0", "sp", 16))                       # ldr x0, [sp, #16]
+    _call(e, host)                                          # bl <program body>
+    e.emit(A.ldp_post("x29", "x30", "sp", 32))              # ldp x29, x30, [sp], #32
+    e.emit(A.ret())                                         # ret
+
+
+def load_prog_image(kernel, name: str, host: int, kind: str, calls: int | None):
+    bti = kernel.layout.entry.landing_pad_name == "bti c"
+    m = kernel.machine
+    probe = assemble(lambda e: _gen_image(e, host, calls, bti), m.bpf.start)
+    addr = m.bpf_arena.alloc(len(probe.code) + 16, 8)
+    code = assemble(lambda e: _gen_image(e, host, calls, bti), addr)
+    m.write_text(addr, code.code)
+    m.kallsyms.add(f"bpf_prog_{name}", addr, len(code.code), "t", "[bpf]")
+    site = code.labels["site"]
+    return addr, site, site - addr + 4, len(code.code)
+
+
+def _insn(site: int, what) -> bytes:
+    if what is None:
+        return NOP
+    kind, target = what
+    try:
+        return A.bl(site, target) if kind == "call" else A.b(site, target)
+    except EncodeError as e:
+        raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
+
+
+def poke(kernel, prog, old, new) -> None:
+    """One aligned 4-byte write of the slot; the current instruction must be `old` (-EBUSY)."""
+    site = prog.site
+    want_old, new_insn = _insn(site, old), _insn(site, new)
+    have = kernel.memory.read(site, 4)
+    if have != want_old:
+        raise KernelError("EBUSY", f"bpf_arch_text_poke at {kernel.symbol(site)}: found "
+                                   f"{have.hex(' ')}, expected {want_old.hex(' ')}")
+    if want_old != new_insn:
+        kernel.ftrace._run(kernel.ftrace.arch.apply([TextWrite(site, want_old, new_insn, "bpf")]))
+
+
+def skip_fexit(kernel, ip_after_call: int, ip_epilogue: int) -> None:
+    new = A.b(ip_after_call, ip_epilogue)
+    kernel.ftrace._run(kernel.ftrace.arch.apply(
+        [TextWrite(ip_after_call, NOP, new, "ip_after_call")]))
+
+
+def poison(size: int) -> bytes:
+    return (BREAK_FAULT * (size // 4 + 1))[:size]

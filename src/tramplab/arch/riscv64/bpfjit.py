@@ -1,0 +1,104 @@
+"""riscv64 BPF program images and bpf_arch_text_poke (arch/riscv/net/bpf_jit_comp64.c).
+
+The prologue reserves the patch site the BPF trampoline side believes in: two nops for
+`auipc t0; jalr t0` (v6.4+, entry "t0"), or — the original v6.3 code — four nops for the 16-byte
+sled `sd ra, -8(sp); auipc ra; jalr ra; ld ra, -8(sp)` (entry "ra-sled16").  A jump (freplace) is
+`auipc t0; jalr zero`.  After the body, BPF R0 (a5) mirrors a0, as the riscv JIT's epilogue
+guarantees (the v6.3 trampoline reads a5).
+
+    bpf_prog_NAME:
+              site:  nop x2 (or x4)               <- bpf_arch_text_poke
+                     addi sp, sp, -32; sd ra, 24(sp); sd s0, 16(sp); addi s0, sp, 32
+                     [sd a0, 8(sp); li a0, 1; call <kernel function>; ld a0, 8(sp)]
+                     call <body>; mv a5, a0
+                     ld ra, 24(sp); ld s0, 16(sp); addi sp, sp, 32; ret
+"""
+from __future__ import annotations
+
+from ...errors import EncodeError, KernelError
+from ...ftrace.arch_api import TextWrite
+from ...jit import assemble
+from . import encode as R
+
+NOP = R.nop()
+SLED_SD = (0xFE113C23).to_bytes(4, "little")     # sd ra, -8(sp)
+SLED_LD = (0xFF813083).to_bytes(4, "little")     # ld ra, -8(sp)
+
+
+def prog_entry(profile) -> str:
+    return profile.bpf_entry
+
+
+def _site_insns(profile) -> int:
+    return 4 if profile.bpf_entry == "ra-sled16" else 2
+
+
+def _gen_image(e, host: int, calls: int | None, site_insns: int) -> None:
+    e.label("site")
+    for _ in range(site_insns):
+        e.emit(NOP)                                         # nop  (patch site)
+    e.emit(R.addi("sp", "sp", -32))                         # addi sp, sp, -32
+    e.emit(R.sd("ra", "sp", 24))                            # sd ra, 24(sp)
+    e.emit(R.sd("s0", "sp", 16))                            # sd s0, 16(sp)
+    e.emit(R.addi("s0", "sp", 32))                          # addi s0, sp, 32
+    if calls is not None:
+        e.emit(R.sd("a0", "sp", 8))                         # sd a0, 8(sp)  (ctx)
+        e.emit(R.li("a0", 1))                               # li a0, 1
+        e.emit(R.auipc_jalr("ra", "ra", e.pc, calls))       # call <kernel function>
+        e.emit(R.ld("a0", "sp", 8))                         # ld a0, 8(sp)
+    e.emit(R.auipc_jalr("ra", "ra", e.pc, host))            # call <program body>
+    e.emit(R.mv("a5", "a0"))                                # mv a5, a0  (BPF R0)
+    e.emit(R.ld("ra", "sp", 24))                            # ld ra, 24(sp)
+    e.emit(R.ld("s0", "sp", 16))                            # ld s0, 16(sp)
+    e.emit(R.addi("sp", "sp", 32))                          # addi sp, sp, 32
+    e.emit(R.ret())                                         # ret
+
+
+def load_prog_image(kernel, name: str, host: int, kind: str, calls: int | None):
+    n = _site_insns(kernel.profile)
+    m = kernel.machine
+    probe = assemble(lambda e: _gen_image(e, host, calls, n), m.bpf.start)
+    addr = m.bpf_arena.alloc(len(probe.code), 8)
+    code = assemble(lambda e: _gen_image(e, host, calls, n), addr)
+    m.write_text(addr, code.code)
+    m.kallsyms.add(f"bpf_prog_{name}", addr, len(code.code), "t", "[bpf]")
+    return addr, addr, 4 * n, len(code.code)
+
+
+def _insns(profile, site: int, what) -> bytes:
+    n = _site_insns(profile)
+    if what is None:
+        return NOP * n
+    kind, target = what
+    try:
+        if n == 4:        # v6.3: the sled, calling with ra as link and the parent saved on the stack
+            return SLED_SD + R.auipc_jalr("ra", "ra", site + 4, target) + SLED_LD
+        link = "t0" if kind == "call" else "zero"
+        return R.auipc_jalr(link, "t0", site, target)
+    except EncodeError as e:
+        raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
+
+
+def poke(kernel, prog, old, new) -> None:
+    """Rewrite the program's site (patch_text: stop_machine before v6.16); the current bytes
+    must be `old` (-EBUSY)."""
+    site, p = prog.site, kernel.profile
+    want_old, new_bytes = _insns(p, site, old), _insns(p, site, new)
+    have = kernel.memory.read(site, len(want_old))
+    if have != want_old:
+        raise KernelError("EBUSY", f"bpf_arch_text_poke at {kernel.symbol(site)}: found "
+                                   f"{have.hex(' ')}, expected {want_old.hex(' ')}")
+    if want_old != new_bytes:
+        kernel.ftrace._run(kernel.ftrace.arch.apply([TextWrite(site, want_old, new_bytes, "bpf")]))
+
+
+def skip_fexit(kernel, ip_after_call: int, ip_epilogue: int) -> None:
+    """ip_after_call's two nops become `auipc t0; jalr zero` to the epilogue."""
+    new = R.auipc_jalr("zero", "t0", ip_after_call, ip_epilogue)
+    kernel.ftrace._run(kernel.ftrace.arch.apply(
+        [TextWrite(ip_after_call, NOP * 2, new, "ip_after_call")]))
+
+
+def poison(size: int) -> bytes:
+    """Freed JIT memory is zeroed: 0x0000 is an illegal (c.unimp) instruction."""
+    return bytes(size)

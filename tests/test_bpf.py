@@ -1,0 +1,258 @@
+"""BPF trampolines end to end: the selftest matrix, every attach error with memory unchanged,
+concurrent attach/detach, image lifetime, livepatch + fexit (seed 002), recursion, cookies,
+and the seed-000 riscv pairing."""
+import importlib.util
+
+import pytest
+
+from tramplab import Kernel, KernelError, Oops
+from tramplab.livepatch import Livepatch
+from tramplab.machine.machine import CallTask
+from tramplab.machine.scheduler import Scheduler
+from tramplab.profiles import presets
+from tramplab.selftests import BUG_PROFILES, run_bpf_test
+from tramplab.selftests.bpf_tests import TESTS
+
+ARCHES = [a for a in ("x86_64", "arm64", "riscv64")
+          if importlib.util.find_spec(f"tramplab.arch.{a}.ftrace") is not None]
+MATRIX = [(a, p, t) for a in ARCHES for p in presets(a) if p not in BUG_PROFILES for t in TESTS]
+
+
+@pytest.mark.parametrize("arch,profile,test", MATRIX)
+def test_selftest_matrix(arch, profile, test):
+    """latest: every test passes; older presets: pass, or the kernel's errno for a feature
+    that era lacked."""
+    r = run_bpf_test(arch, profile, test)
+    if profile == "latest":
+        assert r.status == "pass", r.detail
+    else:
+        assert r.status in ("pass", "unsupported"), r.detail
+
+
+def state(k):
+    """Everything a failed attach must leave unchanged: text/BPF memory and manager state."""
+    tr = {key: (t.count, t.flags, t.cur_image and t.cur_image.addr)
+          for key, t in k.bpf.trampolines.items()}
+    return k.memory.snapshot(("text", "bpf", "hostcall")), tr
+
+
+def refused(k, name, fn):
+    """`fn` must fail with errno `name` and leave everything as it was.  Programs are loaded
+    before (BPF_PROG_LOAD is its own step; a failed attach does not unload them)."""
+    k.bpf                                       # boot ftrace and the manager first
+    before = state(k)
+    with pytest.raises(KernelError) as e:
+        fn()
+    assert e.value.name == name, e.value
+    assert state(k) == before
+    return e.value
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_39th_link_is_e2big_and_changes_nothing(arch):
+    k = Kernel(arch)
+    for i in range(38):
+        k.fentry("bpf_fentry_test1", name=f"p{i}")(lambda ctx: 0)
+    p = k.fexit("bpf_fentry_test1", name="p38", attach=False)(lambda ctx: 0)
+    refused(k, "E2BIG", lambda: k.bpf.attach(p))
+    assert k.call("bpf_fentry_test1", 1) == 2
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_image_larger_than_a_page_is_e2big(arch):
+    k = Kernel(arch, profile=Kernel(arch).profile.with_(tramp_links_max=400))
+    n = 0
+    with pytest.raises(KernelError) as e:
+        for n in range(400):
+            k.fexit("bpf_fentry_test1", name=f"p{n}")(lambda ctx: 0)
+    assert e.value.name == "E2BIG" and "PAGE_SIZE" in e.value.rule
+    p = k.fexit("bpf_fentry_test1", name="one_more", attach=False)(lambda ctx: 0)
+    refused(k, "E2BIG", lambda: k.bpf.attach(p))
+    assert k.call("bpf_fentry_test1", 1) == 2
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_attach_errors_leave_memory_and_state_unchanged(arch):
+    k = Kernel(arch)
+    target = k.bpf.load_func("subprog", lambda a, b: a + b, nargs=2)
+    fe = k.fentry(target, name="on_prog")(lambda ctx: 0)
+    ext = k.freplace(target, name="ext", attach=False)(lambda a, b: 0)
+    refused(k, "EBUSY", lambda: k.bpf.attach(ext))
+    fe.link.detach()
+    k.bpf.attach(ext)
+    late = k.fexit(target, name="late", attach=False)(lambda ctx: 0)
+    refused(k, "EBUSY", lambda: k.bpf.attach(late))
+    p = k.fentry("bpf_fentry_test2", name="twice")(lambda ctx: 0)
+    refused(k, "EBUSY", lambda: k.bpf.attach(p))
+    bad = k.fmod_ret("bpf_fentry_test1", name="not_allowed", attach=False)(lambda c: 0)
+    refused(k, "EINVAL", lambda: k.bpf.attach(bad))
+
+
+def test_more_args_than_the_profile_supports_is_enotsupp():
+    k = Kernel("x86_64", profile="v5.5")
+    p = k.fentry("bpf_testmod_fentry_test7", name="seven", attach=False)(lambda ctx: 0)
+    e = refused(k, "ENOTSUPP", lambda: k.bpf.attach(p))
+    assert "MAX_BPF_FUNC_ARGS" in e.rule or "6" in e.rule
+
+
+@pytest.mark.skipif("arm64" not in ARCHES, reason="arm64 ftrace not built yet")
+def test_arm64_struct_argument_on_the_stack_is_enotsupp():
+    k = Kernel("arm64")
+    # 11 args: the last ones are on the stack, which v6.16 supports for scalars ...
+    k.fentry("bpf_testmod_fentry_test11", name="eleven")(lambda ctx: 0)
+    # ... and a register-only kernel refuses it
+    k64 = Kernel("arm64", profile="v6.4")
+    p = k64.fentry("bpf_testmod_fentry_test11", name="eleven", attach=False)(lambda ctx: 0)
+    refused(k64, "ENOTSUPP", lambda: k64.bpf.attach(p))
+
+
+# ------------------------------------------------------------------------------- concurrency
+@pytest.mark.parametrize("arch", ARCHES)
+def test_attach_and_detach_while_another_cpu_calls(arch):
+    """Calls overlapping an attach/detach never fault and run the program at most once; calls
+    after the change run it exactly as attached."""
+    k = Kernel(arch, cpus=2)
+    runs = []
+    prog = k.bpf.load("fx", "fexit", lambda ctx: runs.append(ctx.ret), "bpf_fentry_test1")
+    link = None
+    for seed in range(8):
+        before = len(runs)
+        task = k.task("bpf_fentry_test1", 1, cpu=0)
+
+        def change():
+            nonlocal link
+            if link is None:
+                link = k.bpf.attach(prog)
+            else:
+                link.detach()
+                link = None
+            yield
+
+        Scheduler(k.machine, seed=seed, quantum=(1, 5)).run([task, k.ftrace.task(change())])
+        assert k.result(task) == 2
+        assert len(runs) - before <= 1
+        before = len(runs)
+        assert k.call("bpf_fentry_test1", 1, cpu=1) == 2
+        assert len(runs) - before == (1 if link else 0)
+        assert all(r == 2 for r in runs)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_old_image_lives_until_no_cpu_is_inside_then_is_poisoned(arch):
+    """Detach fexit while CPU 0 is inside the original called from the trampoline: CPU 0 skips
+    the fexit program via ip_after_call, the image is freed only after it returns."""
+    k = Kernel(arch, cpus=2)
+    runs = []
+    p = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: runs.append(ctx.ret))
+    fn = k.function("bpf_fentry_test1")
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    cpu = k.machine.cpus[0]
+    entered_image = False
+    while True:                                # run until inside the original, called from it
+        k.machine.step(cpu, 1)
+        entered_image |= image.addr <= cpu.pc < image.addr + len(image.code)
+        if entered_image and fn.addr < cpu.pc < fn.addr + fn.size:
+            break
+    p.link.detach()
+    assert image in k.bpf.dying                # CPU 0 still needs it
+    k.machine.finish(cpu)
+    assert k.result(task) == 2 and runs == []  # fexit skipped, result intact
+    assert k.bpf.reclaim() == 1
+    assert image not in k.bpf.dying
+    assert k.memory.read(image.addr, 16) == k.bpf.progjit.poison(16)
+    assert k.call("bpf_fentry_test1", 1) == 2
+
+
+# ------------------------------------------------------------------------------- semantics
+@pytest.mark.parametrize("arch", ARCHES)
+def test_recursion_is_skipped_and_counted(arch):
+    k = Kernel(arch)
+    runs = []
+    p = k.fentry("bpf_fentry_test1", name="rec", calls="bpf_fentry_test1")(
+        lambda ctx: runs.append(ctx.arg_as(0, 32)))
+    assert k.call("bpf_fentry_test1", 7) == 8
+    # the program's own call of bpf_fentry_test1(1) re-entered the trampoline on this CPU:
+    # __bpf_prog_enter_recur refused it
+    assert p.misses == 1 and runs == [7]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_cookie_reaches_the_program(arch):
+    k = Kernel(arch)
+    got = []
+    k.fentry("bpf_fentry_test1", name="c1", cookie=0x1234_5678_9ABC)(lambda ctx: got.append(ctx.cookie))
+    k.fentry("bpf_fentry_test1", name="c2", cookie=7)(lambda ctx: got.append(ctx.cookie))
+    assert k.call("bpf_fentry_test1", 1) == 2
+    assert sorted(got) == [7, 0x1234_5678_9ABC]
+
+
+SHARE_ARCHES = [a for a in ARCHES if a != "riscv64"]
+
+
+@pytest.mark.parametrize("arch", SHARE_ARCHES)
+@pytest.mark.parametrize("order", ["livepatch-first", "bpf-first"])
+def test_livepatch_and_fexit_on_one_function_gives_the_patched_result(arch, order):
+    """Seed 002: the direct ops registers (or is asked to share) with IPMODIFY; the trampoline
+    is regenerated to call the original through the (livepatched) address on the stack."""
+    k = Kernel(arch)
+    seen = []
+    lp = Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"})
+    if order == "livepatch-first":
+        lp.enable()
+        p = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+    else:
+        p = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+        lp.enable()
+    from tramplab.bpf.spec import TrampFlag
+    tr = k.bpf.trampoline_of("bpf_fentry_test1")
+    assert tr.flags & TrampFlag.SHARE_IPMODIFY
+    if arch == "x86_64":
+        assert tr.flags & TrampFlag.ORIG_STACK
+    assert k.call("bpf_fentry_test1", 1) == 102
+    assert seen == [102]
+    lp.disable()
+    assert k.call("bpf_fentry_test1", 1) == 2 and seen == [102, 2]
+    p.link.detach()
+
+
+@pytest.mark.skipif("riscv64" not in ARCHES, reason="riscv ftrace not built yet")
+def test_riscv_refuses_to_share_a_function_with_livepatch():
+    k = Kernel("riscv64")
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    p = k.fexit("bpf_fentry_test1", name="fx", attach=False)(lambda ctx: 0)
+    refused(k, "ENOTSUPP", lambda: k.bpf.attach(p))
+
+
+@pytest.mark.skipif("riscv64" not in ARCHES, reason="riscv ftrace not built yet")
+def test_seed000_riscv_site_and_trampoline_must_agree():
+    """The 8-byte auipc t0/jalr t0 site with a trampoline that still assumes the 16-byte sled
+    (orig_call += 16, return through ra): fexit breaks; the matching pairs work."""
+    for profile, ok in (("seed000-mismatch", False), ("v6.8", True), ("latest", True)):
+        k = Kernel("riscv64", profile=profile)
+        seen = []
+        try:
+            k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+            result = k.call("bpf_fentry_test1", 1)
+            works = result == 2 and seen == [2]
+        except Oops:
+            works = False
+        assert works is ok, profile
+
+
+def test_fexit_added_later_to_a_livepatched_function_bypasses_the_livepatch():
+    """A finding of the kernel-faithful model (kernel/bpf/trampoline.c as of 2026): with a
+    livepatch present, a fentry-only trampoline registers through ops_func SELF, which returns 0
+    without recording SHARE_IPMODIFY.  Adding an fexit program later regenerates the trampoline
+    through modify_ftrace_direct, which does not ask ops_func again: the new trampoline calls
+    the original at its fixed address (func+5) instead of through the stack, so callers run the
+    unpatched function while the fexit program is attached.  Attaching the fexit program first
+    (or alone) gives the livepatched result (see the test above)."""
+    k = Kernel("x86_64")
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: 0)
+    assert k.call("bpf_fentry_test1", 1) == 102          # fentry-only: livepatch honoured
+    seen = []
+    k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+    assert k.call("bpf_fentry_test1", 1) == 2            # the old body ran: livepatch bypassed
+    assert seen == [2]
