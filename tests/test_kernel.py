@@ -95,3 +95,26 @@ def test_cli_symbols_disasm_layouts_selftest():
     assert r.exit_code == 0 and '"status": "pass"' in r.output
     r = CliRunner().invoke(main, ["selftest", "--arch", "x86_64", "--test", "nope"])
     assert r.exit_code == 2
+
+
+def test_cli_profiles_support_show_trace():
+    r = CliRunner().invoke(main, ["profiles", "--arch", "riscv64"])
+    assert r.exit_code == 0 and "seed000-mismatch" in r.output and "sled16" in r.output
+    r = CliRunner().invoke(main, ["support", "--arch", "arm64", "--kernel", "5.15"])
+    assert r.exit_code == 0
+    assert "direct_calls arrived in 6.4" in r.output and "bpf_trampoline arrived in 6.0" in r.output
+    r = CliRunner().invoke(main, ["support", "--arch", "x86_64", "--kernel", "6.6"])
+    assert r.exit_code == 0 and "no " not in r.output.split("tracing_multi")[0].split("kprobe")[0]
+    r = CliRunner().invoke(main, ["support", "--arch", "x86_64", "--kernel", "six"])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "site", "bpf_fentry_test1"])
+    assert r.exit_code == 0 and "ftrace_regs_caller" in r.output and "jmp mode" in r.output
+    r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "trampoline",
+                                  "fexit:bpf_fentry_test1", "fentry:bpf_fentry_test1"])
+    assert r.exit_code == 0 and "Stack layout" in r.output and "ip_after_call" in r.output
+    r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "trampoline", "bogus"])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(main, ["trace", "--arch", "x86_64", "fexit:bpf_fentry_test2",
+                                  "--call", "2,3"])
+    assert r.exit_code == 0 and "__bpf_prog_enter_recur" in r.output
+    assert r.output.rstrip().endswith("returned 5")

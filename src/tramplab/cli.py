@@ -221,3 +221,94 @@ def _print_matrix(results, arches) -> None:
     for r in results:
         if r.status == "fail":
             con.print(f"[red]FAIL[/] {r.arch}/{r.profile} {r.test}: {r.detail}")
+
+
+def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
+    from .kernel import Kernel
+    return Kernel(_arch(arch), profile=profile, layout=layout)
+
+
+@main.command()
+@click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+def profiles(arch):
+    """List the profile presets (kernel eras) per arch with their switches."""
+    from .profiles import presets
+    arches = list(ARCH_NAMES) if arch == "all" else [_arch(arch)]
+    cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
+            "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
+            "bpf_max_args", "tramp_links_max")
+    for a in arches:
+        t = Table(title=f"{a} profiles")
+        t.add_column("profile")
+        for c in cols:
+            t.add_column(c.replace("_", " "))
+        notes = []
+        for name, p in presets(a).items():
+            t.add_row(name, *(("y" if v is True else "-" if v is False else str(v))
+                              for v in (getattr(p, c) for c in cols)))
+            if p.note:
+                notes.append(f"{name}: {p.note}")
+        con = _console()
+        con.print(t)
+        for n in notes:
+            con.print(f"  {n}")
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--kernel", "-k", "version", required=True, help="kernel version, e.g. 5.15")
+def support(arch, version):
+    """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
+    and, for what does not, why."""
+    from .profiles import version_key
+    from .show import support as rows
+    version_key(version)
+    a = _arch(arch)
+    t = Table(title=f"{a} Linux {version.lstrip('v')}")
+    for c in ("capability", "works", "why"):
+        t.add_column(c)
+    for title, ok, why in rows(a, version.lstrip("v")):
+        t.add_row(title, "[green]yes[/]" if ok else "[red]no[/]", why)
+    _console().print(t)
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
+@click.option("--layout", "-l", default=None, help="override the profile's site layout")
+@click.argument("what", type=click.Choice(["site", "trampoline"]))
+@click.argument("items", nargs=-1, required=True)
+def show(arch, profile, layout, what, items):
+    """Show a patch site in each state (`show site FUNC`) or a generated BPF trampoline with its
+    stack layout (`show trampoline fexit:bpf_fentry_test1 [fentry:...]`)."""
+    from . import show as views
+    k = _profile_kernel(arch, profile, layout)
+    if what == "site":
+        lines = []
+        for func in items:
+            lines += views.site_states(k, func) + [""]
+    else:
+        lines = views.trampoline_listing(k, list(items))
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
+@click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
+@click.option("--function", "-f", default=None,
+              help="function to call (default: the first program's target), e.g. a caller")
+@click.argument("programs", nargs=-1)
+def trace(arch, profile, call_args, function, programs):
+    """Run one call instruction by instruction and print its path with symbols: patch site,
+    trampoline, programs, the original function, back to the caller.
+
+    Example: tramplab trace --arch arm64 fexit:bpf_fentry_test2 --call 2,3
+    """
+    from . import show as views
+    k = _profile_kernel(arch, profile)
+    try:
+        args = [int(a, 0) for a in call_args.split(",") if a.strip()]
+    except ValueError:
+        raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") from None
+    click.echo("\n".join(views.call_trace(k, list(programs), function, args)))

@@ -367,7 +367,8 @@ class BpfManager:
         except BaseException:
             self.machine.bpf_arena.free(addr)
             raise
-        name = f"bpf_trampoline_{tr.name}"
+        self._image_serial = getattr(self, "_image_serial", 0) + 1
+        name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.stack_diagram, image.marks, name)
 
@@ -388,8 +389,7 @@ class BpfManager:
             del self._ims[new.im]
             raise
         old, tr.cur_image = tr.cur_image, new
-        self.machine.kallsyms.add(f"{new.name}:{new.addr:x}", new.addr, len(new.code), "t",
-                                  "[bpf]")
+        self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]")
         if old is not None:
             self._image_put(old)
 
@@ -560,7 +560,7 @@ class BpfManager:
             self.dying.remove(im)
             self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
             self.machine.bpf_arena.free(im.addr)
-            self.machine.kallsyms.remove(f"{im.name}:{im.addr:x}")
+            self.machine.kallsyms.remove(im.name)
             self.freed.append(im)
             freed += 1
         return freed
