@@ -10,12 +10,12 @@ from tramplab.livepatch import Livepatch
 from tramplab.machine.machine import CallTask
 from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
-from tramplab.selftests import BUG_PROFILES, run_bpf_test
+from tramplab.selftests import run_bpf_test
 from tramplab.selftests.bpf_tests import TESTS
 
 ARCHES = [a for a in ("x86_64", "arm64", "riscv64")
           if importlib.util.find_spec(f"tramplab.arch.{a}.ftrace") is not None]
-MATRIX = [(a, p, t) for a in ARCHES for p in presets(a) if p not in BUG_PROFILES for t in TESTS]
+MATRIX = [(a, n, t) for a in ARCHES for n, p in presets(a).items() if not p.bug for t in TESTS]
 
 
 @pytest.mark.parametrize("arch,profile,test", MATRIX)

@@ -18,8 +18,7 @@ import importlib.util
 # Until every arch has its arch/<arch>/ftrace.py (issue 4 lands per arch), run where it exists.
 ARCHES = [a for a in ("x86_64", "arm64", "riscv64")
           if importlib.util.find_spec(f"tramplab.arch.{a}.ftrace") is not None]
-BUG_PROFILES = {"i386-like-rfc", "v6.4", "seed000-mismatch"}
-PROFILES = [(a, n) for a in ARCHES for n in presets(a) if n not in BUG_PROFILES]
+PROFILES = [(a, n) for a in ARCHES for n, p in presets(a).items() if not p.bug]
 DIRECT_PROFILES = [(a, n) for a, n in PROFILES if presets(a)[n].direct_calls]
 FAR_BPF = {"x86_64": None, "arm64": -(1 << 30), "riscv64": -(3 << 30)}   # offset from kernel text
 

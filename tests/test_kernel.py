@@ -118,3 +118,13 @@ def test_cli_profiles_support_show_trace():
                                   "--call", "2,3"])
     assert r.exit_code == 0 and "__bpf_prog_enter_recur" in r.output
     assert r.output.rstrip().endswith("returned 5")
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_extra_units_link_a_thousand_more_traceable_functions(arch):
+    k = Kernel(arch, units=("many",))
+    assert sum(1 for f in k.functions if f.startswith("tramplab_many_")) == 1000
+    assert k.call("tramplab_many_000", 1) == 2 and k.call("tramplab_many_999", 41) == 42
+    assert all(len(k.function(f"tramplab_many_{i:03d}").sites) == 1 for i in (0, 517, 999))
+    with pytest.raises(UsageError, match="unknown unit"):
+        Kernel(arch, units=("few",))

@@ -244,7 +244,8 @@ def profiles(arch):
             t.add_column(c.replace("_", " "))
         notes = []
         for name, p in presets(a).items():
-            t.add_row(name, *(("y" if v is True else "-" if v is False else str(v))
+            t.add_row(name + (" (bug)" if p.bug else ""),
+                      *(("y" if v is True else "-" if v is False else str(v))
                               for v in (getattr(p, c) for c in cols)))
             if p.note:
                 notes.append(f"{name}: {p.note}")

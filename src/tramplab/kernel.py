@@ -56,7 +56,7 @@ class Function:
 
 class Kernel:
     def __init__(self, arch: str = "x86_64", *, profile=None, layout: str | None = None,
-                 cpus: int = 1, **machine_options):
+                 cpus: int = 1, units: tuple[str, ...] = (), **machine_options):
         self.arch = get_arch(arch)
         self.profile = _choose_profile(self.arch.name, profile, layout)
         self.layout = get_layout(self.arch, self.profile.layout)
@@ -64,6 +64,12 @@ class Kernel:
         self._ftrace = None
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
         self.image = load_target(self.arch, self.layout_name, self.machine.kernel.start)
+        self.images = [self.image]
+        end = self._image_end(self.image)
+        for unit in units:          # more compiled kernel code, linked in after the image
+            obj = load_target(self.arch, self.layout_name, end, unit=unit)
+            self.images.append(obj)
+            end = self._image_end(obj)
         self._install_image()
 
     @property
@@ -120,9 +126,14 @@ class Kernel:
         return task.result
 
     # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _image_end(obj) -> int:
+        return (max(seg.addr + len(seg.data) for seg in obj.segments) + 0xFFF) & ~0xFFF
+
     def _install_image(self) -> None:
         m = self.machine
-        for seg in self.image.segments:
+        segments = [seg for obj in self.images for seg in obj.segments]
+        for seg in segments:
             if seg.addr + len(seg.data) > m.kernel.end:
                 raise UsageError(f"segment {seg.name} does not fit in the kernel region")
             m.memory.write(seg.addr, seg.data)
@@ -130,18 +141,18 @@ class Kernel:
             cpu.invalidate(m.kernel.start, m.kernel.end)
         # The rest of the kernel region: text the model generates (ftrace_caller, samples) and
         # kernel data that text refers to rip/pc-relatively (function_trace_op ...).
-        image_end = max(seg.addr + len(seg.data) for seg in self.image.segments)
-        self.text_arena = Arena(m.kernel, align=16, start=(image_end + 0xFFF) & ~0xFFF)
-        sites: dict[str, list] = {}
-        for site in self.image.sites:
-            sites.setdefault(site.func, []).append(site)
+        self.text_arena = Arena(m.kernel, align=16, start=self._image_end(self.images[-1]))
         self.functions: dict[str, Function] = {}
-        for sym in self.image.symbols:
-            m.kallsyms.add(sym.name, sym.addr, sym.size, "t" if sym.kind == "func" else "d")
-            if sym.kind == "func":
-                self.functions[sym.name] = Function(sym.name, sym.addr, sym.size,
-                                                    self.image.prototypes.get(sym.name),
-                                                    tuple(sites.get(sym.name, ())))
+        for obj in self.images:
+            sites: dict[str, list] = {}
+            for site in obj.sites:
+                sites.setdefault(site.func, []).append(site)
+            for sym in obj.symbols:
+                m.kallsyms.add(sym.name, sym.addr, sym.size, "t" if sym.kind == "func" else "d")
+                if sym.kind == "func":
+                    self.functions[sym.name] = Function(sym.name, sym.addr, sym.size,
+                                                        obj.prototypes.get(sym.name),
+                                                        tuple(sites.get(sym.name, ())))
 
     # ------------------------------------------------------------------ lookup
     def function(self, name: str) -> Function:

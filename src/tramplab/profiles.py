@@ -105,6 +105,7 @@ class Profile:
     cookie: bool
     struct_args: bool
     note: str = ""                 # why this profile exists (for bug profiles)
+    bug: bool = False              # reproduces a known kernel bug on purpose (seeds, fixed bugs)
 
     def with_(self, **switches) -> "Profile":
         """A copy with some switches changed (checked when a kernel is built with it)."""
@@ -115,7 +116,7 @@ class Profile:
 
     def switches(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("name", "arch", "kernel", "note")}
+                if f.name not in ("name", "arch", "kernel", "note", "bug")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,16 +219,16 @@ def _special(arch: str) -> dict[str, Profile]:
             layout="fentry-ibt", bpf_site_skip=9, multi_flags="SAVE_REGS",
             note="6.6.y IBT kernel: endbr64 before the site")
         out["v6.4"] = profile_for(arch, "6.4").with_(
-            note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site with "
+            bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site with "
                  "another ops goes through ftrace_caller, which ignores orig_ax")
         out["i386-like-rfc"] = profile_for(arch, "6.3", "i386-like-rfc").with_(
-            with_args=False, multi_flags="NONE",
+            with_args=False, multi_flags="NONE", bug=True,
             note="seed 004: WITH_REGS without WITH_ARGS and the v1 patch's MULTI_FLAGS = "
                  "DIRECT only; the list caller hands NULL ftrace_regs to "
                  "arch_ftrace_set_direct_caller()")
     if arch == "riscv64":
         out["seed000-mismatch"] = profile_for(arch, "6.8", "seed000-mismatch").with_(
-            bpf_entry="ra-sled16", bpf_site_skip=16,
+            bpf_entry="ra-sled16", bpf_site_skip=16, bug=True,
             note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
                  "still assumes the 16-byte sled (orig_call += 16, returns through ra)")
     if arch == "arm64":

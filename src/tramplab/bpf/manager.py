@@ -342,7 +342,7 @@ class BpfManager:
         if tr.ftrace_managed:
             entry, skip = p.bpf_entry, p.bpf_site_skip
         else:
-            entry, skip = self.progjit.PROG_ENTRY, tr.target.site_skip
+            entry, skip = self.progjit.prog_entry(p), tr.target.site_skip
         if self.arch.name == "x86_64" and self._jmp_mode(tr):
             entry = "jmp"
         extra = {"bti": self.kernel.layout.entry.landing_pad_name == "bti c"}

@@ -38,14 +38,11 @@ def _targets_results(arch: str) -> list[Result]:
     return out
 
 
-BUG_PROFILES = ("i386-like-rfc", "v6.4", "seed000-mismatch")
-
-
 def profiles_for(arch: str, which: str) -> list[str]:
     """'latest', 'all' (every preset except the deliberate bug profiles), or one name."""
     from ..profiles import get_profile, presets
     if which == "all":
-        return [n for n in presets(arch) if n not in BUG_PROFILES]
+        return [n for n, p in presets(arch).items() if not p.bug]
     get_profile(arch, which)
     return [which]
 

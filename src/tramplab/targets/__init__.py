@@ -45,24 +45,29 @@ def get_layout(arch, layout: str | None = None) -> Layout:
         raise UsageError(f"unknown layout {layout!r} for {name}; known: {known}") from None
 
 
-def object_path(arch, layout: str | None = None) -> Path:
+UNITS = ("", "many")      # see build.UNITS: "" is the kernel image, others load on request
+
+
+def object_path(arch, layout: str | None = None, unit: str = "") -> Path:
     lay = get_layout(arch, layout)
-    return OBJ_DIR / lay.arch / f"{lay.name}.o"
+    if unit not in UNITS:
+        raise UsageError(f"unknown unit {unit!r}; known: {', '.join(u for u in UNITS if u)}")
+    return OBJ_DIR / lay.arch / (f"{lay.name}.{unit}.o" if unit else f"{lay.name}.o")
 
 
 def load_target(arch, layout: str | None = None, base: int | None = None,
-                extern: Mapping[str, int] | None = None) -> LoadedObject:
-    """Load the committed object of (arch, layout) at `base` (default: the arch's kernel_text).
-    Results without `extern` are cached (they are immutable)."""
+                extern: Mapping[str, int] | None = None, unit: str = "") -> LoadedObject:
+    """Load the committed object of (arch, layout[, unit]) at `base` (default: the arch's
+    kernel_text).  Results without `extern` are cached (they are immutable)."""
     lay = get_layout(arch, layout)
     if extern:
-        return load_object(object_path(lay.arch, lay.name), lay.arch, base, extern)
-    return _load_cached(lay.arch, lay.name, base)
+        return load_object(object_path(lay.arch, lay.name, unit), lay.arch, base, extern)
+    return _load_cached(lay.arch, lay.name, base, unit)
 
 
 @functools.lru_cache(maxsize=32)
-def _load_cached(arch: str, layout: str, base: int | None) -> LoadedObject:
-    return load_object(object_path(arch, layout), arch, base)
+def _load_cached(arch: str, layout: str, base: int | None, unit: str = "") -> LoadedObject:
+    return load_object(object_path(arch, layout, unit), arch, base)
 
 
 __all__ = [

@@ -28,6 +28,9 @@ PKG_DIR = Path(__file__).resolve().parent
 SRC_DIR = PKG_DIR / "src"
 OBJ_DIR = PKG_DIR / "obj"
 MAIN_SOURCE = "targets.c"
+# Compilation units per layout: "" -> <layout>.o (the kernel image), others -> <layout>.<unit>.o
+# (loaded on request, e.g. "many": a thousand functions for attach-cost measurements).
+UNITS: dict[str, str] = {"": MAIN_SOURCE, "many": "many.c"}
 
 
 class ToolchainMissing(UsageError):
@@ -90,15 +93,15 @@ def select(only: list[str] | None) -> list[Layout]:
     return chosen
 
 
-def compile_argv(layout: Layout, out: Path, src_dir: Path = SRC_DIR) -> list[str]:
+def compile_argv(layout: Layout, out: Path, src_dir: Path = SRC_DIR, unit: str = "") -> list[str]:
     """The full compiler command (run with cwd=src_dir)."""
-    return [*layout.argv(), f"-ffile-prefix-map={src_dir}=.", "-c", MAIN_SOURCE, "-o", str(out)]
+    return [*layout.argv(), f"-ffile-prefix-map={src_dir}=.", "-c", UNITS[unit], "-o", str(out)]
 
 
-def build_one(layout: Layout, out: Path, src_dir: Path = SRC_DIR) -> Path:
+def build_one(layout: Layout, out: Path, src_dir: Path = SRC_DIR, unit: str = "") -> Path:
     require_compilers([layout])
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = compile_argv(layout, out, src_dir)
+    argv = compile_argv(layout, out, src_dir, unit)
     proc = subprocess.run(argv, cwd=src_dir, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"building {layout.key} failed ({proc.returncode}):\n"
@@ -109,8 +112,8 @@ def build_one(layout: Layout, out: Path, src_dir: Path = SRC_DIR) -> Path:
     return out
 
 
-def object_relpath(layout: Layout) -> Path:
-    return Path(layout.arch) / f"{layout.name}.o"
+def object_relpath(layout: Layout, unit: str = "") -> Path:
+    return Path(layout.arch) / (f"{layout.name}.{unit}.o" if unit else f"{layout.name}.o")
 
 
 def build_all(dest: Path = OBJ_DIR, layouts=None) -> list[Path]:
@@ -119,12 +122,13 @@ def build_all(dest: Path = OBJ_DIR, layouts=None) -> list[Path]:
     outs = []
     with tempfile.TemporaryDirectory(prefix="tramplab-build-") as tmp:
         for lay in layouts:
-            tmp_out = Path(tmp) / object_relpath(lay)
-            build_one(lay, tmp_out)
-            final = dest / object_relpath(lay)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tmp_out, final)
-            outs.append(final)
+            for unit in UNITS:
+                tmp_out = Path(tmp) / object_relpath(lay, unit)
+                build_one(lay, tmp_out, unit=unit)
+                final = dest / object_relpath(lay, unit)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tmp_out, final)
+                outs.append(final)
     return outs
 
 
@@ -153,11 +157,11 @@ def check(dest: Path = OBJ_DIR, layouts=None) -> list[str]:
     require_compilers(layouts)
     problems = []
     with tempfile.TemporaryDirectory(prefix="tramplab-check-") as tmp:
-        for lay in layouts:
-            fresh = build_one(lay, Path(tmp) / object_relpath(lay))
-            committed = dest / object_relpath(lay)
+        for lay, unit in ((lay, unit) for lay in layouts for unit in UNITS):
+            fresh = build_one(lay, Path(tmp) / object_relpath(lay, unit), unit=unit)
+            committed = dest / object_relpath(lay, unit)
             if not committed.exists():
-                problems.append(f"{lay.key}: {committed} does not exist")
+                problems.append(f"{lay.key}{'.' + unit if unit else ''}: {committed} does not exist")
                 continue
             if filecmp.cmp(fresh, committed, shallow=False):
                 continue
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 for p in problems:
                     print("  " + p, file=sys.stderr)
                 return 1
-            print(f"{len(layouts)} object(s) rebuilt identically")
+            print(f"{len(layouts) * len(UNITS)} object(s) rebuilt identically")
             return 0
         for out in build_all(args.out, layouts):
             print(f"built {out.relative_to(args.out) if out.is_relative_to(args.out) else out}")
