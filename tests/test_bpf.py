@@ -1,8 +1,6 @@
 """BPF trampolines end to end: the selftest matrix, every attach error with memory unchanged,
 concurrent attach/detach, image lifetime, livepatch + fexit (seed 002), recursion, cookies,
 and the seed-000 riscv pairing."""
-import importlib.util
-
 import pytest
 
 from tramplab import Kernel, KernelError, Oops
@@ -13,8 +11,7 @@ from tramplab.profiles import presets
 from tramplab.selftests import run_bpf_test
 from tramplab.selftests.bpf_tests import TESTS
 
-ARCHES = [a for a in ("x86_64", "arm64", "riscv64")
-          if importlib.util.find_spec(f"tramplab.arch.{a}.ftrace") is not None]
+ARCHES = ["x86_64", "arm64", "riscv64"]
 MATRIX = [(a, n, t) for a in ARCHES for n, p in presets(a).items() if not p.bug for t in TESTS]
 
 
@@ -95,7 +92,6 @@ def test_more_args_than_the_profile_supports_is_enotsupp():
     assert "MAX_BPF_FUNC_ARGS" in e.rule or "6" in e.rule
 
 
-@pytest.mark.skipif("arm64" not in ARCHES, reason="arm64 ftrace not built yet")
 def test_arm64_struct_argument_on_the_stack_is_enotsupp():
     k = Kernel("arm64")
     # 11 args: the last ones are on the stack, which v6.16 supports for scalars ...
@@ -216,7 +212,6 @@ def test_livepatch_and_fexit_on_one_function_gives_the_patched_result(arch, orde
     p.link.detach()
 
 
-@pytest.mark.skipif("riscv64" not in ARCHES, reason="riscv ftrace not built yet")
 def test_riscv_refuses_to_share_a_function_with_livepatch():
     k = Kernel("riscv64")
     Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
@@ -224,7 +219,6 @@ def test_riscv_refuses_to_share_a_function_with_livepatch():
     refused(k, "ENOTSUPP", lambda: k.bpf.attach(p))
 
 
-@pytest.mark.skipif("riscv64" not in ARCHES, reason="riscv ftrace not built yet")
 def test_seed000_riscv_site_and_trampoline_must_agree():
     """The 8-byte auipc t0/jalr t0 site with a trampoline that still assumes the 16-byte sled
     (orig_call += 16, return through ra): fexit breaks; the matching pairs work."""

@@ -13,11 +13,7 @@ from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
 from tramplab.selftests import targets
 
-import importlib.util
-
-# Until every arch has its arch/<arch>/ftrace.py (issue 4 lands per arch), run where it exists.
-ARCHES = [a for a in ("x86_64", "arm64", "riscv64")
-          if importlib.util.find_spec(f"tramplab.arch.{a}.ftrace") is not None]
+ARCHES = ["x86_64", "arm64", "riscv64"]
 PROFILES = [(a, n) for a in ARCHES for n, p in presets(a).items() if not p.bug]
 DIRECT_PROFILES = [(a, n) for a, n in PROFILES if presets(a)[n].direct_calls]
 FAR_BPF = {"x86_64": None, "arm64": -(1 << 30), "riscv64": -(3 << 30)}   # offset from kernel text

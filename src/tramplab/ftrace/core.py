@@ -287,15 +287,18 @@ class FtraceCore:
     def _func_writes(self, func: int, current: int | None) -> list[TextWrite]:
         return [] if func == current else self.arch.func_writes(current, func)
 
-    def _update_steps(self) -> Generator:
-        """ftrace_modify_all_code.  Everything is computed and verified before the first byte
+    def _update_steps(self, affected=None) -> Generator:
+        """ftrace_modify_all_code, over the records `affected` (ips; None = all), like the
+        kernel walking only the records in the changed ops' hashes.  Everything is computed and verified before the first byte
         changes (a refusal leaves the text as it was); then: the callers' ftrace_call to the list
         function (it copes with any set of ops), the sites, the final global function."""
         self.stats.updates += 1
         func, op = self._global_func()
         site_writes: list[TextWrite] = []
         changed: list[tuple[Record, SiteState]] = []
-        for rec in self.records.values():
+        recs = self.records.values() if affected is None else \
+            [self.records[ip] for ip in sorted(affected) if ip in self.records]
+        for rec in recs:
             new = self.desired(rec)
             if new != rec.state:
                 site_writes += self.arch.transition(rec, rec.state, new)
@@ -362,10 +365,11 @@ class FtraceCore:
         new = new - set(ips) if remove else new | set(ips)
         if ops.flags & FL.ENABLED:
             self._check_ipmodify_change(ops, new)
+        affected = set(self._ips_of(ops, old)) | set(self._ips_of(ops, new))
         ops.filter = new
         ops.flags |= FL.INITIALIZED
         if ops.flags & FL.ENABLED:
-            yield from self._update_steps()
+            yield from self._update_steps(affected)
 
     def register_ftrace_function(self, ops: FtraceOps):
         return self._run(self.register_ftrace_function_steps(ops))
@@ -381,7 +385,7 @@ class FtraceCore:
         ops.flags |= FL.ENABLED | FL.INITIALIZED
         self.ops_list.append(ops)
         try:
-            yield from self._update_steps()
+            yield from self._update_steps(self._ips_of(ops, ops.filter))
         except BaseException:
             self._drop(ops)
             raise
@@ -394,7 +398,7 @@ class FtraceCore:
             raise KernelError("EINVAL", f"ftrace_ops {ops.name} is not registered")
         peers = self._direct_peers(ops) if ops.flags & FL.IPMODIFY else []
         self._drop(ops)
-        yield from self._update_steps()
+        yield from self._update_steps(self._ips_of(ops, ops.filter))
         self.stats.synchronize_rcu += 1        # ftrace_shutdown waits before the ops can go
         for peer, ip in peers:
             if peer.ops_func is not None:

@@ -71,10 +71,11 @@ def _insns(profile, site: int, what) -> bytes:
         return NOP * n
     kind, target = what
     try:
+        if kind == "jump":                # freplace: no link, the extension returns to our caller
+            return R.auipc_jalr("zero", "t0", site, target) + NOP * (n - 2)
         if n == 4:        # v6.3: the sled, calling with ra as link and the parent saved on the stack
             return SLED_SD + R.auipc_jalr("ra", "ra", site + 4, target) + SLED_LD
-        link = "t0" if kind == "call" else "zero"
-        return R.auipc_jalr(link, "t0", site, target)
+        return R.auipc_jalr("t0", "t0", site, target)
     except EncodeError as e:
         raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
 
