@@ -40,17 +40,24 @@ def site_states(k, func: str) -> list[str]:
     literal = ft.nop_ops if p.call_ops else None
     near = k.machine.bpf.start + 0x1000
     far = k.machine.kernel.start - (3 << 30)
+    direct_literal = None
+    if p.call_ops:                   # the literal of a direct site is the direct ops itself
+        from .ftrace import FL, FtraceOps
+        dops = FtraceOps(name="direct_ops", flags=FL.DIRECT, direct_call=near)
+        ft._mirror(dops)
+        direct_literal = dops.mem
     states = [("disabled (boot state)", SiteState(None, literal)),
-              ("calling ftrace_caller", SiteState(arch.ftrace_addr, ft.list_ops if p.call_ops else None))]
+              ("calling ftrace_caller (several ops: the list ops)",
+               SiteState(arch.ftrace_addr, ft.list_ops if p.call_ops else None))]
     if arch.ftrace_regs_addr != arch.ftrace_addr:
         states.append(("calling ftrace_regs_caller", SiteState(arch.ftrace_regs_addr)))
     if p.direct_calls:
         states.append((f"direct, trampoline near ({near:#x})",
-                       SiteState(arch.callable_addr(rec, near), literal)))
+                       SiteState(arch.callable_addr(rec, near), direct_literal)))
         try:
             target = arch.callable_addr(rec, far)
-            states.append((f"direct, trampoline far ({far:#x}: via ftrace_caller)",
-                           SiteState(target, literal)))
+            states.append((f"direct, trampoline far ({far:#x}: via ftrace_caller, which "
+                           "branches to ops->direct_call)", SiteState(target, direct_literal)))
         except KernelError as e:
             lines.append(f"  direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
         if p.jmp:

@@ -339,7 +339,8 @@ class FtraceCore:
     # ------------------------------------------------------------------ ops API
     def _mirror(self, ops: FtraceOps) -> None:
         if not ops.mem:
-            ops.mem = self._ops_mirror(f"ftrace_ops:{ops.name}:{id(ops):x}", 0, ops)
+            self._mirrors = getattr(self, "_mirrors", 0) + 1
+            ops.mem = self._ops_mirror(f"ftrace_ops_{ops.name}.{self._mirrors}", 0, ops)
         func = self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func
         self.machine.memory.write_u64(ops.mem + OPS_FUNC, func)
         self.machine.memory.write_u64(ops.mem + OPS_DIRECT_CALL, ops.direct_call)
