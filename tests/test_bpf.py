@@ -5,7 +5,6 @@ import pytest
 
 from tramplab import Kernel, KernelError, Oops
 from tramplab.livepatch import Livepatch
-from tramplab.machine.machine import CallTask
 from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
 from tramplab.selftests import run_bpf_test

@@ -5,10 +5,9 @@ import pytest
 
 from tramplab import Kernel, KernelError, Oops
 from tramplab.ftrace import FL, FtraceOps, OpsCmd
-from tramplab.ftrace.arch_api import FtraceBug, SiteState
+from tramplab.ftrace.arch_api import FtraceBug
 from tramplab.ftrace.samples import SampleDirect
 from tramplab.livepatch import Livepatch
-from tramplab.machine.machine import CallTask
 from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
 from tramplab.selftests import targets

@@ -9,7 +9,7 @@ against the Kconfig rules (`ftrace.kconfig.check`) before a kernel is built with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 
 from .arch import get_arch
 from .errors import UsageError

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from ..arch import arch_module
 from ..errors import KernelError, UsageError
-from ..ftrace import FL, FtraceOps, OpsCmd
+from ..ftrace import FtraceOps, OpsCmd
+from ..ftrace.arch_api import TextWrite
+from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
 from .prog import BpfProg, Ctx
 from .spec import FuncModel, ProgLink, TrampFlag, TrampolineSpec
@@ -141,10 +143,38 @@ class BpfManager:
         host = self.machine.hostcalls.register(f"bpf_prog_body:{name}", self._body_host(prog),
                                                5 if kind in ("func", "freplace") else 2)
         calls_addr = self.kernel.function(calls).addr if calls else None
-        prog.image, prog.site, prog.site_skip, size = self.progjit.load_prog_image(
-            self.kernel, name, host, kind, calls_addr)
+        self._place_image(prog, host, calls_addr)
         self.progs[name] = prog
         return prog
+
+    def _place_image(self, prog: BpfProg, host: int, calls: int | None) -> None:
+        """JIT the program's image into the BPF area (the arch emits it; label "site" is its
+        patchable entry, and site_skip is where its body starts after the site)."""
+        gen = lambda e: self.progjit.gen_prog_image(e, self.kernel, host, calls)   # noqa: E731
+        size = len(assemble(gen, self.machine.bpf.start).code)
+        addr = self.machine.bpf_arena.alloc(size, 8)
+        code = assemble(gen, addr)
+        self.machine.write_text(addr, code.code)
+        self.machine.kallsyms.add(f"bpf_prog_{prog.name}", addr, len(code.code), "t", "[bpf]")
+        site = code.labels["site"]
+        prog.image, prog.site = addr, site
+        prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))
+
+    def _poke(self, prog: BpfProg, old, new) -> None:
+        """bpf_arch_text_poke(ip, old_t, new_t, old_addr, new_addr) on a program's site: the
+        current bytes must be `old` (else -EBUSY); written with the arch's patching protocol."""
+        site = prog.site
+        want, new_bytes = (self.progjit.site_bytes(self.kernel, site, x) for x in (old, new))
+        have = self.machine.memory.read(site, len(want))
+        if have != want:
+            raise KernelError("EBUSY", f"bpf_arch_text_poke at {self.kernel.symbol(site)}: "
+                                       f"found {have.hex(' ')}, expected {want.hex(' ')}")
+        if want != new_bytes:
+            self._text([TextWrite(site, want, new_bytes, "bpf_arch_text_poke")])
+
+    def _text(self, writes: list[TextWrite]) -> None:
+        ft = self.kernel.ftrace
+        ft._run(ft.arch.apply(writes))
 
     def load_func(self, name: str, body, nargs: int) -> BpfProg:
         """A BPF program that is itself an attach target (a global function of a BPF object):
@@ -401,7 +431,7 @@ class BpfManager:
     # ------------------------------------------------------------------ register/modify/unregister
     def _register(self, tr: Trampoline, im: TrampImage) -> None:
         if not tr.ftrace_managed:
-            self.progjit.poke(self.kernel, tr.target, None, ("call", im.addr))
+            self._poke(tr.target, None, ("call", im.addr))
             return
         if not self.profile.direct_calls:
             raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name}: attaching to "
@@ -426,7 +456,7 @@ class BpfManager:
 
     def _modify(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> None:
         if not tr.ftrace_managed:
-            self.progjit.poke(self.kernel, tr.target, ("call", old.addr), ("call", new.addr))
+            self._poke(tr.target, ("call", old.addr), ("call", new.addr))
             return
         ft = self.kernel.ftrace
         addr = self._addr_for_site(tr, new)
@@ -443,7 +473,7 @@ class BpfManager:
         if old is None:
             return
         if not tr.ftrace_managed:
-            self.progjit.poke(self.kernel, tr.target, ("call", old.addr), None)
+            self._poke(tr.target, ("call", old.addr), None)
         else:
             ft = self.kernel.ftrace
             addr = self._addr_for_site(tr, old)
@@ -510,11 +540,11 @@ class BpfManager:
         if tr.count:
             raise KernelError("EBUSY", f"{tr.name} has fentry/fexit/fmod_ret programs: it "
                                        "cannot be replaced")
-        self.progjit.poke(self.kernel, tr.target, None, ("jump", link.prog.image))
+        self._poke(tr.target, None, ("jump", link.prog.image))
         tr.extension = link
 
     def _unlink_extension(self, tr: Trampoline, link: Link) -> None:
-        self.progjit.poke(self.kernel, tr.target, ("jump", link.prog.image), None)
+        self._poke(tr.target, ("jump", link.prog.image), None)
         tr.extension = None
 
     # ------------------------------------------------------------------ image lifetime (§3.5)
@@ -523,7 +553,8 @@ class BpfManager:
         to the epilogue (CPUs still in the original skip the fexit programs); then the image
         waits for its grace periods (see reclaim)."""
         if im.ip_after_call is not None:
-            self.progjit.skip_fexit(self.kernel, im.ip_after_call, im.ip_epilogue)
+            old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
+            self._text([TextWrite(im.ip_after_call, old, new, "ip_after_call")])
         im.dying = True
         self.dying.append(im)
         self.reclaim()

@@ -196,7 +196,7 @@ class Machine:
     def call(self, entry: int, reg_args: list[int], stack_args: list[int] | None = None,
              cpu: int = 0, name: str = "") -> CallTask:
         """Call emulated code and run it to completion on one CPU."""
-        task = self.start(CallTask(cpu, entry, list(reg_args), list(stack_args or []), name))
+        self.start(CallTask(cpu, entry, list(reg_args), list(stack_args or []), name))
         return self.finish(self.cpus[cpu])
 
     def _execute(self, cpu: Cpu, count: int) -> None:

@@ -18,8 +18,6 @@ far targets is not needed here: a target out of range raises ERANGE).
 from __future__ import annotations
 
 from ...errors import EncodeError, KernelError
-from ...ftrace.arch_api import TextWrite
-from ...jit import assemble
 from . import encode as A
 
 PROG_ENTRY = "bl"
@@ -57,19 +55,13 @@ def _gen_image(e, host: int, calls: int | None, bti: bool) -> None:
     e.emit(A.ret())                                         # ret
 
 
-def load_prog_image(kernel, name: str, host: int, kind: str, calls: int | None):
-    bti = kernel.layout.entry.landing_pad_name == "bti c"
-    m = kernel.machine
-    probe = assemble(lambda e: _gen_image(e, host, calls, bti), m.bpf.start)
-    addr = m.bpf_arena.alloc(len(probe.code) + 16, 8)
-    code = assemble(lambda e: _gen_image(e, host, calls, bti), addr)
-    m.write_text(addr, code.code)
-    m.kallsyms.add(f"bpf_prog_{name}", addr, len(code.code), "t", "[bpf]")
-    site = code.labels["site"]
-    return addr, site, site - addr + 4, len(code.code)
+def gen_prog_image(e, kernel, host: int, calls: int | None) -> None:
+    """The image of one program (label "site" = its patchable entry)."""
+    _gen_image(e, host, calls, kernel.layout.entry.landing_pad_name == "bti c")
 
 
-def _insn(site: int, what) -> bytes:
+def site_bytes(kernel, site: int, what) -> bytes:
+    """The program's slot: nop, `bl target` or `b target` (what = None | (kind, addr))."""
     if what is None:
         return NOP
     kind, target = what
@@ -79,22 +71,8 @@ def _insn(site: int, what) -> bytes:
         raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
 
 
-def poke(kernel, prog, old, new) -> None:
-    """One aligned 4-byte write of the slot; the current instruction must be `old` (-EBUSY)."""
-    site = prog.site
-    want_old, new_insn = _insn(site, old), _insn(site, new)
-    have = kernel.memory.read(site, 4)
-    if have != want_old:
-        raise KernelError("EBUSY", f"bpf_arch_text_poke at {kernel.symbol(site)}: found "
-                                   f"{have.hex(' ')}, expected {want_old.hex(' ')}")
-    if want_old != new_insn:
-        kernel.ftrace._run(kernel.ftrace.arch.apply([TextWrite(site, want_old, new_insn, "bpf")]))
-
-
-def skip_fexit(kernel, ip_after_call: int, ip_epilogue: int) -> None:
-    new = A.b(ip_after_call, ip_epilogue)
-    kernel.ftrace._run(kernel.ftrace.arch.apply(
-        [TextWrite(ip_after_call, NOP, new, "ip_after_call")]))
+def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
+    return NOP, A.b(ip_after_call, ip_epilogue)
 
 
 def poison(size: int) -> bytes:

@@ -16,8 +16,6 @@ guarantees (the v6.3 trampoline reads a5).
 from __future__ import annotations
 
 from ...errors import EncodeError, KernelError
-from ...ftrace.arch_api import TextWrite
-from ...jit import assemble
 from . import encode as R
 
 NOP = R.nop()
@@ -54,19 +52,14 @@ def _gen_image(e, host: int, calls: int | None, site_insns: int) -> None:
     e.emit(R.ret())                                         # ret
 
 
-def load_prog_image(kernel, name: str, host: int, kind: str, calls: int | None):
+def gen_prog_image(e, kernel, host: int, calls: int | None) -> None:
+    """The image of one program (label "site" = its patchable entry)."""
+    _gen_image(e, host, calls, _site_insns(kernel.profile))
+
+
+def site_bytes(kernel, site: int, what) -> bytes:
+    """The program's site: nops, the call (t0 link; the old sled in v6.3), or a jump."""
     n = _site_insns(kernel.profile)
-    m = kernel.machine
-    probe = assemble(lambda e: _gen_image(e, host, calls, n), m.bpf.start)
-    addr = m.bpf_arena.alloc(len(probe.code), 8)
-    code = assemble(lambda e: _gen_image(e, host, calls, n), addr)
-    m.write_text(addr, code.code)
-    m.kallsyms.add(f"bpf_prog_{name}", addr, len(code.code), "t", "[bpf]")
-    return addr, addr, 4 * n, len(code.code)
-
-
-def _insns(profile, site: int, what) -> bytes:
-    n = _site_insns(profile)
     if what is None:
         return NOP * n
     kind, target = what
@@ -80,24 +73,9 @@ def _insns(profile, site: int, what) -> bytes:
         raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
 
 
-def poke(kernel, prog, old, new) -> None:
-    """Rewrite the program's site (patch_text: stop_machine before v6.16); the current bytes
-    must be `old` (-EBUSY)."""
-    site, p = prog.site, kernel.profile
-    want_old, new_bytes = _insns(p, site, old), _insns(p, site, new)
-    have = kernel.memory.read(site, len(want_old))
-    if have != want_old:
-        raise KernelError("EBUSY", f"bpf_arch_text_poke at {kernel.symbol(site)}: found "
-                                   f"{have.hex(' ')}, expected {want_old.hex(' ')}")
-    if want_old != new_bytes:
-        kernel.ftrace._run(kernel.ftrace.arch.apply([TextWrite(site, want_old, new_bytes, "bpf")]))
-
-
-def skip_fexit(kernel, ip_after_call: int, ip_epilogue: int) -> None:
+def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
     """ip_after_call's two nops become `auipc t0; jalr zero` to the epilogue."""
-    new = R.auipc_jalr("zero", "t0", ip_after_call, ip_epilogue)
-    kernel.ftrace._run(kernel.ftrace.arch.apply(
-        [TextWrite(ip_after_call, NOP * 2, new, "ip_after_call")]))
+    return NOP * 2, R.auipc_jalr("zero", "t0", ip_after_call, ip_epilogue)
 
 
 def poison(size: int) -> bytes:

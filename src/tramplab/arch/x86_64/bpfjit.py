@@ -13,9 +13,6 @@ site, poked into `call <trampoline>` (fentry/fexit on this program) or `jmp <ext
 """
 from __future__ import annotations
 
-from ...errors import KernelError
-from ...ftrace.arch_api import TextWrite
-from ...jit import assemble
 from . import encode as X
 
 PROG_ENTRY = "call"
@@ -45,44 +42,22 @@ def _gen_image(e, host: int, calls: int | None, ibt: bool) -> None:
     e.emit(X.ret())                                         # ret
 
 
-def load_prog_image(kernel, name: str, host: int, kind: str, calls: int | None):
-    """Place a program's image in the BPF area; returns (image, site, site_skip, size)."""
-    ibt = kernel.layout.entry.landing_pad_name == "endbr64"
-    m = kernel.machine
-    probe = assemble(lambda e: _gen_image(e, host, calls, ibt), m.bpf.start)
-    addr = m.bpf_arena.alloc(len(probe.code), 16)
-    code = assemble(lambda e: _gen_image(e, host, calls, ibt), addr)
-    m.write_text(addr, code.code)
-    m.kallsyms.add(f"bpf_prog_{name}", addr, len(code.code), "t", "[bpf]")
-    site = code.labels["site"]
-    return addr, site, site - addr + 5, len(code.code)
+def gen_prog_image(e, kernel, host: int, calls: int | None) -> None:
+    """The image of one program (label "site" = its patchable entry)."""
+    _gen_image(e, host, calls, kernel.layout.entry.landing_pad_name == "endbr64")
 
 
-def _insn(site: int, what) -> bytes:
+def site_bytes(kernel, site: int, what) -> bytes:
+    """The program's site: nop5, `call target` or `jmp target` (what = None | (kind, addr))."""
     if what is None:
         return NOP5
     kind, target = what
     return X.call_rel32(site, target) if kind == "call" else X.jmp_rel32(site, target)
 
 
-def poke(kernel, prog, old, new) -> None:
-    """bpf_arch_text_poke(ip, old_type, new_type, old_addr, new_addr) on a program's site:
-    the current bytes must be `old` (else -EBUSY); written with the int3 protocol."""
-    site = prog.site
-    want_old, new_bytes = _insn(site, old), _insn(site, new)
-    have = kernel.memory.read(site, 5)
-    if have != want_old:
-        raise KernelError("EBUSY", f"bpf_arch_text_poke at {kernel.symbol(site)}: found "
-                                   f"{have.hex(' ')}, expected {want_old.hex(' ')}")
-    if want_old != new_bytes:
-        kernel.ftrace._run(kernel.ftrace.arch.apply([TextWrite(site, want_old, new_bytes, "bpf")]))
-
-
-def skip_fexit(kernel, ip_after_call: int, ip_epilogue: int) -> None:
-    """An image being put: its ip_after_call nop becomes `jmp ip_epilogue`."""
-    new = X.jmp_rel32(ip_after_call, ip_epilogue)
-    kernel.ftrace._run(kernel.ftrace.arch.apply(
-        [TextWrite(ip_after_call, NOP5, new, "ip_after_call")]))
+def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
+    """An image being put: its ip_after_call nop5 becomes `jmp ip_epilogue`."""
+    return NOP5, X.jmp_rel32(ip_after_call, ip_epilogue)
 
 
 def poison(size: int) -> bytes:
