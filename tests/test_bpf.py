@@ -91,7 +91,8 @@ def test_more_args_than_the_profile_supports_is_enotsupp():
     assert "MAX_BPF_FUNC_ARGS" in e.rule or "6" in e.rule
 
 
-def test_arm64_struct_argument_on_the_stack_is_enotsupp():
+def test_arm64_stack_arguments_need_v616():
+    """(A struct on the stack is ENOTSUPP in the JIT itself: tests/test_trampoline_arm64.py.)"""
     k = Kernel("arm64")
     # 11 args: the last ones are on the stack, which v6.16 supports for scalars ...
     k.fentry("bpf_testmod_fentry_test11", name="eleven")(lambda ctx: 0)

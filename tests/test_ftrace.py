@@ -348,3 +348,22 @@ def test_v64_multi_flags_bug_skips_the_direct_trampoline_when_shared():
         ft.register_ftrace_function(FtraceOps(func=lambda *a: None, name="c", filter={ip}))
         assert k.call("bpf_fentry_test3", 4, 5, 6) == 15
         assert bool(s.entries) is runs, prof
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_notrace_hash_excludes_functions(arch):
+    k = Kernel(arch)
+    ft = k.ftrace
+    seen = []
+    ops = FtraceOps(func=lambda ip, *a: seen.append(ip), name="count")
+    ft.register_ftrace_function(ops)
+    test1 = ft.ip_of("bpf_fentry_test1")
+    ft.ftrace_set_notrace_ip(ops, test1)
+    assert k.call("tramplab_test_run_tracing") == 0
+    assert test1 not in seen and ft.ip_of("bpf_fentry_test2") in seen
+    ft.ftrace_set_notrace_ip(ops, test1, remove=True)
+    seen.clear()
+    assert k.call("bpf_fentry_test1", 1) == 2 and seen == [test1]
+    with pytest.raises(KernelError) as e:
+        ft.ftrace_set_notrace_ip(ops, 0x1234)
+    assert e.value.name == "ENOENT"

@@ -372,6 +372,24 @@ class FtraceCore:
         if ops.flags & FL.ENABLED:
             yield from self._update_steps(affected)
 
+    def ftrace_set_notrace_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
+                              reset: bool = False):
+        return self._run(self.ftrace_set_notrace_ips_steps(ops, [ip], remove, reset))
+
+    def ftrace_set_notrace_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
+        """ftrace_set_notrace: functions the ops must not trace even if its filter matches."""
+        ips = list(ips)
+        for ip in ips:
+            if ip not in self.records:
+                raise KernelError("ENOENT", f"{ip:#x} is not an ftrace location "
+                                            "(ftrace_set_notrace)")
+        old = set(ops.notrace)
+        new = set() if reset else set(old)
+        new = new - set(ips) if remove else new | set(ips)
+        ops.notrace = new
+        if ops.flags & FL.ENABLED:
+            yield from self._update_steps(old ^ new)
+
     def register_ftrace_function(self, ops: FtraceOps):
         return self._run(self.register_ftrace_function_steps(ops))
 
