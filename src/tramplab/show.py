@@ -170,10 +170,10 @@ def support(arch: str, version: str) -> list[tuple[str, bool, str]]:
             why = "; ".join(f"{f} " + (f"arrived in {since(arch, f)}" if since(arch, f) else
                                        f"never on {arch}") for f in missing)
             rows.append((title, False, why))
-    if arch == "riscv64" and p.site in ("auipc-jalr", "sled16"):
+    if not p.preemption:
         rows.append(("function tracer with PREEMPTION", False,
-                     "before v6.16 riscv needs !PREEMPTION (two-instruction sites under "
-                     "stop_machine)"))
+                     f"the {p.site} patch site is rewritten under stop_machine as several "
+                     "instructions: HAVE_FUNCTION_TRACER depends on !PREEMPTION"))
     bad = violations(p)
     if bad:
         rows.append(("(profile check)", False, "; ".join(bad)))

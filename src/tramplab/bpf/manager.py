@@ -373,7 +373,7 @@ class BpfManager:
             entry, skip = p.bpf_entry, p.bpf_site_skip
         else:
             entry, skip = self.progjit.prog_entry(p), tr.target.site_skip
-        if self.arch.name == "x86_64" and self._jmp_mode(tr):
+        if self._jmp_mode(tr):                 # only profiles with DYNAMIC_FTRACE_WITH_JMP get here
             entry = "jmp"
         extra = {"bti": self.kernel.layout.entry.landing_pad_name == "bti c"}
         return TrampolineSpec(
@@ -425,8 +425,8 @@ class BpfManager:
 
     def _addr_for_site(self, tr: Trampoline, im: TrampImage) -> int:
         """The direct address (bit 0 = enter by jmp, x86 v6.19+)."""
-        return im.addr | (1 if self.arch.name == "x86_64" and im.flags & TrampFlag.CALL_ORIG
-                          and not im.flags & TrampFlag.SKIP_FRAME else 0)
+        jmp = im.flags & TrampFlag.CALL_ORIG and not im.flags & TrampFlag.SKIP_FRAME
+        return im.addr | (1 if jmp else 0)
 
     # ------------------------------------------------------------------ register/modify/unregister
     def _register(self, tr: Trampoline, im: TrampImage) -> None:
