@@ -355,15 +355,19 @@ class FtraceCore:
     def ftrace_set_filter_ips(self, ops: FtraceOps, ips, remove=False, reset=False):
         return self._run(self.ftrace_set_filter_ips_steps(ops, ips, remove, reset))
 
-    def ftrace_set_filter_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
-        ips = list(ips)
+    def _edited_hash(self, current: set[int], ips, remove: bool, reset: bool,
+                     caller: str) -> set[int]:
+        """The new contents of a filter/notrace hash; every ip must be a record (-ENOENT)."""
+        ips = set(ips)
         for ip in ips:
             if ip not in self.records:
-                raise KernelError("ENOENT", f"{ip:#x} is not an ftrace location "
-                                            "(ftrace_set_filter_ip)")
+                raise KernelError("ENOENT", f"{ip:#x} is not an ftrace location ({caller})")
+        new = set() if reset else set(current)
+        return new - ips if remove else new | ips
+
+    def ftrace_set_filter_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
         old = set(ops.filter)
-        new = set() if reset else set(old)
-        new = new - set(ips) if remove else new | set(ips)
+        new = self._edited_hash(old, ips, remove, reset, "ftrace_set_filter_ip")
         if ops.flags & FL.ENABLED:
             self._check_ipmodify_change(ops, new)
         affected = set(self._ips_of(ops, old)) | set(self._ips_of(ops, new))
@@ -378,14 +382,8 @@ class FtraceCore:
 
     def ftrace_set_notrace_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
         """ftrace_set_notrace: functions the ops must not trace even if its filter matches."""
-        ips = list(ips)
-        for ip in ips:
-            if ip not in self.records:
-                raise KernelError("ENOENT", f"{ip:#x} is not an ftrace location "
-                                            "(ftrace_set_notrace)")
         old = set(ops.notrace)
-        new = set() if reset else set(old)
-        new = new - set(ips) if remove else new | set(ips)
+        new = self._edited_hash(old, ips, remove, reset, "ftrace_set_notrace")
         ops.notrace = new
         if ops.flags & FL.ENABLED:
             yield from self._update_steps(old ^ new)
