@@ -62,7 +62,6 @@ def test_boot_makes_every_site_disabled_and_functions_still_work(arch, prof):
         for addr, want in ft.arch.site_bytes(rec, rec.state).items():
             assert k.memory.read(addr, len(want)) == want, rec
         assert rec.state.target is None
-    assert targets.run(lambda cpus: k) == [] or True   # (fresh kernels are checked below)
     for case in targets.CASES:
         args, bufs = targets.materialize(k, case)
         assert targets.check(k, case, k.call(case.func, *args), bufs) is None

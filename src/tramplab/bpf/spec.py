@@ -121,3 +121,15 @@ class TrampolineImage:
     @property
     def size(self) -> int:
         return len(self.code)
+
+    @classmethod
+    def from_assembled(cls, asm, spec: "TrampolineSpec", stack_diagram: str,
+                       marks=None) -> "TrampolineImage":
+        """Package a JIT's jit.Assembled: ip_after_call / ip_epilogue are its labels of those
+        names, present exactly when the trampoline calls the original (CALL_ORIG)."""
+        call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
+        return cls(code=asm.code, image=spec.image,
+                   ip_after_call=asm.labels["ip_after_call"] if call_orig else None,
+                   ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
+                   stack_diagram=stack_diagram,
+                   marks=asm.marks if marks is None else marks)

@@ -373,14 +373,8 @@ def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     frame = layout_frame(spec, args)
     out = assemble(_Jit(spec, args, frame, sizing=False), spec.image)
     call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
-    return TrampolineImage(
-        code=out.code,
-        image=spec.image,
-        ip_after_call=out.labels["ip_after_call"] if call_orig else None,
-        ip_epilogue=out.labels["ip_epilogue"] if call_orig else None,
-        stack_diagram=stack_diagram(spec, args, frame),
-        marks=_marks(out.labels, spec.image, call_orig),
-    )
+    return TrampolineImage.from_assembled(out, spec, stack_diagram(spec, args, frame),
+                                          _marks(out.labels, spec.image, call_orig))
 
 
 def _marks(labels: dict[str, int], base: int, call_orig: bool) -> list[tuple[int, str]]:

@@ -574,15 +574,7 @@ def trampoline_size(spec: TrampolineSpec) -> int:
 def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     """arch_prepare_bpf_trampoline: the code for address spec.image."""
     out, frame = _assemble(spec, sizing=False)
-    call_orig = bool(spec.flags & F.CALL_ORIG)
-    return TrampolineImage(
-        code=out.code,
-        image=spec.image,
-        ip_after_call=out.labels["ip_after_call"] if call_orig else None,
-        ip_epilogue=out.labels["ip_epilogue"] if call_orig else None,
-        stack_diagram=_diagram(spec, frame),
-        marks=out.marks,
-    )
+    return TrampolineImage.from_assembled(out, spec, _diagram(spec, frame))
 
 
 def stack_diagram(spec: TrampolineSpec) -> str:

@@ -388,15 +388,7 @@ def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     """arch_prepare_bpf_trampoline: the code for address `spec.image`.  Raises KernelError for
     what the kernel refuses, EncodeError if a call target is out of rel32 range."""
     asm, frame = _assemble(spec, sizing=False)
-    call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
-    return TrampolineImage(
-        code=asm.code,
-        image=spec.image,
-        ip_after_call=asm.labels["ip_after_call"] if call_orig else None,
-        ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
-        stack_diagram=_diagram(spec, frame),
-        marks=asm.marks,
-    )
+    return TrampolineImage.from_assembled(asm, spec, _diagram(spec, frame))
 
 
 def trampoline_size(spec: TrampolineSpec) -> int:
