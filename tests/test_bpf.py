@@ -136,7 +136,8 @@ def test_attach_and_detach_while_another_cpu_calls(arch):
 @pytest.mark.parametrize("arch", ARCHES)
 def test_old_image_lives_until_no_cpu_is_inside_then_is_poisoned(arch):
     """Detach fexit while CPU 0 is inside the original called from the trampoline: CPU 0 skips
-    the fexit program via ip_after_call, the image is freed only after it returns."""
+    the fexit program via ip_after_call; the image is freed (and poisoned) by the grace-period
+    callbacks as soon as CPU 0's call returns, not before."""
     k = Kernel(arch, cpus=2)
     runs = []
     p = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: runs.append(ctx.ret))
@@ -152,10 +153,12 @@ def test_old_image_lives_until_no_cpu_is_inside_then_is_poisoned(arch):
             break
     p.link.detach()
     assert image in k.bpf.dying                # CPU 0 still needs it
+    assert k.bpf.reclaim() == 0                # its call has not returned: no grace period
+    assert k.call("bpf_fentry_test1", 2, cpu=1) == 3     # another CPU's calls end no period
+    assert image in k.bpf.dying
     k.machine.finish(cpu)
     assert k.result(task) == 2 and runs == []  # fexit skipped, result intact
-    assert k.bpf.reclaim() == 1
-    assert image not in k.bpf.dying
+    assert image not in k.bpf.dying and image in k.bpf.freed
     assert k.memory.read(image.addr, 16) == k.bpf.progjit.poison(16)
     assert k.call("bpf_fentry_test1", 1) == 2
 

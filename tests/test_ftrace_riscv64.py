@@ -31,6 +31,7 @@ from tramplab.ftrace.kconfig import ConfigError, check
 from tramplab.ftrace.samples import SampleDirect
 from tramplab.livepatch import Livepatch
 from tramplab.machine.disasm import disassemble
+from tramplab.machine.rcu import Waiting
 from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
 
@@ -534,21 +535,36 @@ def _park_mid_pair(k, func="bpf_fentry_test1"):
 
 
 def test_stop_machine_waits_for_a_cpu_between_auipc_and_jalr():
+    """!PREEMPTION: a task is stopped only where it schedules -- in the model, once its call
+    has returned -- so stop_machine waits for the CPU parked between auipc and jalr, whatever
+    instruction it is at, and writes nothing meanwhile."""
     k = Kernel("riscv64", profile="v6.8")
     rec, cpu, task = _park_mid_pair(k)
     ops, seen = count_ops(filter={rec.ip})
     gen = k.ftrace.register_ftrace_function_steps(ops)
-    next(gen)                                             # stop_machine: rendezvous
-    for _ in range(5):
-        next(gen)                                         # still waiting: nothing written
-        assert k.memory.read(rec.ip, 8) == R.nop() * 2
-    k.machine.step(cpu, 1)                                # the CPU leaves the pair (old jalr: nop)
-    for _ in gen:
-        pass
+    waits = 0
+    for step in gen:
+        if isinstance(step, Waiting):
+            waits += 1
+            assert k.memory.read(rec.ip, 8) == R.nop() * 2      # nothing written yet
+            assert not task.done
+            k.machine.step(cpu, 1)                               # the CPU runs on meanwhile
+    assert task.done and waits > 5                               # it waited for the return
     assert matches(decode(k, rec.ip, 8), PAIR_ENABLED)
-    k.machine.finish(cpu)
+    assert k.machine.finish(cpu) is task
     assert k.result(task) == 2 and seen == []             # this call passed the site untraced
     assert k.call("bpf_fentry_test1", 1) == 2 and len(seen) == 1
+
+
+def test_stop_machine_run_synchronously_lets_the_parked_cpu_finish():
+    """The same through the plain API (no scheduler): the operation waits as the kernel's
+    would, the parked CPU's call runs to its return meanwhile, nothing fails."""
+    k = Kernel("riscv64", profile="v6.8")
+    rec, cpu, task = _park_mid_pair(k)
+    ops, seen = count_ops(filter={rec.ip})
+    k.ftrace.register_ftrace_function(ops)
+    assert task.done and k.result(k.machine.finish(cpu)) == 2 and seen == []
+    assert matches(decode(k, rec.ip, 8), PAIR_ENABLED)
 
 
 def test_preemption_hazard_enable_under_a_cpu_mid_pair(monkeypatch):

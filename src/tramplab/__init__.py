@@ -1,9 +1,10 @@
 """tramplab: an executable model of Linux ftrace, direct calls and BPF trampolines."""
-from .errors import EncodeError, KernelError, Oops, TramplabError, UsageError
+from .errors import EncodeError, KernelError, Oops, ProgramError, TramplabError, UsageError
 
 __version__ = "0.1.0"
 
-__all__ = ["Kernel", "KernelError", "Oops", "EncodeError", "TramplabError", "UsageError"]
+__all__ = ["Kernel", "KernelError", "Oops", "EncodeError", "ProgramError", "TramplabError",
+           "UsageError"]
 
 
 def __getattr__(name):

@@ -61,3 +61,15 @@ class Oops(TramplabError):
         self.cpu = cpu
         self.pc = pc
         super().__init__(report)
+
+
+class ProgramError(TramplabError):
+    """A BPF program body (Python standing in for a JITed program) raised or returned something
+    a program cannot.  The call it ran in was abandoned; the trampoline's per-CPU state (recursion
+    counters, run_ctx, image references) was unwound, as if the call had never happened."""
+
+    def __init__(self, prog: str, cpu: int, what: str):
+        self.prog = prog
+        self.cpu = cpu
+        super().__init__(f"BPF program {prog!r} on CPU {cpu}: {what}; the call was abandoned "
+                         "and the trampoline's state unwound")

@@ -10,17 +10,26 @@ the arch's checked text poke (BPF-program targets).
 The update algorithm is kernel-anchors §3.3: collect the programs, choose the flags, size the
 image (> PAGE_SIZE -> E2BIG), JIT it, install it (register or modify the direct call), retry
 with SHARE_IPMODIFY on -EAGAIN (seed 002), and put the old image.  Every refusal leaves state
-and memory exactly as before.  Images are freed only when no CPU can be inside them
-(`__bpf_tramp_enter/exit` counts = the percpu_ref; no pc or return address in the image on any
-CPU = the tasks-RCU grace period); freed images are poisoned with trap instructions.
+and *all* memory exactly as before (the image and its struct are placed only once the JIT has
+succeeded).  Every operation is a generator underneath (`attach_steps`, `detach_steps`) that
+yields wherever the patching protocols let other CPUs run, so the scheduler can interleave it
+with running calls.
+
+Image lifetime is bpf_tramp_image_put's: an image that calls the original first gets its
+ip_after_call turned into a jump to the epilogue, then waits for a tasks-RCU grace period,
+its percpu_ref (`__bpf_tramp_enter/exit`) to drain, and another grace period; a fentry-only
+image waits for two grace periods.  Grace periods are machine.rcu's (every CPU that was in a
+call has returned), so no CPU in the middle of a call can see freed or reused text.  Freed
+images are poisoned with trap instructions.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Generator
 
 from ..arch import arch_module
-from ..errors import KernelError, UsageError
+from ..errors import EncodeError, KernelError, ProgramError, UsageError
 from ..ftrace import FtraceOps, OpsCmd
 from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
@@ -53,7 +62,9 @@ class TrampImage:
     marks: list
     name: str
     pcref: int = 0                 # CPUs between __bpf_tramp_enter and __bpf_tramp_exit
-    dying: bool = False
+    holders: dict = field(default_factory=dict)    # cpu -> references it holds
+    dying: bool = False            # put: unreachable, waiting for its grace periods
+    killed: bool = False           # percpu_ref_kill done: the last put releases it
 
 
 @dataclass(eq=False)
@@ -115,6 +126,7 @@ class BpfManager:
         self.exit = hc.register("__bpf_prog_exit_recur", self._prog_exit, 3)
         self.tramp_enter = hc.register("__bpf_tramp_enter", self._tramp_enter, 1)
         self.tramp_exit = hc.register("__bpf_tramp_exit", self._tramp_exit, 1)
+        self.machine.abort_hooks.append(self._unwind_cpu)
 
     # ================================================================== programs
     def load(self, name: str, kind: str, body, target, *, func_ip: bool = False,
@@ -160,7 +172,7 @@ class BpfManager:
         prog.image, prog.site = addr, site
         prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))
 
-    def _poke(self, prog: BpfProg, old, new) -> None:
+    def _poke_steps(self, prog: BpfProg, old, new) -> Generator:
         """bpf_arch_text_poke(ip, old_t, new_t, old_addr, new_addr) on a program's site: the
         current bytes must be `old` (else -EBUSY); written with the arch's patching protocol."""
         site = prog.site
@@ -170,11 +182,15 @@ class BpfManager:
             raise KernelError("EBUSY", f"bpf_arch_text_poke at {self.kernel.symbol(site)}: "
                                        f"found {have.hex(' ')}, expected {want.hex(' ')}")
         if want != new_bytes:
-            self._text([TextWrite(site, want, new_bytes, "bpf_arch_text_poke")])
+            yield from self._text_steps([TextWrite(site, want, new_bytes, "bpf_arch_text_poke")])
 
-    def _text(self, writes: list[TextWrite]) -> None:
-        ft = self.kernel.ftrace
-        ft._run(ft.arch.apply(writes))
+    def _text_steps(self, writes: list[TextWrite]) -> Generator:
+        yield from self.kernel.ftrace.arch.apply_poke(writes)
+
+    def _run(self, gen: Generator, what: str):
+        """Run an operation to completion outside a scheduler (Machine.run_host)."""
+        self.machine.may_sleep(what)
+        return self.machine.run_host(gen, what)
 
     def load_func(self, name: str, body, nargs: int) -> BpfProg:
         """A BPF program that is itself an attach target (a global function of a BPF object):
@@ -186,11 +202,21 @@ class BpfManager:
     def _body_host(self, prog: BpfProg):
         def run(cpu, *args):
             prog.runs += 1
-            if prog.kind in ("func", "freplace"):
-                ret = prog.body(*args[: prog.nargs or self._target_nargs(prog)])
-            else:
-                ret = prog.body(Ctx(self, prog, cpu, args[0]))
-            return 0 if ret is None else int(ret) & 0xFFFFFFFFFFFFFFFF
+            try:
+                if prog.kind in ("func", "freplace"):
+                    ret = prog.body(*args[: prog.nargs or self._target_nargs(prog)])
+                else:
+                    ret = prog.body(Ctx(self, prog, cpu, args[0]))
+            except Exception as e:      # noqa: BLE001 - reported as the program's failure
+                raise ProgramError(prog.name, cpu.index,
+                                   f"its body raised {type(e).__name__}: {e}") from e
+            if ret is None:
+                return 0
+            if isinstance(ret, bool) or not isinstance(ret, int):
+                raise ProgramError(prog.name, cpu.index, f"its body returned {ret!r} "
+                                   f"({type(ret).__name__}); a BPF program returns an integer "
+                                   "(or None for 0)")
+            return ret & 0xFFFFFFFFFFFFFFFF
         return run
 
     def _target_nargs(self, prog: BpfProg) -> int:
@@ -230,13 +256,35 @@ class BpfManager:
         prog._active[cpu.index] -= 1
         return 0
 
+    def _image_at(self, cpu, im: int, helper: str) -> TrampImage:
+        image = self._ims.get(im)
+        if image is None:
+            raise self.machine.oops(cpu, f"{helper}({im:#x}): no live bpf_tramp_image there "
+                                         "(a trampoline ran after its image was freed)")
+        return image
+
     def _tramp_enter(self, cpu, im):
-        self._ims[im].pcref += 1                   # percpu_ref_get
+        image = self._image_at(cpu, im, "__bpf_tramp_enter")
+        image.pcref += 1                                   # percpu_ref_get
+        image.holders[cpu.index] = image.holders.get(cpu.index, 0) + 1
         return 0
 
     def _tramp_exit(self, cpu, im):
-        self._ims[im].pcref -= 1                   # percpu_ref_put
+        image = self._image_at(cpu, im, "__bpf_tramp_exit")
+        image.holders[cpu.index] -= 1
+        self._pcref_put(image)
         return 0
+
+    def _unwind_cpu(self, cpu) -> None:
+        """A call abandoned mid-way (a program body raised, an oops): drop what its frames held
+        on this CPU -- recursion counters, current->bpf_ctx, image references -- as the
+        unwinding of those frames would have."""
+        for prog in self.progs.values():
+            prog._active.pop(cpu.index, None)
+        self._bpf_ctx.pop(cpu.index, None)
+        for image in list(self._ims.values()):
+            for _ in range(image.holders.pop(cpu.index, 0)):
+                self._pcref_put(image)
 
     def current_cookie(self, cpu) -> int:
         run_ctx = self._bpf_ctx.get(cpu.index, 0)
@@ -245,29 +293,48 @@ class BpfManager:
     # ================================================================== attach / detach
     def attach(self, prog: BpfProg, cookie: int = 0) -> Link:
         """bpf_tracing_prog_attach + bpf_trampoline_link_prog."""
+        return self._run(self.attach_steps(prog, cookie), f"attach of {prog.name}")
+
+    def attach_steps(self, prog: BpfProg, cookie: int = 0) -> Generator:
+        """attach as a host operation for the scheduler; returns the Link."""
+        if not isinstance(prog, BpfProg) or prog.name not in self.progs:
+            raise UsageError(f"{prog!r} is not a program loaded in this kernel")
         if prog.kind == "func":
             raise UsageError(f"{prog.name} is a target function, not an attachable program")
+        if isinstance(cookie, bool) or not isinstance(cookie, int) or not 0 <= cookie < 1 << 64:
+            raise UsageError(f"cookie {cookie!r} is not a u64 (bpf_attach_cookie is __u64)")
         tr = self._get_trampoline(prog)
         link = Link(prog, tr, cookie, self)
         try:
             if prog.kind == "freplace":
-                self._link_extension(tr, link)
+                yield from self._link_extension_steps(tr, link)
             else:
-                self._link(tr, link)
+                yield from self._link_steps(tr, link)
         except BaseException:
             self._put_trampoline(tr)
             raise
         return link
 
     def detach(self, link: Link) -> None:
+        self._run(self.detach_steps(link), f"detach of {link.prog.name}")
+
+    def detach_steps(self, link: Link) -> Generator:
+        """bpf_trampoline_unlink_prog as a host operation.  It cannot fail half way: if it
+        fails at all, the link is still attached exactly as before."""
         if not link.attached:
-            raise KernelError("EINVAL", "link is already detached")
+            raise KernelError("EINVAL", f"the link of {link.prog.name} is already detached")
         tr = link.tr
         if link.prog.kind == "freplace":
-            self._unlink_extension(tr, link)
+            yield from self._unlink_extension_steps(tr, link)
         else:
-            tr.links[link.prog.kind].remove(link)
-            self._update(tr)
+            kind = tr.links[link.prog.kind]
+            pos = kind.index(link)
+            kind.remove(link)
+            try:
+                yield from self._update_steps(tr)
+            except BaseException:
+                kind.insert(pos, link)
+                raise
         link.attached = False
         self._put_trampoline(tr)
 
@@ -306,7 +373,7 @@ class BpfManager:
         if tr.refcnt == 0 and tr.count == 0 and tr.extension is None:
             del self.trampolines[tr.key]
 
-    def _link(self, tr: Trampoline, link: Link) -> None:
+    def _link_steps(self, tr: Trampoline, link: Link) -> Generator:
         prog = link.prog
         if tr.extension is not None:
             raise KernelError("EBUSY", f"{tr.name} is replaced by an freplace program: no "
@@ -318,7 +385,7 @@ class BpfManager:
             raise KernelError("EBUSY", f"{prog.name} is already attached to {tr.name}")
         tr.links[prog.kind].insert(0, link)        # hlist_add_head: newest first
         try:
-            self._update(tr)
+            yield from self._update_steps(tr)
         except BaseException:
             tr.links[prog.kind].remove(link)
             raise
@@ -334,9 +401,9 @@ class BpfManager:
             flags |= TrampFlag.IP_ARG
         return flags
 
-    def _update(self, tr: Trampoline) -> None:
+    def _update_steps(self, tr: Trampoline) -> Generator:
         if tr.count == 0:
-            self._unregister(tr)
+            yield from self._unregister_steps(tr)
             return
         orig_flags = tr.flags
         flags = self._flags_for(tr)
@@ -348,7 +415,7 @@ class BpfManager:
                     flags &= ~TrampFlag.SKIP_FRAME           # jmp mode
             tr.flags = flags
             try:
-                self._install(tr)
+                yield from self._install_steps(tr)
                 return
             except KernelError as e:
                 if e.name == "EAGAIN" and tr.flags & TrampFlag.SHARE_IPMODIFY:
@@ -385,16 +452,17 @@ class BpfManager:
 
     def _build_image(self, tr: Trampoline) -> TrampImage:
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
-        Nothing is written yet (a refusal here changes no memory)."""
-        size = self.jit.trampoline_size(self._spec(tr, 0, 0))
+        Nothing is written yet, and a refusal leaves the allocators as they were."""
+        size = self._jit(tr, lambda: self.jit.trampoline_size(self._spec(tr, 0, 0)))
         if size > PAGE_SIZE:
             raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
                                        f"> PAGE_SIZE ({PAGE_SIZE})")
         addr = self.machine.bpf_arena.alloc(size, 16)
+        im = self.machine.heap_arena.alloc(IM_SIZE, 16)
         try:
-            im = self.kernel.kmalloc(IM_SIZE)
-            image = self.jit.prepare_trampoline(self._spec(tr, addr, im))
+            image = self._jit(tr, lambda: self.jit.prepare_trampoline(self._spec(tr, addr, im)))
         except BaseException:
+            self.machine.heap_arena.free(im)
             self.machine.bpf_arena.free(addr)
             raise
         self._image_serial = getattr(self, "_image_serial", 0) + 1
@@ -402,26 +470,38 @@ class BpfManager:
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.stack_diagram, image.marks, name)
 
-    def _install(self, tr: Trampoline) -> None:
+    @staticmethod
+    def _jit(tr: Trampoline, run):
+        """The JIT's emit_call and friends return -ERANGE for a target out of reach."""
+        try:
+            return run()
+        except EncodeError as e:
+            raise KernelError("ERANGE", f"trampoline for {tr.name}: a target is out of "
+                                        f"range of the arch's branches ({e})") from None
+
+    def _install_steps(self, tr: Trampoline) -> Generator:
         new = self._build_image(tr)
-        old_bytes = self.machine.memory.read(new.addr, len(new.code))
-        self.machine.write_text(new.addr, new.code)
+        mem = self.machine.memory
+        old_text, old_im = mem.read(new.addr, len(new.code)), mem.read(new.im, IM_SIZE)
+        mem.write(new.im, bytes(IM_SIZE))                          # kzalloc'd struct
+        self.machine.write_text(new.addr, new.code)                # not reachable yet
         self._ims[new.im] = new
         try:
             if tr.cur_image is None:
-                self._register(tr, new)
+                yield from self._register_steps(tr, new)
             else:
-                self._modify(tr, tr.cur_image, new)
+                yield from self._modify_steps(tr, tr.cur_image, new)
         except BaseException:
-            self.machine.write_text(new.addr, old_bytes)      # as if never written
+            self.machine.write_text(new.addr, old_text)            # as if never written
+            mem.write(new.im, old_im)
             self.machine.bpf_arena.free(new.addr)
-            self.kernel.kfree(new.im)
+            self.machine.heap_arena.free(new.im)
             del self._ims[new.im]
             raise
         old, tr.cur_image = tr.cur_image, new
         self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]")
         if old is not None:
-            self._image_put(old)
+            yield from self._image_put_steps(old)
 
     def _addr_for_site(self, tr: Trampoline, im: TrampImage) -> int:
         """The direct address (bit 0 = enter by jmp, x86 v6.19+)."""
@@ -429,9 +509,9 @@ class BpfManager:
         return im.addr | (1 if jmp else 0)
 
     # ------------------------------------------------------------------ register/modify/unregister
-    def _register(self, tr: Trampoline, im: TrampImage) -> None:
+    def _register_steps(self, tr: Trampoline, im: TrampImage) -> Generator:
         if not tr.ftrace_managed:
-            self._poke(tr.target, None, ("call", im.addr))
+            yield from self._poke_steps(tr.target, None, ("call", im.addr))
             return
         if not self.profile.direct_calls:
             raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name}: attaching to "
@@ -442,51 +522,51 @@ class BpfManager:
         addr = self._addr_for_site(tr, im)
         api = self.profile.direct_api
         if api == "ip":
-            ft.register_ftrace_direct_ip(tr.ip, addr)
+            yield from ft.register_ftrace_direct_ip_steps(tr.ip, addr)
         elif api == "ops":
             if tr.fops is None:
                 tr.fops = FtraceOps(name=f"bpf_tramp:{tr.name}", private=tr,
                                     ops_func=self._ops_func if self.profile.ops_func else None)
             tr.fops.filter = {tr.ip}
-            ft.register_ftrace_direct(tr.fops, addr)
+            yield from ft.register_ftrace_direct_steps(tr.fops, addr)
         else:
             if self.single_ops is None:
                 self.single_ops = FtraceOps(name="bpf_direct_ops", ops_func=self._ops_func)
-            ft.update_ftrace_direct_add(self.single_ops, {tr.ip: addr})
+            yield from ft.update_ftrace_direct_add_steps(self.single_ops, {tr.ip: addr})
 
-    def _modify(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> None:
+    def _modify_steps(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> Generator:
         if not tr.ftrace_managed:
-            self._poke(tr.target, ("call", old.addr), ("call", new.addr))
+            yield from self._poke_steps(tr.target, ("call", old.addr), ("call", new.addr))
             return
         ft = self.kernel.ftrace
         addr = self._addr_for_site(tr, new)
         api = self.profile.direct_api
         if api == "ip":
-            ft.modify_ftrace_direct_ip(tr.ip, self._addr_for_site(tr, old), addr)
+            yield from ft.modify_ftrace_direct_ip_steps(tr.ip, self._addr_for_site(tr, old), addr)
         elif api == "ops":
-            ft.modify_ftrace_direct(tr.fops, addr)
+            yield from ft.modify_ftrace_direct_steps(tr.fops, addr)
         else:
-            ft.update_ftrace_direct_mod(self.single_ops, {tr.ip: addr})
+            yield from ft.update_ftrace_direct_mod_steps(self.single_ops, {tr.ip: addr})
 
-    def _unregister(self, tr: Trampoline) -> None:
+    def _unregister_steps(self, tr: Trampoline) -> Generator:
         old = tr.cur_image
         if old is None:
             return
         if not tr.ftrace_managed:
-            self._poke(tr.target, ("call", old.addr), None)
+            yield from self._poke_steps(tr.target, ("call", old.addr), None)
         else:
             ft = self.kernel.ftrace
             addr = self._addr_for_site(tr, old)
             api = self.profile.direct_api
             if api == "ip":
-                ft.unregister_ftrace_direct_ip(tr.ip, addr)
+                yield from ft.unregister_ftrace_direct_ip_steps(tr.ip, addr)
             elif api == "ops":
-                ft.unregister_ftrace_direct(tr.fops, addr)
+                yield from ft.unregister_ftrace_direct_steps(tr.fops, addr)
             else:
-                ft.update_ftrace_direct_del(self.single_ops, {tr.ip: addr})
+                yield from ft.update_ftrace_direct_del_steps(self.single_ops, {tr.ip: addr})
         tr.cur_image = None
         tr.flags &= TrampFlag.SHARE_IPMODIFY | TrampFlag.TAIL_CALL_CTX
-        self._image_put(old)
+        yield from self._image_put_steps(old)
 
     # ------------------------------------------------------------------ ops_func (§3.7)
     def _ops_func(self, ops: FtraceOps, ip: int, cmd: OpsCmd) -> int:
@@ -523,7 +603,7 @@ class BpfManager:
         if flags & TrampFlag.CALL_ORIG and share:
             flags |= TrampFlag.ORIG_STACK | TrampFlag.SKIP_FRAME
         tr.flags = flags
-        self._install(tr)
+        self.machine.run_host(self._install_steps(tr), f"regeneration of {tr.name}")
 
     def _tr_by_ip(self, ip: int) -> Trampoline | None:
         for tr in self.trampolines.values():
@@ -532,7 +612,7 @@ class BpfManager:
         return None
 
     # ------------------------------------------------------------------ freplace
-    def _link_extension(self, tr: Trampoline, link: Link) -> None:
+    def _link_extension_steps(self, tr: Trampoline, link: Link) -> Generator:
         if tr.ftrace_managed:
             raise KernelError("EINVAL", "freplace targets BPF programs, not kernel functions")
         if tr.extension is not None:
@@ -540,61 +620,62 @@ class BpfManager:
         if tr.count:
             raise KernelError("EBUSY", f"{tr.name} has fentry/fexit/fmod_ret programs: it "
                                        "cannot be replaced")
-        self._poke(tr.target, None, ("jump", link.prog.image))
+        yield from self._poke_steps(tr.target, None, ("jump", link.prog.image))
         tr.extension = link
 
-    def _unlink_extension(self, tr: Trampoline, link: Link) -> None:
-        self._poke(tr.target, ("jump", link.prog.image), None)
+    def _unlink_extension_steps(self, tr: Trampoline, link: Link) -> Generator:
+        yield from self._poke_steps(tr.target, ("jump", link.prog.image), None)
         tr.extension = None
 
     # ------------------------------------------------------------------ image lifetime (§3.5)
-    def _image_put(self, im: TrampImage) -> None:
-        """bpf_tramp_image_put: fexit-style images first get ip_after_call turned into a jump
-        to the epilogue (CPUs still in the original skip the fexit programs); then the image
-        waits for its grace periods (see reclaim)."""
-        if im.ip_after_call is not None:
-            old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
-            self._text([TextWrite(im.ip_after_call, old, new, "ip_after_call")])
+    def _image_put_steps(self, im: TrampImage) -> Generator:
+        """bpf_tramp_image_put.  The image is already unreachable for new calls.  One that calls
+        the original first gets ip_after_call turned into a jump to the epilogue (CPUs still in
+        the original skip the fexit programs, which may be freed), then: tasks-RCU grace period
+        (CPUs in the first instructions, before __bpf_tramp_enter), percpu_ref_kill and wait
+        for the references to drain (CPUs in the original), another grace period (CPUs in the
+        last instructions, after __bpf_tramp_exit), free.  A fentry-only image: tasks-trace
+        and tasks grace periods, free."""
         im.dying = True
         self.dying.append(im)
-        self.reclaim()
+        rcu = self.machine.rcu
+        if im.ip_after_call is not None:
+            old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
+            yield from self._text_steps([TextWrite(im.ip_after_call, old, new, "ip_after_call")])
+            rcu.call(lambda: self._pcref_kill(im), f"{im.name}: percpu_ref_kill")
+        else:
+            rcu.call(lambda: rcu.call(lambda: self._image_free(im), f"{im.name}: free"),
+                     f"{im.name}: rcu_tasks_trace")
 
-    def in_use(self, im: TrampImage) -> bool:
-        """A CPU may still be inside: between __bpf_tramp_enter and _exit (percpu_ref), or with
-        its pc or a return address on its live stack inside the image (tasks RCU)."""
-        if im.pcref:
-            return True
-        lo, hi = im.addr, im.addr + len(im.code)
-        for cpu in self.machine.cpus:
-            if cpu.task is None:
-                continue
-            if lo <= cpu.pc < hi:
-                return True
-            stack = self.machine.stacks[cpu.index]
-            sp = cpu.sp
-            if stack.start <= sp < stack.end:
-                data = self.machine.memory.read(sp, stack.end - sp)
-                for off in range(0, len(data) - 7, 8):
-                    if lo <= int.from_bytes(data[off:off + 8], "little") < hi:
-                        return True
-            for reg in (self.arch.lr,) if self.arch.lr else ():
-                if lo <= cpu.reg(reg) < hi:
-                    return True
-        return False
+    def _pcref_kill(self, im: TrampImage) -> None:
+        im.killed = True
+        if im.pcref == 0:
+            self._pcref_release(im)
+
+    def _pcref_put(self, im: TrampImage) -> None:
+        im.pcref -= 1                                       # percpu_ref_put
+        if im.killed and im.pcref == 0:
+            self._pcref_release(im)
+
+    def _pcref_release(self, im: TrampImage) -> None:
+        """__bpf_tramp_image_release: one more grace period for the epilogue's instructions."""
+        self.machine.rcu.call(lambda: self._image_free(im), f"{im.name}: free")
+
+    def _image_free(self, im: TrampImage) -> None:
+        """bpf_tramp_image_free: poison and free the text, drop the symbol, free the struct."""
+        self.dying.remove(im)
+        self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
+        self.machine.bpf_arena.free(im.addr)
+        self.machine.kallsyms.remove(im.name)
+        del self._ims[im.im]
+        self.machine.heap_arena.free(im.im)
+        self.freed.append(im)
 
     def reclaim(self) -> int:
-        """Free every dying image no CPU can be in; returns how many were freed."""
-        freed = 0
-        for im in list(self.dying):
-            if self.in_use(im):
-                continue
-            self.dying.remove(im)
-            self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
-            self.machine.bpf_arena.free(im.addr)
-            self.machine.kallsyms.remove(im.name)
-            self.freed.append(im)
-            freed += 1
-        return freed
+        """Run the grace-period callbacks that are due; returns how many images were freed."""
+        before = len(self.freed)
+        self.machine.rcu.poll()
+        return len(self.freed) - before
 
     # ------------------------------------------------------------------ introspection
     def trampoline_of(self, target) -> Trampoline:

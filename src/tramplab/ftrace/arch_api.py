@@ -105,6 +105,11 @@ class ArchFtrace:
         may run.  The old bytes have already been verified by the core."""
         raise NotImplementedError
 
+    def apply_poke(self, writes: list[TextWrite]) -> Generator:
+        """bpf_arch_text_poke's protocol (a BPF program's entry, a trampoline's
+        ip_after_call); the same as ftrace's unless the arch says otherwise."""
+        yield from self.apply(writes)
+
     # -- ftrace_regs ----------------------------------------------------------------------
     def fregs(self, cpu, addr: int):
         """A view of the ftrace_regs/pt_regs the caller built at `addr` (0 = NULL)."""

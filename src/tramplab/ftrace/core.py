@@ -75,6 +75,7 @@ class FtraceOps:
     notrace: set[int] = field(default_factory=set)
     direct_call: int = 0
     mem: int = 0                                       # in-memory mirror (func, direct_call)
+    mem_name: str = ""                                 # its kallsyms name
     calls: int = 0
 
     def traces(self, ip: int) -> bool:
@@ -103,6 +104,7 @@ class FtraceStats:
     sync_cores: int = 0           # x86 text_poke IPI rounds
     stop_machines: int = 0        # riscv stop_machine calls
     synchronize_rcu: int = 0      # grace periods the direct API waits for
+    sync_ipis: int = 0            # ftrace_sync_ipi rounds before a single-ops function
 
 
 class FtraceCore:
@@ -288,10 +290,19 @@ class FtraceCore:
         return [] if func == current else self.arch.func_writes(current, func)
 
     def _update_steps(self, affected=None) -> Generator:
-        """ftrace_modify_all_code, over the records `affected` (ips; None = all), like the
-        kernel walking only the records in the changed ops' hashes.  Everything is computed and verified before the first byte
-        changes (a refusal leaves the text as it was); then: the callers' ftrace_call to the list
-        function (it copes with any set of ops), the sites, the final global function."""
+        """ftrace_modify_all_code over the records `affected` (ips; None = all), like the kernel
+        walking only the records in the changed ops' hashes.  Everything is computed and
+        verified before the first byte changes (a refusal leaves the text as it was).  Then, in
+        the kernel's order:
+
+        1. if the callers' function changes, point them at ftrace_ops_list_func first: it
+           checks every ops' hashes itself and ignores function_trace_op, so it is right for
+           any mix of old and new sites (function_trace_op is left alone);
+        2. the sites;
+        3. if the final function is a single ops' function: publish function_trace_op, then
+           smp_wmb() and the ftrace_sync_ipi round (every CPU takes the IPI, a full barrier),
+           and only then point the callers at the function that trusts function_trace_op.
+        """
         self.stats.updates += 1
         func, op = self._global_func()
         site_writes: list[TextWrite] = []
@@ -303,20 +314,23 @@ class FtraceCore:
             if new != rec.state:
                 site_writes += self.arch.transition(rec, rec.state, new)
                 changed.append((rec, new))
-        via_list = func != self._current_func
-        first = self._func_writes(self.list_func, self._current_func) if via_list else []
-        last = self._func_writes(func, self.list_func if via_list else self._current_func)
+        update = func != self._current_func
+        first = self._func_writes(self.list_func, self._current_func) if update else []
+        single = update and func != self.list_func
+        last = self._func_writes(func, self.list_func) if single else []
         _verify_sequence(self.machine, first + site_writes + last)
-        if via_list:
-            self.machine.memory.write_u64(self.function_trace_op, self.list_ops)
+        if update:
             yield from self._apply_steps(first)
             self._current_func = self.list_func
         yield from self._apply_steps(site_writes)
         for rec, state in changed:
             rec.state = state
-        yield from self._apply_steps(last)
-        self._current_func = func
-        self.machine.memory.write_u64(self.function_trace_op, op)
+        if single:
+            self.machine.memory.write_u64(self.function_trace_op, op)
+            yield                                       # smp_wmb(); smp_call_function(ftrace_sync_ipi)
+            self.stats.sync_ipis += 1
+            yield from self._apply_steps(last)
+            self._current_func = func
 
     def _apply_steps(self, writes: list[TextWrite]) -> Generator:
         if not writes:
@@ -324,12 +338,10 @@ class FtraceCore:
         self.stats.pokes += len(writes)
         yield from self.arch.apply(writes)
 
-    def _run(self, gen: Generator):
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
+    def _run(self, gen: Generator, what: str = "ftrace update"):
+        """Run a host operation to completion (outside a scheduler); see Machine.run_host."""
+        self.machine.may_sleep(what)
+        return self.machine.run_host(gen, what)
 
     def task(self, gen: Generator, name: str = "ftrace") -> HostTask:
         """Run an operation as an actor the scheduler interleaves with CPUs, e.g.
@@ -337,13 +349,38 @@ class FtraceCore:
         return HostTask(gen, name)
 
     # ------------------------------------------------------------------ ops API
-    def _mirror(self, ops: FtraceOps) -> None:
-        if not ops.mem:
+    def _mirror(self, ops: FtraceOps):
+        """Write the ops' in-memory mirror (allocated on first registration); returns an undo
+        that puts memory, the allocator and kallsyms back as they were."""
+        mem, new = self.machine.memory, not ops.mem
+        if new:
+            addr = self.machine.heap_arena.alloc(OPS_MEM_SIZE, 16)
+            saved = mem.read(addr, OPS_MEM_SIZE)
             self._mirrors = getattr(self, "_mirrors", 0) + 1
-            ops.mem = self._ops_mirror(f"ftrace_ops_{ops.name}.{self._mirrors}", 0, ops)
+            name = f"ftrace_ops_{ops.name}.{self._mirrors}"
+            mem.write(addr, bytes(OPS_MEM_SIZE))
+            self.machine.kallsyms.add(name, addr, OPS_MEM_SIZE, "d")
+            self._ops_by_mem[addr] = ops
+            ops.mem, ops.mem_name = addr, name
+        else:
+            saved = mem.read(ops.mem, OPS_MEM_SIZE)
         func = self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func
-        self.machine.memory.write_u64(ops.mem + OPS_FUNC, func)
-        self.machine.memory.write_u64(ops.mem + OPS_DIRECT_CALL, ops.direct_call)
+        mem.write_u64(ops.mem + OPS_FUNC, func)
+        mem.write_u64(ops.mem + OPS_DIRECT_CALL, ops.direct_call)
+
+        def undo() -> None:
+            addr = ops.mem
+            mem.write(addr, saved)
+            if new:
+                self._free_mirror(ops)
+        return undo
+
+    def _free_mirror(self, ops: FtraceOps) -> None:
+        if ops.mem:
+            self.machine.kallsyms.remove(ops.mem_name)
+            del self._ops_by_mem[ops.mem]
+            self.machine.heap_arena.free(ops.mem)
+            ops.mem, ops.mem_name = 0, ""
 
     def ftrace_set_filter_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
                              reset: bool = False):
@@ -398,13 +435,16 @@ class FtraceCore:
             raise KernelError("EINVAL", "FTRACE_OPS_FL_SAVE_REGS needs "
                                         "DYNAMIC_FTRACE_WITH_REGS (use SAVE_REGS_IF_SUPPORTED)")
         self._check_ipmodify(ops, ops.filter)
-        self._mirror(ops)
+        flags = ops.flags
+        undo = self._mirror(ops)
         ops.flags |= FL.ENABLED | FL.INITIALIZED
         self.ops_list.append(ops)
         try:
             yield from self._update_steps(self._ips_of(ops, ops.filter))
         except BaseException:
             self._drop(ops)
+            ops.flags = flags
+            undo()
             raise
 
     def unregister_ftrace_function(self, ops: FtraceOps):

@@ -58,6 +58,8 @@ class DirectCalls:
                 self._mirror(ops)
         self.stats.synchronize_rcu += 1
         yield from self.unregister_ftrace_function_steps(stub)
+        # tmp_ops lived on the modifier's stack: gone once no CPU can still be reading it
+        self.machine.rcu.call(lambda: self._free_mirror(stub), "direct stub ops")
 
     # ---------------------------------------------------------------- v5.5: by ip
     def register_ftrace_direct_ip(self, ip: int, addr: int):

@@ -55,6 +55,7 @@ class Cpu:
         self.pending: BaseException | None = None
         self.history: deque = deque(maxlen=max(machine.config.history_blocks, 1))
         self.task = None                      # the Task this CPU is running, if any
+        self.last_task = None                 # the call it ran last (finished)
         self._hooks: list[int] = []
         if machine.memory.phys_bits is not None:
             self.uc.ctl_set_tlb_mode(ucc.UC_TLB_VIRTUAL)

@@ -86,7 +86,11 @@ class HostCalls:
                 self._prepare(cpu)
             args = self._read_args(cpu, hf.nargs)
             hf.calls += 1
-            ret = hf.func(cpu, *args)
+            outer, self.machine.in_hostcall = self.machine.in_hostcall, hf
+            try:
+                ret = hf.func(cpu, *args)
+            finally:
+                self.machine.in_hostcall = outer
             fast = cpu.fast
             for rid, value in self._poison:
                 fast.write(rid, value)

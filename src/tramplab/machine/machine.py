@@ -23,6 +23,7 @@ from .cpu import Cpu
 from .hostcall import POISON_BASE, HostCalls
 from .memory import PAGE_SIZE, Arena, Memory
 from .oops import make_oops
+from .rcu import TasksRcu, Waiting
 from .symbols import Kallsyms
 
 HOSTCALL_SIZE = 0x10000
@@ -87,6 +88,9 @@ class Machine:
         self.kallsyms = Kallsyms()
         self.stats = Stats()
         self.trap_handlers: list[Callable] = []
+        self.in_hostcall = None              # the host function running now, if any
+        self.stopping = 0                    # stop_machine waiting: CPUs start no new call
+        self.abort_hooks: list[Callable] = []    # f(cpu): a call was abandoned mid-way
         m = self.memory
         self.kernel = m.add_region("kernel", lay.kernel_text, lay.kernel_size, "text", True)
         hc = m.add_region("hostcalls", lay.kernel_text + lay.kernel_size, HOSTCALL_SIZE,
@@ -108,6 +112,7 @@ class Machine:
         self.cpus = [Cpu(self, i) for i in range(self.config.cpus)]
         for cpu in self.cpus:
             self.hostcalls.install(cpu)
+        self.rcu = TasksRcu(self)
 
     # ------------------------------------------------------------------ memory and text
     def write_text(self, addr: int, data: bytes) -> None:
@@ -185,8 +190,13 @@ class Machine:
         return self._finish_if_returned(cpu)
 
     def finish(self, cpu: Cpu) -> CallTask:
-        """Run the CPU's task to its return (or to the soft-lockup budget)."""
+        """Run the CPU's task to its return (or to the soft-lockup budget).  A call that has
+        already returned (a host operation waited for it, see run_host) is just handed back."""
         task = cpu.task
+        if task is None:
+            if cpu.last_task is not None and cpu.last_task.done:
+                return cpu.last_task
+            raise UsageError(f"CPU {cpu.index} is not running a call")
         self._execute(cpu, self.config.max_insns)
         if not self._finish_if_returned(cpu):
             raise make_oops(self, cpu, f"soft lockup: {task.name or 'call'} did not return "
@@ -210,7 +220,14 @@ class Machine:
     def _abort(self, cpu: Cpu) -> None:
         if cpu.task is not None:
             cpu.task.done = True
-            cpu.task = None
+            for hook in self.abort_hooks:
+                hook(cpu)
+            self._retire(cpu)
+
+    def _retire(self, cpu: Cpu) -> None:
+        """The CPU's call is over: back to "user mode", a tasks-RCU quiescent state."""
+        cpu.last_task, cpu.task = cpu.task, None
+        self.rcu.quiescent(cpu.index)
 
     def _finish_if_returned(self, cpu: Cpu) -> bool:
         if cpu.pc != self.hostcalls.return_trap:
@@ -219,7 +236,7 @@ class Machine:
         task.result = cpu.reg(self.arch.ret_regs[0])
         task.result2 = cpu.reg(self.arch.ret_regs[1])
         task.done = True
-        cpu.task = None
+        self._retire(cpu)
         return True
 
     def _check(self, cpu: Cpu, err: int) -> None:
@@ -238,6 +255,43 @@ class Machine:
             raise make_oops(self, cpu, fault.what, fault_pc=fault.pc)
         what = _UC_ERRORS.get(err, f"emulation error {err}")
         raise make_oops(self, cpu, what)
+
+    # ------------------------------------------------------------------ host operations
+    def may_sleep(self, what: str) -> None:
+        """might_sleep(): attach, detach, register and the like take mutexes, wait for grace
+        periods and patch text; the kernel forbids them from BPF programs and ftrace callbacks
+        (atomic context).  Refuse instead of deadlocking on the CPU we are running on."""
+        if self.in_hostcall is not None:
+            raise UsageError(f"{what} called from {self.in_hostcall.name} on an emulated CPU: "
+                             "it may sleep (mutexes, grace periods, text patching), which the "
+                             "kernel forbids in atomic context (BPF programs, ftrace callbacks)")
+
+    def run_host(self, gen, what: str = "operation"):
+        """Run a host operation (a generator, see ftrace/core.py) to completion outside the
+        scheduler.  Where it waits for CPUs (a grace period, stop_machine), the CPUs that are
+        in the middle of a call run on, one instruction at a time, as they would in the kernel
+        while the operation sleeps; their calls may return meanwhile (see finish)."""
+        budget = self.config.max_insns
+        try:
+            while True:
+                step = next(gen)
+                if isinstance(step, Waiting):
+                    budget -= self._make_progress(step)
+                    if budget < 0:
+                        busy = next(c for c in self.cpus if c.task is not None)
+                        raise make_oops(self, busy, f"soft lockup: {what} waited for "
+                                                    f"{step.reason} longer than "
+                                                    f"{self.config.max_insns} instructions")
+        except StopIteration as stop:
+            return stop.value
+
+    def _make_progress(self, waiting: Waiting) -> int:
+        busy = [c for c in self.cpus if self.rcu.in_task(c.index)]
+        if not busy:
+            raise RuntimeError(f"model bug: waiting for {waiting.reason} with every CPU idle")
+        for cpu in busy:
+            self.step(cpu, 1)
+        return len(busy)
 
     def cpu(self, index: int) -> Cpu:
         if not 0 <= index < len(self.cpus):

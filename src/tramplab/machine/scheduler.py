@@ -1,8 +1,11 @@
 """A deterministic, seedable scheduler for several CPUs sharing one memory.
 
-Tasks are emulated calls (`CallTask`, one per CPU) and Python actors (`HostTask`: a generator
-standing in for kernel C code running on another CPU, e.g. a text patcher; every `yield` is a
-point where other CPUs may run).  In "interleave" mode each step picks a runnable task with a
+Tasks are emulated calls (`CallTask`, one per CPU), call sequences (`CallSeq`: calls one after
+another on one CPU, the next starting when the last returned) and Python actors (`HostTask`: a
+generator standing in for kernel C code running on another CPU, e.g. a text patcher; every
+`yield` is a point where other CPUs may run).  While stop_machine waits for CPUs to reach a
+schedule point (`machine.stopping`), a CPU between calls starts no new one.  `clock` counts the
+steps taken, so what happened can be ordered (a program run, the end of an attach).  In "interleave" mode each step picks a runnable task with a
 seeded RNG and runs it for `quantum` instructions (an int, or a (lo, hi) range drawn per step);
 "sequential" runs each task to completion in order.  The same seed gives the same interleaving.
 """
@@ -27,6 +30,23 @@ class HostTask:
 
 
 @dataclass
+class CallSeq:
+    """Calls run one after another on one CPU (a task making several system calls)."""
+
+    cpu: int
+    calls: list[CallTask]
+    name: str = "calls"
+    done: bool = False
+    index: int = 0                 # the call running (or next to start)
+    started: list[int] = field(default_factory=list)    # clock at each call's start
+    ended: list[int] = field(default_factory=list)      # clock at each call's return
+
+    @property
+    def results(self) -> list:
+        return [c.result for c in self.calls]
+
+
+@dataclass
 class Scheduler:
     machine: Machine
     seed: int = 0
@@ -45,13 +65,17 @@ class Scheduler:
             return self.rng.randint(*self.quantum)
         return self.quantum
 
+    clock: int = 0
+
     def run(self, tasks: list) -> list:
-        cpus = [t.cpu for t in tasks if isinstance(t, CallTask)]
+        cpus = [t.cpu for t in tasks if isinstance(t, (CallTask, CallSeq))]
         if len(cpus) != len(set(cpus)):
             raise UsageError("at most one call task per CPU")
         for t in tasks:
             if isinstance(t, CallTask):
                 self.machine.start(t)
+            elif isinstance(t, CallSeq):
+                t.done = not t.calls
         if self.mode == "sequential":
             for i, t in enumerate(tasks):
                 self._run_to_end(i, t)
@@ -63,6 +87,10 @@ class Scheduler:
         if isinstance(t, CallTask):
             self.machine.finish(self.machine.cpus[t.cpu])
             self.trace.append((i, t.steps))
+        elif isinstance(t, CallSeq):
+            while not t.done:
+                self._seq_step(t, self.machine.config.max_insns)
+            self.trace.append((i, sum(c.steps for c in t.calls)))
         else:
             while not t.done:
                 self._host_step(t)
@@ -74,20 +102,54 @@ class Scheduler:
             live = [i for i, t in enumerate(tasks) if not t.done]
             if not live:
                 return
-            i = self.rng.choice(live)
+            runnable = [i for i in live if not self._parked(tasks[i])] or live
+            i = self.rng.choice(runnable)
             t = tasks[i]
             if isinstance(t, CallTask):
                 n = self._quantum()
                 self.machine.step(self.machine.cpus[t.cpu], n)
+            elif isinstance(t, CallSeq):
+                n = self._quantum()
+                self._seq_step(t, n)
             else:
                 n = 1
                 self._host_step(t)
+            self.clock += 1
             self.trace.append((i, n))
             steps += 1
             if steps > self.max_steps:
-                busy = next(tasks[j] for j in live if isinstance(tasks[j], CallTask))
-                raise make_oops(self.machine, self.machine.cpus[busy.cpu],
+                busy = next((tasks[j] for j in live if not isinstance(tasks[j], HostTask)),
+                            None)
+                cpu = self.machine.cpus[busy.cpu if busy is not None else 0]
+                raise make_oops(self.machine, cpu,
                                 f"soft lockup: interleaving exceeded {self.max_steps} steps")
+
+    def _parked(self, t) -> bool:
+        """A CPU between calls does not start one while stop_machine waits."""
+        if not self.machine.stopping:
+            return False
+        if isinstance(t, CallSeq):
+            cpu = self.machine.cpus[t.cpu]
+            return cpu.task is None
+        if isinstance(t, CallTask):
+            return t.steps == 0
+        return False
+
+    def _seq_step(self, t: CallSeq, n: int) -> None:
+        m = self.machine
+        cpu = m.cpus[t.cpu]
+        if cpu.task is None:
+            m.start(t.calls[t.index])
+            t.started.append(self.clock)
+        try:
+            returned = m.step(cpu, n)
+        except BaseException:
+            t.done = True
+            raise
+        if returned:
+            t.ended.append(self.clock)
+            t.index += 1
+            t.done = t.index == len(t.calls)
 
     @staticmethod
     def _host_step(t: HostTask) -> None:

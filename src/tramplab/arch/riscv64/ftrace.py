@@ -39,9 +39,9 @@ The callers, per era (each returns into the function through the register the si
 Non-CALL_OPS callers reach the callbacks through a patchable `call ftrace_stub` (auipc ra;
 jalr ra) at `ftrace_call` / `ftrace_regs_call`, with `function_trace_op` as the op.
 
-Protocols: before v6.16 stop_machine -- every other CPU parked at an instruction boundary that
-is not inside a site being rewritten (the kernel needed !PREEMPTION for that), then all bytes
-written at once.  v6.16: no stop_machine; every write is one 4-byte jalr/nop or the 8-byte
+Protocols: before v6.16 stop_machine -- every other CPU parked at a schedule point (the kernel
+needed !PREEMPTION for that: no task is ever stopped inside a site), then all bytes written at
+once.  BPF text pokes (bpf_arch_text_poke -> patch_text) use stop_machine in every era.  v6.16: no stop_machine; every write is one 4-byte jalr/nop or the 8-byte
 literal, and other CPUs run between writes.
 """
 from __future__ import annotations
@@ -52,6 +52,7 @@ from typing import Generator
 from ...errors import EncodeError, KernelError, UsageError
 from ...ftrace.arch_api import OPS_DIRECT_CALL, OPS_FUNC, ArchFtrace, SiteState, TextWrite
 from ...jit import assemble
+from ...machine.rcu import Waiting
 from ...profiles import version_key
 from . import encode as R
 
@@ -65,7 +66,6 @@ SLED_RA_OFFSET = 12                            # FENTRY_RA_OFFSET of the sled: r
 PAIR_RA_OFFSET = 8                             # FENTRY_RA_OFFSET of the pair: t0 = func+8
 JALR_SIZE = 4                                  # MCOUNT_JALR_SIZE (v6.16: t0 - 4 = rec->ip)
 CALL_OPS_LITERAL = -16                         # the op, relative to t0 = func+8
-STOP_MACHINE_PATIENCE = 1_000_000              # yields before stop_machine gives up
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,41 +585,33 @@ class ArchFtraceImpl(ArchFtrace):
             self.machine.write_text(w.addr, w.new)
             yield
 
+    def apply_poke(self, writes: list[TextWrite]) -> Generator:
+        """bpf_arch_text_poke: patch_text(), i.e. stop_machine, in every era (the BPF side
+        rewrites two instructions: a program's entry, a trampoline's ip_after_call)."""
+        yield from self._apply_stop_machine(writes)
+
     def _apply_stop_machine(self, writes: list[TextWrite]) -> Generator:
-        """Before v6.16: stop_machine.  With !PREEMPTION the other CPUs can only be stopped at
-        a schedule point, never between the instructions of a site nor inside the tracing code
-        that returns into one; the model lets them run until none is there, then writes every
-        byte with no yield in between.  A PREEMPTION kernel (which Kconfig refused) parks them
-        wherever they are."""
+        """stop_machine(): every other CPU runs the stopper thread and spins while one CPU
+        writes.  A CPU gets to the stopper only where its task can be switched out: with
+        !PREEMPTION at a schedule point -- in the model, between two calls, so no CPU is ever
+        stopped inside a site or inside the code that returns into one, which is what made the
+        two-instruction sequences safe before v6.16; with PREEMPTION anywhere (a preempted task
+        resumes on whatever bytes are there afterwards)."""
         self.core.stats.stop_machines += 1
+        m = self.machine
         if not self.profile.preemption:
-            busy = self._unsafe_ranges(writes)
-            for _ in range(STOP_MACHINE_PATIENCE):
-                yield
-                if not any(self._inside(cpu, busy) for cpu in self.machine.cpus):
-                    break
-            else:
-                raise KernelError("EBUSY", "stop_machine: a CPU never left the code being "
-                                           "patched (is its call running under a scheduler?)")
-        for w in writes:
-            self.machine.write_text(w.addr, w.new)
+            m.stopping += 1
+            try:
+                while any(m.rcu.in_task(cpu.index) for cpu in m.cpus):
+                    yield Waiting("stop_machine: every CPU at a schedule point")
+                for w in writes:
+                    m.write_text(w.addr, w.new)
+            finally:
+                m.stopping -= 1
+        else:
+            for w in writes:
+                m.write_text(w.addr, w.new)
         yield
-
-    def _unsafe_ranges(self, writes) -> list[tuple[int, int]]:
-        """Open intervals a parked CPU must not be in: the interior of every rewritten range,
-        the callers (they return into a site: func+12 with the sled), the host calls they make."""
-        ranges = [(w.addr, w.addr + len(w.new)) for w in writes]
-        ranges += [(c.addr - 1, c.end) for c in self.callers]
-        hc = self.machine.hostcalls.region
-        ranges.append((hc.start, hc.end))      # (the return trap is hc.start itself: excluded)
-        return ranges
-
-    @staticmethod
-    def _inside(cpu, ranges) -> bool:
-        if cpu.task is None or cpu.task.done:
-            return False
-        pc = cpu.pc
-        return any(lo < pc < hi for lo, hi in ranges)
 
     # -- ftrace_regs ------------------------------------------------------------------------
     def _layout_of(self, cpu) -> FrameLayout:
