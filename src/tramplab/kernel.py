@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass
 
 from .arch import get_arch
-from .errors import UsageError
+from .errors import KernelError, UsageError
 from .machine import Machine
 from .machine.callconv import assign, from_ret
 from .machine.memory import Arena
@@ -89,9 +89,43 @@ class Kernel:
             self._bpf = BpfManager(self)
         return self._bpf
 
+    def _check_program_args(self, kind: str, target, name, cookie, calls) -> None:
+        """Refuse bad arguments of fentry/fexit/fmod_ret/freplace before anything is loaded."""
+        from .bpf.prog import BpfProg
+        what = f"{kind}(target)"
+        if isinstance(target, BpfProg):
+            loaded = getattr(self, "_bpf", None)
+            if loaded is None or loaded.progs.get(target.name) is not target:
+                raise UsageError(f"{what}: BPF program {target.name!r} is not loaded in this "
+                                 "kernel (a target must be a program loaded here)")
+        elif isinstance(target, str):
+            self.function(target)                     # unknown name -> UsageError (did you mean)
+            if kind == "freplace":                    # the verifier's verdict, before loading
+                raise KernelError("EINVAL", f"freplace (BPF_PROG_TYPE_EXT) replaces BPF "
+                                            f"functions only, not the kernel function {target}")
+        else:
+            raise UsageError(f"{what}: the target must be a kernel function name (str) or a "
+                             f"loaded BPF program, not {type(target).__name__} {target!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise UsageError(f"{kind}: name must be a non-empty str, not {name!r}")
+        if isinstance(cookie, bool) or not isinstance(cookie, int) or \
+                not 0 <= cookie <= 0xFFFFFFFFFFFFFFFF:
+            raise UsageError(f"{kind}: cookie must be an integer 0..2**64-1 (the BPF cookie is "
+                             f"a u64), not {cookie!r}")
+        if calls is not None:
+            if not isinstance(calls, str):
+                raise UsageError(f"{kind}: calls must be a kernel function name, not {calls!r}")
+            self.function(calls)
+
     def _program(self, kind: str, target, name, func_ip, cookie, calls, attach):
+        self._check_program_args(kind, target, name, cookie, calls)
+
         def load(body):
-            base = name or body.__name__
+            if not callable(body):
+                takes = "the target's arguments" if kind == "freplace" else "ctx"
+                raise UsageError(f"{kind}: the program body must be a callable of {takes}, "
+                                 f"not {type(body).__name__} {body!r}")
+            base = name or getattr(body, "__name__", kind)
             pname, n = base, 1
             while pname in self.bpf.progs:
                 n += 1
