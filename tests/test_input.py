@@ -68,3 +68,68 @@ def test_largest_cookie_is_accepted(arch):
     got = []
     k.fentry("bpf_fentry_test1", cookie=2**64 - 1)(lambda ctx: got.append(ctx.cookie))
     assert k.call("bpf_fentry_test1", 1) == 2 and got == [2**64 - 1]
+
+
+# ------------------------------------------------------------------------- machine configuration
+from tramplab.arch import get_arch                               # noqa: E402
+from tramplab.machine import Machine                             # noqa: E402
+from tramplab.machine.machine import MachineConfig               # noqa: E402
+
+BAD_CONFIGS = [
+    # (name, overrides as a function of the arch's memory map, phrase of the rule)
+    ("unaligned module_area", lambda m: dict(module_area=m.module_area + 0x123),
+     "not page aligned"),
+    ("unaligned bpf_area", lambda m: dict(bpf_area=m.bpf_area + 8), "not page aligned"),
+    ("bpf_area on the kernel image", lambda m: dict(bpf_area=m.kernel_text), "overlaps kernel"),
+    ("bpf_area on the host calls", lambda m: dict(bpf_area=m.kernel_text + m.kernel_size),
+     "overlaps hostcalls"),
+    ("module_area on bpf_area", lambda m: dict(module_area=m.bpf_area), "overlaps"),
+    ("bpf_area on the heap", lambda m: dict(bpf_area=m.heap_area), "heap .* overlaps bpf"),
+    ("bpf_area on a stack guard", lambda m: dict(bpf_area=m.stack_area), "stack:0 .* overlaps bpf"),
+    ("bpf_area 2**64", lambda m: dict(bpf_area=2**64), "kernel address space"),
+    ("bpf_area crossing 2**64", lambda m: dict(bpf_area=2**64 - 0x1000), "kernel address space"),
+    ("module_area past 2**64", lambda m: dict(module_area=2**64 + 0x1000), "kernel address space"),
+    ("negative bpf_area", lambda m: dict(bpf_area=-0x1000), "kernel address space"),
+    ("user-space bpf_area", lambda m: dict(bpf_area=0x10000000), "kernel address space"),
+    ("user-space module_area", lambda m: dict(module_area=0x400000), "kernel address space"),
+    ("NULL bpf_area", lambda m: dict(bpf_area=0), "kernel address space"),
+    ("non-canonical bpf_area", lambda m: dict(bpf_area=0x8000000000000000), "kernel address space"),
+    ("bpf_area as a str", lambda m: dict(bpf_area="0xffffffffc0000000"), "integer address"),
+    ("heap_size 0", lambda m: dict(heap_size=0), "heap_size must be"),
+    ("negative heap_size", lambda m: dict(heap_size=-4096), "heap_size must be"),
+    ("heap_size not a page multiple", lambda m: dict(heap_size=4096 + 100), "page size"),
+    ("huge heap_size", lambda m: dict(heap_size=1 << 40), "page size"),
+    ("history_blocks 0", lambda m: dict(history_blocks=0), "history_blocks must be"),
+    ("negative history_blocks", lambda m: dict(history_blocks=-1), "history_blocks must be"),
+    ("max_insns 0", lambda m: dict(max_insns=0), "max_insns must be"),
+    ("negative max_insns", lambda m: dict(max_insns=-5), "max_insns must be"),
+    ("max_insns past size_t", lambda m: dict(max_insns=2**64), "max_insns must be < 2\\*\\*63"),
+    ("max_insns as a float", lambda m: dict(max_insns=1e6), "max_insns must be"),
+    ("cpus 0", lambda m: dict(cpus=0), "cpus must be"),
+    ("cpus 65", lambda m: dict(cpus=65), "cpus must be"),
+    ("cpus True", lambda m: dict(cpus=True), "cpus must be"),
+    ("unknown option", lambda m: dict(bpf_aera=m.bpf_area), "unknown machine option.*bpf_aera"),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("what,overrides,rule", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_machine_configs_are_usage_errors(arch, what, overrides, rule):
+    kw = overrides(get_arch(arch).memory)
+    with pytest.raises(UsageError, match=rule):
+        Machine(arch, **kw)
+    with pytest.raises(UsageError, match=rule):
+        Machine(arch, MachineConfig(**{k: v for k, v in kw.items() if k != "bpf_aera"}),
+                **({"bpf_aera": 0} if "bpf_aera" in kw else {}))
+    with pytest.raises(UsageError, match=rule):
+        Kernel(arch, **kw)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_edge_machine_configs_are_accepted(arch):
+    lay = get_arch(arch).memory
+    m = Machine(arch, bpf_area=2**64 - lay.bpf_size, heap_size=4096, history_blocks=1,
+                max_insns=1, cpus=64)
+    assert m.bpf.end == 2**64 and m.heap.size == 4096 and len(m.cpus) == 64
+    with pytest.raises(UsageError, match="config must be a MachineConfig"):
+        Machine(arch, {"cpus": 2})
