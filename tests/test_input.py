@@ -74,6 +74,7 @@ def test_largest_cookie_is_accepted(arch):
 from tramplab.arch import get_arch                               # noqa: E402
 from tramplab.machine import Machine                             # noqa: E402
 from tramplab.machine.machine import MachineConfig               # noqa: E402
+from tramplab.machine.scheduler import Scheduler                 # noqa: E402
 
 BAD_CONFIGS = [
     # (name, overrides as a function of the arch's memory map, phrase of the rule)
@@ -133,3 +134,32 @@ def test_edge_machine_configs_are_accepted(arch):
     assert m.bpf.end == 2**64 and m.heap.size == 4096 and len(m.cpus) == 64
     with pytest.raises(UsageError, match="config must be a MachineConfig"):
         Machine(arch, {"cpus": 2})
+
+
+# ------------------------------------------------------------------------- calls and scheduling
+BAD_QUANTA = [0, -1, 1.5, "1", True, (0, 3), (3, 2), (-1, 1), (1, 2, 3), (1,), [1, 2], (1, 2.0),
+              2**64]
+
+
+@pytest.mark.parametrize("quantum", BAD_QUANTA, ids=repr)
+def test_bad_quantum_is_a_usage_error(quantum):
+    k = Kernel("riscv64", cpus=2)
+    with pytest.raises(UsageError, match="quantum"):
+        Scheduler(k.machine, quantum=quantum)
+    unchanged(k, lambda: k.call_many([("bpf_fentry_test1", (1,)), ("bpf_fentry_test2", (2, 3))],
+                                     quantum=quantum), match="quantum")
+    assert all(c.task is None for c in k.machine.cpus)      # nothing was started
+
+
+@pytest.mark.parametrize("kw,rule", [(dict(seed="7"), "seed"), (dict(seed=None), "seed"),
+                                     (dict(mode="random"), "mode")])
+def test_bad_scheduler_seed_or_mode(kw, rule):
+    with pytest.raises(UsageError, match=rule):
+        Scheduler(Kernel("x86_64").machine, **kw)
+
+
+def test_good_quanta_still_work():
+    k = Kernel("x86_64", cpus=2)
+    calls = [("bpf_fentry_test1", (1,)), ("bpf_fentry_test2", (2, 3))]
+    assert k.call_many(calls, quantum=1) == k.call_many(calls, quantum=(1, 1)) == [2, 5]
+    assert k.call_many(calls, quantum=(2, 7), seed=3) == [2, 5]
