@@ -136,6 +136,42 @@ def test_edge_machine_configs_are_accepted(arch):
         Machine(arch, {"cpus": 2})
 
 
+# ------------------------------------------------------------------------- kmalloc / kfree
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kfree_of_what_kmalloc_did_not_return_is_refused(arch):
+    k = Kernel(arch)
+    a = k.kmalloc(32)
+    unchanged(k, lambda: k.kfree(0x1234), match="was not allocated by kmalloc.*double free")
+    unchanged(k, lambda: k.kfree(a + 8), match="inside the allocation")
+    unchanged(k, lambda: k.kfree("a"), match="not allocated by kmalloc")
+    k.kfree(a)
+    unchanged(k, lambda: k.kfree(a), match="double free")
+    k.kfree(0)                                         # kfree(NULL) is a no-op, as in the kernel
+    assert k.kmalloc(32) == a                          # the freed block is reused
+
+
+BAD_KMALLOC = [
+    ((-1,), UsageError, "size must be"),
+    ((1 << 40,), UsageError, "size must be"),
+    (("abc",), UsageError, "give a size"),
+    ((16, 3), UsageError, "align must be a power of two"),
+    ((16, 0), UsageError, "align must be a power of two"),
+]
+
+
+@pytest.mark.parametrize("args,error,rule", BAD_KMALLOC)
+def test_bad_kmalloc_is_refused(args, error, rule):
+    k = Kernel("x86_64")
+    unchanged(k, lambda: k.kmalloc(*args), error, rule)
+
+
+def test_a_full_heap_is_enomem():
+    k = Kernel("arm64", heap_size=0x2000)
+    k.kmalloc(0x1800)
+    e = unchanged(k, lambda: k.kmalloc(0x1000), KernelError)
+    assert e.name == "ENOMEM" and "heap: no room" in e.rule
+
+
 # ------------------------------------------------------------------------- calls and scheduling
 BAD_QUANTA = [0, -1, 1.5, "1", True, (0, 3), (3, 2), (-1, 1), (1, 2, 3), (1,), [1, 2], (1, 2.0),
               2**64]
@@ -163,3 +199,37 @@ def test_good_quanta_still_work():
     calls = [("bpf_fentry_test1", (1,)), ("bpf_fentry_test2", (2, 3))]
     assert k.call_many(calls, quantum=1) == k.call_many(calls, quantum=(1, 1)) == [2, 5]
     assert k.call_many(calls, quantum=(2, 7), seed=3) == [2, 5]
+
+
+BAD_CALLS = [
+    (lambda k: k.call("bpf_fentry_test1", 1, cpu=-1), "no CPU -1"),
+    (lambda k: k.call("bpf_fentry_test1", 1, cpu="0"), "cpu must be an integer"),
+    (lambda k: k.task("bpf_fentry_test1", 1, cpu=5), "no CPU 5"),
+    (lambda k: k.call(17, 1), "named by a str"),
+    (lambda k: k.call(["bpf_fentry_test1"], 1), "named by a str"),
+    (lambda k: k.call_many([("bpf_fentry_test1", 1)]), "pairs"),
+    (lambda k: k.call_many("bpf_fentry_test1"), "pairs"),
+    (lambda k: k.call_many(x for x in [("bpf_fentry_test1", (1,))]), "pairs"),
+    (lambda k: k.call("bpf_testmod_test_struct_arg_1", (2, 2**64), 1, 4), "word 1 .* 8 bytes"),
+    (lambda k: k.call("bpf_testmod_test_struct_arg_1", (-2**63 - 1, 3), 1, 4), "word 0"),
+    (lambda k: k.call_prog("subprog", 1), "not a BPF program loaded"),
+    (lambda k: k.call_prog(_other_kernel_prog(), 1), "not a BPF program loaded"),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("call,rule", BAD_CALLS)
+def test_bad_calls_are_usage_errors(arch, call, rule):
+    k = Kernel(arch, cpus=2)
+    unchanged(k, lambda: call(k), match=rule)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_struct_words_take_the_signed_and_unsigned_range(arch):
+    k = Kernel(arch)
+    f = "bpf_testmod_test_struct_arg_1"                   # (struct {long a, b}, int b, int c)
+    assert k.call(f, (2**64 - 1, 3), 1, 4) == k.call(f, (-1, 3), 1, 4) == 7
+    assert k.call(f, (-2**63, 0), 0, 0) == 0              # a + b + c as int: the low 32 bits
+    p = k.bpf.load_func("add", lambda a, b: a + b, nargs=2)
+    assert k.call_prog(p, 2, -3) == 2**64 - 1
+    unchanged(k, lambda: k.call_prog(p, 2**64), match="64-bit integers")
