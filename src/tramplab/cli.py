@@ -14,8 +14,14 @@ from rich.table import Table
 
 from .arch import ARCH_NAMES, get_arch
 from .errors import KernelError, Oops, TramplabError, UsageError
+from .profiles import LATEST, earliest
 
 ARCH_HELP = "x86_64 | arm64 | riscv64 (aliases: amd64, aarch64, rv64, ...)"
+# The kernels the timelines cover (profiles.check_version): before its first kernel with
+# dynamic ftrace an arch has nothing to patch; after LATEST the timelines say nothing.
+VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
+                 + ", ".join(f"{a} {earliest(a)}" for a in ARCH_NAMES)
+                 + f") to the latest, {LATEST}")
 
 
 def _console() -> Console:
@@ -167,7 +173,8 @@ def layouts():
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @click.option("--profile", "-p", default="latest", show_default=True,
-              help="profile preset, 'all' (every preset but the seed-bug ones), or vX.Y")
+              help="profile preset, 'all' (every preset but the seed-bug ones), or vX.Y[.Z] "
+                   f"({VERSIONS_HELP})")
 @click.option("--test", "-t", "tests", multiple=True, help="run only these tests (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
 def selftest(arch, profile, tests, as_json):
@@ -257,7 +264,8 @@ def profiles(arch):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--kernel", "-k", "version", required=True, help="kernel version, e.g. 5.15")
+@click.option("--kernel", "-k", "version", required=True,
+              help=f"kernel version MAJOR.MINOR[.PATCH], e.g. 5.15; {VERSIONS_HELP}")
 def support(arch, version):
     """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
     and, for what does not, why."""
@@ -275,7 +283,8 @@ def support(arch, version):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
 @click.option("--layout", "-l", default=None, help="override the profile's site layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
 @click.argument("items", nargs=-1, required=True)
@@ -295,7 +304,8 @@ def show(arch, profile, layout, what, items):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
 @click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
 @click.option("--function", "-f", default=None,
               help="function to call (default: the first program's target), e.g. a caller")

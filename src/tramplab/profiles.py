@@ -9,17 +9,23 @@ against the Kconfig rules (`ftrace.kconfig.check`) before a kernel is built with
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 from .arch import get_arch
 from .errors import UsageError
 
 
+_VERSION = re.compile(r"v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
+
+
 def version_key(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in version.lstrip("v").split("."))
-    except ValueError:
-        raise UsageError(f"bad kernel version {version!r} (expected e.g. 6.16)") from None
+    """(major, minor[, patch]) of 'X.Y' / 'vX.Y' / 'X.Y.Z'; anything else is a UsageError."""
+    m = _VERSION.fullmatch(version) if isinstance(version, str) else None
+    if m is None:
+        raise UsageError(f"bad kernel version {version!r} (expected MAJOR.MINOR[.PATCH], "
+                         "e.g. 6.16 or v5.15.3)")
+    return tuple(int(g) for g in m.groups() if g is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +65,27 @@ TIMELINE: dict[str, dict[str, str | None]] = {
 }
 
 LATEST = "7.1"
+
+
+def earliest(arch: str) -> str:
+    """The first kernel tramplab models on `arch`: its first with dynamic ftrace."""
+    return TIMELINE[get_arch(arch).name]["dynamic_ftrace"]
+
+
+def check_version(arch: str, version: str) -> str:
+    """`version` without its 'v', if tramplab models that kernel on `arch`: from the arch's
+    first kernel with dynamic ftrace (x86_64 2.6.27, arm64 3.18, riscv64 5.6; before it there
+    is nothing to patch) up to LATEST, where the timelines end.  Otherwise UsageError."""
+    a = get_arch(arch).name
+    key = version_key(version)
+    first = earliest(a)
+    if key < version_key(first):
+        raise UsageError(f"{a} kernel {version}: too early; the earliest supported {a} kernel is "
+                         f"{first} (its first with dynamic ftrace)")
+    if key[:2] > version_key(LATEST):
+        raise UsageError(f"{a} kernel {version}: newer than the timelines, which end at "
+                         f"{LATEST} (the latest supported kernel)")
+    return version.lstrip("v")
 
 
 def has(arch: str, feature: str, version: str) -> bool:
@@ -175,7 +202,7 @@ _ARCH_DERIVE = {"x86_64": _x86, "arm64": _arm64, "riscv64": _riscv}
 def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
     """The profile of `arch` at kernel `version`, from the timeline."""
     a = get_arch(arch).name
-    version_key(version)
+    version = check_version(a, version)
     h = lambda f: has(a, f, version)   # noqa: E731
     base = _ARCH_DERIVE[a](version)
     if h("single_direct_ops"):
@@ -246,13 +273,16 @@ def presets(arch: str) -> dict[str, Profile]:
 
 
 def get_profile(arch: str, name: str | None = None) -> Profile:
-    """A preset by name ('latest' by default), or 'vX.Y' / 'X.Y' for any version."""
+    """A preset by name ('latest' by default), or 'vX.Y' / 'X.Y' for any version from the
+    arch's first with dynamic ftrace to LATEST (see check_version)."""
     a = get_arch(arch).name
     table = presets(a)
     name = name or "latest"
+    if not isinstance(name, str):
+        raise UsageError(f"a profile is a preset name, a version or a Profile, not {name!r}")
     if name in table:
         return table[name]
-    if name.lstrip("v").replace(".", "").isdigit():
+    if _VERSION.fullmatch(name):
         return profile_for(a, name.lstrip("v"))
     raise UsageError(f"unknown profile {name!r} for {a}; presets: {', '.join(table)} "
-                     f"(or any version, e.g. v6.9)")
+                     f"(or any version {earliest(a)}..{LATEST}, e.g. v6.9)")
