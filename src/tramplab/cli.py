@@ -197,15 +197,17 @@ def disasm(arch, layout, function):
 
 @main.command()
 def layouts():
-    """List the patch-site layouts (one compiled object each) per arch."""
-    from .targets import LAYOUTS, default_layout
+    """List the patch-site layouts (one compiled object each) per arch.  The default (*) is
+    the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
+    from .profiles import get_profile
+    from .targets import LAYOUTS
     t = Table(title="patch-site layouts")
     for col in ("arch", "layout", "default", "kernel", "description"):
         t.add_column(col)
     for arch in ARCH_NAMES:
+        default = get_profile(arch, "latest").layout
         for name, lay in LAYOUTS[arch].items():
-            t.add_row(arch, name, "*" if name == default_layout(arch) else "", lay.kernels,
-                      lay.description)
+            t.add_row(arch, name, "*" if name == default else "", lay.kernels, lay.description)
     _console().print(t)
 
 
@@ -324,7 +326,10 @@ def support(arch, version):
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--profile", "-p", default=None,
               help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
-@click.option("--layout", "-l", default=None, help="override the profile's site layout")
+@click.option("--layout", "-l", default=None,
+              help="build the profile with this site layout (one its kernel era is built with; "
+                   "what the layout fixes, e.g. x86 fentry-ibt's 9-byte skip, follows it); "
+                   "without --profile: the newest preset using the layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
 @click.argument("items", nargs=-1, required=True)
 def show(arch, profile, layout, what, items):

@@ -19,26 +19,39 @@ from .machine.memory import Arena
 from .machine.machine import CallTask
 from .machine.scheduler import Scheduler
 from .ftrace.kconfig import check
-from .profiles import Profile, get_profile, presets
-from .targets import get_layout, load_target
+from .profiles import (Profile, get_profile, layout_violations, presets, version_key,
+                       with_layout)
+from .targets import LAYOUTS, get_layout, load_target
 
 
 def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
-    """The profile a kernel is built with: the one given (a preset name or a Profile), with its
-    layout replaced if `layout` is given; or, for a bare layout, the newest preset using it."""
+    """The profile a kernel is built with: the one given (a preset name, a version or a
+    Profile; default latest), rebuilt with `layout` if that is given (its era must be built
+    with that layout; the switches the layout fixes follow it, profiles.with_layout); or, for a
+    bare layout, the newest preset using it that is not a bug profile (those only by name).
+    A profile whose switches contradict its layout is refused unless it is a bug profile."""
+    if layout is not None and (not isinstance(layout, str) or layout not in LAYOUTS[arch]):
+        raise UsageError(f"unknown layout {layout!r} for {arch}; known: "
+                         f"{', '.join(LAYOUTS[arch])}")
     if profile is None and layout is not None:
-        get_layout(arch, layout)                       # unknown layout -> UsageError
-        matching = [p for p in presets(arch).values() if p.layout == layout]
+        matching = [p for p in presets(arch).values() if p.layout == layout and not p.bug]
         if not matching:
             raise UsageError(f"no {arch} profile uses layout {layout!r}")
-        return check(matching[-1])
+        return check(max(matching, key=lambda p: version_key(p.kernel)))
     chosen = profile if isinstance(profile, Profile) else get_profile(arch, profile)
     if chosen.arch != arch:
         raise UsageError(f"profile {chosen.name} is for {chosen.arch}, not {arch}")
     if layout is not None and layout != chosen.layout:
-        get_layout(arch, layout)
-        chosen = chosen.with_(layout=layout)
-    return check(chosen)
+        chosen = with_layout(chosen, layout)
+    check(chosen)                                      # Kconfig rules first: ConfigError
+    if not chosen.bug:
+        contradictions = layout_violations(chosen)
+        if contradictions:
+            raise UsageError(f"profile {chosen.name} contradicts its layout: "
+                             + "; ".join(contradictions)
+                             + " (a deliberate mismatch must be a bug profile: "
+                               "with_(bug=True))")
+    return chosen
 
 
 @dataclass(frozen=True)

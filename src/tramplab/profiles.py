@@ -199,6 +199,79 @@ def _riscv(v: str) -> dict:
 _ARCH_DERIVE = {"x86_64": _x86, "arm64": _arm64, "riscv64": _riscv}
 
 
+# --------------------------------------------------------------------------------------------
+# Layouts: which compiled patch-site layouts a kernel era is built with, and what a layout fixes
+# --------------------------------------------------------------------------------------------
+X86_PATCH_SIZE = 5                 # the call/nop5 at the site
+ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
+
+
+def layouts_for(arch: str, version: str) -> tuple[str, ...]:
+    """The layouts a kernel of `arch` at `version` is built with (its Makefile's flags):
+    x86_64 fentry, plus fentry-ibt from CONFIG_X86_KERNEL_IBT (v5.18); arm64 pfe2 before
+    CALL_OPS (v6.3), callops and callops-bti from it; riscv64 exactly one per era (pfe8 before
+    v6.3, pfe4 to v6.15, callops from v6.16).  Eras older than an arch's oldest layout (the
+    -pg/mcount kernels: x86 before -mfentry, arm64 before v5.5) have no compiled object and are
+    modelled with that oldest layout; none of them has a BPF trampoline."""
+    a = get_arch(arch).name
+    h = lambda f: has(a, f, version)   # noqa: E731
+    if a == "x86_64":
+        return ("fentry", "fentry-ibt") if h("ibt") else ("fentry",)
+    if a == "arm64":
+        return ("callops", "callops-bti") if h("call_ops") else ("pfe2",)
+    return (_riscv(version)["layout"],)
+
+
+def layout_switches(arch: str, layout: str) -> dict:
+    """The switches a layout itself fixes, whatever the era: on x86 where the original's body
+    starts (the BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
+    starts with endbr64: is_endbr() in arch_prepare_bpf_trampoline).  arm64 returns through the
+    saved LR (skip 0 with or without bti c); on riscv64 each era has one layout, so the era's
+    switches already match it."""
+    from .targets.layouts import LAYOUT_LIST
+    a = get_arch(arch).name
+    lay = next((x for x in LAYOUT_LIST if x.arch == a and x.name == layout), None)
+    if lay is None:
+        raise UsageError(f"unknown layout {layout!r} for {a}")
+    if a == "x86_64":
+        return {"bpf_site_skip": lay.entry.landing_pad_size + X86_PATCH_SIZE}
+    return {}
+
+
+def layout_violations(p: Profile) -> list[str]:
+    """How a profile's switches contradict its layout (beyond the Kconfig rules of
+    ftrace.kconfig): a layout its kernel era is not built with, or BPF trampoline entry/skip
+    switches other than what the layout and the era give.  Bug profiles break these on
+    purpose and are chosen only by name."""
+    out = []
+    allowed = layouts_for(p.arch, p.kernel)
+    if p.layout not in allowed:
+        out.append(f"{p.arch} v{p.kernel} kernels are built with layout "
+                   f"{' or '.join(allowed)}, not {p.layout!r}")
+        return out
+    want = dict(layout_switches(p.arch, p.layout))
+    if p.arch != "x86_64":
+        era = _ARCH_DERIVE[p.arch](p.kernel)
+        want.update(bpf_entry=era["bpf_entry"], bpf_site_skip=era["bpf_site_skip"])
+    for switch, value in want.items():
+        if getattr(p, switch) != value:
+            out.append(f"layout {p.layout!r} at v{p.kernel} gives {switch} = {value!r}, the "
+                       f"profile says {getattr(p, switch)!r}")
+    return out
+
+
+def with_layout(p: Profile, layout: str) -> Profile:
+    """`p` built with another layout: allowed if its era is built with that layout; the
+    switches the layout fixes follow it (e.g. x86 fentry-ibt -> bpf_site_skip 9)."""
+    allowed = layouts_for(p.arch, p.kernel)
+    if layout not in allowed:
+        users = [n for n, q in presets(p.arch).items() if q.layout == layout and not q.bug]
+        raise UsageError(f"layout {layout!r} contradicts profile {p.name}: {p.arch} "
+                         f"v{p.kernel} kernels are built with layout {' or '.join(allowed)}"
+                         + (f"; profiles built with {layout}: {', '.join(users)}" if users else ""))
+    return p.with_(layout=layout, **layout_switches(p.arch, layout))
+
+
 def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
     """The profile of `arch` at kernel `version`, from the timeline."""
     a = get_arch(arch).name
@@ -242,9 +315,8 @@ def _special(arch: str) -> dict[str, Profile]:
     if arch == "x86_64":
         lts = dict(multi_flags="SAVE_REGS", note="6.6.y LTS, with the v6.8 MULTI_FLAGS fix backported")
         out["v6.6"] = profile_for(arch, "6.6").with_(**lts)
-        out["v6.6-ibt"] = profile_for(arch, "6.6", "v6.6-ibt").with_(
-            layout="fentry-ibt", bpf_site_skip=9, multi_flags="SAVE_REGS",
-            note="6.6.y IBT kernel: endbr64 before the site")
+        out["v6.6-ibt"] = with_layout(profile_for(arch, "6.6", "v6.6-ibt"), "fentry-ibt").with_(
+            multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site")
         out["v6.4"] = profile_for(arch, "6.4").with_(
             bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site with "
                  "another ops goes through ftrace_caller, which ignores orig_ax")
@@ -259,8 +331,8 @@ def _special(arch: str) -> dict[str, Profile]:
             note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
                  "still assumes the 16-byte sled (orig_call += 16, returns through ra)")
     if arch == "arm64":
-        out["v6.16-bti"] = profile_for(arch, "6.16", "v6.16-bti").with_(
-            layout="callops-bti", note="BTI kernel: bti c at func+0")
+        out["v6.16-bti"] = with_layout(profile_for(arch, "6.16", "v6.16-bti"),
+                                       "callops-bti").with_(note="BTI kernel: bti c at func+0")
     return out
 
 
