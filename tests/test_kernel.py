@@ -203,3 +203,18 @@ def test_the_default_layout_is_the_latest_profiles():
               if line.count("│") >= 4 and "*" in line.split("│")[3]}
     assert marked == {(a, Kernel(a).layout_name) for a in LAYOUTS}
     assert ("riscv64", "callops") in marked
+
+
+def test_readme_install_line_and_default_layouts():
+    """The README's first commands install the test extra (so `python -m pytest -q` works right
+    after it in a fresh venv), and its layout table marks the latest profile's layouts."""
+    import re
+    from pathlib import Path
+    from tramplab.profiles import get_profile
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines()[0].startswith("pip install -e '.[test]'")
+    assert "python -m pytest -q" in first_block
+    defaults = set(re.findall(r"^  \| (\w+) \| `([\w-]+)` \(default\)", readme, re.M))
+    assert defaults == {(a, get_profile(a, "latest").layout) for a in LAYOUTS}
+    assert "Not yet built" not in readme
