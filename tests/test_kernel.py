@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from tramplab import Kernel, Oops, UsageError
+from tramplab.errors import KernelError
 from tramplab.cli import main
 from tramplab.selftests import targets
 from tramplab.targets import LAYOUTS
@@ -128,3 +129,92 @@ def test_extra_units_link_a_thousand_more_traceable_functions(arch):
     assert all(len(k.function(f"tramplab_many_{i:03d}").sites) == 1 for i in (0, 517, 999))
     with pytest.raises(UsageError, match="unknown unit"):
         Kernel(arch, units=("few",))
+
+
+# ------------------------------------------------------------------ layouts and profiles agree
+# Every (arch, layout), bare or with a profile: a traced fexit call returns the right value, or
+# the kernel is refused with the rule (UsageError), or that kernel has no BPF trampolines on
+# kernel functions (the kernel's ENOTSUPP) -- never an oops from a profile contradicting its
+# layout.  "ok:<profile>" = works, built with that profile.
+LAYOUT_OUTCOMES = {
+    ("x86_64", "fentry", None): "ok:latest",
+    ("x86_64", "fentry", "latest"): "ok:latest",
+    ("x86_64", "fentry-ibt", None): "ok:v6.6-ibt",
+    ("x86_64", "fentry-ibt", "latest"): "ok:latest",          # skip 9 derived from the layout
+    ("x86_64", "fentry-ibt", "v6.6"): "ok:v6.6",
+    ("x86_64", "fentry-ibt", "v5.5"): "usage:v5.5 kernels are built with layout fentry;",
+    ("x86_64", "fentry", "v6.6-ibt"): "ok:v6.6-ibt",          # and back to 5
+    ("arm64", "pfe2", None): "ENOTSUPP",                      # v6.0: no direct calls yet
+    ("arm64", "pfe2", "latest"): "usage:built with layout callops or callops-bti",
+    ("arm64", "callops", None): "ok:latest",
+    ("arm64", "callops", "latest"): "ok:latest",
+    ("arm64", "callops-bti", None): "ok:v6.16-bti",
+    ("arm64", "callops-bti", "latest"): "ok:latest",
+    ("arm64", "callops", "v6.0"): "usage:built with layout pfe2",
+    ("riscv64", "pfe4", None): "ok:v6.8",                     # not seed000-mismatch
+    ("riscv64", "pfe4", "latest"): "usage:profiles built with pfe4: v6.3, v6.8",
+    ("riscv64", "pfe8", None): "ENOTSUPP",                    # v6.2: no BPF trampoline JIT
+    ("riscv64", "pfe8", "latest"): "usage:built with layout callops",
+    ("riscv64", "pfe8", "v6.8"): "usage:built with layout pfe4",
+    ("riscv64", "callops", None): "ok:latest",
+    ("riscv64", "callops", "latest"): "ok:latest",
+    ("riscv64", "callops", "v6.8"): "usage:built with layout pfe4",
+}
+
+
+def test_the_outcome_table_covers_every_layout():
+    assert {(a, l) for a, l, _ in LAYOUT_OUTCOMES} == set(LAYOUT_PARAMS)
+
+
+@pytest.mark.parametrize("arch,layout,profile", list(LAYOUT_OUTCOMES))
+def test_every_layout_works_or_is_refused(arch, layout, profile):
+    want = LAYOUT_OUTCOMES[(arch, layout, profile)]
+    if want.startswith("usage:"):
+        with pytest.raises(UsageError, match=want[len("usage:"):]):
+            Kernel(arch, profile=profile, layout=layout)
+        return
+    k = Kernel(arch, profile=profile, layout=layout)
+    assert k.layout_name == layout and not k.profile.bug
+    seen = []
+    if want == "ENOTSUPP":
+        with pytest.raises(KernelError) as e:
+            k.fexit("bpf_fentry_test1")(lambda ctx: seen.append(ctx.ret))
+        assert e.value.name == "ENOTSUPP"
+    else:
+        assert k.profile.name == want[len("ok:"):]
+        k.fexit("bpf_fentry_test1")(lambda ctx: seen.append(ctx.ret))
+        assert k.call("bpf_fentry_test1", 1) == 2 and seen == [2]
+
+
+def test_a_profile_contradicting_its_layout_needs_bug_true():
+    from tramplab.profiles import get_profile
+    wrong = get_profile("x86_64").with_(layout="fentry-ibt")           # keeps the 5-byte skip
+    with pytest.raises(UsageError, match="bpf_site_skip = 9, the profile says 5"):
+        Kernel("x86_64", profile=wrong)
+    k = Kernel("x86_64", profile=wrong.with_(bug=True))               # on purpose: allowed
+    assert k.profile.bpf_site_skip == 5
+    assert Kernel("riscv64", profile="seed000-mismatch").profile.bug  # bug presets by name
+
+
+def test_the_default_layout_is_the_latest_profiles():
+    r = CliRunner().invoke(main, ["layouts"])
+    assert r.exit_code == 0
+    marked = {tuple(c.strip() for c in line.split("│")[1:3]) for line in r.output.splitlines()
+              if line.count("│") >= 4 and "*" in line.split("│")[3]}
+    assert marked == {(a, Kernel(a).layout_name) for a in LAYOUTS}
+    assert ("riscv64", "callops") in marked
+
+
+def test_readme_install_line_and_default_layouts():
+    """The README's first commands install the test extra (so `python -m pytest -q` works right
+    after it in a fresh venv), and its layout table marks the latest profile's layouts."""
+    import re
+    from pathlib import Path
+    from tramplab.profiles import get_profile
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert first_block.splitlines()[0].startswith("pip install -e '.[test]'")
+    assert "python -m pytest -q" in first_block
+    defaults = set(re.findall(r"^  \| (\w+) \| `([\w-]+)` \(default\)", readme, re.M))
+    assert defaults == {(a, get_profile(a, "latest").layout) for a in LAYOUTS}
+    assert "Not yet built" not in readme

@@ -95,3 +95,59 @@ def test_profile_lookup_errors():
     with pytest.raises(UsageError, match="is for riscv64"):
         Kernel("arm64", profile=get_profile("riscv64"))
     assert get_profile("x86_64", "v6.9").kernel == "6.9"
+
+
+# Kernel versions: MAJOR.MINOR[.PATCH], from the arch's first kernel with dynamic ftrace up to
+# the end of the timelines (profiles.check_version); anything else names the rule.
+BAD_VERSIONS = [
+    ("x86_64", "v1.0", "earliest supported x86_64 kernel is 2.6.27"),
+    ("x86_64", "2.6.26", "earliest supported x86_64 kernel is 2.6.27"),
+    ("x86_64", "2.6", "earliest supported x86_64 kernel is 2.6.27"),
+    ("arm64", "3.17", "earliest supported arm64 kernel is 3.18"),
+    ("riscv64", "5.5.19", "earliest supported riscv64 kernel is 5.6"),
+    ("x86_64", "99.1", "timelines, which end at 7.1"),
+    ("arm64", "7.2", "timelines, which end at 7.1"),
+    ("x86_64", "5.15.-1", "bad kernel version"),
+    ("x86_64", "5..15", "bad kernel version"),
+    ("x86_64", "6.16-rc1", "bad kernel version"),
+    ("x86_64", " 6.6", "bad kernel version"),
+    ("x86_64", "+6.6", "bad kernel version"),
+    ("x86_64", "6.6.1.1", "bad kernel version"),
+    ("x86_64", "\u0666.\u0666", "bad kernel version"),       # Arabic-Indic digits
+]
+
+
+@pytest.mark.parametrize("arch,version,rule", BAD_VERSIONS)
+def test_versions_outside_the_timelines_are_refused(arch, version, rule):
+    with pytest.raises(UsageError, match=rule):
+        profile_for(arch, version.lstrip("v"))
+    with pytest.raises(UsageError, match=f"{rule}|unknown profile .* 2.6.27..7.1"):
+        Kernel(arch, profile="v" + version.lstrip("v"))
+
+
+@pytest.mark.parametrize("arch,version", [("x86_64", "2.6.27"), ("arm64", "v3.18"),
+                                          ("riscv64", "5.6"), ("x86_64", "7.1.12"),
+                                          ("riscv64", "v6.9")])
+def test_versions_inside_the_timelines_are_accepted(arch, version):
+    assert get_profile(arch, version).kernel == version.lstrip("v")
+
+
+def test_profile_names_that_are_not_versions():
+    with pytest.raises(UsageError, match="unknown profile 'v6'.*2.6.27..7.1"):
+        get_profile("x86_64", "v6")
+    with pytest.raises(UsageError, match="a profile is a preset name"):
+        Kernel("x86_64", profile=["latest"])
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_presets_agree_with_their_layouts(arch):
+    """Each preset's layout is one its era is built with, and (bug profiles aside) the switches
+    a layout fixes are the layout's: x86 fentry-ibt skips endbr64 + nop5 = 9 bytes."""
+    from tramplab.profiles import layout_violations, layouts_for
+    for name, p in presets(arch).items():
+        assert p.layout in layouts_for(arch, p.kernel), name
+        assert p.bug or layout_violations(p) == [], name
+    if arch == "x86_64":
+        assert presets(arch)["v6.6-ibt"].bpf_site_skip == 9
+    if arch == "riscv64":
+        assert layout_violations(presets(arch)["seed000-mismatch"])    # the seed's mismatch

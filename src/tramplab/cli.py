@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 the model ran and something failed (an oops, a failing 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import click
@@ -14,8 +15,15 @@ from rich.table import Table
 
 from .arch import ARCH_NAMES, get_arch
 from .errors import KernelError, Oops, TramplabError, UsageError
+from .profiles import LATEST, earliest
 
+MAX_CPUS = 64           # = MachineConfig.MAX_CPUS (not imported: keeps startup free of Unicorn)
 ARCH_HELP = "x86_64 | arm64 | riscv64 (aliases: amd64, aarch64, rv64, ...)"
+# The kernels the timelines cover (profiles.check_version): before its first kernel with
+# dynamic ftrace an arch has nothing to patch; after LATEST the timelines say nothing.
+VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
+                 + ", ".join(f"{a} {earliest(a)}" for a in ARCH_NAMES)
+                 + f") to the latest, {LATEST}")
 
 
 def _console() -> Console:
@@ -39,8 +47,38 @@ class _Group(click.Group):
             click.echo(f"tramplab: {e}", err=True)
             sys.exit(1)
         except TramplabError as e:
+            from .ftrace.kconfig import ConfigError     # a profile Kconfig cannot build: usage
             click.echo(f"tramplab: error: {e}", err=True)
-            sys.exit(1)
+            sys.exit(2 if isinstance(e, ConfigError) else 1)
+
+
+_NUMBER = re.compile(r"-[0-9].*")     # -5, -0x10, -1,2 (struct words): no option starts so
+
+
+class _NumbersCommand(click.Command):
+    """A command whose ARGS may be negative numbers: `tramplab call ... bpf_fentry_test2 -5 10`.
+    click alone reads `-5` as an unknown option (and `-0xa` as `-a` with a value); here a token
+    of '-' and a digit is always an argument, options stay options wherever they are."""
+
+    def parse_args(self, ctx, args):
+        takes_value = {name: not (p.is_flag or p.count)
+                       for p in self.get_params(ctx) if isinstance(p, click.Option)
+                       for name in (*p.opts, *p.secondary_opts)}
+        options, arguments = [], []
+        tokens = iter(args)
+        for tok in tokens:
+            if tok == "--":
+                arguments += tokens
+            elif _NUMBER.fullmatch(tok) or not tok.startswith("-") or tok == "-":
+                arguments.append(tok)
+            else:
+                options.append(tok)                    # unknown ones: click's own error
+                if takes_value.get(tok):               # its value, even "-1"
+                    value = next(tokens, None)
+                    if value is None:                  # missing: click's own error
+                        return super().parse_args(ctx, args)
+                    options.append(value)
+        return super().parse_args(ctx, [*options, "--", *arguments])
 
 
 def _arch(value: str) -> str:
@@ -83,18 +121,25 @@ def _format_value(value, ctype) -> str:
     return str(value)
 
 
-@main.command()
+@main.command(cls=_NumbersCommand)
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
-@click.option("--cpu", default=0, show_default=True, help="CPU to run the call on")
-@click.option("--cpus", default=None, type=int, help="CPUs in the machine (default: cpu+1)")
+@click.option("--cpu", default=0, show_default=True, type=click.IntRange(0, MAX_CPUS - 1),
+              help="CPU to run the call on")
+@click.option("--cpus", default=None, type=click.IntRange(1, MAX_CPUS),
+              help="CPUs in the machine (default: cpu+1)")
 @click.argument("function")
 @click.argument("args", nargs=-1)
 def call(arch, layout, cpu, cpus, function, args):
-    """Call FUNCTION with ARGS on an emulated CPU and print its return value.
+    """Call FUNCTION with ARGS on an emulated CPU and print its return value.  ARGS are C
+    values: integers (decimal, 0x.., negative: -5), 'c' for chars, structs as comma-separated
+    64-bit words (2,3), each word within u64 or s64.
 
     Example: tramplab call --arch riscv64 bpf_fentry_test3 4 5 6   (prints 15)
     """
+    if cpus is not None and cpu >= cpus:
+        raise click.BadParameter(f"CPU {cpu} does not exist with --cpus {cpus} (CPUs are "
+                                 f"0..{cpus - 1})", param_hint="'--cpu'")
     k = _kernel(arch, layout, cpus or cpu + 1)
     fn = k.function(function)
     params = fn.proto.params
@@ -152,22 +197,25 @@ def disasm(arch, layout, function):
 
 @main.command()
 def layouts():
-    """List the patch-site layouts (one compiled object each) per arch."""
-    from .targets import LAYOUTS, default_layout
+    """List the patch-site layouts (one compiled object each) per arch.  The default (*) is
+    the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
+    from .profiles import get_profile
+    from .targets import LAYOUTS
     t = Table(title="patch-site layouts")
     for col in ("arch", "layout", "default", "kernel", "description"):
         t.add_column(col)
     for arch in ARCH_NAMES:
+        default = get_profile(arch, "latest").layout
         for name, lay in LAYOUTS[arch].items():
-            t.add_row(arch, name, "*" if name == default_layout(arch) else "", lay.kernels,
-                      lay.description)
+            t.add_row(arch, name, "*" if name == default else "", lay.kernels, lay.description)
     _console().print(t)
 
 
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @click.option("--profile", "-p", default="latest", show_default=True,
-              help="profile preset, 'all' (every preset but the seed-bug ones), or vX.Y")
+              help="profile preset, 'all' (every preset but the seed-bug ones), or vX.Y[.Z] "
+                   f"({VERSIONS_HELP})")
 @click.option("--test", "-t", "tests", multiple=True, help="run only these tests (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
 def selftest(arch, profile, tests, as_json):
@@ -257,7 +305,8 @@ def profiles(arch):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--kernel", "-k", "version", required=True, help="kernel version, e.g. 5.15")
+@click.option("--kernel", "-k", "version", required=True,
+              help=f"kernel version MAJOR.MINOR[.PATCH], e.g. 5.15; {VERSIONS_HELP}")
 def support(arch, version):
     """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
     and, for what does not, why."""
@@ -275,14 +324,23 @@ def support(arch, version):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
-@click.option("--layout", "-l", default=None, help="override the profile's site layout")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
+@click.option("--layout", "-l", default=None,
+              help="build the profile with this site layout (one its kernel era is built with; "
+                   "what the layout fixes, e.g. x86 fentry-ibt's 9-byte skip, follows it); "
+                   "without --profile: the newest preset using the layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
 @click.argument("items", nargs=-1, required=True)
 def show(arch, profile, layout, what, items):
     """Show a patch site in each state (`show site FUNC`) or a generated BPF trampoline with its
     stack layout (`show trampoline fexit:bpf_fentry_test1 [fentry:...]`)."""
     from . import show as views
+    if what == "trampoline":
+        funcs = list(dict.fromkeys(views.parse_prog_spec(spec)[1] for spec in items))
+        if len(funcs) > 1:
+            raise UsageError(f"one trampoline per function: {', '.join(funcs)} have one each; "
+                             "show them one at a time")
     k = _profile_kernel(arch, profile, layout)
     if what == "site":
         lines = []
@@ -295,7 +353,8 @@ def show(arch, profile, layout, what, items):
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--profile", "-p", default=None, help="profile preset (default latest) or vX.Y")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
 @click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
 @click.option("--function", "-f", default=None,
               help="function to call (default: the first program's target), e.g. a caller")

@@ -12,33 +12,46 @@ import difflib
 from dataclasses import dataclass
 
 from .arch import get_arch
-from .errors import UsageError
+from .errors import KernelError, UsageError
 from .machine import Machine
 from .machine.callconv import assign, from_ret
 from .machine.memory import Arena
 from .machine.machine import CallTask
 from .machine.scheduler import Scheduler
 from .ftrace.kconfig import check
-from .profiles import Profile, get_profile, presets
-from .targets import get_layout, load_target
+from .profiles import (Profile, get_profile, layout_violations, presets, version_key,
+                       with_layout)
+from .targets import LAYOUTS, get_layout, load_target
 
 
 def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
-    """The profile a kernel is built with: the one given (a preset name or a Profile), with its
-    layout replaced if `layout` is given; or, for a bare layout, the newest preset using it."""
+    """The profile a kernel is built with: the one given (a preset name, a version or a
+    Profile; default latest), rebuilt with `layout` if that is given (its era must be built
+    with that layout; the switches the layout fixes follow it, profiles.with_layout); or, for a
+    bare layout, the newest preset using it that is not a bug profile (those only by name).
+    A profile whose switches contradict its layout is refused unless it is a bug profile."""
+    if layout is not None and (not isinstance(layout, str) or layout not in LAYOUTS[arch]):
+        raise UsageError(f"unknown layout {layout!r} for {arch}; known: "
+                         f"{', '.join(LAYOUTS[arch])}")
     if profile is None and layout is not None:
-        get_layout(arch, layout)                       # unknown layout -> UsageError
-        matching = [p for p in presets(arch).values() if p.layout == layout]
+        matching = [p for p in presets(arch).values() if p.layout == layout and not p.bug]
         if not matching:
             raise UsageError(f"no {arch} profile uses layout {layout!r}")
-        return check(matching[-1])
+        return check(max(matching, key=lambda p: version_key(p.kernel)))
     chosen = profile if isinstance(profile, Profile) else get_profile(arch, profile)
     if chosen.arch != arch:
         raise UsageError(f"profile {chosen.name} is for {chosen.arch}, not {arch}")
     if layout is not None and layout != chosen.layout:
-        get_layout(arch, layout)
-        chosen = chosen.with_(layout=layout)
-    return check(chosen)
+        chosen = with_layout(chosen, layout)
+    check(chosen)                                      # Kconfig rules first: ConfigError
+    if not chosen.bug:
+        contradictions = layout_violations(chosen)
+        if contradictions:
+            raise UsageError(f"profile {chosen.name} contradicts its layout: "
+                             + "; ".join(contradictions)
+                             + " (a deliberate mismatch must be a bug profile: "
+                               "with_(bug=True))")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -89,9 +102,43 @@ class Kernel:
             self._bpf = BpfManager(self)
         return self._bpf
 
+    def _check_program_args(self, kind: str, target, name, cookie, calls) -> None:
+        """Refuse bad arguments of fentry/fexit/fmod_ret/freplace before anything is loaded."""
+        from .bpf.prog import BpfProg
+        what = f"{kind}(target)"
+        if isinstance(target, BpfProg):
+            loaded = getattr(self, "_bpf", None)
+            if loaded is None or loaded.progs.get(target.name) is not target:
+                raise UsageError(f"{what}: BPF program {target.name!r} is not loaded in this "
+                                 "kernel (a target must be a program loaded here)")
+        elif isinstance(target, str):
+            self.function(target)                     # unknown name -> UsageError (did you mean)
+            if kind == "freplace":                    # the verifier's verdict, before loading
+                raise KernelError("EINVAL", f"freplace (BPF_PROG_TYPE_EXT) replaces BPF "
+                                            f"functions only, not the kernel function {target}")
+        else:
+            raise UsageError(f"{what}: the target must be a kernel function name (str) or a "
+                             f"loaded BPF program, not {type(target).__name__} {target!r}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise UsageError(f"{kind}: name must be a non-empty str, not {name!r}")
+        if isinstance(cookie, bool) or not isinstance(cookie, int) or \
+                not 0 <= cookie <= 0xFFFFFFFFFFFFFFFF:
+            raise UsageError(f"{kind}: cookie must be an integer 0..2**64-1 (the BPF cookie is "
+                             f"a u64), not {cookie!r}")
+        if calls is not None:
+            if not isinstance(calls, str):
+                raise UsageError(f"{kind}: calls must be a kernel function name, not {calls!r}")
+            self.function(calls)
+
     def _program(self, kind: str, target, name, func_ip, cookie, calls, attach):
+        self._check_program_args(kind, target, name, cookie, calls)
+
         def load(body):
-            base = name or body.__name__
+            if not callable(body):
+                takes = "the target's arguments" if kind == "freplace" else "ctx"
+                raise UsageError(f"{kind}: the program body must be a callable of {takes}, "
+                                 f"not {type(body).__name__} {body!r}")
+            base = name or getattr(body, "__name__", kind)
             pname, n = base, 1
             while pname in self.bpf.progs:
                 n += 1
@@ -121,7 +168,15 @@ class Kernel:
 
     def call_prog(self, prog, *args, cpu: int = 0) -> int:
         """Run a BPF function program (like bpf_prog_test_run): args in registers, u64 result."""
-        self.machine.cpu(cpu)
+        from .bpf.prog import BpfProg
+        loaded = getattr(self, "_bpf", None)
+        if not isinstance(prog, BpfProg) or loaded is None or \
+                loaded.progs.get(prog.name) is not prog:
+            raise UsageError(f"call_prog: {prog!r} is not a BPF program loaded in this kernel")
+        for a in args:
+            if isinstance(a, bool) or not isinstance(a, int) or not -(1 << 63) <= a < (1 << 64):
+                raise UsageError(f"call_prog: arguments are 64-bit integers, not {a!r}")
+        self._cpu(cpu)
         task = self.machine.call(prog.image, list(args), cpu=cpu, name=prog.name)
         return task.result
 
@@ -156,6 +211,8 @@ class Kernel:
 
     # ------------------------------------------------------------------ lookup
     def function(self, name: str) -> Function:
+        if not isinstance(name, str):
+            raise UsageError(f"a kernel function is named by a str, not {name!r}")
         try:
             return self.functions[name]
         except KeyError:
@@ -167,11 +224,34 @@ class Kernel:
         return self.machine.kallsyms.format(addr)
 
     # ------------------------------------------------------------------ calls
+    def _cpu(self, cpu) -> int:
+        if isinstance(cpu, bool) or not isinstance(cpu, int):
+            raise UsageError(f"cpu must be an integer CPU number, not {cpu!r}")
+        self.machine.cpu(cpu)                          # no such CPU -> UsageError
+        return cpu
+
+    @staticmethod
+    def _check_struct_words(ctype, value) -> None:
+        """A struct given as 64-bit words: each word must fit its bytes of the struct (as an
+        unsigned or a signed number), never silently masked."""
+        if not isinstance(value, (list, tuple)):
+            return                                     # bytes, or a shape assign() refuses
+        for i, word in enumerate(value):
+            bits = min(64, max(ctype.size - 8 * i, 0) * 8)
+            if isinstance(word, int) and not isinstance(word, bool) and bits and \
+                    not -(1 << (bits - 1)) <= word < (1 << bits):
+                raise UsageError(f"{ctype.name}: word {i} ({word}) does not fit in {bits // 8} "
+                                 f"bytes (u{bits} or s{bits})")
+
     def task(self, name: str, *args, cpu: int = 0) -> CallTask:
         fn = self.function(name)
+        self._cpu(cpu)
         if fn.proto is None:
             raise UsageError(f"{name} has no prototype (no DWARF)")
         try:
+            for ctype, value in zip(fn.proto.params, args):
+                if ctype.kind == "struct":
+                    self._check_struct_words(ctype, value)
             regs, stack = assign(self.arch, fn.proto.params, list(args))
         except UsageError as e:
             raise UsageError(f"{fn.signature}: {e}") from None
@@ -183,7 +263,6 @@ class Kernel:
 
     def call(self, name: str, *args, cpu: int = 0):
         """Call a kernel function on an emulated CPU and return its C value."""
-        self.machine.cpu(cpu)
         task = self.task(name, *args, cpu=cpu)
         self.machine.start(task)
         self.machine.finish(self.machine.cpus[cpu])
@@ -193,6 +272,11 @@ class Kernel:
                   quantum: int | tuple[int, int] = 1) -> list:
         """Run several calls at once, call i on CPU i, interleaved instruction by instruction
         (or `quantum` instructions at a time) by a seeded scheduler; returns their C values."""
+        if not isinstance(calls, (list, tuple)) or not all(
+                isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[1], (list, tuple))
+                for c in calls):
+            raise UsageError("call_many wants a list of (function name, (args...)) pairs, "
+                             f"not {calls!r}")
         if len(calls) > len(self.machine.cpus):
             raise UsageError(f"{len(calls)} calls need {len(calls)} CPUs; this kernel has "
                              f"{len(self.machine.cpus)}")
@@ -204,14 +288,40 @@ class Kernel:
 
     # ------------------------------------------------------------------ data for pointer args
     def kmalloc(self, data: bytes | int, align: int = 16) -> int:
-        """Allocate kernel data (zeroed `data` bytes, or a copy of `data`); returns its address."""
-        raw = bytes(data) if isinstance(data, (bytes, bytearray)) else bytes(data)
-        addr = self.machine.heap_arena.alloc(max(len(raw), 1), align)
+        """Allocate kernel data (zeroed `data` bytes, or a copy of `data`); returns its address.
+        A heap too full for it is the kernel's ENOMEM."""
+        heap = self.machine.heap
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            raw = bytes(data)
+        elif isinstance(data, int) and not isinstance(data, bool):
+            if not 0 <= data <= heap.size:
+                raise UsageError(f"kmalloc: size must be 0..{heap.size:#x} (the heap), got {data}")
+            raw = bytes(data)
+        else:
+            raise UsageError(f"kmalloc: give a size (int) or the bytes to copy, not "
+                             f"{type(data).__name__}")
+        if isinstance(align, bool) or not isinstance(align, int) or align < 1 or \
+                align & (align - 1) or align > heap.size:
+            raise UsageError(f"kmalloc: align must be a power of two up to the heap size, "
+                             f"got {align!r}")
+        addr = self.machine.heap_arena.alloc(max(len(raw), 1), align)   # ENOMEM: nothing changed
         self.machine.memory.write(addr, raw)
         return addr
 
     def kfree(self, addr: int) -> None:
-        self.machine.heap_arena.free(addr)
+        """Free what kmalloc returned.  kfree(NULL) does nothing, as in the kernel; any other
+        address kmalloc did not return (or already freed: a double free) is refused (in the
+        kernel: a BUG) and changes nothing."""
+        if addr == 0 and not isinstance(addr, bool):
+            return
+        arena = self.machine.heap_arena
+        if isinstance(addr, bool) or not isinstance(addr, int) or addr not in arena.used:
+            shown = f"{addr:#x}" if isinstance(addr, int) else repr(addr)
+            inside = arena.owner(addr) if isinstance(addr, int) else None
+            why = (f"points inside the allocation at {inside[0]:#x}" if inside else
+                   "was not allocated by kmalloc, or was already freed (double free)")
+            raise UsageError(f"kfree: {shown} {why}")
+        arena.free(addr)
 
     @property
     def memory(self):

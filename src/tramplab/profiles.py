@@ -9,17 +9,23 @@ against the Kconfig rules (`ftrace.kconfig.check`) before a kernel is built with
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 from .arch import get_arch
 from .errors import UsageError
 
 
+_VERSION = re.compile(r"v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
+
+
 def version_key(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in version.lstrip("v").split("."))
-    except ValueError:
-        raise UsageError(f"bad kernel version {version!r} (expected e.g. 6.16)") from None
+    """(major, minor[, patch]) of 'X.Y' / 'vX.Y' / 'X.Y.Z'; anything else is a UsageError."""
+    m = _VERSION.fullmatch(version) if isinstance(version, str) else None
+    if m is None:
+        raise UsageError(f"bad kernel version {version!r} (expected MAJOR.MINOR[.PATCH], "
+                         "e.g. 6.16 or v5.15.3)")
+    return tuple(int(g) for g in m.groups() if g is not None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,6 +65,27 @@ TIMELINE: dict[str, dict[str, str | None]] = {
 }
 
 LATEST = "7.1"
+
+
+def earliest(arch: str) -> str:
+    """The first kernel tramplab models on `arch`: its first with dynamic ftrace."""
+    return TIMELINE[get_arch(arch).name]["dynamic_ftrace"]
+
+
+def check_version(arch: str, version: str) -> str:
+    """`version` without its 'v', if tramplab models that kernel on `arch`: from the arch's
+    first kernel with dynamic ftrace (x86_64 2.6.27, arm64 3.18, riscv64 5.6; before it there
+    is nothing to patch) up to LATEST, where the timelines end.  Otherwise UsageError."""
+    a = get_arch(arch).name
+    key = version_key(version)
+    first = earliest(a)
+    if key < version_key(first):
+        raise UsageError(f"{a} kernel {version}: too early; the earliest supported {a} kernel is "
+                         f"{first} (its first with dynamic ftrace)")
+    if key[:2] > version_key(LATEST):
+        raise UsageError(f"{a} kernel {version}: newer than the timelines, which end at "
+                         f"{LATEST} (the latest supported kernel)")
+    return version.lstrip("v")
 
 
 def has(arch: str, feature: str, version: str) -> bool:
@@ -172,10 +199,83 @@ def _riscv(v: str) -> dict:
 _ARCH_DERIVE = {"x86_64": _x86, "arm64": _arm64, "riscv64": _riscv}
 
 
+# --------------------------------------------------------------------------------------------
+# Layouts: which compiled patch-site layouts a kernel era is built with, and what a layout fixes
+# --------------------------------------------------------------------------------------------
+X86_PATCH_SIZE = 5                 # the call/nop5 at the site
+ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
+
+
+def layouts_for(arch: str, version: str) -> tuple[str, ...]:
+    """The layouts a kernel of `arch` at `version` is built with (its Makefile's flags):
+    x86_64 fentry, plus fentry-ibt from CONFIG_X86_KERNEL_IBT (v5.18); arm64 pfe2 before
+    CALL_OPS (v6.3), callops and callops-bti from it; riscv64 exactly one per era (pfe8 before
+    v6.3, pfe4 to v6.15, callops from v6.16).  Eras older than an arch's oldest layout (the
+    -pg/mcount kernels: x86 before -mfentry, arm64 before v5.5) have no compiled object and are
+    modelled with that oldest layout; none of them has a BPF trampoline."""
+    a = get_arch(arch).name
+    h = lambda f: has(a, f, version)   # noqa: E731
+    if a == "x86_64":
+        return ("fentry", "fentry-ibt") if h("ibt") else ("fentry",)
+    if a == "arm64":
+        return ("callops", "callops-bti") if h("call_ops") else ("pfe2",)
+    return (_riscv(version)["layout"],)
+
+
+def layout_switches(arch: str, layout: str) -> dict:
+    """The switches a layout itself fixes, whatever the era: on x86 where the original's body
+    starts (the BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
+    starts with endbr64: is_endbr() in arch_prepare_bpf_trampoline).  arm64 returns through the
+    saved LR (skip 0 with or without bti c); on riscv64 each era has one layout, so the era's
+    switches already match it."""
+    from .targets.layouts import LAYOUT_LIST
+    a = get_arch(arch).name
+    lay = next((x for x in LAYOUT_LIST if x.arch == a and x.name == layout), None)
+    if lay is None:
+        raise UsageError(f"unknown layout {layout!r} for {a}")
+    if a == "x86_64":
+        return {"bpf_site_skip": lay.entry.landing_pad_size + X86_PATCH_SIZE}
+    return {}
+
+
+def layout_violations(p: Profile) -> list[str]:
+    """How a profile's switches contradict its layout (beyond the Kconfig rules of
+    ftrace.kconfig): a layout its kernel era is not built with, or BPF trampoline entry/skip
+    switches other than what the layout and the era give.  Bug profiles break these on
+    purpose and are chosen only by name."""
+    out = []
+    allowed = layouts_for(p.arch, p.kernel)
+    if p.layout not in allowed:
+        out.append(f"{p.arch} v{p.kernel} kernels are built with layout "
+                   f"{' or '.join(allowed)}, not {p.layout!r}")
+        return out
+    want = dict(layout_switches(p.arch, p.layout))
+    if p.arch != "x86_64":
+        era = _ARCH_DERIVE[p.arch](p.kernel)
+        want.update(bpf_entry=era["bpf_entry"], bpf_site_skip=era["bpf_site_skip"])
+    for switch, value in want.items():
+        if getattr(p, switch) != value:
+            out.append(f"layout {p.layout!r} at v{p.kernel} gives {switch} = {value!r}, the "
+                       f"profile says {getattr(p, switch)!r}")
+    return out
+
+
+def with_layout(p: Profile, layout: str) -> Profile:
+    """`p` built with another layout: allowed if its era is built with that layout; the
+    switches the layout fixes follow it (e.g. x86 fentry-ibt -> bpf_site_skip 9)."""
+    allowed = layouts_for(p.arch, p.kernel)
+    if layout not in allowed:
+        users = [n for n, q in presets(p.arch).items() if q.layout == layout and not q.bug]
+        raise UsageError(f"layout {layout!r} contradicts profile {p.name}: {p.arch} "
+                         f"v{p.kernel} kernels are built with layout {' or '.join(allowed)}"
+                         + (f"; profiles built with {layout}: {', '.join(users)}" if users else ""))
+    return p.with_(layout=layout, **layout_switches(p.arch, layout))
+
+
 def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
     """The profile of `arch` at kernel `version`, from the timeline."""
     a = get_arch(arch).name
-    version_key(version)
+    version = check_version(a, version)
     h = lambda f: has(a, f, version)   # noqa: E731
     base = _ARCH_DERIVE[a](version)
     if h("single_direct_ops"):
@@ -215,9 +315,8 @@ def _special(arch: str) -> dict[str, Profile]:
     if arch == "x86_64":
         lts = dict(multi_flags="SAVE_REGS", note="6.6.y LTS, with the v6.8 MULTI_FLAGS fix backported")
         out["v6.6"] = profile_for(arch, "6.6").with_(**lts)
-        out["v6.6-ibt"] = profile_for(arch, "6.6", "v6.6-ibt").with_(
-            layout="fentry-ibt", bpf_site_skip=9, multi_flags="SAVE_REGS",
-            note="6.6.y IBT kernel: endbr64 before the site")
+        out["v6.6-ibt"] = with_layout(profile_for(arch, "6.6", "v6.6-ibt"), "fentry-ibt").with_(
+            multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site")
         out["v6.4"] = profile_for(arch, "6.4").with_(
             bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site with "
                  "another ops goes through ftrace_caller, which ignores orig_ax")
@@ -232,8 +331,8 @@ def _special(arch: str) -> dict[str, Profile]:
             note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
                  "still assumes the 16-byte sled (orig_call += 16, returns through ra)")
     if arch == "arm64":
-        out["v6.16-bti"] = profile_for(arch, "6.16", "v6.16-bti").with_(
-            layout="callops-bti", note="BTI kernel: bti c at func+0")
+        out["v6.16-bti"] = with_layout(profile_for(arch, "6.16", "v6.16-bti"),
+                                       "callops-bti").with_(note="BTI kernel: bti c at func+0")
     return out
 
 
@@ -246,13 +345,16 @@ def presets(arch: str) -> dict[str, Profile]:
 
 
 def get_profile(arch: str, name: str | None = None) -> Profile:
-    """A preset by name ('latest' by default), or 'vX.Y' / 'X.Y' for any version."""
+    """A preset by name ('latest' by default), or 'vX.Y' / 'X.Y' for any version from the
+    arch's first with dynamic ftrace to LATEST (see check_version)."""
     a = get_arch(arch).name
     table = presets(a)
     name = name or "latest"
+    if not isinstance(name, str):
+        raise UsageError(f"a profile is a preset name, a version or a Profile, not {name!r}")
     if name in table:
         return table[name]
-    if name.lstrip("v").replace(".", "").isdigit():
+    if _VERSION.fullmatch(name):
         return profile_for(a, name.lstrip("v"))
     raise UsageError(f"unknown profile {name!r} for {a}; presets: {', '.join(table)} "
-                     f"(or any version, e.g. v6.9)")
+                     f"(or any version {earliest(a)}..{LATEST}, e.g. v6.9)")

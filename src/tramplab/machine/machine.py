@@ -12,8 +12,8 @@ area out of branch range):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, ClassVar
 
 from unicorn import unicorn_const as ucc
 
@@ -54,6 +54,90 @@ class MachineConfig:
     max_insns: int = 20_000_000         # a run-to-completion longer than this is a soft lockup
     heap_size: int = 0x100000
 
+    MAX_CPUS: ClassVar[int] = 64
+    MAX_HEAP: ClassVar[int] = 1 << 30   # one anonymous mapping per machine
+    MAX_COUNT: ClassVar[int] = (1 << 63) - 1     # Unicorn counts instructions in a size_t
+    # The kernel half of the address space in the paging mode each arch's memory map is laid out
+    # for (arch/<arch>/abi.py): x86-64 4-level paging (canonical 48-bit: 0xffff8000...), arm64
+    # VA_BITS=48 (TTBR1: 0xffff0000...), riscv64 Sv39 (0xffffffc0...).
+    KERNEL_SPACE: ClassVar[dict[str, int]] = {
+        "x86_64": 0xFFFF800000000000,
+        "arm64": 0xFFFF000000000000,
+        "riscv64": 0xFFFFFFC000000000,
+    }
+
+    @classmethod
+    def with_overrides(cls, config: "MachineConfig | None", overrides: dict) -> "MachineConfig":
+        """`config` (default: the defaults) with some fields replaced; unknown names refused."""
+        if config is not None and not isinstance(config, cls):
+            raise UsageError(f"config must be a MachineConfig, not {type(config).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise UsageError(f"unknown machine option(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(known)}")
+        return replace(config or cls(), **overrides)
+
+    def validate(self, arch) -> None:
+        """Refuse a configuration the machine cannot be built from (UsageError naming the
+        rule): counts out of range, regions not page-aligned, outside the arch's kernel
+        address space, or overlapping each other."""
+        arch = get_arch(arch)
+
+        def integer(name: str, lo: int, hi: int | None = None) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    not lo <= value <= (hi if hi is not None else value):
+                limit = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise UsageError(f"{name} must be an integer {limit}, got {value!r}")
+            return value
+
+        integer("cpus", 1, self.MAX_CPUS)
+        integer("history_blocks", 1)
+        integer("max_insns", 1)
+        if self.max_insns > self.MAX_COUNT:
+            raise UsageError(f"max_insns must be < 2**63 (Unicorn's instruction count), got "
+                             f"{self.max_insns}")
+        integer("heap_size", 1)
+        if self.heap_size % PAGE_SIZE or self.heap_size > self.MAX_HEAP:
+            raise UsageError(f"heap_size must be a multiple of the page size ({PAGE_SIZE:#x}) "
+                             f"up to {self.MAX_HEAP:#x}, got {self.heap_size:#x}")
+        lay = arch.memory
+        low = self.KERNEL_SPACE[arch.name]
+        for name in ("module_area", "bpf_area"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            size = lay.module_size if name == "module_area" else lay.bpf_size
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{name} must be an integer address or None, got {value!r}")
+            if value % PAGE_SIZE:
+                raise UsageError(f"{name} {value:#x} is not page aligned ({PAGE_SIZE:#x})")
+            if not low <= value <= 2**64 - size:
+                raise UsageError(f"{name} {value:#x}: its {size:#x} bytes must lie in the "
+                                 f"{arch.name} kernel address space [{low:#x}, 2**64) "
+                                 f"(user-space or non-canonical addresses are refused)")
+        regions = self.regions(arch)
+        for i, (name, start, size) in enumerate(regions):
+            for other, ostart, osize in regions[:i]:
+                if start < ostart + osize and ostart < start + size:
+                    raise UsageError(f"region {name} [{start:#x}, {start + size:#x}) overlaps "
+                                     f"{other} [{ostart:#x}, {ostart + osize:#x})")
+
+    def regions(self, arch) -> list[tuple[str, int, int]]:
+        """(name, start, size) of every region a Machine of this configuration maps."""
+        lay = get_arch(arch).memory
+        out = [("kernel", lay.kernel_text, lay.kernel_size),
+               ("hostcalls", lay.kernel_text + lay.kernel_size, HOSTCALL_SIZE),
+               ("modules", lay.module_area if self.module_area is None else self.module_area,
+                lay.module_size),
+               ("bpf", lay.bpf_area if self.bpf_area is None else self.bpf_area, lay.bpf_size),
+               ("heap", lay.heap_area, self.heap_size)]
+        for i in range(self.cpus):
+            base = lay.stack_area + i * (lay.stack_size + STACK_STRIDE_PAD) + GUARD
+            out.append((f"stack:{i}", base - GUARD, lay.stack_size + GUARD))   # with its guard
+        return out
+
 
 @dataclass
 class Stats:
@@ -80,9 +164,8 @@ class CallTask:
 class Machine:
     def __init__(self, arch, config: MachineConfig | None = None, **overrides):
         self.arch = get_arch(arch)
-        self.config = replace(config or MachineConfig(), **overrides)
-        if not 1 <= self.config.cpus <= 64:
-            raise UsageError(f"cpus must be 1..64, got {self.config.cpus}")
+        self.config = MachineConfig.with_overrides(config, overrides)
+        self.config.validate(self.arch)
         lay = self.arch.memory
         self.memory = Memory(self.arch.phys_bits)
         self.kallsyms = Kallsyms()

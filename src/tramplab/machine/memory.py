@@ -13,7 +13,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import TramplabError
+from ..errors import KernelError, TramplabError, UsageError
 
 PAGE_SIZE = 4096
 
@@ -66,10 +66,13 @@ class Memory:
     # -- regions --
     def add_region(self, name: str, start: int, size: int, kind: str, executable: bool) -> Region:
         if start % PAGE_SIZE or size % PAGE_SIZE or size <= 0:
-            raise ValueError(f"region {name}: start and size must be page aligned")
+            raise UsageError(f"region {name}: start and size must be page aligned")
+        if not 0 <= start <= 2**64 - size:
+            raise UsageError(f"region {name} [{start:#x}, {start + size:#x}) is outside the "
+                             "64-bit address space")
         for r in self.regions:
             if start < r.end and r.start < start + size:
-                raise ValueError(f"region {name} [{start:#x}, {start + size:#x}) overlaps {r.name}")
+                raise UsageError(f"region {name} [{start:#x}, {start + size:#x}) overlaps {r.name}")
         region = Region(name, start, size, kind, executable, mmap.mmap(-1, size))
         i = bisect.bisect(self._starts, start)
         self.regions.insert(i, region)
@@ -156,9 +159,17 @@ class Arena:
                     self.free_list.insert(i, (addr + size, start + length - addr - size))
                 self.used[addr] = size
                 return addr
-        raise MemoryError(f"{self.region.name}: no room for {size} bytes")
+        raise KernelError("ENOMEM", f"{self.region.name}: no room for {size} bytes")
 
     def free(self, addr: int) -> int:
+        """Free the allocation starting at `addr`; anything else (an address never returned by
+        alloc, one inside an allocation, one already freed) is refused and changes nothing."""
+        if isinstance(addr, bool) or not isinstance(addr, int) or addr not in self.used:
+            inside = self.owner(addr) if isinstance(addr, int) else None
+            why = (f"inside the allocation at {inside[0]:#x}" if inside else
+                   "not allocated here, or already freed (double free)")
+            shown = f"{addr:#x}" if isinstance(addr, int) else repr(addr)
+            raise UsageError(f"{self.region.name}: free of {shown}: {why}")
         size = self.used.pop(addr)
         self.free_list.append((addr, size))
         self.free_list.sort()

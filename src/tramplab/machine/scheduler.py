@@ -58,6 +58,17 @@ class Scheduler:
     def __post_init__(self):
         if self.mode not in ("interleave", "sequential"):
             raise UsageError(f"scheduler mode must be interleave or sequential, not {self.mode!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UsageError(f"scheduler seed must be an integer, not {self.seed!r}")
+        q, top = self.quantum, (1 << 63) - 1     # Unicorn counts instructions in a size_t
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)   # noqa: E731
+        if isinstance(q, tuple):
+            if len(q) != 2 or not all(map(is_int, q)) or not 1 <= q[0] <= q[1] <= top:
+                raise UsageError(f"quantum range must be a (lo, hi) tuple of integers with "
+                                 f"1 <= lo <= hi (instructions per step), not {q!r}")
+        elif not is_int(q) or not 1 <= q <= top:
+            raise UsageError(f"quantum must be an integer >= 1 (instructions per step) or a "
+                             f"(lo, hi) range, not {q!r}")
         self.rng = random.Random(self.seed)
 
     def _quantum(self) -> int:

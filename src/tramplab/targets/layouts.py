@@ -129,7 +129,7 @@ LAYOUT_LIST: tuple[Layout, ...] = (
         flags=(*COMMON_FLAGS, *_X86_GCC, "-fcf-protection=none"),
         description="gcc -pg -mfentry -mrecord-mcount -mnop-mcount: a 5-byte nop at func+0, "
                     "recorded in __mcount_loc",
-        kernels="x86-64 with CONFIG_DYNAMIC_FTRACE, no IBT (v5.5+)",
+        kernels="x86-64 with CONFIG_DYNAMIC_FTRACE (-mfentry), no IBT",
         entry=EntryShape(nop=_NOP5, nops_before=0, nops_at_entry=1, landing_pad=None,
                          landing_pad_name=None, align=16, record_offset=0,
                          table="__mcount_loc"),
