@@ -5,6 +5,7 @@ import pytest
 
 from tramplab import Kernel, KernelError, Oops
 from tramplab.livepatch import Livepatch
+from tramplab.machine.machine import CallTask
 from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets
 from tramplab.selftests import run_bpf_test
@@ -133,34 +134,62 @@ def test_attach_and_detach_while_another_cpu_calls(arch):
         assert all(r == 2 for r in runs)
 
 
+def _step_into_original(k, cpu, image, lo, hi):
+    """Step CPU until it runs [lo, hi) having come from the trampoline image."""
+    entered = False
+    while True:
+        k.machine.step(cpu, 1)
+        entered |= image.addr <= cpu.pc < image.addr + len(image.code)
+        if entered and lo <= cpu.pc < hi:
+            return
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_old_image_lives_until_no_cpu_is_inside_then_is_poisoned(arch):
-    """Detach fexit while CPU 0 is inside the original called from the trampoline: CPU 0 skips
-    the fexit program via ip_after_call; the image is freed (and poisoned) by the grace-period
-    callbacks as soon as CPU 0's call returns, not before."""
+    """Detach fexit (on a BPF program: a text poke, no ftrace_shutdown to wait in) while CPU 0
+    is inside the original called from the trampoline: CPU 0 skips the fexit program via
+    ip_after_call; the image is freed (and poisoned) by the grace-period callbacks as soon as
+    CPU 0's call returns, not before."""
     k = Kernel(arch, cpus=2)
+    target = k.bpf.load_func("subprog", lambda a, b: a + b, nargs=2)
+    runs = []
+    p = k.fexit(target, name="fx")(lambda ctx: runs.append(ctx.ret))
+    image = k.bpf.trampoline_of(target).cur_image
+    task = k.machine.start(CallTask(0, target.image, [1, 2], [], "subprog"))
+    cpu = k.machine.cpus[0]
+    _step_into_original(k, cpu, image, target.image + target.site_skip,
+                        target.image + target.site_skip + 64)
+    p.link.detach()
+    assert image in k.bpf.dying                # CPU 0 still needs it
+    assert k.bpf.reclaim() == 0                # its call has not returned: no grace period
+    assert k.call_prog(target, 2, 3, cpu=1) == 5         # another CPU's calls end no period
+    assert image in k.bpf.dying
+    k.machine.finish(cpu)
+    assert task.result == 3 and runs == []     # fexit skipped, result intact
+    assert image not in k.bpf.dying and image in k.bpf.freed
+    assert k.memory.read(image.addr, 16) == k.bpf.progjit.poison(16)
+    assert k.call_prog(target, 1, 2) == 3
+
+
+@pytest.mark.parametrize("arch,profile", [("x86_64", "v6.6"), ("arm64", "latest"),
+                                          ("riscv64", "latest")])
+def test_detach_waits_in_ftrace_shutdown_for_calls_in_flight(arch, profile):
+    """The per-trampoline ftrace_ops is dynamic: unregistering it ends with ftrace_shutdown's
+    synchronize_rcu_tasks, so a call inside the original when the last program is detached
+    returns through the intact trampoline (its fexit runs) before the image is put."""
+    k = Kernel(arch, profile=profile, cpus=2)
     runs = []
     p = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: runs.append(ctx.ret))
     fn = k.function("bpf_fentry_test1")
     image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
     task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
     cpu = k.machine.cpus[0]
-    entered_image = False
-    while True:                                # run until inside the original, called from it
-        k.machine.step(cpu, 1)
-        entered_image |= image.addr <= cpu.pc < image.addr + len(image.code)
-        if entered_image and fn.addr < cpu.pc < fn.addr + fn.size:
-            break
-    p.link.detach()
-    assert image in k.bpf.dying                # CPU 0 still needs it
-    assert k.bpf.reclaim() == 0                # its call has not returned: no grace period
-    assert k.call("bpf_fentry_test1", 2, cpu=1) == 3     # another CPU's calls end no period
-    assert image in k.bpf.dying
-    k.machine.finish(cpu)
-    assert k.result(task) == 2 and runs == []  # fexit skipped, result intact
-    assert image not in k.bpf.dying and image in k.bpf.freed
-    assert k.memory.read(image.addr, 16) == k.bpf.progjit.poison(16)
-    assert k.call("bpf_fentry_test1", 1) == 2
+    _step_into_original(k, cpu, image, fn.addr + 1, fn.addr + fn.size)
+    grace_periods = k.machine.rcu.grace_periods
+    p.link.detach()                            # waits: CPU 0's call runs to its return
+    assert task.done and k.result(k.machine.finish(cpu)) == 2 and runs == [2]
+    assert k.machine.rcu.grace_periods > grace_periods
+    assert image in k.bpf.freed
 
 
 # ------------------------------------------------------------------------------- semantics

@@ -531,7 +531,8 @@ class BpfManager:
             yield from ft.register_ftrace_direct_steps(tr.fops, addr)
         else:
             if self.single_ops is None:
-                self.single_ops = FtraceOps(name="bpf_direct_ops", ops_func=self._ops_func)
+                self.single_ops = FtraceOps(name="bpf_direct_ops", ops_func=self._ops_func,
+                                            core_data=True)     # a static struct in vmlinux
             yield from ft.update_ftrace_direct_add_steps(self.single_ops, {tr.ip: addr})
 
     def _modify_steps(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> Generator:

@@ -84,6 +84,15 @@ class ArchFtrace:
         (FTRACE_ADDR when a direct trampoline is out of reach)."""
         return addr
 
+    def create_trampoline(self, ops, func: int, regs: bool) -> int:
+        """arch_ftrace_update_trampoline: a caller of this ops' own (its op and function built
+        in), or 0 where the arch has none (every site then uses the shared callers)."""
+        return 0
+
+    def free_trampoline(self, addr: int) -> None:
+        """ftrace_trampoline_free (after the grace period that made it unreachable)."""
+        raise NotImplementedError
+
     def transition(self, rec, old: SiteState, new: SiteState) -> list[TextWrite]:
         """Ordered writes taking the site from `old` to `new` (literal before the call when
         enabling, after the nop when disabling, ...)."""

@@ -76,6 +76,9 @@ class FtraceOps:
     direct_call: int = 0
     mem: int = 0                                       # in-memory mirror (func, direct_call)
     mem_name: str = ""                                 # its kallsyms name
+    core_data: bool = False        # a static ops in the kernel image: never FTRACE_OPS_FL_DYNAMIC
+    trampoline: int = 0            # its own caller (x86 create_trampoline), 0 = the shared ones
+    func_host: int = 0             # ftrace_ops_get_func(ops): its callback bound to it
     calls: int = 0
 
     def traces(self, ip: int) -> bool:
@@ -271,6 +274,8 @@ class FtraceCore:
             if addr:
                 jmp = bool(addr & 1) and self.profile.jmp
                 return SiteState(self.arch.callable_addr(rec, addr & ~1), literal, jmp)
+        if len(ops_on) == 1 and ops_on[0].trampoline:      # FTRACE_FL_TRAMP
+            return SiteState(ops_on[0].trampoline, literal)
         if any(self._needs_regs(o) for o in ops_on):
             return SiteState(self.arch.ftrace_regs_addr, literal)
         return SiteState(self.arch.ftrace_addr, literal)
@@ -282,9 +287,27 @@ class FtraceCore:
         if not active:
             return self.stub_func, 0
         if len(active) == 1:
-            ops = active[0]
-            return (self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func), ops.mem
+            return self._ops_get_func(active[0]), active[0].mem
         return self.list_func, self.list_ops
+
+    def _ops_get_func(self, ops: FtraceOps) -> int:
+        """ftrace_ops_get_func: what a caller calls for this ops alone.  A direct ops' is
+        call_direct_funcs, which reads the op it is handed; any other's is its own callback,
+        whatever op it is handed (a CPU may still hold an older function_trace_op)."""
+        if ops.flags & FL.DIRECT:
+            return self.direct_funcs
+        if not ops.func_host:
+            self._bound = getattr(self, "_bound", 0) + 1
+            ops.func_host = self.machine.hostcalls.register(
+                f"ftrace_ops_func:{ops.name}.{self._bound}",
+                lambda cpu, ip, pip, op, fregs: self._bound_func(ops, cpu, ip, pip, fregs), 4)
+        return ops.func_host
+
+    def _bound_func(self, ops: FtraceOps, cpu, ip, pip, fregs) -> None:
+        self._invoke(ops, cpu, ip, pip, fregs)
+        rec = self.records.get(ip)
+        if rec is not None:
+            rec.calls += 1
 
     def _func_writes(self, func: int, current: int | None) -> list[TextWrite]:
         return [] if func == current else self.arch.func_writes(current, func)
@@ -438,14 +461,33 @@ class FtraceCore:
         flags = ops.flags
         undo = self._mirror(ops)
         ops.flags |= FL.ENABLED | FL.INITIALIZED
+        if not ops.core_data:
+            ops.flags |= FL.DYNAMIC            # __register_ftrace_function: not core kernel data
         self.ops_list.append(ops)
         try:
+            self._update_trampoline(ops)
             yield from self._update_steps(self._ips_of(ops, ops.filter))
         except BaseException:
             self._drop(ops)
+            self._free_trampoline(ops)
             ops.flags = flags
             undo()
             raise
+
+    def _update_trampoline(self, ops: FtraceOps) -> None:
+        """ftrace_update_trampoline: an arch with per-ops trampolines (x86) gives an ops with a
+        callback one of its own, used by every site that this ops alone traces, so such a
+        call never depends on function_trace_op.  (Direct ops come with FTRACE_REGS_ADDR
+        preset; a stub has no callback.)"""
+        if ops.trampoline or ops.func is None or ops.flags & FL.DIRECT:
+            return
+        ops.trampoline = self.arch.create_trampoline(ops, self._ops_get_func(ops),
+                                                     self._needs_regs(ops))
+
+    def _free_trampoline(self, ops: FtraceOps) -> None:
+        if ops.trampoline:
+            self.arch.free_trampoline(ops.trampoline)
+            ops.trampoline = 0
 
     def unregister_ftrace_function(self, ops: FtraceOps):
         return self._run(self.unregister_ftrace_function_steps(ops))
@@ -456,7 +498,14 @@ class FtraceCore:
         peers = self._direct_peers(ops) if ops.flags & FL.IPMODIFY else []
         self._drop(ops)
         yield from self._update_steps(self._ips_of(ops, ops.filter))
-        self.stats.synchronize_rcu += 1        # ftrace_shutdown waits before the ops can go
+        if ops.flags & FL.DYNAMIC:
+            # ftrace_shutdown: "Dynamic ops may be freed, we must make sure that all callers
+            # are done before leaving": synchronize_rcu_tasks_rude() (+ synchronize_rcu_tasks()
+            # with PREEMPTION).  Either way, in the model: every call in flight has returned,
+            # so no CPU still holds this ops (or function_trace_op = it) in a register.
+            self.stats.synchronize_rcu += 1
+            yield from self.machine.rcu.synchronize_steps("ftrace_shutdown: synchronize_rcu_tasks")
+            self._free_trampoline(ops)              # ftrace_trampoline_free
         for peer, ip in peers:
             if peer.ops_func is not None:
                 peer.ops_func(peer, ip, OpsCmd.DISABLE_SHARE_IPMODIFY_PEER)

@@ -87,7 +87,7 @@ class DirectCalls:
 
     def _global_direct_ops(self) -> FtraceOps:
         if not hasattr(self, "_direct_ops"):
-            self._direct_ops = FtraceOps(flags=self._multi_flags() | FL.PERMANENT,
+            self._direct_ops = FtraceOps(flags=self._multi_flags() | FL.PERMANENT, core_data=True,
                                          name="direct_ops")
         return self._direct_ops
 

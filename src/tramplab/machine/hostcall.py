@@ -86,11 +86,13 @@ class HostCalls:
                 self._prepare(cpu)
             args = self._read_args(cpu, hf.nargs)
             hf.calls += 1
-            outer, self.machine.in_hostcall = self.machine.in_hostcall, hf
+            m = self.machine
+            outer = m.in_hostcall, m.hostcall_cpu
+            m.in_hostcall, m.hostcall_cpu = hf, cpu
             try:
                 ret = hf.func(cpu, *args)
             finally:
-                self.machine.in_hostcall = outer
+                m.in_hostcall, m.hostcall_cpu = outer
             fast = cpu.fast
             for rid, value in self._poison:
                 fast.write(rid, value)

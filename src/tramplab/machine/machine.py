@@ -172,6 +172,7 @@ class Machine:
         self.stats = Stats()
         self.trap_handlers: list[Callable] = []
         self.in_hostcall = None              # the host function running now, if any
+        self.hostcall_cpu = None             # ... and the CPU that called it
         self.stopping = 0                    # stop_machine waiting: CPUs start no new call
         self.abort_hooks: list[Callable] = []    # f(cpu): a call was abandoned mid-way
         m = self.memory
@@ -268,6 +269,8 @@ class Machine:
     def step(self, cpu: Cpu, count: int) -> bool:
         """Run up to `count` instructions of the CPU's task; True when it has returned."""
         task = cpu.task
+        if task is None:
+            raise UsageError(f"CPU {cpu.index} is not running a call")
         self._execute(cpu, count)
         task.steps += count
         return self._finish_if_returned(cpu)

@@ -42,7 +42,8 @@ class CallSeq:
     ended: list[int] = field(default_factory=list)      # clock at each call's return
 
     @property
-    def results(self) -> list:
+    def result(self) -> list:
+        """The raw results of the calls, in order."""
         return [c.result for c in self.calls]
 
 

@@ -191,7 +191,34 @@ class ArchFtraceImpl(ArchFtrace):
         self._regs_caller = rbase
         self._call_sites.append(regs.labels["ftrace_regs_call"])
         self._poking: dict[int, bytes] = {}
+        self._trampolines: dict[int, str] = {}
         self.machine.trap_handlers.append(self._int3_handler)
+
+    # -- per-ops trampolines (arch/x86/kernel/ftrace.c create_trampoline) --------------------
+    def create_trampoline(self, ops, func: int, regs: bool) -> int:
+        """A copy of ftrace_caller (ftrace_regs_caller if the ops needs regs) whose op is the
+        ops pointer stored right after the code and whose ftrace_call calls `func`: a site
+        this ops alone traces calls it, so no global variable decides what that call does."""
+        def gen(e, op_slot):
+            if regs:
+                gen_ftrace_regs_caller(e, op_slot, func, self.profile.jmp)
+            else:
+                gen_ftrace_caller(e, op_slot, func, self.profile.with_args)
+        size = len(assemble(lambda e: gen(e, 0), self.machine.modules.start).code)
+        slot_off = (size + 7) & ~7
+        base = self.machine.module_arena.alloc(slot_off + 8)
+        code = assemble(lambda e: gen(e, base + slot_off), base).code
+        data = code + bytes(slot_off - len(code)) + ops.mem.to_bytes(8, "little")
+        self.machine.write_text(base, data)
+        self.machine.kallsyms.add(f"ftrace_trampoline:{ops.mem_name}", base, len(data), "t",
+                                  "[__builtin__ftrace]")
+        self._trampolines[base] = f"ftrace_trampoline:{ops.mem_name}"
+        return base
+
+    def free_trampoline(self, addr: int) -> None:
+        size = self.machine.module_arena.free(addr)
+        self.machine.write_text(addr, b"\xcc" * size)
+        self.machine.kallsyms.remove(self._trampolines.pop(addr))
 
     # -- records and sites ------------------------------------------------------------
     def rec_ip(self, site) -> int:

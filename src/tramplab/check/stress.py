@@ -1,0 +1,338 @@
+"""Concurrency stress: CPUs call traced functions while a host actor attaches and detaches BPF
+programs and ftrace ops, interleaved instruction by instruction by a seeded scheduler.
+
+Every schedule runs on a fresh kernel, so a schedule replays alone from its seed:
+
+    r = run_schedule(ERAS["x86_64 v6.6"], seed=17)     # ScheduleResult; r.violations
+    report = stress(ERAS["arm64 far"], schedules=200)   # StressReport over seeds 0..199
+
+Per call the invariants are:
+- no oops, no error escaping from an operation;
+- the call returns the function's value (or what an fmod_ret program that ran returned);
+- every program and ftrace callback that ran saw the call's arguments, fexit its return value;
+- a program (or ops) attached for the whole call -- its attach finished before the call's first
+  instruction, its detach (if any) began after the call returned -- ran exactly once, except an
+  fexit program whose trampoline was regenerated during the call (another program attached to
+  or detached from the function): the kernel puts the old image by turning its ip_after_call
+  into a jump over the fexit programs, so a call still in the original skips them -- at most
+  once then;
+- one detached for the whole call never ran, and an overlapping one ran at most once;
+and after every schedule: no trampoline image still dying and no grace-period callback pending
+(every call has returned, so every grace period has elapsed).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..errors import KernelError, TramplabError
+from ..ftrace import FL, FtraceOps
+from ..machine.machine import CallTask
+from ..machine.scheduler import CallSeq, HostTask, Scheduler
+
+
+@dataclass(frozen=True)
+class Era:
+    """One patching protocol to stress: a profile and the machine options that select it."""
+
+    arch: str
+    profile: str
+    options: tuple = ()            # (name, value) pairs for Kernel(..., **options)
+    note: str = ""
+
+
+def _far(arch: str, offset: int) -> tuple:
+    from ..arch import get_arch
+    return (("bpf_area", get_arch(arch).memory.kernel_text + offset),)
+
+
+ERAS = {
+    "x86_64 v5.5": Era("x86_64", "v5.5", note="direct by ip, int3 poke, SAVE_REGS direct ops"),
+    "x86_64 v6.6": Era("x86_64", "v6.6", note="ops per trampoline, modify through a stub ops"),
+    "x86_64 latest": Era("x86_64", "latest", note="single direct ops, jmp mode"),
+    "arm64 near": Era("arm64", "latest", note="CALL_OPS, bl to the trampoline"),
+    "arm64 far": Era("arm64", "latest", _far("arm64", -(1 << 30)),
+                     note="trampolines out of bl range: through ftrace_caller and x17"),
+    "riscv64 v6.8": Era("riscv64", "v6.8", note="auipc+jalr sites, stop_machine, !PREEMPTION"),
+    "riscv64 latest": Era("riscv64", "latest", note="CALL_OPS, jalr-only atomic patching"),
+}
+
+# (kind, target): what the host actor attaches and detaches
+POOL = (("fentry", "bpf_fentry_test1"), ("fexit", "bpf_fentry_test1"),
+        ("fentry", "bpf_fentry_test2"), ("fexit", "bpf_fentry_test2"),
+        ("fmod_ret", "bpf_modify_return_test"), ("fexit", "bpf_modify_return_test"),
+        ("ops", "bpf_fentry_test1"), ("ops", "bpf_fentry_test2"))
+TARGETS = ("bpf_fentry_test1", "bpf_fentry_test2", "bpf_modify_return_test")
+FMOD_RET_VALUE = 777
+
+
+@dataclass
+class Run:
+    """One run of a program body or ftrace callback."""
+
+    name: str
+    task: object
+    args: list
+    ret: int | None = None
+
+
+@dataclass
+class Op:
+    name: str
+    attach: bool
+    start: int = -1
+    end: int = -1
+    error: str = ""
+
+
+@dataclass
+class Attachment:
+    name: str
+    kind: str
+    target: str
+    prog: object = None            # BpfProg, or FtraceOps for "ops"
+    link: object = None
+    attached: bool = False
+    fmod_ret: int = 0              # what an fmod_ret body returns
+
+
+@dataclass
+class ScheduleResult:
+    era: Era
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    calls: int = 0
+    ops: int = 0
+    steps: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass
+class StressReport:
+    era: Era
+    results: list[ScheduleResult]
+
+    @property
+    def failures(self) -> list[ScheduleResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def steps(self) -> int:
+        return sum(r.steps for r in self.results)
+
+
+class _Schedule:
+    def __init__(self, era: Era, seed: int, cpus: int, calls: int, ops: int):
+        from ..kernel import Kernel
+        self.era = era
+        self.rng = random.Random(seed)
+        self.k = Kernel(era.arch, profile=era.profile, cpus=cpus, **dict(era.options))
+        self.k.bpf
+        self.runs: list[Run] = []
+        self.sched = Scheduler(self.k.machine, seed=seed, quantum=1)
+        self.pool = [a for a in self._pool()]
+        self.ops = self._plan_ops(ops)
+        self.seqs = [self._plan_calls(cpu, calls) for cpu in range(cpus)]
+        self.result = ScheduleResult(era, seed)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _pool(self):
+        p = self.k.profile
+        for i, (kind, target) in enumerate(POOL):
+            if kind == "fmod_ret" and not p.fmod_ret:
+                continue
+            if kind != "ops" and not (p.bpf_trampoline and p.direct_calls):
+                continue
+            a = Attachment(f"{kind}_{target}_{i}", kind, target)
+            if kind == "ops":
+                ip = self.k.ftrace.ip_of(target)
+                a.prog = FtraceOps(func=self._ops_callback(a), name=a.name, filter={ip},
+                                   flags=FL.SAVE_REGS_IF_SUPPORTED)
+            else:
+                a.fmod_ret = self.rng.choice((0, FMOD_RET_VALUE))
+                a.prog = self.k.bpf.load(a.name, kind, self._body(a), target)
+            yield a
+
+    def _body(self, a: Attachment):
+        def body(ctx):
+            ret = ctx.ret if a.kind != "fentry" else None
+            self.runs.append(Run(a.name, ctx.cpu.task, list(ctx.args), ret))
+            return a.fmod_ret
+        return body
+
+    def _ops_callback(self, a: Attachment):
+        machine = self.k.machine
+
+        def callback(ip, parent_ip, ops, fregs):
+            cpu = machine.hostcall_cpu
+            args = [fregs.arg(0)] if fregs is not None else []
+            self.runs.append(Run(a.name, cpu.task if cpu is not None else None, args))
+        return callback
+
+    def _plan_ops(self, n: int) -> list[tuple[Attachment, Op]]:
+        state = {a.name: False for a in self.pool}
+        plan = []
+        for _ in range(n if self.pool else 0):
+            a = self.rng.choice(self.pool)
+            attach = not state[a.name]
+            state[a.name] = attach
+            plan.append((a, Op(a.name, attach)))
+        return plan
+
+    def _plan_calls(self, cpu: int, n: int) -> CallSeq:
+        calls = []
+        for _ in range(n):
+            name = self.rng.choice(TARGETS)
+            a = self.rng.randrange(1, 100)
+            if name == "bpf_fentry_test1":
+                args = (a,)
+            elif name == "bpf_fentry_test2":
+                args = (a, self.rng.randrange(1, 1 << 20))
+            else:
+                args = (a, self.k.kmalloc(self.rng.randrange(1, 100).to_bytes(4, "little")))
+            calls.append(self.k.task(name, *args, cpu=cpu))
+        return CallSeq(cpu, calls)
+
+    # -- the host actor ---------------------------------------------------------------------
+    def _actor(self):
+        k, sched = self.k, self.sched
+        for a, op in self.ops:
+            op.start = sched.clock
+            try:
+                if a.kind == "ops":
+                    steps = (k.ftrace.register_ftrace_function_steps(a.prog) if op.attach
+                             else k.ftrace.unregister_ftrace_function_steps(a.prog))
+                    yield from steps
+                elif op.attach:
+                    a.link = yield from k.bpf.attach_steps(a.prog)
+                else:
+                    yield from k.bpf.detach_steps(a.link)
+            except KernelError as e:
+                op.error = str(e)
+            else:
+                a.attached = op.attach
+            op.end = sched.clock
+            yield
+
+    # -- running and checking -----------------------------------------------------------------
+    def run(self) -> ScheduleResult:
+        r = self.result
+        mem = self.k.memory
+        before = {id(t): mem.read_u32(t.reg_args[1]) for s in self.seqs for t in s.calls
+                  if t.name == "bpf_modify_return_test"}
+        try:
+            self.sched.run([*self.seqs, HostTask(self._actor(), "attach/detach")])
+        except TramplabError as e:
+            r.violations.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        r.steps = self.sched.clock
+        r.ops = len(self.ops)
+        for _, op in self.ops:
+            if op.error:
+                r.violations.append(f"{'attach' if op.attach else 'detach'} of {op.name} "
+                                    f"failed: {op.error}")
+        if r.violations:
+            return r
+        for seq in self.seqs:
+            for i, task in enumerate(seq.calls):
+                r.calls += 1
+                self._check_call(task, seq.started[i], seq.ended[i], before)
+        if self.k.bpf.dying:
+            r.violations.append(f"images still dying after every call returned: "
+                                f"{[im.name for im in self.k.bpf.dying]}")
+        if self.k.machine.rcu.pending:
+            r.violations.append("grace-period callbacks pending after every call returned")
+        return r
+
+    def _window(self, name: str, start: int, end: int) -> str:
+        """How the attachment's life covers the call [start, end] (clock steps): 'whole'
+        (attach finished before the call began, no detach began before it returned), 'none'
+        (every attach began after it returned or its detach finished before it began), or
+        'overlap'."""
+        pairs: list[list] = []
+        for a, op in self.ops:
+            if op.name != name or op.error:
+                continue
+            if op.attach:
+                pairs.append([op, None])
+            else:
+                pairs[-1][1] = op
+        if any(at.end < start and (dt is None or dt.start > end) for at, dt in pairs):
+            return "whole"
+        if all(at.start > end or (dt is not None and dt.end < start) for at, dt in pairs):
+            return "none"
+        return "overlap"
+
+    def _regenerated(self, target: str, start: int, end: int) -> bool:
+        """Some BPF attach/detach on `target` overlapped [start, end]: its image may have
+        been replaced while the call ran."""
+        return any(a.target == target and a.kind != "ops" and not op.error
+                   and op.start <= end and op.end >= start for a, op in self.ops)
+
+    def _check_call(self, task: CallTask, start: int, end: int, before: dict) -> None:
+        r, k = self.result, self.k
+        value = k.result(task)
+        where = f"{task.name}{tuple(task.reg_args)} on CPU {task.cpu} (clock {start}..{end})"
+        runs = [run for run in self.runs if run.task is task]
+        expect = self._expected(task, runs, before)
+        if value != expect:
+            r.violations.append(f"{where} returned {value}, expected {expect}")
+        for a in self.pool:
+            if a.target != task.name:
+                continue
+            n = sum(run.name == a.name for run in runs)
+            window = self._window(a.name, start, end)
+            if window == "whole" and a.kind == "fexit" and self._regenerated(a.target, start, end):
+                window = "overlap"
+            want = {"whole": (1,), "none": (0,), "overlap": (0, 1)}[window]
+            if n not in want:
+                r.violations.append(f"{where}: {a.name} ran {n} times; attached for "
+                                    f"{window} of the call")
+        for run in runs:
+            self._check_run(run, task, value, where)
+        for run in runs:
+            if not any(a.name == run.name and a.target == task.name for a in self.pool):
+                r.violations.append(f"{where}: {run.name} ran, but it traces another function")
+
+    def _expected(self, task: CallTask, runs: list[Run], before: dict) -> int:
+        a = task.reg_args
+        if task.name == "bpf_fentry_test1":
+            return _s32(a[0] + 1)
+        if task.name == "bpf_fentry_test2":
+            return _s32(a[0] + a[1])
+        for run in runs:
+            att = next(x for x in self.pool if x.name == run.name)
+            if att.kind == "fmod_ret" and att.fmod_ret:
+                return att.fmod_ret
+        return _s32(a[0] + before[id(task)] + 1)
+
+    def _check_run(self, run: Run, task: CallTask, value: int, where: str) -> None:
+        r = self.result
+        want = [_s32(task.reg_args[0])] + list(task.reg_args[1:])
+        got = list(run.args)
+        if run.name.startswith("ops_"):
+            got, want = [_s32(got[0])] if got else [], want[:1] if got else []
+        if got != want:
+            r.violations.append(f"{where}: {run.name} saw args {got}, expected {want}")
+        if run.ret is not None and run.name.startswith("fexit") and run.ret != value:
+            r.violations.append(f"{where}: {run.name} saw return value {run.ret}, the call "
+                                f"returned {value}")
+
+
+def _s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >> 31 else v
+
+
+def run_schedule(era: Era, seed: int, *, cpus: int = 2, calls: int = 3,
+                 ops: int = 4) -> ScheduleResult:
+    """One seeded schedule on a fresh kernel: `cpus` CPUs making `calls` calls each while the
+    host actor performs `ops` attach/detach operations."""
+    return _Schedule(era, seed, cpus, calls, ops).run()
+
+
+def stress(era: Era, schedules: int, *, first_seed: int = 0, **kw) -> StressReport:
+    return StressReport(era, [run_schedule(era, s, **kw)
+                              for s in range(first_seed, first_seed + schedules)])
