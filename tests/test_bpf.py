@@ -27,10 +27,16 @@ def test_selftest_matrix(arch, profile, test):
 
 
 def state(k):
-    """Everything a failed attach must leave unchanged: text/BPF memory and manager state."""
+    """Everything a failed attach must leave unchanged: all of memory, the allocators,
+    kallsyms, ftrace's ops and the manager's trampolines and images."""
+    m = k.machine
     tr = {key: (t.count, t.flags, t.cur_image and t.cur_image.addr)
           for key, t in k.bpf.trampolines.items()}
-    return k.memory.snapshot(("text", "bpf", "hostcall")), tr
+    arenas = [(dict(a.used), list(a.free_list))
+              for a in (m.heap_arena, m.bpf_arena, m.module_arena, k.text_arena)]
+    ftrace = ([o.name for o in k.ftrace.ops_list], dict(k.ftrace.direct_functions))
+    return (k.memory.snapshot(), tr, arenas, sorted(s.name for s in m.kallsyms), ftrace,
+            len(k.bpf._ims), len(k.bpf.dying))
 
 
 def refused(k, name, fn):
@@ -83,6 +89,40 @@ def test_attach_errors_leave_memory_and_state_unchanged(arch):
     refused(k, "EBUSY", lambda: k.bpf.attach(p))
     bad = k.fmod_ret("bpf_fentry_test1", name="not_allowed", attach=False)(lambda c: 0)
     refused(k, "EINVAL", lambda: k.bpf.attach(bad))
+
+
+@pytest.mark.parametrize("arch,profile", [("arm64", "v6.0"), ("riscv64", "v6.3")])
+def test_enotsupp_for_kernel_functions_before_direct_calls_changes_nothing(arch, profile):
+    """(Seen before: these refusals zeroed 64 heap bytes each.)"""
+    k = Kernel(arch, profile=profile)
+    p = k.fexit("bpf_fentry_test1", name="fx", attach=False)(lambda ctx: 0)
+    for _ in range(3):
+        refused(k, "ENOTSUPP", lambda: k.bpf.attach(p))
+
+
+@pytest.mark.parametrize("arch,offset", [("x86_64", -(3 << 30)), ("riscv64", -(3 << 30))])
+def test_jit_out_of_branch_range_is_erange_and_changes_nothing(arch, offset):
+    """BPF code 3 GiB from the kernel cannot call its helpers: the JIT's emit_call returns
+    -ERANGE (seen before: an encoder error, and a 64-byte heap leak per attempt)."""
+    lay = Kernel(arch).arch.memory
+    k = Kernel(arch, bpf_area=lay.kernel_text + offset)
+    for _ in range(3):
+        e = refused(k, "ERANGE", lambda: k.fentry("bpf_fentry_test1", name="far")(lambda c: 0))
+    assert "out of range" in e.rule and "far" not in k.bpf.progs
+
+
+def test_failed_register_of_a_new_ftrace_ops_frees_its_mirror():
+    """An IPMODIFY conflict is refused before any text changes; the ops' in-memory mirror
+    allocated on the way is released and its bytes restored."""
+    from tramplab.ftrace import FL, FtraceOps
+    from tramplab.livepatch import Livepatch
+    k = Kernel("x86_64")
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    ip = k.ftrace.ip_of("bpf_fentry_test1")
+    other = FtraceOps(func=lambda *a: None, name="ipmod", flags=FL.IPMODIFY | FL.SAVE_REGS,
+                      filter={ip})
+    refused(k, "EBUSY", lambda: k.ftrace.register_ftrace_function(other))
+    assert other.mem == 0 and not other.trampoline
 
 
 def test_more_args_than_the_profile_supports_is_enotsupp():

@@ -150,23 +150,45 @@ class BpfManager:
                                         "in this kernel", feature="func_ip")
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
                        id=next(_ids))
-        prog.mem = self.kernel.kmalloc(64)
-        self.machine.kallsyms.add(f"bpf_prog_struct:{name}", prog.mem, 64, "d")
-        host = self.machine.hostcalls.register(f"bpf_prog_body:{name}", self._body_host(prog),
-                                               5 if kind in ("func", "freplace") else 2)
-        calls_addr = self.kernel.function(calls).addr if calls else None
-        self._place_image(prog, host, calls_addr)
+        undo: list = []
+        try:
+            self._load_steps(prog, undo)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
         self.progs[name] = prog
         return prog
 
-    def _place_image(self, prog: BpfProg, host: int, calls: int | None) -> None:
+    def _load_steps(self, prog: BpfProg, undo: list) -> None:
+        """Give the program its struct, body and image; every step leaves its undo (a refusal
+        -- ERANGE from the JIT, ENOMEM -- puts memory and tables back as they were)."""
+        m = self.machine
+        mem = m.heap_arena.alloc(64, 16)
+        saved = m.memory.read(mem, 64)
+        undo.append(lambda: (m.memory.write(mem, saved), m.heap_arena.free(mem)))
+        m.memory.write(mem, bytes(64))
+        prog.mem = mem
+        m.kallsyms.add(f"bpf_prog_struct:{prog.name}", mem, 64, "d")
+        undo.append(lambda: m.kallsyms.remove(f"bpf_prog_struct:{prog.name}"))
+        host = m.hostcalls.register(f"bpf_prog_body:{prog.name}", self._body_host(prog),
+                                    5 if prog.kind in ("func", "freplace") else 2)
+        undo.append(lambda: m.hostcalls.unregister(f"bpf_prog_body:{prog.name}"))
+        calls_addr = self.kernel.function(prog.calls).addr if prog.calls else None
+        self._place_image(prog, host, calls_addr, undo)
+
+    def _place_image(self, prog: BpfProg, host: int, calls: int | None, undo: list) -> None:
         """JIT the program's image into the BPF area (the arch emits it; label "site" is its
         patchable entry, and site_skip is where its body starts after the site)."""
         gen = lambda e: self.progjit.gen_prog_image(e, self.kernel, host, calls)   # noqa: E731
-        size = len(assemble(gen, self.machine.bpf.start).code)
+        what = f"program {prog.name}"
+        size = len(_jit(what, lambda: assemble(gen, self.machine.bpf.start)).code)
         addr = self.machine.bpf_arena.alloc(size, 8)
-        code = assemble(gen, addr)
+        undo.append(lambda: self.machine.bpf_arena.free(addr))
+        code = _jit(what, lambda: assemble(gen, addr))
+        old = self.machine.memory.read(addr, len(code.code))
         self.machine.write_text(addr, code.code)
+        undo.append(lambda: self.machine.write_text(addr, old))
         self.machine.kallsyms.add(f"bpf_prog_{prog.name}", addr, len(code.code), "t", "[bpf]")
         site = code.labels["site"]
         prog.image, prog.site = addr, site
@@ -230,16 +252,16 @@ class BpfManager:
         return self.kernel.function(t).proto
 
     # ================================================================== enter/exit helpers
-    def _prog_by_mem(self, mem: int) -> BpfProg:
+    def _prog_by_mem(self, cpu, mem: int, helper: str) -> BpfProg:
         for p in self.progs.values():
             if p.mem == mem:
                 return p
-        raise KernelError("EFAULT", f"no bpf_prog at {mem:#x}")
+        raise self.machine.oops(cpu, f"{helper}({mem:#x}): no struct bpf_prog there")
 
     def _prog_enter(self, cpu, prog_mem, run_ctx):
         """__bpf_prog_enter_recur: switch current->bpf_ctx to this run_ctx; a program already
         active on this CPU is not run again (misses++, return 0 = skip)."""
-        prog = self._prog_by_mem(prog_mem)
+        prog = self._prog_by_mem(cpu, prog_mem, "__bpf_prog_enter_recur")
         mem = self.machine.memory
         mem.write_u64(run_ctx + 8, self._bpf_ctx.get(cpu.index, 0))    # saved_run_ctx
         self._bpf_ctx[cpu.index] = run_ctx
@@ -251,7 +273,11 @@ class BpfManager:
         return 1                                   # NO_START_TIME
 
     def _prog_exit(self, cpu, prog_mem, start, run_ctx):
-        prog = self._prog_by_mem(prog_mem)
+        prog = self._prog_by_mem(cpu, prog_mem, "__bpf_prog_exit_recur")
+        if not prog._active.get(cpu.index):
+            raise self.machine.oops(cpu, f"__bpf_prog_exit_recur({prog.name}) without "
+                                         "__bpf_prog_enter_recur on this CPU (the trampoline "
+                                         "code changed under the call)")
         self._bpf_ctx[cpu.index] = self.machine.memory.read_u64(run_ctx + 8)
         prog._active[cpu.index] -= 1
         return 0
@@ -453,14 +479,15 @@ class BpfManager:
     def _build_image(self, tr: Trampoline) -> TrampImage:
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
         Nothing is written yet, and a refusal leaves the allocators as they were."""
-        size = self._jit(tr, lambda: self.jit.trampoline_size(self._spec(tr, 0, 0)))
+        what = f"trampoline for {tr.name}"
+        size = _jit(what, lambda: self.jit.trampoline_size(self._spec(tr, 0, 0)))
         if size > PAGE_SIZE:
             raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
                                        f"> PAGE_SIZE ({PAGE_SIZE})")
         addr = self.machine.bpf_arena.alloc(size, 16)
         im = self.machine.heap_arena.alloc(IM_SIZE, 16)
         try:
-            image = self._jit(tr, lambda: self.jit.prepare_trampoline(self._spec(tr, addr, im)))
+            image = _jit(what, lambda: self.jit.prepare_trampoline(self._spec(tr, addr, im)))
         except BaseException:
             self.machine.heap_arena.free(im)
             self.machine.bpf_arena.free(addr)
@@ -469,15 +496,6 @@ class BpfManager:
         name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.stack_diagram, image.marks, name)
-
-    @staticmethod
-    def _jit(tr: Trampoline, run):
-        """The JIT's emit_call and friends return -ERANGE for a target out of reach."""
-        try:
-            return run()
-        except EncodeError as e:
-            raise KernelError("ERANGE", f"trampoline for {tr.name}: a target is out of "
-                                        f"range of the arch's branches ({e})") from None
 
     def _install_steps(self, tr: Trampoline) -> Generator:
         new = self._build_image(tr)
@@ -685,6 +703,15 @@ class BpfManager:
             return self.trampolines[key]
         except KeyError:
             raise UsageError(f"nothing is attached to {target}") from None
+
+
+def _jit(what: str, run):
+    """The JITs' emit_call and friends return -ERANGE for a target out of reach."""
+    try:
+        return run()
+    except EncodeError as e:
+        raise KernelError("ERANGE", f"{what}: a target is out of range of the arch's "
+                                    f"branches ({e})") from None
 
 
 def _func_proto(prog: BpfProg):

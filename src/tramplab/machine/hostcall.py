@@ -40,6 +40,8 @@ class HostCalls:
         machine.memory.fill(region.start, region.size, arch.ret_insn)
         self._arg_ids = None
         self._poison: list[tuple[int, int]] | None = None
+        self._next_slot = 1                   # slot 0: the return trap
+        self._free_slots: list[int] = []
 
     def _prepare(self, cpu) -> None:
         arch = self.machine.arch
@@ -55,15 +57,29 @@ class HostCalls:
             raise ValueError(f"host function {name} already registered")
         if nargs > 8:
             raise ValueError("host calls take at most 8 arguments")
-        addr = self.region.start + SLOT * (len(self.by_addr) + 1)   # slot 0: return trap
-        if addr + SLOT > self.region.end:
-            raise MemoryError("host-call region full")
+        if self._free_slots:
+            addr = self._free_slots.pop()
+        else:
+            addr = self.region.start + SLOT * self._next_slot
+            if addr + SLOT > self.region.end:
+                from ..errors import KernelError
+                raise KernelError("ENOMEM", f"no room for host function {name}: the host-call "
+                                            f"region holds {self._next_slot - 1} functions")
+            self._next_slot += 1
         hf = HostFunction(name, addr, func, nargs)
         self.by_addr[addr] = hf
         self.by_name[name] = hf
         if symbol:
             self.machine.kallsyms.add(name, addr, SLOT, "t", None)
         return addr
+
+    def unregister(self, name: str) -> None:
+        """Take a function back (a load that failed half way); its slot can be reused."""
+        hf = self.by_name.pop(name)
+        del self.by_addr[hf.addr]
+        if name in self.machine.kallsyms:
+            self.machine.kallsyms.remove(name)
+        self._free_slots.append(hf.addr)
 
     def addr(self, name: str) -> int:
         return self.by_name[name].addr

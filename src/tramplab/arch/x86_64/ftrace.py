@@ -190,6 +190,9 @@ class ArchFtraceImpl(ArchFtrace):
         self.machine.kallsyms.add("ftrace_regs_caller", rbase, len(regs.code), "t")
         self._regs_caller = rbase
         self._call_sites.append(regs.labels["ftrace_regs_call"])
+        self.labels = {"ftrace_caller": base, "ftrace_call": caller.labels["ftrace_call"],
+                       "ftrace_regs_caller": rbase,
+                       "ftrace_regs_call": regs.labels["ftrace_regs_call"]}
         self._poking: dict[int, bytes] = {}
         self._trampolines: dict[int, str] = {}
         self.machine.trap_handlers.append(self._int3_handler)

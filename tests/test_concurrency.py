@@ -1,0 +1,295 @@
+"""Correct under concurrency and failure (issue 8): grace periods, publication order, the
+two-instruction poke, failed and forbidden operations, program bodies that raise, and the
+seeded stress run with its invariants -- including checks that the stress run fails when a
+mechanism is taken away (so it can fail)."""
+import pytest
+
+from tramplab import Kernel, KernelError, Oops, ProgramError, UsageError
+from tramplab.check.stress import ERAS, run_schedule, stress
+from tramplab.ftrace import FL, FtraceOps
+from tramplab.machine.rcu import TasksRcu, Waiting
+
+ERA_NAMES = list(ERAS)
+
+
+def step_to(k, cpu, pc: int, limit: int = 20_000) -> None:
+    for _ in range(limit):
+        if cpu.pc == pc:
+            return
+        k.machine.step(cpu, 1)
+    raise AssertionError(f"CPU {cpu.index} never reached {pc:#x}")
+
+
+def until_waiting(gen) -> None:
+    """Run a host operation up to the point where it waits for CPUs (its grace period)."""
+    while not isinstance(next(gen), Waiting):
+        pass
+
+
+def finish_op(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+# ------------------------------------------------------------------------------ grace periods
+def test_a_grace_period_waits_for_every_cpu_that_was_in_a_call():
+    k = Kernel("arm64", cpus=3)
+    m = k.machine
+    t0 = m.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    m.step(m.cpus[0], 3)
+    m.start(k.task("bpf_fentry_test1", 1, cpu=1))       # started, not entered: quiescent
+    ran = []
+    m.rcu.call(lambda: ran.append("cb"), "test")
+    assert ran == [] and m.rcu.waiting_on() == [0]
+    assert k.call("bpf_fentry_test2", 1, 2, cpu=2) == 3  # other CPUs' calls end nothing
+    m.finish(m.cpus[1])
+    assert ran == []
+    m.finish(m.cpus[0])
+    assert ran == ["cb"] and t0.done
+
+
+def test_callbacks_queued_by_callbacks_wait_for_a_new_grace_period():
+    k = Kernel("x86_64", cpus=2)
+    m = k.machine
+    order = []
+    m.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    m.step(m.cpus[0], 2)
+    m.rcu.call(lambda: (order.append(1), m.rcu.call(lambda: order.append(2))))
+    m.start(k.task("bpf_fentry_test1", 1, cpu=1))
+    m.step(m.cpus[1], 2)                 # in a call when the second period starts ...
+    m.finish(m.cpus[0])
+    assert order == [1]                  # ... so the chained callback waits for CPU 1
+    m.finish(m.cpus[1])
+    assert order == [1, 2]
+
+
+@pytest.mark.parametrize("era", ["arm64 far", "riscv64 latest"])
+def test_image_reached_through_a_register_outlives_the_detach(era):
+    """Seen before: CPU inside ftrace_caller with the trampoline's address only in a register
+    (x17 on arm64, t1 on riscv), not yet branched; the old image was freed and reused.  Now the
+    detach (ftrace_shutdown) waits for that call and the image is freed after it returned."""
+    e = ERAS[era]
+    k = Kernel(e.arch, profile=e.profile, cpus=2, **dict(e.options))
+    runs = []
+    p = k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append(ctx.args))
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 5, cpu=0))
+    reg = "x17" if e.arch == "arm64" else "t1"
+    for _ in range(2000):                                   # until the address is in reg
+        k.machine.step(cpu, 1)
+        if cpu.reg(reg) == image.addr and not image.addr <= cpu.pc < image.addr + image.size:
+            break
+    else:
+        raise AssertionError(f"{reg} never held the image address")
+    gen = k.bpf.detach_steps(p.link)
+    until_waiting(gen)                                      # the site is already restored
+    assert image not in k.bpf.freed
+    k.machine.finish(cpu)                                   # the call goes through the image
+    finish_op(gen)
+    assert k.result(task) == 6 and runs == [[5]]
+    assert image in k.bpf.freed
+    q = k.fentry("bpf_fentry_test2", name="reuses")(lambda ctx: None)   # may reuse the memory
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == [[5]]
+    q.link.detach()
+
+
+# ------------------------------------------------------------------------------ publication order
+@pytest.mark.parametrize("profile", ["v6.6", "latest"])
+def test_cpu_inside_ftrace_regs_caller_across_an_update_uses_a_matching_op(profile):
+    """x86: CPU 0 enters ftrace_regs_caller for bpf_fentry_test1 (shared by a BPF trampoline
+    and an ftrace ops) and stops right before `call ftrace_regs_call`, with function_trace_op
+    loaded.  The ftrace ops is unregistered: the callers go from the list function to
+    call_direct_funcs.  Published in the kernel's order, the op CPU 0 holds is the one the
+    new function expects, so the fentry program (attached throughout) runs exactly once."""
+    k = Kernel("x86_64", profile=profile, cpus=2)
+    ft = k.ftrace
+    runs = []
+    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append(ctx.args))
+    seen = []
+    ops = FtraceOps(func=lambda *a: seen.append(1), name="tracer",
+                    filter={ft.ip_of("bpf_fentry_test1")}, flags=FL.SAVE_REGS)
+    ft.register_ftrace_function(ops)
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 7, cpu=0))
+    step_to(k, cpu, ft.arch.labels["ftrace_regs_call"])
+    gen = ft.unregister_ftrace_function_steps(ops)
+    until_waiting(gen)                                      # the update is done; shutdown waits
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert k.result(task) == 8 and runs == [[7]]
+    assert seen == []              # the ops being removed: the callers already call the direct one
+
+
+# ------------------------------------------------------------------------------ two-instruction pokes
+def test_riscv_ip_after_call_is_never_rewritten_under_a_cpu_between_its_nops():
+    """riscv latest: CPU 0 returned from the original into the old image and stopped between
+    ip_after_call's two nops.  Another program is attached (the trampoline is regenerated):
+    modify_ftrace_direct's stub ops ends with ftrace_shutdown's grace period, so the old image
+    is put -- and ip_after_call rewritten to `auipc; jalr` -- only after CPU 0 left it."""
+    k = Kernel("riscv64", cpus=2)
+    runs = []
+    k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: runs.append(ctx.ret))
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    step_to(k, cpu, image.ip_after_call + 4)                # executed the first nop
+    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append("fe"))
+    assert task.done and k.result(task) == 2 and runs == [2]
+    assert image in k.bpf.freed
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == [2, "fe", 2]
+
+
+def test_riscv_stop_machine_without_preemption_never_stops_a_cpu_inside_a_poke():
+    """v6.8 (!PREEMPTION): bpf_arch_text_poke's stop_machine waits for CPUs to reach a schedule
+    point; CPU 0, stopped between the two instructions of a BPF program's entry, finishes its
+    call first."""
+    k = Kernel("riscv64", profile="v6.8", cpus=2)
+    target = k.bpf.load_func("subprog", lambda a, b: a * b, nargs=2)
+    from tramplab.machine.machine import CallTask
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(CallTask(0, target.image, [6, 7], [], "subprog"))
+    step_to(k, cpu, target.site + 4)
+    seen = []
+    k.fentry(target, name="on_prog")(lambda ctx: seen.append(ctx.args))
+    assert task.done and task.result == 42 and seen == []
+    assert k.call_prog(target, 2, 3) == 6 and seen == [[2, 3]]
+
+
+# ------------------------------------------------------------------------------ failed / forbidden operations
+def test_detach_with_a_cpu_paused_inside_the_riscv_v68_site_completes():
+    """Seen before: detach waited ~4 s, failed with EBUSY and left the link half detached.
+    stop_machine does not fail; the paused call runs to its end meanwhile."""
+    k = Kernel("riscv64", profile="v6.8", cpus=2)
+    runs = []
+    p = k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append(ctx.args))
+    site = k.ftrace.record("bpf_fentry_test1").ip
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 3, cpu=0))
+    step_to(k, cpu, site + 4)                               # between auipc and jalr
+    p.link.detach()
+    assert task.done and k.result(k.machine.finish(cpu)) == 4 and runs == [[3]]
+    assert not p.link.attached
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == [[3]]
+    with pytest.raises(KernelError) as e:
+        p.link.detach()
+    assert e.value.name == "EINVAL" and "already detached" in e.value.rule
+    p.link = k.bpf.attach(p)
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == [[3], [1]]
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_detach_or_attach_from_inside_a_program_is_refused(arch):
+    k = Kernel(arch)
+    other = k.fentry("bpf_fentry_test2", name="other", attach=False)(lambda ctx: 0)
+    box = {}
+
+    def body(ctx):
+        if "mode" in box:
+            return 0
+        box["mode"] = 1
+        box["link"].detach()
+    p = k.fentry("bpf_fentry_test1", name="selfdetach", attach=False)(body)
+    box["link"] = p.link = k.bpf.attach(p)
+    with pytest.raises(ProgramError) as e:
+        k.call("bpf_fentry_test1", 1)
+    assert "selfdetach" in str(e.value) and isinstance(e.value.__cause__, UsageError)
+    assert "atomic context" in str(e.value.__cause__)
+    assert p.link.attached                                  # nothing changed
+    assert k.call("bpf_fentry_test1", 1) == 2 and p.misses == 0
+    box.pop("mode")
+    box["link"] = None
+
+    def attacher(ctx):
+        k.bpf.attach(other)
+    q = k.fentry("bpf_fentry_test3", name="attacher")(attacher)
+    with pytest.raises(ProgramError, match="attacher"):
+        k.call("bpf_fentry_test3", 1, 2, 3)
+    q.link.detach()
+    p.link.detach()
+    assert not k.bpf.trampolines
+
+
+# ------------------------------------------------------------------------------ bodies that raise
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+@pytest.mark.parametrize("kind", ["fentry", "fexit"])
+def test_a_program_body_that_raises_unwinds_the_trampoline_state(arch, kind):
+    k = Kernel(arch)
+    fail = {"on": True}
+
+    def body(ctx):
+        if fail["on"]:
+            raise ValueError("boom")
+        return 0
+    p = getattr(k, kind)("bpf_fentry_test1", name="bad")(body)
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    with pytest.raises(ProgramError) as e:
+        k.call("bpf_fentry_test1", 1)
+    assert e.value.prog == "bad" and "ValueError: boom" in str(e.value)
+    assert image.pcref == 0 and not image.holders.get(0)
+    assert p._active.get(0, 0) == 0 and k.bpf.current_cookie(k.machine.cpus[0]) == 0
+    fail["on"] = False
+    assert k.call("bpf_fentry_test1", 1) == 2
+    assert p.misses == 0 and p.runs == 2
+    p.link.detach()
+    assert image in k.bpf.freed and not k.bpf.dying
+
+
+@pytest.mark.parametrize("ret", ["7", 1.5, [1], True])
+def test_a_program_body_must_return_an_integer(ret):
+    k = Kernel("x86_64")
+    k.fmod_ret("bpf_modify_return_test", name="odd")(lambda ctx: ret)
+    b = k.kmalloc((2).to_bytes(4, "little"))
+    with pytest.raises(ProgramError, match="returned .* a BPF program returns an integer"):
+        k.call("bpf_modify_return_test", 1, b)
+    assert k.call("bpf_fentry_test1", 1) == 2
+
+
+# ------------------------------------------------------------------------------ the stress run
+STRESS_CI = 40          # schedules per era in the default run; `-m slow` runs STRESS_SLOW
+STRESS_SLOW = 1000
+
+
+@pytest.mark.parametrize("era", ERA_NAMES)
+def test_stress_attach_detach_while_cpus_call(era):
+    report = stress(ERAS[era], STRESS_CI, calls=5, ops=8)
+    bad = [(r.seed, r.violations) for r in report.failures]
+    assert not bad, f"{era}: replay with run_schedule(ERAS[{era!r}], seed, calls=5, ops=8): {bad}"
+    assert report.steps > 200 * STRESS_CI
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("era", ERA_NAMES)
+def test_stress_many_schedules(era):
+    report = stress(ERAS[era], STRESS_SLOW, first_seed=STRESS_CI, calls=5, ops=8)
+    assert not report.failures, [(r.seed, r.violations[:2]) for r in report.failures[:5]]
+
+
+def test_a_schedule_replays_exactly_from_its_seed():
+    a = run_schedule(ERAS["arm64 far"], 5, calls=5, ops=8)
+    b = run_schedule(ERAS["arm64 far"], 5, calls=5, ops=8)
+    assert (a.steps, a.calls, a.ops, a.violations) == (b.steps, b.calls, b.ops, b.violations)
+
+
+# The stress run must be able to fail: take a mechanism away and it finds violations.
+def _no_grace_period(monkeypatch):
+    monkeypatch.setattr(TasksRcu, "snapshot", lambda self: {})
+
+
+def _no_shutdown_sync(monkeypatch):
+    def nothing(self, what=""):
+        return
+        yield
+    monkeypatch.setattr(TasksRcu, "synchronize_steps", nothing)
+
+
+@pytest.mark.parametrize("era,mutation", [
+    ("x86_64 v6.6", _no_grace_period), ("arm64 far", _no_grace_period),
+    ("riscv64 latest", _no_grace_period), ("x86_64 latest", _no_shutdown_sync)])
+def test_stress_finds_the_bug_when_a_mechanism_is_removed(era, mutation, monkeypatch):
+    mutation(monkeypatch)
+    report = stress(ERAS[era], 20, calls=5, ops=8)
+    assert report.failures, f"{era}: no violation found without {mutation.__name__}"
