@@ -293,3 +293,53 @@ def test_stress_finds_the_bug_when_a_mechanism_is_removed(era, mutation, monkeyp
     mutation(monkeypatch)
     report = stress(ERAS[era], 20, calls=5, ops=8)
     assert report.failures, f"{era}: no violation found without {mutation.__name__}"
+
+
+# ------------------------------------------------------------------------------ pinned kernel facts
+# arch/riscv/net/bpf_jit_comp64.c (v6.4 .. 2026): gen_jump_or_nops() -> emit_jump_and_link(
+# is_call ? RV_REG_T0 : RV_REG_ZERO, off, fixed_addr=false): `auipc t1, hi; jalr rd, lo(t1)`,
+# written by bpf_arch_text_poke() with patch_text(), i.e. under stop_machine.
+RISCV_POKES = [
+    ("call (fentry on a program)", ("call", 0x100), "t0", "t1"),
+    ("jump (freplace)", ("jump", 0x100), "zero", "t1"),
+]
+
+
+@pytest.mark.parametrize("what,poke,link,tmp", RISCV_POKES)
+def test_riscv_bpf_text_poke_builds_the_address_in_t1(what, poke, link, tmp):
+    from tramplab.arch.riscv64 import bpfjit, encode as R
+    k = Kernel("riscv64")
+    site = k.machine.bpf.start
+    kind, off = poke
+    assert bpfjit.site_bytes(k, site, (kind, site + off)) == R.auipc_jalr(link, tmp, site,
+                                                                          site + off)
+
+
+def test_riscv_ip_after_call_jump_builds_the_address_in_t1():
+    from tramplab.arch.riscv64 import bpfjit, encode as R
+    old, new = bpfjit.fexit_skip(0xFFFFFFFF80001000, 0xFFFFFFFF80001040)
+    assert old == R.nop() * 2
+    assert new == R.auipc_jalr("zero", "t1", 0xFFFFFFFF80001000, 0xFFFFFFFF80001040)
+
+
+def test_show_trampoline_names_one_function():
+    from tramplab.show import trampoline_listing
+    k = Kernel("x86_64")
+    with pytest.raises(UsageError, match="one trampoline per function"):
+        trampoline_listing(k, ["fexit:bpf_fentry_test1", "fentry:bpf_fentry_test2"])
+    assert not k.bpf.progs
+
+
+@pytest.mark.parametrize("words", [(1 << 64, 0), (0, -(1 << 63) - 1)])
+def test_struct_words_out_of_range_are_refused(words):
+    from tramplab.machine.callconv import struct_words
+    from tramplab.targets.loader import CType
+    with pytest.raises(UsageError, match="does not fit in 64 bits"):
+        struct_words(CType("struct s", 16, False, "struct"), words)
+
+
+@pytest.mark.parametrize("bad", ["0", 1.0, None, True, -1, 2])
+def test_machine_cpu_must_be_a_cpu_number(bad):
+    k = Kernel("arm64", cpus=2)
+    with pytest.raises(UsageError):
+        k.machine.cpu(bad)

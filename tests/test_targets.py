@@ -52,7 +52,9 @@ def test_registry_covers_required_layouts():
     assert {lay.key for lay in LAYOUT_LIST} == {
         "x86_64/fentry", "x86_64/fentry-ibt", "arm64/pfe2", "arm64/callops",
         "arm64/callops-bti", "riscv64/pfe4", "riscv64/pfe8", "riscv64/callops"}
+    from tramplab.profiles import get_profile
     for arch, name in DEFAULT_LAYOUTS.items():
+        assert name == get_profile(arch, "latest").layout
         assert default_layout(arch) == name
         assert get_layout(arch).name == name
         assert object_path(arch).is_file()

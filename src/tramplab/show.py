@@ -84,6 +84,10 @@ def _attach_dummies(k, specs: list[str]) -> list:
 
 
 def trampoline_listing(k, specs: list[str]) -> list[str]:
+    funcs = {parse_prog_spec(spec)[1] for spec in specs}
+    if len(funcs) != 1:
+        raise UsageError(f"one trampoline per function: {', '.join(specs)} name "
+                         f"{len(funcs)} functions ({', '.join(sorted(funcs))})")
     progs = _attach_dummies(k, specs)
     func = progs[0].target
     tr = k.bpf.trampoline_of(func)

@@ -49,6 +49,9 @@ def struct_words(ctype, value) -> list[int]:
     words = list(value) if isinstance(value, (list, tuple)) else None
     if words is None or len(words) != nwords or not all(isinstance(w, int) for w in words):
         raise UsageError(f"{ctype.name}: give {nwords} integer words (or {ctype.size} bytes)")
+    for w in words:
+        if not -(1 << 63) <= w <= MASK64:
+            raise UsageError(f"{ctype.name}: word {w} does not fit in 64 bits (u64 or s64)")
     return [w & MASK64 for w in words]
 
 

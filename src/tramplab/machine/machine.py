@@ -238,7 +238,7 @@ class Machine:
         """Load a CPU with a call: args in the ABI registers and on the stack, the return address
         pointing at the return trap, a fresh stack and a zero frame pointer (end of chain)."""
         arch = self.arch
-        cpu = self.cpus[task.cpu]
+        cpu = self.cpu(task.cpu)
         if cpu.task is not None and not cpu.task.done:
             raise UsageError(f"CPU {task.cpu} is already running {cpu.task.name}")
         if len(task.reg_args) > len(arch.arg_regs):
@@ -380,6 +380,8 @@ class Machine:
         return len(busy)
 
     def cpu(self, index: int) -> Cpu:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise UsageError(f"a CPU is named by its number, not {index!r}")
         if not 0 <= index < len(self.cpus):
             raise UsageError(f"no CPU {index}: this machine has {len(self.cpus)}")
         return self.cpus[index]

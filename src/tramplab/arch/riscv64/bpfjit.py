@@ -1,9 +1,10 @@
 """riscv64 BPF program images and bpf_arch_text_poke (arch/riscv/net/bpf_jit_comp64.c).
 
 The prologue reserves the patch site the BPF trampoline side believes in: two nops for
-`auipc t0; jalr t0` (v6.4+, entry "t0"), or — the original v6.3 code — four nops for the 16-byte
-sled `sd ra, -8(sp); auipc ra; jalr ra; ld ra, -8(sp)` (entry "ra-sled16").  A jump (freplace) is
-`auipc t0; jalr zero`.  After the body, BPF R0 (a5) mirrors a0, as the riscv JIT's epilogue
+`auipc t1; jalr t0` (v6.4+, entry "t0"), or — the original v6.3 code — four nops for the 16-byte
+sled `sd ra, -8(sp); auipc ra; jalr ra; ld ra, -8(sp)` (entry "ra-sled16").  A jump (freplace,
+ip_after_call) is `auipc t1; jalr zero`: gen_jump_or_nops -> emit_jump_and_link(t0 or zero,
+off, fixed_addr=false) always builds the address in t1.  After the body, BPF R0 (a5) mirrors a0, as the riscv JIT's epilogue
 guarantees (the v6.3 trampoline reads a5).
 
     bpf_prog_NAME:
@@ -65,17 +66,17 @@ def site_bytes(kernel, site: int, what) -> bytes:
     kind, target = what
     try:
         if kind == "jump":                # freplace: no link, the extension returns to our caller
-            return R.auipc_jalr("zero", "t0", site, target) + NOP * (n - 2)
+            return R.auipc_jalr("zero", "t1", site, target) + NOP * (n - 2)
         if n == 4:        # v6.3: the sled, calling with ra as link and the parent saved on the stack
             return SLED_SD + R.auipc_jalr("ra", "ra", site + 4, target) + SLED_LD
-        return R.auipc_jalr("t0", "t0", site, target)
+        return R.auipc_jalr("t0", "t1", site, target)
     except EncodeError as e:
         raise KernelError("ERANGE", f"bpf_arch_text_poke: {e}") from None
 
 
 def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
-    """ip_after_call's two nops become `auipc t0; jalr zero` to the epilogue."""
-    return NOP * 2, R.auipc_jalr("zero", "t0", ip_after_call, ip_epilogue)
+    """ip_after_call's two nops become `auipc t1; jalr zero` to the epilogue."""
+    return NOP * 2, R.auipc_jalr("zero", "t1", ip_after_call, ip_epilogue)
 
 
 def poison(size: int) -> bytes:
