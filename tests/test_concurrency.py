@@ -66,7 +66,7 @@ def test_callbacks_queued_by_callbacks_wait_for_a_new_grace_period():
     assert order == [1, 2]
 
 
-@pytest.mark.parametrize("era", ["arm64 far", "riscv64 latest"])
+@pytest.mark.parametrize("era", ["arm64:far", "riscv64:latest"])
 def test_image_reached_through_a_register_outlives_the_detach(era):
     """Seen before: CPU inside ftrace_caller with the trampoline's address only in a register
     (x17 on arm64, t1 on riscv), not yet branched; the old image was freed and reused.  Now the
@@ -269,8 +269,8 @@ def test_stress_many_schedules(era):
 
 
 def test_a_schedule_replays_exactly_from_its_seed():
-    a = run_schedule(ERAS["arm64 far"], 5, calls=5, ops=8)
-    b = run_schedule(ERAS["arm64 far"], 5, calls=5, ops=8)
+    a = run_schedule(ERAS["arm64:far"], 5, calls=5, ops=8)
+    b = run_schedule(ERAS["arm64:far"], 5, calls=5, ops=8)
     assert (a.steps, a.calls, a.ops, a.violations) == (b.steps, b.calls, b.ops, b.violations)
 
 
@@ -287,8 +287,8 @@ def _no_shutdown_sync(monkeypatch):
 
 
 @pytest.mark.parametrize("era,mutation", [
-    ("x86_64 v6.6", _no_grace_period), ("arm64 far", _no_grace_period),
-    ("riscv64 latest", _no_grace_period), ("x86_64 latest", _no_shutdown_sync)])
+    ("x86_64:v6.6", _no_grace_period), ("arm64:far", _no_grace_period),
+    ("riscv64:latest", _no_grace_period), ("x86_64:latest", _no_shutdown_sync)])
 def test_stress_finds_the_bug_when_a_mechanism_is_removed(era, mutation, monkeypatch):
     mutation(monkeypatch)
     report = stress(ERAS[era], 20, calls=5, ops=8)
@@ -343,3 +343,16 @@ def test_machine_cpu_must_be_a_cpu_number(bad):
     k = Kernel("arm64", cpus=2)
     with pytest.raises(UsageError):
         k.machine.cpu(bad)
+
+
+def test_stress_command_reports_and_exits_by_result(monkeypatch):
+    from click.testing import CliRunner
+    from tramplab.cli import main
+    r = CliRunner().invoke(main, ["stress", "-e", "x86_64:v6.6", "-n", "3"])
+    assert r.exit_code == 0, r.output
+    assert "x86_64:v6.6" in r.output
+    r = CliRunner().invoke(main, ["stress", "-e", "nope"])
+    assert r.exit_code == 2 and "unknown era" in r.output
+    _no_grace_period(monkeypatch)
+    r = CliRunner().invoke(main, ["stress", "-e", "x86_64:v6.6", "-n", "10"])
+    assert r.exit_code == 1 and "replay: tramplab stress --era x86_64:v6.6 --seed" in r.output

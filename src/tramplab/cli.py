@@ -372,3 +372,56 @@ def trace(arch, profile, call_args, function, programs):
     except ValueError:
         raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") from None
     click.echo("\n".join(views.call_trace(k, list(programs), function, args)))
+
+
+@main.command()
+@click.option("--era", "-e", "eras", multiple=True,
+              help="protocol era to stress (repeatable; default: all of them; see below)")
+@click.option("--schedules", "-n", default=100, show_default=True, type=click.IntRange(1, 10**6),
+              help="seeded schedules per era, each on a fresh kernel")
+@click.option("--seed", "-s", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="first seed (a failing schedule replays alone: --seed S --schedules 1)")
+@click.option("--calls", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="calls per CPU per schedule")
+@click.option("--ops", default=8, show_default=True, type=click.IntRange(1, 100),
+              help="attach/detach operations per schedule")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def stress(eras, schedules, seed, calls, ops, as_json):
+    """Run CPUs calling traced functions while programs and ftrace ops are attached and
+    detached, interleaved instruction by instruction; check every call (no oops, right return
+    value and arguments, a program attached for the whole call ran exactly once, one detached
+    for the whole call never ran).  Exit 1 on any violation.
+
+    Eras: x86_64:v5.5, x86_64:v6.6, x86_64:latest, arm64:near, arm64:far, riscv64:v6.8,
+    riscv64:latest (`tramplab stress -n 1` lists what each exercises).
+    """
+    import time
+    from .check.stress import ERAS, stress as run
+    for e in eras:
+        if e not in ERAS:
+            raise UsageError(f"unknown era {e!r}; known: {', '.join(ERAS)}")
+    out, failed = [], False
+    for name in eras or ERAS:
+        start = time.perf_counter()
+        report = run(ERAS[name], schedules, first_seed=seed, calls=calls, ops=ops)
+        secs = time.perf_counter() - start
+        failed |= bool(report.failures)
+        out.append((name, report, secs))
+    if as_json:
+        click.echo(json.dumps([{"era": n, "schedules": len(r.results), "steps": r.steps,
+                                "seconds": round(t, 3),
+                                "failures": [{"seed": f.seed, "violations": f.violations}
+                                             for f in r.failures]} for n, r, t in out],
+                              indent=1))
+    else:
+        table = Table("era", "what it exercises", "schedules", "failing", "steps", "seconds")
+        for name, report, secs in out:
+            table.add_row(name, ERAS[name].note, str(len(report.results)),
+                          str(len(report.failures)), str(report.steps), f"{secs:.1f}")
+        _console().print(table)
+        for name, report, _ in out:
+            for f in report.failures[:5]:
+                click.echo(f"{name} seed {f.seed}: {f.violations[0]}\n  replay: tramplab stress "
+                           f"--era {name} --seed {f.seed} --schedules 1 --calls {calls} --ops {ops}")
+    if failed:
+        sys.exit(1)

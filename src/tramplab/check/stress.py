@@ -3,8 +3,8 @@ programs and ftrace ops, interleaved instruction by instruction by a seeded sche
 
 Every schedule runs on a fresh kernel, so a schedule replays alone from its seed:
 
-    r = run_schedule(ERAS["x86_64 v6.6"], seed=17)     # ScheduleResult; r.violations
-    report = stress(ERAS["arm64 far"], schedules=200)   # StressReport over seeds 0..199
+    r = run_schedule(ERAS["x86_64:v6.6"], seed=17)     # ScheduleResult; r.violations
+    report = stress(ERAS["arm64:far"], schedules=200)   # StressReport over seeds 0..199
 
 Per call the invariants are:
 - no oops, no error escaping from an operation;
@@ -47,14 +47,14 @@ def _far(arch: str, offset: int) -> tuple:
 
 
 ERAS = {
-    "x86_64 v5.5": Era("x86_64", "v5.5", note="direct by ip, int3 poke, SAVE_REGS direct ops"),
-    "x86_64 v6.6": Era("x86_64", "v6.6", note="ops per trampoline, modify through a stub ops"),
-    "x86_64 latest": Era("x86_64", "latest", note="single direct ops, jmp mode"),
-    "arm64 near": Era("arm64", "latest", note="CALL_OPS, bl to the trampoline"),
-    "arm64 far": Era("arm64", "latest", _far("arm64", -(1 << 30)),
+    "x86_64:v5.5": Era("x86_64", "v5.5", note="direct by ip, int3 poke, SAVE_REGS direct ops"),
+    "x86_64:v6.6": Era("x86_64", "v6.6", note="ops per trampoline, modify through a stub ops"),
+    "x86_64:latest": Era("x86_64", "latest", note="single direct ops, jmp mode"),
+    "arm64:near": Era("arm64", "latest", note="CALL_OPS, bl to the trampoline"),
+    "arm64:far": Era("arm64", "latest", _far("arm64", -(1 << 30)),
                      note="trampolines out of bl range: through ftrace_caller and x17"),
-    "riscv64 v6.8": Era("riscv64", "v6.8", note="auipc+jalr sites, stop_machine, !PREEMPTION"),
-    "riscv64 latest": Era("riscv64", "latest", note="CALL_OPS, jalr-only atomic patching"),
+    "riscv64:v6.8": Era("riscv64", "v6.8", note="auipc+jalr sites, stop_machine, !PREEMPTION"),
+    "riscv64:latest": Era("riscv64", "latest", note="CALL_OPS, jalr-only atomic patching"),
 }
 
 # (kind, target): what the host actor attaches and detaches
