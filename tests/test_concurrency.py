@@ -268,6 +268,12 @@ def test_stress_many_schedules(era):
     assert not report.failures, [(r.seed, r.violations[:2]) for r in report.failures[:5]]
 
 
+def test_stress_seed_that_once_found_a_stale_single_ops_function():
+    """x86 latest seed 917 called one ops' callback for a function it does not trace while
+    the model gave a single dynamic ops its own function (see the test below)."""
+    assert run_schedule(ERAS["x86_64:latest"], 917, calls=5, ops=8).ok
+
+
 def test_a_schedule_replays_exactly_from_its_seed():
     a = run_schedule(ERAS["arm64:far"], 5, calls=5, ops=8)
     b = run_schedule(ERAS["arm64:far"], 5, calls=5, ops=8)
@@ -356,3 +362,52 @@ def test_stress_command_reports_and_exits_by_result(monkeypatch):
     _no_grace_period(monkeypatch)
     r = CliRunner().invoke(main, ["stress", "-e", "x86_64:v6.6", "-n", "10"])
     assert r.exit_code == 1 and "replay: tramplab stress --era x86_64:v6.6 --seed" in r.output
+
+
+# ------------------------------------------------------------------------------ a single dynamic ops
+def _park_in_shared_regs_caller(profile):
+    """x86: bpf_fentry_test1 shared by an fexit program's trampoline and a plain tracer;
+    bpf_fentry_test2 livepatched.  CPU 0 enters ftrace_regs_caller for bpf_fentry_test1 and
+    stops before `call ftrace_regs_call`."""
+    from tramplab.livepatch import Livepatch
+    k = Kernel("x86_64", profile=profile, cpus=2)
+    ft = k.ftrace
+    fx = k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: None)
+    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS_IF_SUPPORTED,
+                       filter={ft.ip_of("bpf_fentry_test1")})
+    ft.register_ftrace_function(tracer)
+    Livepatch(k, {"bpf_fentry_test2": "livepatch_bpf_fentry_test2"}).enable()
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    step_to(k, cpu, ft.arch.labels["ftrace_regs_call"])
+    return k, fx, tracer, cpu, task
+
+
+@pytest.mark.parametrize("profile", ["v5.5", "latest"])
+def test_a_single_dynamic_ops_leaves_the_callers_on_the_list_function(profile):
+    """CPU 0 is stopped in ftrace_regs_caller for bpf_fentry_test1 (a site shared by a BPF
+    trampoline and a tracer).  The last BPF program is detached: the static direct_ops
+    (v5.5's global one, v7.0's BPF one) is unregistered without a grace period, so CPU 0 stays
+    put.  Then the tracer is unregistered: only bpf_fentry_test2's livepatch is left.  Because
+    that ops is dynamic, update_ftrace_function keeps ftrace_ops_list_func in the callers
+    (ftrace_ops_get_list_func), which checks the hashes, so CPU 0 does not run the livepatch
+    handler for bpf_fentry_test1.  (Given the handler as the callers' function, as the model
+    once did, it continued in livepatch_bpf_fentry_test2: bpf_fentry_test1(1) returned 101.)"""
+    k, fx, tracer, cpu, task = _park_in_shared_regs_caller(profile)
+    fx.link.detach()                                    # no grace period: CPU 0 stays put
+    assert not task.done
+    gen = k.ftrace.unregister_ftrace_function_steps(tracer)
+    until_waiting(gen)
+    assert k.ftrace._current_func == k.ftrace.list_func
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert k.result(task) == 2
+    assert k.call("bpf_fentry_test2", 1, 2) == 103      # the livepatch still works
+
+
+def test_detaching_a_dynamic_direct_ops_waits_for_the_cpu_in_the_caller():
+    """v6.6: each trampoline has its own (dynamic) ftrace_ops; detaching the last program ends
+    with ftrace_shutdown's grace period, which waits for CPU 0 to leave first."""
+    k, fx, tracer, cpu, task = _park_in_shared_regs_caller("v6.6")
+    fx.link.detach()
+    assert task.done and k.result(k.machine.finish(cpu)) == 2

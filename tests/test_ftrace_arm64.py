@@ -200,6 +200,7 @@ def test_ftrace_call_site_is_retargeted_only_without_call_ops():
             continue
         assert decode(k, site, 1) == [("bl", ft.stub_func)]
         a, _ = counter_ops(name="a")
+        a.core_data = True                           # static: it gets its own function
         ft.register_ftrace_function(a)
         assert decode(k, site, 1) == [("bl", a.func_host)]   # ftrace_ops_get_func(a)
         b, _ = counter_ops(name="b")

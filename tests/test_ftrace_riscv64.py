@@ -269,12 +269,15 @@ def test_ftrace_call_site_follows_the_global_function(prof):
     k = Kernel("riscv64", profile=prof)
     ft = k.ftrace
     sites = [c.call_site for c in ft.arch.callers]
-    a, _ = count_ops("a")
+    a, _ = count_ops("a", core_data=True)             # a static ops: its own function
     ft.register_ftrace_function(a)
     assert [pair_target(k, s) for s in sites] == [a.func_host] * len(sites)   # ftrace_ops_get_func
     b, _ = count_ops("b")
     ft.register_ftrace_function(b)
     assert [pair_target(k, s) for s in sites] == [ft.list_func] * len(sites)
+    ft.unregister_ftrace_function(a)                  # b alone, but dynamic: still the list
+    assert [pair_target(k, s) for s in sites] == [ft.list_func] * len(sites)
+    ft.register_ftrace_function(a)
     ft.unregister_ftrace_function(a)
     ft.unregister_ftrace_function(b)
     assert [pair_target(k, s) for s in sites] == [ft.stub_func] * len(sites)

@@ -31,24 +31,47 @@ class Livepatch:
         flags = FL.DYNAMIC | FL.IPMODIFY | FL.PERMANENT
         if not p.with_args:
             flags |= FL.SAVE_REGS
-        self.ops = FtraceOps(func=self._handler, flags=flags, name=name,
-                             filter=set(self.targets))
+        # One klp_ops per patched function, its fops filtering that function alone; the
+        # handler continues in *its* function's new version (klp_ftrace_handler finds the
+        # klp_func through the ops it is handed, not through the ip).
+        self.ops_list = [FtraceOps(func=self._handler(new), flags=flags,
+                                   name=f"{name}:{kernel.symbol(ip).split('+')[0]}",
+                                   filter={ip})
+                         for ip, new in self.targets.items()]
         self.enabled = False
 
-    def _handler(self, ip, parent_ip, ops, fregs) -> None:
-        """klp_ftrace_handler: continue in the new function."""
-        if fregs is None:
-            raise UsageError("livepatch needs ftrace_regs (its ops asked for them)")
-        fregs.ip = self.targets[ip]
+    @staticmethod
+    def _handler(new_func: int):
+        def klp_ftrace_handler(ip, parent_ip, ops, fregs) -> None:
+            if fregs is None:
+                raise UsageError("livepatch needs ftrace_regs (its ops asked for them)")
+            fregs.ip = new_func
+        return klp_ftrace_handler
 
     def enable(self) -> None:
-        self.kernel.ftrace.register_ftrace_function(self.ops)
-        self.enabled = True
+        self.kernel.ftrace._run(self.enable_steps(), f"enable of {self.name}")
 
     def enable_steps(self):
-        yield from self.kernel.ftrace.register_ftrace_function_steps(self.ops)
+        """klp_patch_object: register each function's ops; on a failure, those registered
+        are unregistered again (klp_unpatch_objects)."""
+        ft = self.kernel.ftrace
+        done = []
+        try:
+            for ops in self.ops_list:
+                yield from ft.register_ftrace_function_steps(ops)
+                done.append(ops)
+        except BaseException:
+            for ops in reversed(done):
+                yield from ft.unregister_ftrace_function_steps(ops)
+            raise
         self.enabled = True
 
     def disable(self) -> None:
-        self.kernel.ftrace.unregister_ftrace_function(self.ops)
+        self.kernel.ftrace._run(self.disable_steps(), f"disable of {self.name}")
+
+    def disable_steps(self):
+        if not self.enabled:
+            raise UsageError(f"{self.name} is not enabled")
+        for ops in reversed(self.ops_list):
+            yield from self.kernel.ftrace.unregister_ftrace_function_steps(ops)
         self.enabled = False

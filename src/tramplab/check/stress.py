@@ -272,13 +272,17 @@ class _Schedule:
                    and op.start <= end and op.end >= start for a, op in self.ops)
 
     def _check_call(self, task: CallTask, start: int, end: int, before: dict) -> None:
-        r, k = self.result, self.k
+        self._check_call_rules(task, start, end, before, self.result.violations)
+
+    def _check_call_rules(self, task: CallTask, start: int, end: int, before: dict,
+                          out: list[str]) -> None:
+        k = self.k
         value = k.result(task)
         where = f"{task.name}{tuple(task.reg_args)} on CPU {task.cpu} (clock {start}..{end})"
         runs = [run for run in self.runs if run.task is task]
         expect = self._expected(task, runs, before)
         if value != expect:
-            r.violations.append(f"{where} returned {value}, expected {expect}")
+            out.append(f"{where} returned {value}, expected {expect}")
         for a in self.pool:
             if a.target != task.name:
                 continue
@@ -288,13 +292,13 @@ class _Schedule:
                 window = "overlap"
             want = {"whole": (1,), "none": (0,), "overlap": (0, 1)}[window]
             if n not in want:
-                r.violations.append(f"{where}: {a.name} ran {n} times; attached for "
+                out.append(f"{where}: {a.name} ran {n} times; attached for "
                                     f"{window} of the call")
         for run in runs:
-            self._check_run(run, task, value, where)
+            self._check_run(run, task, value, where, out)
         for run in runs:
             if not any(a.name == run.name and a.target == task.name for a in self.pool):
-                r.violations.append(f"{where}: {run.name} ran, but it traces another function")
+                out.append(f"{where}: {run.name} ran, but it traces another function")
 
     def _expected(self, task: CallTask, runs: list[Run], before: dict) -> int:
         a = task.reg_args
@@ -308,16 +312,16 @@ class _Schedule:
                 return att.fmod_ret
         return _s32(a[0] + before[id(task)] + 1)
 
-    def _check_run(self, run: Run, task: CallTask, value: int, where: str) -> None:
-        r = self.result
+    def _check_run(self, run: Run, task: CallTask, value: int, where: str,
+                   out: list[str]) -> None:
         want = [_s32(task.reg_args[0])] + list(task.reg_args[1:])
         got = list(run.args)
         if run.name.startswith("ops_"):
             got, want = [_s32(got[0])] if got else [], want[:1] if got else []
         if got != want:
-            r.violations.append(f"{where}: {run.name} saw args {got}, expected {want}")
+            out.append(f"{where}: {run.name} saw args {got}, expected {want}")
         if run.ret is not None and run.name.startswith("fexit") and run.ret != value:
-            r.violations.append(f"{where}: {run.name} saw return value {run.ret}, the call "
+            out.append(f"{where}: {run.name} saw return value {run.ret}, the call "
                                 f"returned {value}")
 
 

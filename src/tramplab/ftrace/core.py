@@ -108,6 +108,7 @@ class FtraceStats:
     stop_machines: int = 0        # riscv stop_machine calls
     synchronize_rcu: int = 0      # grace periods the direct API waits for
     sync_ipis: int = 0            # ftrace_sync_ipi rounds before a single-ops function
+    static_shutdowns: int = 0     # unregistrations of a non-dynamic ops: no grace period
 
 
 class FtraceCore:
@@ -282,11 +283,13 @@ class FtraceCore:
 
     def _global_func(self) -> tuple[int, int]:
         """update_ftrace_function: what the callers' ftrace_call site calls, and
-        function_trace_op."""
+        function_trace_op.  A single ops gets its own function only if it is static and not
+        RCU (ftrace_ops_get_list_func): a dynamic one may be freed under a CPU that is still
+        in a caller, so the callers keep the list function, which checks every ops' hashes."""
         active = [o for o in self.ops_list if o.flags & FL.ENABLED]
         if not active:
             return self.stub_func, 0
-        if len(active) == 1:
+        if len(active) == 1 and not active[0].flags & (FL.DYNAMIC | FL.RCU):
             return self._ops_get_func(active[0]), active[0].mem
         return self.list_func, self.list_ops
 
@@ -506,6 +509,8 @@ class FtraceCore:
             self.stats.synchronize_rcu += 1
             yield from self.machine.rcu.synchronize_steps("ftrace_shutdown: synchronize_rcu_tasks")
             self._free_trampoline(ops)              # ftrace_trampoline_free
+        else:
+            self.stats.static_shutdowns += 1
         for peer, ip in peers:
             if peer.ops_func is not None:
                 peer.ops_func(peer, ip, OpsCmd.DISABLE_SHARE_IPMODIFY_PEER)
