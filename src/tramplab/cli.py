@@ -13,16 +13,17 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .arch import ARCH_NAMES, get_arch
+from .arch import get_arch, port_names, ports
 from .errors import KernelError, Oops, TramplabError, UsageError
 from .profiles import LATEST, earliest
 
 MAX_CPUS = 64           # = MachineConfig.MAX_CPUS (not imported: keeps startup free of Unicorn)
-ARCH_HELP = "x86_64 | arm64 | riscv64 (aliases: amd64, aarch64, rv64, ...)"
+ARCH_HELP = (" | ".join(port_names()) + " (aliases: "
+             + ", ".join(a for p in ports() for a in p.info.aliases[:1]) + ", ...)")
 # The kernels the timelines cover (profiles.check_version): before its first kernel with
 # dynamic ftrace an arch has nothing to patch; after LATEST the timelines say nothing.
 VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
-                 + ", ".join(f"{a} {earliest(a)}" for a in ARCH_NAMES)
+                 + ", ".join(f"{a} {earliest(a)}" for a in port_names())
                  + f") to the latest, {LATEST}")
 
 
@@ -200,13 +201,13 @@ def layouts():
     """List the patch-site layouts (one compiled object each) per arch.  The default (*) is
     the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
     from .profiles import get_profile
-    from .targets import LAYOUTS
+    from .targets import layouts_of
     t = Table(title="patch-site layouts")
     for col in ("arch", "layout", "default", "kernel", "description"):
         t.add_column(col)
-    for arch in ARCH_NAMES:
+    for arch in port_names():
         default = get_profile(arch, "latest").layout
-        for name, lay in LAYOUTS[arch].items():
+        for name, lay in layouts_of(arch).items():
             t.add_row(arch, name, "*" if name == default else "", lay.kernels, lay.description)
     _console().print(t)
 
@@ -227,7 +228,7 @@ def selftest(arch, profile, tests, as_json):
     for t in tests:
         if t not in TESTS:
             raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
-    arches = list(ARCH_NAMES) if arch == "all" else [_arch(arch)]
+    arches = list(port_names()) if arch == "all" else [_arch(arch)]
     results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
@@ -281,7 +282,7 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 def profiles(arch):
     """List the profile presets (kernel eras) per arch with their switches."""
     from .profiles import presets
-    arches = list(ARCH_NAMES) if arch == "all" else [_arch(arch)]
+    arches = list(port_names()) if arch == "all" else [_arch(arch)]
     cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
             "bpf_max_args", "tramp_links_max")
@@ -392,8 +393,8 @@ def stress(eras, schedules, seed, calls, ops, as_json):
     value and arguments, a program attached for the whole call ran exactly once, one detached
     for the whole call never ran).  Exit 1 on any violation.
 
-    Eras: x86_64:v5.5, x86_64:v6.6, x86_64:latest, arm64:near, arm64:far, riscv64:v6.8,
-    riscv64:latest (`tramplab stress -n 1` lists what each exercises).
+    Eras: each port names the protocols worth stressing, as <arch>:<era> (`tramplab stress -n 1`
+    lists them and what each exercises).
     """
     import time
     from .check.stress import ERAS, stress as run

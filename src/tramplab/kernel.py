@@ -21,7 +21,7 @@ from .machine.scheduler import Scheduler
 from .ftrace.kconfig import check
 from .profiles import (Profile, get_profile, layout_violations, presets, version_key,
                        with_layout)
-from .targets import LAYOUTS, get_layout, load_target
+from .targets import get_layout, layouts_of, load_target
 
 
 def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
@@ -30,9 +30,9 @@ def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
     with that layout; the switches the layout fixes follow it, profiles.with_layout); or, for a
     bare layout, the newest preset using it that is not a bug profile (those only by name).
     A profile whose switches contradict its layout is refused unless it is a bug profile."""
-    if layout is not None and (not isinstance(layout, str) or layout not in LAYOUTS[arch]):
+    if layout is not None and (not isinstance(layout, str) or layout not in layouts_of(arch)):
         raise UsageError(f"unknown layout {layout!r} for {arch}; known: "
-                         f"{', '.join(LAYOUTS[arch])}")
+                         f"{', '.join(layouts_of(arch))}")
     if profile is None and layout is not None:
         matching = [p for p in presets(arch).values() if p.layout == layout and not p.bug]
         if not matching:
@@ -68,7 +68,7 @@ class Function:
 
 
 class Kernel:
-    def __init__(self, arch: str = "x86_64", *, profile=None, layout: str | None = None,
+    def __init__(self, arch: str, *, profile=None, layout: str | None = None,
                  cpus: int = 1, units: tuple[str, ...] = (), **machine_options):
         self.arch = get_arch(arch)
         self.profile = _choose_profile(self.arch.name, profile, layout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, replace
 
-from .arch import get_arch
+from .arch import get_arch, get_port
 from .errors import UsageError
 
 
@@ -29,47 +29,19 @@ def version_key(version: str) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------
-# The timelines: feature -> first kernel version with it, per arch.  None = never.
+# The timelines: feature -> first kernel version with it, per arch (each port's `timeline`).
+# None = never.
 # --------------------------------------------------------------------------------------------
-TIMELINE: dict[str, dict[str, str | None]] = {
-    "x86_64": {
-        "dynamic_ftrace": "2.6.27", "with_regs": "3.7", "with_args": "5.11",
-        "call_ops": None, "direct_calls": "5.5", "direct_api_ops": "5.16", "direct_api_v64": "6.4",
-        "multi_flags_save_args": "6.4", "multi_flags_regs_fix": "6.8", "jmp": "6.19",
-        "single_direct_ops": "7.0", "bpf_trampoline": "5.5", "freplace": "5.6", "fmod_ret": "5.7",
-        "links_38": "5.12", "func_ip": "5.15", "get_func_arg": "5.17", "kprobe_multi": "5.18",
-        "cookie": "5.19", "ops_func": "6.0", "struct_args": "6.1", "stack_args": "6.6",
-        "fsession": "7.0", "tracing_multi": "7.1", "ibt": "5.18",
-    },
-    "arm64": {
-        "dynamic_ftrace": "3.18", "with_regs": "5.5", "with_args": "6.2", "call_ops": "6.3",
-        "direct_calls": "6.4", "direct_api_ops": "5.16", "direct_api_v64": "6.4",
-        "multi_flags_save_args": "6.4", "multi_flags_regs_fix": "6.8", "jmp": None,
-        "single_direct_ops": None, "bpf_trampoline": "6.0", "freplace": "6.0", "fmod_ret": "6.0",
-        "links_38": "5.12", "func_ip": "6.0", "get_func_arg": "6.0", "kprobe_multi": "5.18",
-        "cookie": "6.0", "ops_func": "6.0", "struct_args": "6.0", "stack_args": "6.16",
-        "fsession": "7.0", "tracing_multi": None, "bti": "5.10",
-    },
-    "riscv64": {
-        "dynamic_ftrace": "5.6", "with_regs": "5.6", "with_args": "6.11", "call_ops": "6.16",
-        "direct_calls": "6.8", "direct_api_ops": "5.16", "direct_api_v64": "6.4",
-        "multi_flags_save_args": "6.4", "multi_flags_regs_fix": "6.8", "jmp": None,
-        "single_direct_ops": None, "bpf_trampoline": "6.3", "freplace": "6.3", "fmod_ret": "6.3",
-        "links_38": "5.12", "func_ip": "6.3", "get_func_arg": "6.3", "kprobe_multi": "5.18",
-        "cookie": "6.3", "ops_func": "6.3", "struct_args": "6.11", "stack_args": "6.11",
-        "fsession": "7.0", "tracing_multi": None,
-        "site_8b": "6.3",          # Guo Ren: auipc t0; jalr t0 (8 bytes) replaces the 16-byte sled
-        "bpf_site_fix": "6.4",     # Pu Lehui: the BPF trampoline adapted to the 8-byte site
-        "jalr_only": "6.16",       # Andy Chiu: only the jalr is patched; preemptible tracing
-    },
-}
+def timeline(arch: str) -> dict[str, str | None]:
+    return dict(get_port(arch).timeline)
+
 
 LATEST = "7.1"
 
 
 def earliest(arch: str) -> str:
     """The first kernel tramplab models on `arch`: its first with dynamic ftrace."""
-    return TIMELINE[get_arch(arch).name]["dynamic_ftrace"]
+    return get_port(arch).timeline["dynamic_ftrace"]
 
 
 def check_version(arch: str, version: str) -> str:
@@ -89,12 +61,12 @@ def check_version(arch: str, version: str) -> str:
 
 
 def has(arch: str, feature: str, version: str) -> bool:
-    first = TIMELINE[get_arch(arch).name].get(feature)
+    first = get_port(arch).timeline.get(feature)
     return first is not None and version_key(version) >= version_key(first)
 
 
 def since(arch: str, feature: str) -> str | None:
-    return TIMELINE[get_arch(arch).name].get(feature)
+    return get_port(arch).timeline.get(feature)
 
 
 @dataclass(frozen=True)
@@ -120,7 +92,7 @@ class Profile:
     ops_func: bool                 # ftrace_ops.ops_func / IPMODIFY sharing (v6.0)
     # --- BPF ---
     bpf_trampoline: bool           # the arch has a BPF trampoline JIT
-    bpf_entry: str                 # how the BPF trampoline expects to be entered (spec.ENTRY_KINDS)
+    bpf_entry: str                 # how the BPF trampoline expects to be entered (port.entry_kinds)
     bpf_site_skip: int             # bytes from the site to the original's body, as the BPF side thinks
     bpf_max_args: int              # arg slots the trampoline takes (MAX_BPF_FUNC_ARGS or less)
     bpf_reg_args_only: bool        # no stack args in the trampoline yet
@@ -149,93 +121,31 @@ class Profile:
 # --------------------------------------------------------------------------------------------
 # Deriving a profile from the timeline
 # --------------------------------------------------------------------------------------------
-def _x86(v: str) -> dict:
-    h = lambda f: has("x86_64", f, v)   # noqa: E731
-    return dict(
-        layout="fentry", site="call5", call_ops=False,
-        with_regs=True, with_args=h("with_args"), direct_calls=h("direct_calls"),
-        jmp=h("jmp"), single_direct_ops=h("single_direct_ops"),
-        preemption=True,                # the int3 protocol is safe under preemption
-        bpf_entry="call", bpf_site_skip=5,
-        bpf_max_args=12 if h("stack_args") else 6, bpf_reg_args_only=not h("stack_args"),
-    )
-
-
-def _arm64(v: str) -> dict:
-    h = lambda f: has("arm64", f, v)   # noqa: E731
-    call_ops = h("call_ops")
-    return dict(
-        layout="callops" if call_ops else "pfe2", site="callops" if call_ops else "mov-x9-bl",
-        call_ops=call_ops, with_regs=h("with_regs") and not h("with_args"),
-        with_args=h("with_args"), direct_calls=h("direct_calls"), jmp=False,
-        single_direct_ops=False, preemption=True,   # single 4-byte writes are atomic
-        bpf_entry="bl", bpf_site_skip=0,          # arm64 calls the original through the saved LR
-        bpf_max_args=12 if h("stack_args") else 8, bpf_reg_args_only=not h("stack_args"),
-    )
-
-
-def _riscv(v: str) -> dict:
-    h = lambda f: has("riscv64", f, v)   # noqa: E731
-    call_ops = h("call_ops")
-    if not h("site_8b"):
-        layout, site = "pfe8", "sled16"
-    elif call_ops:
-        layout, site = "callops", "callops-jalr"
-    elif h("jalr_only"):
-        layout, site = "pfe4", "jalr-only"
-    else:
-        layout, site = "pfe4", "auipc-jalr"
-    fixed = h("bpf_site_fix")
-    return dict(
-        layout=layout, site=site, call_ops=call_ops,
-        with_regs=h("with_regs") and not h("with_args"), with_args=h("with_args"),
-        direct_calls=h("direct_calls"), jmp=False, single_direct_ops=False,
-        preemption=h("jalr_only"),      # before 6.16 the function tracer needed !PREEMPTION
-        bpf_entry="t0" if fixed else "ra-sled16", bpf_site_skip=8 if fixed else 16,
-        bpf_max_args=12 if h("stack_args") else 8, bpf_reg_args_only=not h("stack_args"),
-    )
-
-
-_ARCH_DERIVE = {"x86_64": _x86, "arm64": _arm64, "riscv64": _riscv}
+def _derive(arch: str, version: str) -> dict:
+    """The switches the port derives for `version` (layout, site, entry, limits...)."""
+    port = get_port(arch)
+    return port.derive(lambda f: has(port.name, f, version), version)
 
 
 # --------------------------------------------------------------------------------------------
 # Layouts: which compiled patch-site layouts a kernel era is built with, and what a layout fixes
 # --------------------------------------------------------------------------------------------
-X86_PATCH_SIZE = 5                 # the call/nop5 at the site
-ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
-
-
 def layouts_for(arch: str, version: str) -> tuple[str, ...]:
-    """The layouts a kernel of `arch` at `version` is built with (its Makefile's flags):
-    x86_64 fentry, plus fentry-ibt from CONFIG_X86_KERNEL_IBT (v5.18); arm64 pfe2 before
-    CALL_OPS (v6.3), callops and callops-bti from it; riscv64 exactly one per era (pfe8 before
-    v6.3, pfe4 to v6.15, callops from v6.16).  Eras older than an arch's oldest layout (the
-    -pg/mcount kernels: x86 before -mfentry, arm64 before v5.5) have no compiled object and are
+    """The layouts a kernel of `arch` at `version` is built with (its Makefile's flags; the
+    port says).  Eras older than an arch's oldest layout have no compiled object and are
     modelled with that oldest layout; none of them has a BPF trampoline."""
-    a = get_arch(arch).name
-    h = lambda f: has(a, f, version)   # noqa: E731
-    if a == "x86_64":
-        return ("fentry", "fentry-ibt") if h("ibt") else ("fentry",)
-    if a == "arm64":
-        return ("callops", "callops-bti") if h("call_ops") else ("pfe2",)
-    return (_riscv(version)["layout"],)
+    port = get_port(arch)
+    return tuple(port.layouts_for(lambda f: has(port.name, f, version), version))
 
 
 def layout_switches(arch: str, layout: str) -> dict:
-    """The switches a layout itself fixes, whatever the era: on x86 where the original's body
-    starts (the BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
-    starts with endbr64: is_endbr() in arch_prepare_bpf_trampoline).  arm64 returns through the
-    saved LR (skip 0 with or without bti c); on riscv64 each era has one layout, so the era's
-    switches already match it."""
-    from .targets.layouts import LAYOUT_LIST
-    a = get_arch(arch).name
-    lay = next((x for x in LAYOUT_LIST if x.arch == a and x.name == layout), None)
+    """The switches a layout itself fixes, whatever the era (the port says: e.g. x86 calls the
+    original past endbr64 + the site)."""
+    port = get_port(arch)
+    lay = next((x for x in port.layouts if x.name == layout), None)
     if lay is None:
-        raise UsageError(f"unknown layout {layout!r} for {a}")
-    if a == "x86_64":
-        return {"bpf_site_skip": lay.entry.landing_pad_size + X86_PATCH_SIZE}
-    return {}
+        raise UsageError(f"unknown layout {layout!r} for {port.name}")
+    return dict(port.layout_switches(lay))
 
 
 def layout_violations(p: Profile) -> list[str]:
@@ -250,9 +160,8 @@ def layout_violations(p: Profile) -> list[str]:
                    f"{' or '.join(allowed)}, not {p.layout!r}")
         return out
     want = dict(layout_switches(p.arch, p.layout))
-    if p.arch != "x86_64":
-        era = _ARCH_DERIVE[p.arch](p.kernel)
-        want.update(bpf_entry=era["bpf_entry"], bpf_site_skip=era["bpf_site_skip"])
+    era = _derive(p.arch, p.kernel)
+    want.update({switch: era[switch] for switch in get_port(p.arch).era_switches})
     for switch, value in want.items():
         if getattr(p, switch) != value:
             out.append(f"layout {p.layout!r} at v{p.kernel} gives {switch} = {value!r}, the "
@@ -277,7 +186,7 @@ def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
     a = get_arch(arch).name
     version = check_version(a, version)
     h = lambda f: has(a, f, version)   # noqa: E731
-    base = _ARCH_DERIVE[a](version)
+    base = _derive(a, version)
     if h("single_direct_ops"):
         api = "single"
     elif h("direct_api_ops"):
@@ -302,43 +211,18 @@ def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
 # --------------------------------------------------------------------------------------------
 # Presets
 # --------------------------------------------------------------------------------------------
-_PRESET_VERSIONS = {
-    "x86_64": ("5.5", "6.6", "6.19", "7.0"),
-    "arm64": ("6.0", "6.4", "6.16"),
-    "riscv64": ("6.2", "6.3", "6.8", "6.16"),
-}
-
-
 def _special(arch: str) -> dict[str, Profile]:
-    """Named profiles that are not plain releases: the seed bugs and notable fixes."""
-    out: dict[str, Profile] = {}
-    if arch == "x86_64":
-        lts = dict(multi_flags="SAVE_REGS", note="6.6.y LTS, with the v6.8 MULTI_FLAGS fix backported")
-        out["v6.6"] = profile_for(arch, "6.6").with_(**lts)
-        out["v6.6-ibt"] = with_layout(profile_for(arch, "6.6", "v6.6-ibt"), "fentry-ibt").with_(
-            multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site")
-        out["v6.4"] = profile_for(arch, "6.4").with_(
-            bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site with "
-                 "another ops goes through ftrace_caller, which ignores orig_ax")
-        out["i386-like-rfc"] = profile_for(arch, "6.3", "i386-like-rfc").with_(
-            with_args=False, multi_flags="NONE", bug=True,
-            note="seed 004: WITH_REGS without WITH_ARGS and the v1 patch's MULTI_FLAGS = "
-                 "DIRECT only; the list caller hands NULL ftrace_regs to "
-                 "arch_ftrace_set_direct_caller()")
-    if arch == "riscv64":
-        out["seed000-mismatch"] = profile_for(arch, "6.8", "seed000-mismatch").with_(
-            bpf_entry="ra-sled16", bpf_site_skip=16, bug=True,
-            note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
-                 "still assumes the 16-byte sled (orig_call += 16, returns through ra)")
-    if arch == "arm64":
-        out["v6.16-bti"] = with_layout(profile_for(arch, "6.16", "v6.16-bti"),
-                                       "callops-bti").with_(note="BTI kernel: bti c at func+0")
-    return out
+    """Named profiles that are not plain releases: the seed bugs and notable configs (the port
+    lists them)."""
+    port = get_port(arch)
+    return dict(port.special_presets(lambda version, name=None: profile_for(port.name, version,
+                                                                             name),
+                                     with_layout))
 
 
 def presets(arch: str) -> dict[str, Profile]:
     a = get_arch(arch).name
-    out = {f"v{v}": profile_for(a, v) for v in _PRESET_VERSIONS[a]}
+    out = {f"v{v}": profile_for(a, v) for v in get_port(a).preset_versions}
     out.update(_special(a))
     out["latest"] = profile_for(a, LATEST, "latest")
     return out

@@ -3,7 +3,9 @@ arch/<name>/abi.py; generic code (machine, loader, CLI) reads these fields and n
 arch's name."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class ArchInfo:
 
     memory: MemoryLayout
     elf_machine: str                      # pyelftools e_machine name
+    # The kernel half of the address space in the paging mode `memory` is laid out for (x86-64
+    # 4-level paging, arm64 VA_BITS=48, riscv64 Sv39): where kernel addresses may start.
+    kernel_space: int
+    byteorder: str = "little"             # "little" | "big": how memory holds a word
     extra_uc_regs: dict[str, int] = field(default_factory=dict)   # registers set at CPU reset
 
     def reg_number(self, name: str) -> int:
@@ -78,3 +84,58 @@ class ArchInfo:
             return self.gpr[name]
         except KeyError:
             raise KeyError(f"{self.name} has no register {name!r}") from None
+
+
+@dataclass(frozen=True)
+class KconfigRule:
+    """One `select`/`depends on` rule of the arch's Kconfig, as data: `broken(profile, version,
+    layout)` is true when a profile breaks it (version: a tuple like (6, 16); layout: the
+    profile's Layout, or None if it has none)."""
+
+    text: str
+    broken: Callable[[Any, tuple, Any], bool]
+
+
+@dataclass(frozen=True)
+class StressEra:
+    """A patching protocol worth stressing on this arch: a profile and machine options."""
+
+    profile: str
+    note: str
+    options: tuple = ()                   # (name, value) pairs for Kernel(..., **options)
+
+
+@dataclass(frozen=True)
+class Port:
+    """Everything an arch knows, in one frozen object that registers itself
+    (arch/<name>/port.py does `register_port(Port(...))`; so can any package, see
+    arch/__init__.py).  Generic code reads these fields and never names an arch.
+
+    Implementations live in modules of `package`: `trampoline` (the BPF trampoline JIT,
+    bpf/spec.TrampolineJit), `bpfjit` (program images and text pokes, bpf/spec.ProgImage) and
+    `ftrace` (ArchFtraceImpl, ftrace/arch_api.ArchFtrace)."""
+
+    info: ArchInfo
+    package: str                          # e.g. "tramplab.arch.arm64"
+    order: int                            # position in tables ("all" arches)
+    timeline: Mapping[str, str | None]    # feature -> first kernel version with it (None: never)
+    derive: Callable[[Callable[[str], bool], str], dict]   # (has, version) -> arch switches
+    layouts_for: Callable[[Callable[[str], bool], str], tuple]   # (has, version) -> layout names
+    preset_versions: tuple[str, ...]      # presets named after releases
+    # (profile_for, with_layout) -> named profiles that are not plain releases (seeds, configs)
+    special_presets: Callable[[Callable, Callable], dict] = lambda profile_for, with_layout: {}
+    layout_switches: Callable[[Any], dict] = lambda layout: {}   # what a Layout itself fixes
+    era_switches: tuple[str, ...] = ()    # switches the era fixes whatever the layout
+    kconfig_rules: tuple[KconfigRule, ...] = ()
+    layouts: tuple = ()                   # targets.layouts.Layout, compiled objects
+    entry_kinds: tuple[str, ...] = ()     # how its BPF trampolines may be entered (§1.4)
+    relocations: Mapping[int, tuple] = field(default_factory=dict)   # ELF r_type -> (name, fn)
+    pcrel_hi_reloc: int | None = None     # a relocation the LO12 ones pair with (riscv)
+    stress_eras: Mapping[str, StressEra] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def module(self, name: str):
+        return importlib.import_module(f"{self.package}.{name}")

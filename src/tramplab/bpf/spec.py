@@ -72,15 +72,6 @@ class ProgLink:
     exit: int          # __bpf_prog_exit_recur
 
 
-# How the trampoline is entered (the patch site's contract, kernel-anchors.md §1.4).
-ENTRY_KINDS = {
-    "x86_64": ("call", "jmp"),          # [rsp] = return into function (call) / parent (jmp)
-    "arm64": ("bl",),                   # x30 = return into function body, x9 = parent
-    "riscv64": ("t0", "ra-sled16"),     # t0 = into function, ra = parent  |  old 16-byte sled:
-                                        # ra = into function (the sled's `ld ra`), parent at -8(sp)
-}
-
-
 @dataclass(frozen=True)
 class TrampolineSpec:
     arch: str
@@ -97,7 +88,7 @@ class TrampolineSpec:
     tramp_enter: int = 0      # __bpf_tramp_enter(im)
     tramp_exit: int = 0       # __bpf_tramp_exit(im)
     image: int = 0            # where the code will be placed (branches are pc-relative)
-    entry: str = ""           # one of ENTRY_KINDS[arch]
+    entry: str = ""           # one of the port's entry_kinds (how the site enters it, §1.4)
     max_args: int = 12        # MAX_BPF_FUNC_ARGS for this arch/profile (more -> ENOTSUPP)
     reg_args_only: bool = False   # arches/eras whose trampoline cannot take stack args
     extra: dict = field(default_factory=dict, compare=False)   # arch-specific switches

@@ -23,6 +23,7 @@ and after every schedule: no trampoline image still dying and no grace-period ca
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import KernelError, TramplabError
@@ -41,21 +42,26 @@ class Era:
     note: str = ""
 
 
-def _far(arch: str, offset: int) -> tuple:
-    from ..arch import get_arch
-    return (("bpf_area", get_arch(arch).memory.kernel_text + offset),)
+class _Eras(Mapping):
+    """"<arch>:<era>" -> Era, from every registered port's stress_eras (computed on use: ports
+    may register at any time)."""
+
+    def _table(self) -> dict[str, Era]:
+        from ..arch import ports
+        return {f"{port.name}:{name}": Era(port.name, e.profile, tuple(e.options), e.note)
+                for port in ports() for name, e in port.stress_eras.items()}
+
+    def __getitem__(self, key: str) -> Era:
+        return self._table()[key]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
 
 
-ERAS = {
-    "x86_64:v5.5": Era("x86_64", "v5.5", note="direct by ip, int3 poke, SAVE_REGS direct ops"),
-    "x86_64:v6.6": Era("x86_64", "v6.6", note="ops per trampoline, modify through a stub ops"),
-    "x86_64:latest": Era("x86_64", "latest", note="single direct ops, jmp mode"),
-    "arm64:near": Era("arm64", "latest", note="CALL_OPS, bl to the trampoline"),
-    "arm64:far": Era("arm64", "latest", _far("arm64", -(1 << 30)),
-                     note="trampolines out of bl range: through ftrace_caller and x17"),
-    "riscv64:v6.8": Era("riscv64", "v6.8", note="auipc+jalr sites, stop_machine, !PREEMPTION"),
-    "riscv64:latest": Era("riscv64", "latest", note="CALL_OPS, jalr-only atomic patching"),
-}
+ERAS = _Eras()
 
 # (kind, target): what the host actor attaches and detaches
 POOL = (("fentry", "bpf_fentry_test1"), ("fexit", "bpf_fentry_test1"),

@@ -6,9 +6,9 @@ and a direct ops that does not ask for regs); those pass here and the model repo
 bad path executes (see ftrace.core)."""
 from __future__ import annotations
 
+from ..arch import get_port
 from ..errors import TramplabError
 from ..profiles import Profile, version_key
-from ..targets import LAYOUTS
 
 
 class ConfigError(TramplabError):
@@ -20,27 +20,16 @@ class ConfigError(TramplabError):
                          + "\n  - ".join(rules))
 
 
-# Which patch-site schemes each layout can carry (the compiler flags imply the site).
-SITES_FOR_LAYOUT = {
-    ("x86_64", "fentry"): {"call5"},
-    ("x86_64", "fentry-ibt"): {"call5"},
-    ("arm64", "pfe2"): {"mov-x9-bl"},
-    ("arm64", "callops"): {"callops"},
-    ("arm64", "callops-bti"): {"callops"},
-    ("riscv64", "pfe8"): {"sled16"},
-    ("riscv64", "pfe4"): {"auipc-jalr", "jalr-only"},
-    ("riscv64", "callops"): {"callops-jalr"},
-}
-
-
 def violations(p: Profile) -> list[str]:
-    """Every Kconfig rule the profile breaks (empty list: buildable)."""
+    """Every Kconfig rule the profile breaks (empty list: buildable): the generic ones of
+    kernel/trace/Kconfig here, the arch's own from its port."""
     v = version_key(p.kernel)
+    port = get_port(p.arch)
     out: list[str] = []
-    a = p.arch
-    if p.layout not in LAYOUTS.get(a, {}):
-        out.append(f"no compiled layout {p.layout!r} for {a}")
-    elif p.site not in SITES_FOR_LAYOUT[(a, p.layout)]:
+    layout = next((lay for lay in port.layouts if lay.name == p.layout), None)
+    if layout is None:
+        out.append(f"no compiled layout {p.layout!r} for {port.name}")
+    elif p.site not in layout.sites:
         out.append(f"site scheme {p.site!r} needs other compiler flags than layout {p.layout!r}")
     if not (p.with_regs or p.with_args) and p.direct_calls:
         out.append("DYNAMIC_FTRACE_WITH_DIRECT_CALLS depends on DYNAMIC_FTRACE_WITH_REGS || "
@@ -49,43 +38,16 @@ def violations(p: Profile) -> list[str]:
         out.append("before v6.4 DYNAMIC_FTRACE_WITH_DIRECT_CALLS depends on "
                    "DYNAMIC_FTRACE_WITH_REGS (WITH_ARGS was allowed by 'ftrace: Make DIRECT_CALLS "
                    "work WITH_ARGS and !WITH_REGS')")
-    if a == "x86_64":
-        if p.call_ops:
-            out.append("x86 does not select HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS")
-        if not p.with_regs:
-            out.append("x86-64 always has DYNAMIC_FTRACE_WITH_REGS")
-    if a == "arm64":
-        if p.with_regs and p.with_args:
-            out.append("arm64 has either WITH_REGS (v5.5-v6.1) or WITH_ARGS (v6.2+), never both")
-        if p.call_ops and not p.with_args:
-            out.append("arm64: HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS is selected only if "
-                       "DYNAMIC_FTRACE_WITH_ARGS")
-        if p.direct_calls and not (p.with_args and p.call_ops):
-            out.append("arm64: HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is selected only if "
-                       "DYNAMIC_FTRACE_WITH_ARGS && DYNAMIC_FTRACE_WITH_CALL_OPS")
-    if a == "riscv64":
-        if p.call_ops and not p.with_args:
-            out.append("riscv: HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS is selected only if "
-                       "DYNAMIC_FTRACE_WITH_ARGS")
-        if p.direct_calls and v >= (6, 16) and not p.call_ops:
-            out.append("riscv v6.16+: HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is selected only if "
-                       "HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS")
-        if p.preemption and p.site in ("sled16", "auipc-jalr"):
-            out.append("riscv before v6.16: HAVE_FUNCTION_TRACER depends on !PREEMPTION (a task "
-                       "preempted between auipc and jalr would resume into a rewritten pair)")
-        if p.site in ("jalr-only", "callops-jalr") and v < (6, 16):
-            out.append("the jalr-only atomic riscv patching exists from v6.16")
-        if p.site == "jalr-only" and p.layout in LAYOUTS.get(a, {}) and \
-                LAYOUTS[a][p.layout].entry.align < 4:
-            out.append("riscv jalr-only patching writes one 4-byte jalr atomically, which needs "
-                       "4-byte aligned functions (FUNCTION_ALIGNMENT_4B); layout "
-                       f"{p.layout!r} is only {LAYOUTS[a][p.layout].entry.align}-byte aligned")
-    if p.jmp and (a != "x86_64" or not p.direct_calls):
-        out.append("DYNAMIC_FTRACE_WITH_JMP depends on DYNAMIC_FTRACE_WITH_DIRECT_CALLS && "
-                   "HAVE_DYNAMIC_FTRACE_WITH_JMP (x86-64 only)")
-    if p.single_direct_ops and (a != "x86_64" or not p.direct_calls):
-        out.append("HAVE_SINGLE_FTRACE_DIRECT_OPS is selected only by X86_64 && "
-                   "DYNAMIC_FTRACE_WITH_DIRECT_CALLS")
+    out += [rule.text for rule in port.kconfig_rules if rule.broken(p, v, layout)]
+    if p.jmp and (port.timeline.get("jmp") is None or not p.direct_calls):
+        out.append(f"DYNAMIC_FTRACE_WITH_JMP depends on DYNAMIC_FTRACE_WITH_DIRECT_CALLS && "
+                   f"HAVE_DYNAMIC_FTRACE_WITH_JMP (which {port.name} "
+                   f"{'selects' if port.timeline.get('jmp') else 'does not select'})")
+    if p.single_direct_ops and (port.timeline.get("single_direct_ops") is None
+                                or not p.direct_calls):
+        out.append(f"HAVE_SINGLE_FTRACE_DIRECT_OPS needs DYNAMIC_FTRACE_WITH_DIRECT_CALLS and an "
+                   f"arch that selects it ({port.name} "
+                   f"{'does' if port.timeline.get('single_direct_ops') else 'does not'})")
     if p.direct_api == "single" and not p.single_direct_ops:
         out.append("update_ftrace_direct_add/del/mod exist only with HAVE_SINGLE_FTRACE_DIRECT_OPS")
     if p.direct_api == "ip" and v >= (6, 4):

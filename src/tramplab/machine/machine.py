@@ -57,15 +57,6 @@ class MachineConfig:
     MAX_CPUS: ClassVar[int] = 64
     MAX_HEAP: ClassVar[int] = 1 << 30   # one anonymous mapping per machine
     MAX_COUNT: ClassVar[int] = (1 << 63) - 1     # Unicorn counts instructions in a size_t
-    # The kernel half of the address space in the paging mode each arch's memory map is laid out
-    # for (arch/<arch>/abi.py): x86-64 4-level paging (canonical 48-bit: 0xffff8000...), arm64
-    # VA_BITS=48 (TTBR1: 0xffff0000...), riscv64 Sv39 (0xffffffc0...).
-    KERNEL_SPACE: ClassVar[dict[str, int]] = {
-        "x86_64": 0xFFFF800000000000,
-        "arm64": 0xFFFF000000000000,
-        "riscv64": 0xFFFFFFC000000000,
-    }
-
     @classmethod
     def with_overrides(cls, config: "MachineConfig | None", overrides: dict) -> "MachineConfig":
         """`config` (default: the defaults) with some fields replaced; unknown names refused."""
@@ -103,7 +94,7 @@ class MachineConfig:
             raise UsageError(f"heap_size must be a multiple of the page size ({PAGE_SIZE:#x}) "
                              f"up to {self.MAX_HEAP:#x}, got {self.heap_size:#x}")
         lay = arch.memory
-        low = self.KERNEL_SPACE[arch.name]
+        low = arch.kernel_space
         for name in ("module_area", "bpf_area"):
             value = getattr(self, name)
             if value is None:

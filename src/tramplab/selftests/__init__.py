@@ -25,10 +25,10 @@ class Result:
 
 def _targets_results(arch: str) -> list[Result]:
     from ..kernel import Kernel
-    from ..targets import LAYOUTS
+    from ..targets import layouts_of
     from . import targets
     out = []
-    for layout in LAYOUTS[arch]:
+    for layout in layouts_of(arch):
         try:
             failures = targets.run(lambda cpus: Kernel(arch, layout=layout, cpus=cpus))
         except Oops as e:

@@ -14,36 +14,46 @@ import functools
 from pathlib import Path
 from typing import Mapping
 
-from ..arch import get_arch
+from ..arch import get_arch, get_port, ports
 from ..errors import UsageError
-from .layouts import CALLERS, LAYOUT_LIST, TRACED_FUNCTIONS, EntryShape, Layout
+from .layouts import CALLERS, TRACED_FUNCTIONS, EntryShape, Layout, all_layouts
 from .loader import (CType, LoadedObject, LoadError, Prototype, Segment, Site, Symbol,
                      load_object)
 
 OBJ_DIR = Path(__file__).resolve().parent / "obj"
 
-# arch -> layout name -> Layout
-LAYOUTS: dict[str, dict[str, Layout]] = {}
-for _lay in LAYOUT_LIST:
-    LAYOUTS.setdefault(_lay.arch, {})[_lay.name] = _lay
 
-# What a plain `tramplab` run uses per arch: the layout of the `latest` profile (the newest kernel
-# shape the arch has; tests/test_targets.py checks the two agree).
-DEFAULT_LAYOUTS: dict[str, str] = {"x86_64": "fentry", "arm64": "callops", "riscv64": "callops"}
+def layouts_of(arch) -> dict[str, Layout]:
+    """layout name -> Layout of one port."""
+    return {lay.name: lay for lay in get_port(arch).layouts}
 
 
 def default_layout(arch) -> str:
-    return DEFAULT_LAYOUTS[get_arch(arch).name]
+    """What a plain `Kernel(arch)` uses: the layout of the `latest` profile (the newest kernel
+    shape the arch has)."""
+    from ..profiles import get_profile
+    return get_profile(arch, "latest").layout
 
 
 def get_layout(arch, layout: str | None = None) -> Layout:
     name = get_arch(arch).name
-    layout = layout or DEFAULT_LAYOUTS[name]
+    layout = layout or default_layout(name)
     try:
-        return LAYOUTS[name][layout]
+        return layouts_of(name)[layout]
     except KeyError:
-        known = ", ".join(LAYOUTS.get(name, {}))
+        known = ", ".join(layouts_of(name))
         raise UsageError(f"unknown layout {layout!r} for {name}; known: {known}") from None
+
+
+def __getattr__(name: str):
+    # Computed on each use: ports may register at any time.
+    if name == "LAYOUTS":               # arch -> layout name -> Layout
+        return {port.name: layouts_of(port) for port in ports()}
+    if name == "LAYOUT_LIST":
+        return all_layouts()
+    if name == "DEFAULT_LAYOUTS":       # arch -> the latest profile's layout
+        return {port.name: default_layout(port) for port in ports()}
+    raise AttributeError(name)
 
 
 UNITS = ("", "many")      # see build.UNITS: "" is the kernel image, others load on request
@@ -53,7 +63,8 @@ def object_path(arch, layout: str | None = None, unit: str = "") -> Path:
     lay = get_layout(arch, layout)
     if unit not in UNITS:
         raise UsageError(f"unknown unit {unit!r}; known: {', '.join(u for u in UNITS if u)}")
-    return OBJ_DIR / lay.arch / (f"{lay.name}.{unit}.o" if unit else f"{lay.name}.o")
+    folder = Path(lay.objects) if lay.objects else OBJ_DIR / lay.arch
+    return folder / (f"{lay.name}.{unit}.o" if unit else f"{lay.name}.o")
 
 
 def load_target(arch, layout: str | None = None, base: int | None = None,
@@ -72,7 +83,7 @@ def _load_cached(arch: str, layout: str, base: int | None, unit: str = "") -> Lo
 
 
 __all__ = [
-    "CALLERS", "CType", "DEFAULT_LAYOUTS", "EntryShape", "LAYOUTS", "LAYOUT_LIST", "Layout",
+    "CALLERS", "CType", "EntryShape", "Layout", "all_layouts", "layouts_of",
     "LoadError", "LoadedObject", "Prototype", "Segment", "Site", "Symbol", "TRACED_FUNCTIONS",
     "default_layout", "get_layout", "load_object", "load_target", "object_path",
 ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
-from .layouts import LAYOUT_LIST, Compiler, Layout
+from .layouts import Compiler, Layout, all_layouts
 
 PKG_DIR = Path(__file__).resolve().parent
 SRC_DIR = PKG_DIR / "src"
@@ -64,14 +64,19 @@ def compiler_status(compiler: Compiler) -> CompilerStatus:
     return CompilerStatus(compiler, path, out.splitlines()[0] if out else "")
 
 
-def missing_compilers(layouts=LAYOUT_LIST) -> list[Compiler]:
+def own_layouts() -> list[Layout]:
+    """The layouts whose objects live in obj/ (a port may reuse another's objects)."""
+    return [lay for lay in all_layouts() if lay.objects is None]
+
+
+def missing_compilers(layouts=None) -> list[Compiler]:
     seen: dict[str, Compiler] = {}
-    for lay in layouts:
+    for lay in own_layouts() if layouts is None else layouts:
         seen.setdefault(lay.compiler.argv0, lay.compiler)
     return [c for c in seen.values() if not compiler_status(c).found]
 
 
-def require_compilers(layouts=LAYOUT_LIST) -> None:
+def require_compilers(layouts=None) -> None:
     missing = missing_compilers(layouts)
     if missing:
         names = ", ".join(c.describe() for c in missing)
@@ -82,12 +87,12 @@ def require_compilers(layouts=LAYOUT_LIST) -> None:
 
 def select(only: list[str] | None) -> list[Layout]:
     if not only:
-        return list(LAYOUT_LIST)
+        return list(own_layouts())
     chosen = []
     for key in only:
-        matches = [lay for lay in LAYOUT_LIST if key in (lay.key, lay.arch)]
+        matches = [lay for lay in own_layouts() if key in (lay.key, lay.arch)]
         if not matches:
-            known = ", ".join(lay.key for lay in LAYOUT_LIST)
+            known = ", ".join(lay.key for lay in own_layouts())
             raise UsageError(f"unknown layout {key!r}; known: {known}")
         chosen += [m for m in matches if m not in chosen]
     return chosen
@@ -117,7 +122,7 @@ def object_relpath(layout: Layout, unit: str = "") -> Path:
 
 
 def build_all(dest: Path = OBJ_DIR, layouts=None) -> list[Path]:
-    layouts = list(LAYOUT_LIST) if layouts is None else layouts
+    layouts = list(own_layouts()) if layouts is None else layouts
     require_compilers(layouts)
     outs = []
     with tempfile.TemporaryDirectory(prefix="tramplab-build-") as tmp:
@@ -153,7 +158,7 @@ def _section_diff(a: Path, b: Path) -> list[str]:
 
 def check(dest: Path = OBJ_DIR, layouts=None) -> list[str]:
     """Rebuild into a temp dir and compare with `dest`; return one line per mismatch."""
-    layouts = list(LAYOUT_LIST) if layouts is None else layouts
+    layouts = list(own_layouts()) if layouts is None else layouts
     require_compilers(layouts)
     problems = []
     with tempfile.TemporaryDirectory(prefix="tramplab-check-") as tmp:
@@ -180,7 +185,7 @@ def check(dest: Path = OBJ_DIR, layouts=None) -> list[str]:
 
 def _list() -> str:
     lines = []
-    for lay in LAYOUT_LIST:
+    for lay in own_layouts():
         e = lay.entry
         lines.append(f"{lay.key:22} {lay.compiler.argv0:24} {lay.kernels}")
         lines.append(f"{'':22} {lay.description}")

@@ -18,7 +18,6 @@ exactly and checked: a value that does not fit raises `LoadError`, it is never t
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,19 +28,15 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from ..arch import get_arch
+from ..arch import get_arch, get_port
 from ..arch.base import ArchInfo
 from ..errors import UsageError
+from .relocs import Fixup, LoadError, s64
 
 PAGE_SIZE = 4096
 # Sections that record patchable entries: gcc -mrecord-mcount, -fpatchable-function-entry.
 SITE_TABLES = ("__mcount_loc", "__patchable_function_entries")
 _SHF_WRITE, _SHF_ALLOC, _SHF_EXECINSTR = 0x1, 0x2, 0x4
-
-
-class LoadError(UsageError):
-    """The object cannot be loaded as asked (bad file, unknown relocation, out-of-range value,
-    missing external symbol)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -202,305 +197,6 @@ class LoadedObject:
 
 
 # ------------------------------------------------------------------------------------------
-# Relocation arithmetic
-
-
-def _s64(v: int) -> int:
-    """`v` modulo 2^64 as a signed value: addresses are 64-bit, so a kernel address such as
-    0xffffffff81000000 is -0x7f000000 to a sign-extending field, and S - P wraps the same way."""
-    return ((v + (1 << 63)) % (1 << 64)) - (1 << 63)
-
-
-def _u64(v: int) -> int:
-    return v % (1 << 64)
-
-
-def _fits_signed(v: int, bits: int) -> bool:
-    return -(1 << (bits - 1)) <= v < (1 << (bits - 1))
-
-
-def _fits_unsigned(v: int, bits: int) -> bool:
-    return 0 <= v < (1 << bits)
-
-
-@dataclass
-class _Fixup:
-    """Context of one relocation being applied."""
-
-    buf: bytearray              # the bytes of the target section
-    off: int                    # offset in buf
-    S: int                      # symbol value (placed)
-    A: int                      # addend
-    P: int                      # place (address of the field)
-    type_name: str
-    sym_name: str
-    where: str                  # "section+off" for messages
-    pcrel_hi: Callable[[int], int] | None = None   # riscv: auipc address -> its HI20 value
-
-    def fail(self, why: str) -> LoadError:
-        return LoadError(f"{self.type_name} at {self.where} against {self.sym_name or '?'}: {why}")
-
-    def _check(self, size: int) -> None:
-        if self.off < 0 or self.off + size > len(self.buf):
-            raise self.fail(f"{size}-byte field outside the section ({len(self.buf)} bytes)")
-
-    def get(self, size: int) -> int:
-        self._check(size)
-        return int.from_bytes(self.buf[self.off:self.off + size], "little")
-
-    def put(self, size: int, value: int) -> None:
-        self._check(size)
-        self.buf[self.off:self.off + size] = value.to_bytes(size, "little")
-
-    def insn(self) -> int:
-        return self.get(4)
-
-
-def _data(size: int, signed: bool | None, pcrel: bool = False):
-    """S + A (or S + A - P) stored in `size` bytes; signed None: either interpretation fits."""
-    def apply(f: _Fixup) -> None:
-        v = f.S + f.A - (f.P if pcrel else 0)
-        bits = size * 8
-        sv, uv = _s64(v), _u64(v)
-        if size < 8:
-            ok_s, ok_u = _fits_signed(sv, bits), _fits_unsigned(uv, bits)
-            if signed is True and not ok_s:
-                raise f.fail(f"value {uv:#x} does not fit signed {bits} bits")
-            if signed is False and not ok_u:
-                raise f.fail(f"value {uv:#x} does not fit unsigned {bits} bits")
-            if signed is None and not (ok_s or ok_u):
-                raise f.fail(f"value {uv:#x} does not fit {bits} bits")
-        f.put(size, uv & ((1 << bits) - 1))
-    return apply
-
-
-def _riscv_addsub(size: int, sign: int):
-    """R_RISCV_ADDn / SUBn: the field += / -= S + A (wrap-around arithmetic by definition)."""
-    def apply(f: _Fixup) -> None:
-        bits = size * 8
-        f.put(size, (f.get(size) + sign * (f.S + f.A)) & ((1 << bits) - 1))
-    return apply
-
-
-# --- x86-64 ---------------------------------------------------------------------------
-_X86_64: dict[int, tuple[str, Callable[[_Fixup], None]]] = {
-    1: ("R_X86_64_64", _data(8, None)),
-    2: ("R_X86_64_PC32", _data(4, True, pcrel=True)),
-    4: ("R_X86_64_PLT32", _data(4, True, pcrel=True)),
-    10: ("R_X86_64_32", _data(4, False)),
-    11: ("R_X86_64_32S", _data(4, True)),
-    24: ("R_X86_64_PC64", _data(8, None, pcrel=True)),
-}
-
-
-# --- AArch64 --------------------------------------------------------------------------
-def _a64_adrp(f: _Fixup) -> None:
-    pages = _s64((_u64(f.S + f.A) & ~0xFFF) - (f.P & ~0xFFF)) >> 12
-    if not _fits_signed(pages, 21):
-        raise f.fail(f"page delta {pages:#x} out of +-4 GiB")
-    imm = pages & 0x1FFFFF
-    insn = f.insn() & ~((0x3 << 29) | (0x7FFFF << 5))
-    f.put(4, insn | ((imm & 0x3) << 29) | ((imm >> 2) << 5))
-
-
-def _a64_lo12(shift: int):
-    def apply(f: _Fixup) -> None:
-        lo = (f.S + f.A) & 0xFFF
-        if lo & ((1 << shift) - 1):
-            raise f.fail(f"low 12 bits {lo:#x} not aligned to {1 << shift}")
-        insn = f.insn() & ~(0xFFF << 10)
-        f.put(4, insn | ((lo >> shift) << 10))
-    return apply
-
-
-def _a64_branch26(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    if v & 3 or not _fits_signed(v, 28):
-        raise f.fail(f"branch offset {v:#x} out of +-128 MiB or misaligned")
-    f.put(4, (f.insn() & ~0x3FFFFFF) | ((v >> 2) & 0x3FFFFFF))
-
-
-def _a64_imm_branch(bits: int, lsb: int, what: str):
-    def apply(f: _Fixup) -> None:
-        v = _s64(f.S + f.A - f.P)
-        if v & 3 or not _fits_signed(v, bits + 2):
-            raise f.fail(f"{what} offset {v:#x} out of range or misaligned")
-        mask = ((1 << bits) - 1) << lsb
-        f.put(4, (f.insn() & ~mask) | (((v >> 2) << lsb) & mask))
-    return apply
-
-
-_AARCH64: dict[int, tuple[str, Callable[[_Fixup], None]]] = {
-    257: ("R_AARCH64_ABS64", _data(8, None)),
-    258: ("R_AARCH64_ABS32", _data(4, None)),
-    260: ("R_AARCH64_PREL64", _data(8, None, pcrel=True)),
-    261: ("R_AARCH64_PREL32", _data(4, True, pcrel=True)),
-    275: ("R_AARCH64_ADR_PREL_PG_HI21", _a64_adrp),
-    277: ("R_AARCH64_ADD_ABS_LO12_NC", _a64_lo12(0)),
-    278: ("R_AARCH64_LDST8_ABS_LO12_NC", _a64_lo12(0)),
-    279: ("R_AARCH64_TSTBR14", _a64_imm_branch(14, 5, "tbz")),
-    280: ("R_AARCH64_CONDBR19", _a64_imm_branch(19, 5, "b.cond")),
-    282: ("R_AARCH64_JUMP26", _a64_branch26),
-    283: ("R_AARCH64_CALL26", _a64_branch26),
-    284: ("R_AARCH64_LDST16_ABS_LO12_NC", _a64_lo12(1)),
-    285: ("R_AARCH64_LDST32_ABS_LO12_NC", _a64_lo12(2)),
-    286: ("R_AARCH64_LDST64_ABS_LO12_NC", _a64_lo12(3)),
-    299: ("R_AARCH64_LDST128_ABS_LO12_NC", _a64_lo12(4)),
-}
-
-
-# --- RISC-V 64 ------------------------------------------------------------------------
-def _rv_hi_lo(v: int) -> tuple[int, int]:
-    hi = (v + 0x800) >> 12
-    lo = v - (hi << 12)
-    return hi, lo
-
-
-def _rv_set_u(insn: int, hi: int) -> int:
-    return (insn & 0xFFF) | ((hi & 0xFFFFF) << 12)
-
-
-def _rv_set_i(insn: int, lo: int) -> int:
-    return (insn & 0x000FFFFF) | ((lo & 0xFFF) << 20)
-
-
-def _rv_set_s(insn: int, lo: int) -> int:
-    lo &= 0xFFF
-    insn &= ~((0x7F << 25) | (0x1F << 7))
-    return insn | ((lo >> 5) << 25) | ((lo & 0x1F) << 7)
-
-
-def _rv_check_hi(f: _Fixup, v: int) -> int:
-    hi, _ = _rv_hi_lo(v)
-    if not _fits_signed(hi, 20):
-        raise f.fail(f"pc-relative offset {v:#x} out of +-2 GiB")
-    return hi
-
-
-def _rv_call(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    hi = _rv_check_hi(f, v)
-    _, lo = _rv_hi_lo(v)
-    pair = f.get(8)
-    auipc, jalr = pair & 0xFFFFFFFF, pair >> 32
-    f.put(8, _rv_set_u(auipc, hi) | (_rv_set_i(jalr, lo) << 32))
-
-
-def _rv_pcrel_hi20(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    f.put(4, _rv_set_u(f.insn(), _rv_check_hi(f, v)))
-
-
-def _rv_pcrel_lo12(setter):
-    def apply(f: _Fixup) -> None:
-        # The symbol is the label of the auipc carrying the matching PCREL_HI20; the low part
-        # is that pair's value (target - auipc address), not relative to this instruction.
-        if f.A:
-            raise f.fail("unexpected addend on PCREL_LO12")
-        assert f.pcrel_hi is not None
-        _, lo = _rv_hi_lo(f.pcrel_hi(f.S))
-        f.put(4, setter(f.insn(), lo))
-    return apply
-
-
-def _rv_abs_hi20(f: _Fixup) -> None:
-    v = _s64(f.S + f.A)
-    if not _fits_signed(v, 32):
-        raise f.fail(f"absolute value {v:#x} does not fit the sign-extended 32-bit range")
-    f.put(4, _rv_set_u(f.insn(), _rv_hi_lo(v)[0]))
-
-
-def _rv_abs_lo12(setter):
-    def apply(f: _Fixup) -> None:
-        f.put(4, setter(f.insn(), _rv_hi_lo(_s64(f.S + f.A))[1]))
-    return apply
-
-
-def _rv_branch(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    if v & 1 or not _fits_signed(v, 13):
-        raise f.fail(f"branch offset {v:#x} out of +-4 KiB")
-    insn = f.insn() & ~((0x7F << 25) | (0x1F << 7))
-    insn |= (((v >> 12) & 1) << 31 | ((v >> 5) & 0x3F) << 25
-             | ((v >> 1) & 0xF) << 8 | ((v >> 11) & 1) << 7)
-    f.put(4, insn)
-
-
-def _rv_jal(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    if v & 1 or not _fits_signed(v, 21):
-        raise f.fail(f"jal offset {v:#x} out of +-1 MiB")
-    insn = f.insn() & 0xFFF
-    insn |= (((v >> 20) & 1) << 31 | ((v >> 1) & 0x3FF) << 21
-             | ((v >> 11) & 1) << 20 | ((v >> 12) & 0xFF) << 12)
-    f.put(4, insn)
-
-
-def _rv_rvc_branch(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    if v & 1 or not _fits_signed(v, 9):
-        raise f.fail(f"c.beqz/c.bnez offset {v:#x} out of +-256 B")
-    insn = f.get(2) & ~((0x7 << 10) | (0x1F << 2))
-    insn |= (((v >> 8) & 1) << 12 | ((v >> 3) & 3) << 10 | ((v >> 6) & 3) << 5
-             | ((v >> 1) & 3) << 3 | ((v >> 5) & 1) << 2)
-    f.put(2, insn)
-
-
-def _rv_rvc_jump(f: _Fixup) -> None:
-    v = _s64(f.S + f.A - f.P)
-    if v & 1 or not _fits_signed(v, 12):
-        raise f.fail(f"c.j offset {v:#x} out of +-2 KiB")
-    imm = (((v >> 11) & 1) << 10 | ((v >> 4) & 1) << 9 | ((v >> 8) & 3) << 7 | ((v >> 10) & 1) << 6
-           | ((v >> 6) & 1) << 5 | ((v >> 7) & 1) << 4 | ((v >> 1) & 7) << 1 | ((v >> 5) & 1))
-    f.put(2, (f.get(2) & ~(0x7FF << 2)) | (imm << 2))
-
-
-def _rv_refuse(why: str):
-    def apply(f: _Fixup) -> None:
-        raise f.fail(why)
-    return apply
-
-
-_RELAX_WHY = "linker relaxation is not supported: build with -mno-relax"
-
-_RISCV64: dict[int, tuple[str, Callable[[_Fixup], None]]] = {
-    1: ("R_RISCV_32", _data(4, None)),
-    2: ("R_RISCV_64", _data(8, None)),
-    16: ("R_RISCV_BRANCH", _rv_branch),
-    17: ("R_RISCV_JAL", _rv_jal),
-    18: ("R_RISCV_CALL", _rv_call),
-    19: ("R_RISCV_CALL_PLT", _rv_call),
-    23: ("R_RISCV_PCREL_HI20", _rv_pcrel_hi20),
-    24: ("R_RISCV_PCREL_LO12_I", _rv_pcrel_lo12(_rv_set_i)),
-    25: ("R_RISCV_PCREL_LO12_S", _rv_pcrel_lo12(_rv_set_s)),
-    26: ("R_RISCV_HI20", _rv_abs_hi20),
-    27: ("R_RISCV_LO12_I", _rv_abs_lo12(_rv_set_i)),
-    28: ("R_RISCV_LO12_S", _rv_abs_lo12(_rv_set_s)),
-    33: ("R_RISCV_ADD8", _riscv_addsub(1, +1)),
-    34: ("R_RISCV_ADD16", _riscv_addsub(2, +1)),
-    35: ("R_RISCV_ADD32", _riscv_addsub(4, +1)),
-    36: ("R_RISCV_ADD64", _riscv_addsub(8, +1)),
-    37: ("R_RISCV_SUB8", _riscv_addsub(1, -1)),
-    38: ("R_RISCV_SUB16", _riscv_addsub(2, -1)),
-    39: ("R_RISCV_SUB32", _riscv_addsub(4, -1)),
-    40: ("R_RISCV_SUB64", _riscv_addsub(8, -1)),
-    43: ("R_RISCV_ALIGN", _rv_refuse(_RELAX_WHY)),
-    44: ("R_RISCV_RVC_BRANCH", _rv_rvc_branch),
-    45: ("R_RISCV_RVC_JUMP", _rv_rvc_jump),
-    51: ("R_RISCV_RELAX", _rv_refuse(_RELAX_WHY)),
-    57: ("R_RISCV_32_PCREL", _data(4, True, pcrel=True)),
-}
-_RV_PCREL_HI20 = 23
-
-# Keyed by ArchInfo.elf_machine so that nothing here tests the arch's name.
-_RELOCS: dict[str, dict[int, tuple[str, Callable[[_Fixup], None]]]] = {
-    "EM_X86_64": _X86_64,
-    "EM_AARCH64": _AARCH64,
-    "EM_RISCV": _RISCV64,
-}
-
-
-# ------------------------------------------------------------------------------------------
 # Placement
 
 
@@ -593,19 +289,21 @@ def _symbol_values(elf: ELFFile, symtab: SymbolTableSection, placed: dict[int, i
 def _apply_relocations(elf: ELFFile, arch: ArchInfo, target_idx: int, rel: RelocationSection,
                        buf: bytearray, sec_addr: int, sym_values: list, symtab,
                        counts: dict[str, int] | None) -> None:
-    table = _RELOCS.get(arch.elf_machine)
-    if table is None:       # pragma: no cover - all known arches have a table
-        raise LoadError(f"no relocation support for {arch.elf_machine}")
+    port = get_port(arch)
+    table = port.relocations
+    if not table:
+        raise LoadError(f"the {arch.name} port has no relocation table")
     target = elf.get_section(target_idx)
     relocs = list(rel.iter_relocations())
     is_rela = rel.is_RELA()
-    # riscv: the auipc address -> its PCREL_HI20 value, for the LO12 halves that name it.
+    # Paired relocations (riscv PCREL_HI20 / PCREL_LO12): the HI's place -> its value, for the
+    # LO halves that name that place instead of the symbol.
     hi20: dict[int, int] = {}
     for r in relocs:
-        if r["r_info_type"] == _RV_PCREL_HI20 and table is _RISCV64:
+        if port.pcrel_hi_reloc is not None and r["r_info_type"] == port.pcrel_hi_reloc:
             s = sym_values[r["r_info_sym"]]
             if s is not None:
-                hi20[sec_addr + r["r_offset"]] = _s64(s + r["r_addend"] - sec_addr - r["r_offset"])
+                hi20[sec_addr + r["r_offset"]] = s64(s + r["r_addend"] - sec_addr - r["r_offset"])
 
     def pcrel_hi(label_addr: int) -> int:
         try:
@@ -630,8 +328,8 @@ def _apply_relocations(elf: ELFFile, arch: ArchInfo, target_idx: int, rel: Reloc
             raise LoadError(f"{type_name} at {where}: symbol {sym.name!r} is undefined")
         if not is_rela:
             raise LoadError(f"REL relocations are not supported ({rel.name})")
-        fn(_Fixup(buf, r["r_offset"], S, r["r_addend"], sec_addr + r["r_offset"], type_name,
-                  sym.name, where, pcrel_hi))
+        fn(Fixup(buf, r["r_offset"], S, r["r_addend"], sec_addr + r["r_offset"], type_name,
+                 sym.name, where, pcrel_hi, arch.byteorder))
         if counts is not None:
             counts[type_name] = counts.get(type_name, 0) + 1
 
@@ -670,7 +368,7 @@ def _find_sites(arch: ArchInfo, outs: list[_OutSection], segs: dict[str, Segment
         if len(data) % 8:
             raise LoadError(f"{out.name} is {len(data)} bytes, not a table of 8-byte addresses")
         for i in range(0, len(data), 8):
-            addr = struct.unpack_from("<Q", data, i)[0]
+            addr = int.from_bytes(data[i:i + 8], arch.byteorder)
             owner = next((f for f in by_addr if f.addr <= addr < f.end), None)
             if owner is None:
                 # CALL_OPS: the recorded nops precede the symbol; take the next function if
@@ -846,9 +544,11 @@ def load_object(path: str | Path, arch: str | ArchInfo, base: int | None = None,
         raise LoadError(f"{path} is not an ELF file: {exc}") from None
     if elf["e_type"] != "ET_REL":
         raise LoadError(f"{path} is {elf['e_type']}, expected a relocatable object (ET_REL)")
-    if elf["e_machine"] != info.elf_machine or elf.elfclass != 64 or not elf.little_endian:
-        raise LoadError(f"{path} is a {elf.elfclass}-bit {elf['e_machine']} object, "
-                        f"not {info.name} ({info.elf_machine})")
+    little = info.byteorder == "little"
+    if elf["e_machine"] != info.elf_machine or elf.elfclass != 64 or elf.little_endian != little:
+        raise LoadError(f"{path} is a {elf.elfclass}-bit "
+                        f"{'little' if elf.little_endian else 'big'}-endian {elf['e_machine']} "
+                        f"object, not {info.name} ({info.byteorder}-endian {info.elf_machine})")
     symtab = elf.get_section_by_name(".symtab")
     if not isinstance(symtab, SymbolTableSection):
         raise LoadError(f"{path} has no symbol table")

@@ -51,4 +51,5 @@ ARCH = ArchInfo(
         heap_area=0xFFFF000080000000,
     ),
     elf_machine="EM_AARCH64",
+    kernel_space=0xFFFF000000000000,           # VA_BITS=48: the TTBR1 half
 )

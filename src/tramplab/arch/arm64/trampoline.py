@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import check_implements
 from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
@@ -350,8 +351,7 @@ class _Jit:
 # ------------------------------------------------------------------------------------------
 
 def _check_spec(spec: TrampolineSpec) -> ArgPlacement:
-    if spec.arch != "arm64":
-        raise UsageError(f"arm64 trampoline JIT given a spec for {spec.arch}")
+    check_implements(spec.arch, __package__, "the trampoline JIT")
     if spec.entry not in ("", "bl"):
         raise UsageError(f"arm64 trampolines are entered by bl (x30 = function, x9 = parent), "
                          f"not {spec.entry!r}")

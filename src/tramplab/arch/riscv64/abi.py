@@ -54,4 +54,5 @@ ARCH = ArchInfo(
         heap_area=0xFFFFFFD800000000,
     ),
     elf_machine="EM_RISCV",
+    kernel_space=0xFFFFFFC000000000,           # Sv39
 )

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...bpf.spec import ENTRY_KINDS, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from .. import check_implements
+from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from . import encode as R
@@ -151,10 +152,9 @@ def _frame_v63(spec: TrampolineSpec) -> Frame:
 # ----------------------------------------------------------------------------------------------
 
 def check_spec(spec: TrampolineSpec) -> None:
-    if spec.arch != "riscv64":
-        raise UsageError(f"riscv64 trampoline JIT given a spec for {spec.arch}")
-    if spec.entry not in ENTRY_KINDS["riscv64"]:
-        raise UsageError(f"riscv64 trampolines are entered via {ENTRY_KINDS['riscv64']}, "
+    port = check_implements(spec.arch, __package__, "the trampoline JIT")
+    if spec.entry not in port.entry_kinds:
+        raise UsageError(f"riscv64 trampolines are entered via {port.entry_kinds}, "
                          f"not {spec.entry!r}")
     # Both versions test the two flags with one mask: either one alone is refused too.
     if spec.flags & (F.ORIG_STACK | F.SHARE_IPMODIFY):

@@ -50,4 +50,5 @@ ARCH = ArchInfo(
         heap_area=0xFFFF888100000000,
     ),
     elf_machine="EM_X86_64",
+    kernel_space=0xFFFF800000000000,           # x86-64 4-level paging: canonical 48-bit
 )

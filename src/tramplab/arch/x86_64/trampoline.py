@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import check_implements
 from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
@@ -148,8 +149,7 @@ def _call_alignment_pad(size: int, entry: str) -> int:
 
 def check_spec(spec: TrampolineSpec) -> None:
     model, flags = spec.model, spec.flags
-    if spec.arch != "x86_64":
-        raise UsageError(f"x86_64 trampoline JIT given a {spec.arch!r} spec")
+    check_implements(spec.arch, __package__, "the trampoline JIT")
     if model.nr_arg_slots > spec.max_args:
         raise KernelError("ENOTSUPP", f"{model.nr_arg_slots} argument slots > "
                                       f"MAX_BPF_FUNC_ARGS {spec.max_args}")

@@ -1,0 +1,92 @@
+"""The riscv64 port: what tramplab knows about riscv64 beyond its ABI (abi.py) and encoders.
+
+Timeline facts: kernel-anchors.md §0, §1.3 and §7; Kconfig: arch/riscv/Kconfig.
+"""
+from __future__ import annotations
+
+from ..base import KconfigRule, Port, StressEra
+from .. import register_port
+from .abi import ARCH
+from .layouts import LAYOUTS
+from .relocs import PCREL_HI20, RELOCATIONS
+
+TIMELINE = {
+    "dynamic_ftrace": "5.6", "with_regs": "5.6", "with_args": "6.11", "call_ops": "6.16",
+    "direct_calls": "6.8", "direct_api_ops": "5.16", "direct_api_v64": "6.4",
+    "multi_flags_save_args": "6.4", "multi_flags_regs_fix": "6.8", "jmp": None,
+    "single_direct_ops": None, "bpf_trampoline": "6.3", "freplace": "6.3", "fmod_ret": "6.3",
+    "links_38": "5.12", "func_ip": "6.3", "get_func_arg": "6.3", "kprobe_multi": "5.18",
+    "cookie": "6.3", "ops_func": "6.3", "struct_args": "6.11", "stack_args": "6.11",
+    "fsession": "7.0", "tracing_multi": None,
+    "site_8b": "6.3",          # Guo Ren: auipc t0; jalr t0 (8 bytes) replaces the 16-byte sled
+    "bpf_site_fix": "6.4",     # Pu Lehui: the BPF trampoline adapted to the 8-byte site
+    "jalr_only": "6.16",       # Andy Chiu: only the jalr is patched; preemptible tracing
+}
+
+
+def _site(h) -> tuple[str, str]:
+    if not h("site_8b"):
+        return "pfe8", "sled16"
+    if h("call_ops"):
+        return "callops", "callops-jalr"
+    if h("jalr_only"):
+        return "pfe4", "jalr-only"
+    return "pfe4", "auipc-jalr"
+
+
+def derive(h, version: str) -> dict:
+    layout, site = _site(h)
+    fixed = h("bpf_site_fix")
+    return dict(
+        layout=layout, site=site, call_ops=h("call_ops"),
+        with_regs=h("with_regs") and not h("with_args"), with_args=h("with_args"),
+        direct_calls=h("direct_calls"), jmp=False, single_direct_ops=False,
+        preemption=h("jalr_only"),      # before 6.16 the function tracer needed !PREEMPTION
+        bpf_entry="t0" if fixed else "ra-sled16", bpf_site_skip=8 if fixed else 16,
+        bpf_max_args=12 if h("stack_args") else 8, bpf_reg_args_only=not h("stack_args"),
+    )
+
+
+def layouts_for(h, version: str) -> tuple[str, ...]:
+    """Exactly one per era: pfe8 before v6.3, pfe4 to v6.15, callops from v6.16."""
+    return (_site(h)[0],)
+
+
+def special_presets(profile_for, with_layout) -> dict:
+    return {"seed000-mismatch": profile_for("6.8", "seed000-mismatch").with_(
+        bpf_entry="ra-sled16", bpf_site_skip=16, bug=True,
+        note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
+             "still assumes the 16-byte sled (orig_call += 16, returns through ra)")}
+
+
+KCONFIG = (
+    KconfigRule("riscv: HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS is selected only if "
+                "DYNAMIC_FTRACE_WITH_ARGS", lambda p, v, lay: p.call_ops and not p.with_args),
+    KconfigRule("riscv v6.16+: HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is selected only if "
+                "HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS",
+                lambda p, v, lay: p.direct_calls and v >= (6, 16) and not p.call_ops),
+    KconfigRule("riscv before v6.16: HAVE_FUNCTION_TRACER depends on !PREEMPTION (a task "
+                "preempted between auipc and jalr would resume into a rewritten pair)",
+                lambda p, v, lay: p.preemption and p.site in ("sled16", "auipc-jalr")),
+    KconfigRule("the jalr-only atomic riscv patching exists from v6.16",
+                lambda p, v, lay: p.site in ("jalr-only", "callops-jalr") and v < (6, 16)),
+    KconfigRule("riscv jalr-only patching writes one 4-byte jalr atomically, which needs 4-byte "
+                "aligned functions (FUNCTION_ALIGNMENT_4B); this layout is less aligned",
+                lambda p, v, lay: p.site == "jalr-only" and lay is not None
+                and lay.entry.align < 4),
+)
+
+STRESS = {
+    "v6.8": StressEra("v6.8", "auipc+jalr sites, stop_machine, !PREEMPTION"),
+    "latest": StressEra("latest", "CALL_OPS, jalr-only atomic patching"),
+}
+
+PORT = register_port(Port(
+    info=ARCH, package=__package__, order=2, timeline=TIMELINE, derive=derive,
+    layouts_for=layouts_for, preset_versions=("6.2", "6.3", "6.8", "6.16"),
+    special_presets=special_presets, era_switches=("bpf_entry", "bpf_site_skip"),
+    kconfig_rules=KCONFIG, layouts=LAYOUTS,
+    entry_kinds=("t0", "ra-sled16"),   # t0 = into function, ra = parent | old 16-byte sled:
+                                       # ra = into function (the sled's `ld ra`), parent at -8(sp)
+    relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
+))

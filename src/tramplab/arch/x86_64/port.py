@@ -1,0 +1,88 @@
+"""The x86-64 port: what tramplab knows about x86-64 beyond its ABI (abi.py) and encoders.
+
+Timeline facts: kernel-anchors.md §0 and §7; Kconfig: arch/x86/Kconfig, kernel/trace/Kconfig.
+"""
+from __future__ import annotations
+
+from ..base import KconfigRule, Port, StressEra
+from .. import register_port
+from .abi import ARCH
+from .layouts import LAYOUTS
+from .relocs import RELOCATIONS
+
+TIMELINE = {
+    "dynamic_ftrace": "2.6.27", "with_regs": "3.7", "with_args": "5.11",
+    "call_ops": None, "direct_calls": "5.5", "direct_api_ops": "5.16", "direct_api_v64": "6.4",
+    "multi_flags_save_args": "6.4", "multi_flags_regs_fix": "6.8", "jmp": "6.19",
+    "single_direct_ops": "7.0", "bpf_trampoline": "5.5", "freplace": "5.6", "fmod_ret": "5.7",
+    "links_38": "5.12", "func_ip": "5.15", "get_func_arg": "5.17", "kprobe_multi": "5.18",
+    "cookie": "5.19", "ops_func": "6.0", "struct_args": "6.1", "stack_args": "6.6",
+    "fsession": "7.0", "tracing_multi": "7.1", "ibt": "5.18",
+    "tramp_endbr_direct_only": "6.8",   # trampolines lose their endbr64 unless called indirectly
+}
+
+X86_PATCH_SIZE = 5                 # the call/nop5 at the site
+ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
+
+
+def derive(h, version: str) -> dict:
+    return dict(
+        layout="fentry", site="call5", call_ops=False,
+        with_regs=True, with_args=h("with_args"), direct_calls=h("direct_calls"),
+        jmp=h("jmp"), single_direct_ops=h("single_direct_ops"),
+        preemption=True,                # the int3 protocol is safe under preemption
+        bpf_entry="call", bpf_site_skip=X86_PATCH_SIZE,
+        bpf_max_args=12 if h("stack_args") else 6, bpf_reg_args_only=not h("stack_args"),
+    )
+
+
+def layouts_for(h, version: str) -> tuple[str, ...]:
+    """fentry, plus fentry-ibt from CONFIG_X86_KERNEL_IBT (v5.18).  Kernels before -mfentry
+    (the -pg/mcount era) have no compiled object and are modelled with fentry."""
+    return ("fentry", "fentry-ibt") if h("ibt") else ("fentry",)
+
+
+def layout_switches(layout) -> dict:
+    """The BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
+    starts with endbr64 (is_endbr() in arch_prepare_bpf_trampoline)."""
+    return {"bpf_site_skip": layout.entry.landing_pad_size + X86_PATCH_SIZE}
+
+
+def special_presets(profile_for, with_layout) -> dict:
+    lts = dict(multi_flags="SAVE_REGS", note="6.6.y LTS, with the v6.8 MULTI_FLAGS fix backported")
+    return {
+        "v6.6": profile_for("6.6").with_(**lts),
+        "v6.6-ibt": with_layout(profile_for("6.6", "v6.6-ibt"), "fentry-ibt").with_(
+            multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site"),
+        "v6.4": profile_for("6.4").with_(
+            bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site "
+                           "with another ops goes through ftrace_caller, which ignores orig_ax"),
+        "i386-like-rfc": profile_for("6.3", "i386-like-rfc").with_(
+            with_args=False, multi_flags="NONE", bug=True,
+            note="seed 004: WITH_REGS without WITH_ARGS and the v1 patch's MULTI_FLAGS = "
+                 "DIRECT only; the list caller hands NULL ftrace_regs to "
+                 "arch_ftrace_set_direct_caller()"),
+    }
+
+
+KCONFIG = (
+    KconfigRule("x86 does not select HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS",
+                lambda p, v, lay: p.call_ops),
+    KconfigRule("x86-64 has DYNAMIC_FTRACE_WITH_REGS from v3.7 (HAVE_DYNAMIC_FTRACE_WITH_REGS)",
+                lambda p, v, lay: not p.with_regs and v >= (3, 7)),
+)
+
+STRESS = {
+    "v5.5": StressEra("v5.5", "direct by ip, int3 poke, SAVE_REGS direct ops"),
+    "v6.6": StressEra("v6.6", "ops per trampoline, modify through a stub ops"),
+    "latest": StressEra("latest", "single direct ops, jmp mode"),
+}
+
+PORT = register_port(Port(
+    info=ARCH, package=__package__, order=0, timeline=TIMELINE, derive=derive,
+    layouts_for=layouts_for, preset_versions=("5.5", "6.6", "6.19", "7.0"),
+    special_presets=special_presets, layout_switches=layout_switches,
+    kconfig_rules=KCONFIG, layouts=LAYOUTS,
+    entry_kinds=("call", "jmp"),    # [rsp] = return into function (call) / parent (jmp)
+    relocations=RELOCATIONS, stress_eras=STRESS,
+))
