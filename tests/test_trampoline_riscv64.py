@@ -19,7 +19,7 @@ from tramplab.arch.riscv64 import encode as R
 from tramplab.arch.riscv64.abi import ARCH
 from tramplab.arch.riscv64.trampoline import (frame_layout, prepare_trampoline, stack_diagram,
                                               trampoline_size)
-from tramplab.bpf.spec import FuncModel, TrampFlag
+from tramplab.bpf.spec import FuncModel, JitOptions, TrampFlag
 from tramplab.errors import KernelError, Oops
 from tramplab.machine.hostcall import poison_value
 
@@ -386,7 +386,7 @@ def test_size_pass_is_an_upper_bound_and_code_decodes(layout, entry):
 def test_without_rvc_every_instruction_is_four_bytes():
     h = Harness("pfe4")
     fexit = h.prog("fexit")
-    a = h.attach("bpf_fentry_test3", fexit=[fexit], extra={"rvc": False})
+    a = h.attach("bpf_fentry_test3", fexit=[fexit], options=JitOptions(rvc=False))
     insns = list(MD.disasm(a.image.code, a.image.image))
     assert {i.size for i in insns} == {4} and sum(i.size for i in insns) == len(a.image.code)
     assert h.k.call("bpf_fentry_test3", 4, 5, 6) == 15 and ret_int(fexit.seen[0]) == 15

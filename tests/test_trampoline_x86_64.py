@@ -19,7 +19,7 @@ from unicorn import unicorn_const as ucc
 from tramplab.arch.x86_64 import encode as X
 from tramplab.arch.x86_64.trampoline import (BPF_INSN_SAFETY, frame_layout, prepare_trampoline,
                                               stack_diagram, trampoline_size)
-from tramplab.bpf.spec import FuncModel, TrampFlag
+from tramplab.bpf.spec import FuncModel, JitOptions, TrampFlag
 from tramplab.errors import EncodeError, KernelError, UsageError
 from tramplab.machine.disasm import disassemble
 from tramplab.machine.hostcall import poison_value
@@ -554,13 +554,13 @@ def test_trampoline_count_shape_fits_a_page():
 
 
 def test_older_kernel_switches():
-    """spec.extra: 8-byte padding nops (before the 2023 "Longer NOPs": the fmod_ret shape then
+    """spec.options: 8-byte padding nops (before the 2023 "Longer NOPs": the fmod_ret shape then
     fills its 9 bytes with nop8 + nop1) and endbr64 first (IBT kernels before v6.8)."""
     h = Harness()
     b = h.k.kmalloc((2).to_bytes(4, "little"))
     counts = {}
-    for name, extra in (("nop8", {"asm_nop_max": 8}), ("endbr", {"endbr": True})):
-        att = h.attach("bpf_modify_return_test", [], [], [h.prog(name)], extra=extra)
+    for name, options in (("nop8", JitOptions(nop_max=8)), ("endbr", JitOptions(endbr=True))):
+        att = h.attach("bpf_modify_return_test", [], [], [h.prog(name)], options=options)
         insns = disassemble(h.m.arch, att.image.code, att.addr)
         counts[name] = len(insns)
         assert max(i.size for i in insns if i.mnemonic == "nop") <= 8

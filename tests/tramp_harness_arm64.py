@@ -23,7 +23,7 @@ from unicorn import unicorn_const as ucc
 from tramplab import Kernel
 from tramplab.arch.arm64 import encode as A
 from tramplab.arch.arm64.trampoline import prepare_trampoline, trampoline_size
-from tramplab.bpf.spec import FuncModel, ProgLink, TrampFlag, TrampolineSpec
+from tramplab.bpf.spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 
 FAR_BELOW_TEXT = 0x40000000       # a BPF area 1 GiB below kernel text: out of bl range
                                   # (2 GiB below, as the brief suggested, is the module area)
@@ -151,7 +151,7 @@ class Harness:
             fentry=tuple(p.link(self) for p in fentry), fexit=tuple(p.link(self) for p in fexit),
             fmod_ret=tuple(p.link(self) for p in fmod_ret), func_addr=fn.addr,
             site_skip=self.entry_offset + 8, im=self.im, tramp_enter=self.tramp_enter,
-            tramp_exit=self.tramp_exit, entry="bl", extra={"bti": self.bti}, **kw)
+            tramp_exit=self.tramp_exit, entry="bl", options=JitOptions(bti=self.bti), **kw)
 
     @property
     def entry_offset(self) -> int:

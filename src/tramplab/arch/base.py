@@ -126,6 +126,8 @@ class Port:
     special_presets: Callable[[Callable, Callable], dict] = lambda profile_for, with_layout: {}
     layout_switches: Callable[[Any], dict] = lambda layout: {}   # what a Layout itself fixes
     era_switches: tuple[str, ...] = ()    # switches the era fixes whatever the layout
+    # (profile, layout, has) -> bpf.spec.JitOptions: the configuration its JITs follow
+    jit_options: Callable[[Any, Any, Callable[[str], bool]], Any] | None = None
     kconfig_rules: tuple[KconfigRule, ...] = ()
     layouts: tuple = ()                   # targets.layouts.Layout, compiled objects
     entry_kinds: tuple[str, ...] = ()     # how its BPF trampolines may be entered (§1.4)

@@ -28,14 +28,15 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Generator
 
-from ..arch import arch_module
+from ..arch import arch_module, get_port
 from ..errors import EncodeError, KernelError, ProgramError, UsageError
 from ..ftrace import FtraceOps, OpsCmd
 from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
 from .prog import BpfProg, Ctx
-from .spec import FuncModel, ProgLink, TrampFlag, TrampolineSpec
+from ..profiles import has
+from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
 # ALLOW_ERROR_INJECTION / the fmodret BTF id sets of the selftest targets (net/bpf/test_run.c,
@@ -468,13 +469,17 @@ class BpfManager:
             entry, skip = self.progjit.prog_entry(p), tr.target.site_skip
         if self._jmp_mode(tr):                 # only profiles with DYNAMIC_FTRACE_WITH_JMP get here
             entry = "jmp"
-        extra = {"bti": self.kernel.layout.entry.landing_pad_name == "bti c"}
+        port = get_port(self.arch)
+        options = JitOptions()
+        if port.jit_options is not None:
+            options = port.jit_options(p, self.kernel.layout,
+                                       lambda f: has(port.name, f, p.kernel))
         return TrampolineSpec(
             arch=self.arch.name, model=tr.model, flags=tr.flags, fentry=links["fentry"],
             fexit=links["fexit"], fmod_ret=links["fmod_ret"], func_addr=tr.func_addr,
             site_skip=skip, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
             image=image, entry=entry, max_args=p.bpf_max_args, reg_args_only=p.bpf_reg_args_only,
-            extra=extra)
+            options=options)
 
     def _build_image(self, tr: Trampoline) -> TrampImage:
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.

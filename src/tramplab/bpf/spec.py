@@ -8,6 +8,7 @@ the trampoline is entered all come from the manager (and the profile behind it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 from enum import IntFlag
 
 
@@ -73,6 +74,18 @@ class ProgLink:
 
 
 @dataclass(frozen=True)
+class JitOptions:
+    """Kernel configuration the JITs read, set from the profile and its layout by the port
+    (Port.jit_options) -- never by hand: every switch that shapes the emitted code reaches it
+    this way.  A JIT reads the fields that exist on its arch."""
+
+    endbr: bool = False            # x86: trampolines start with endbr64 (IBT kernels before v6.8)
+    nop_max: int | None = None     # x86: longest padding nop, ASM_NOP_MAX (None: the JIT's own)
+    bti: bool = False              # arm64: trampolines start with `bti jc` (BTI kernels)
+    rvc: bool = True               # riscv: compressed instructions (CONFIG_RISCV_ISA_C)
+
+
+@dataclass(frozen=True)
 class TrampolineSpec:
     arch: str
     model: FuncModel
@@ -91,7 +104,7 @@ class TrampolineSpec:
     entry: str = ""           # one of the port's entry_kinds (how the site enters it, §1.4)
     max_args: int = 12        # MAX_BPF_FUNC_ARGS for this arch/profile (more -> ENOTSUPP)
     reg_args_only: bool = False   # arches/eras whose trampoline cannot take stack args
-    extra: dict = field(default_factory=dict, compare=False)   # arch-specific switches
+    options: JitOptions = JitOptions()    # the kernel configuration the JIT follows
 
     @property
     def progs(self) -> tuple[ProgLink, ...]:
@@ -124,3 +137,45 @@ class TrampolineImage:
                    ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
                    stack_diagram=stack_diagram,
                    marks=asm.marks if marks is None else marks)
+
+
+@runtime_checkable
+class TrampolineJit(Protocol):
+    """What a port's `trampoline` module provides (arch/<name>/trampoline.py): the kernel's
+    arch_bpf_trampoline_size / arch_prepare_bpf_trampoline, and the frame they lay out."""
+
+    def check_spec(self, spec: TrampolineSpec) -> None:
+        """Refuse what the kernel refuses (KernelError with its errno) before emitting."""
+
+    def frame_layout(self, spec: TrampolineSpec):
+        """The trampoline's stack frame: offsets as the kernel computes them."""
+
+    def trampoline_size(self, spec: TrampolineSpec) -> int:
+        """The size pass: bytes the image needs, wherever it is placed."""
+
+    def prepare_trampoline(self, spec: TrampolineSpec) -> TrampolineImage:
+        """The emit pass: the code for address spec.image."""
+
+    def stack_diagram(self, spec: TrampolineSpec) -> str:
+        """The frame as the kernel's comment block draws it, with this spec's numbers."""
+
+
+@runtime_checkable
+class ProgImage(Protocol):
+    """What a port's `bpfjit` module provides: a BPF program's image (prologue with its
+    patchable entry, then a call of the body) and bpf_arch_text_poke's bytes."""
+
+    def prog_entry(self, profile) -> str:
+        """How a trampoline on a BPF program is entered (one of the port's entry_kinds)."""
+
+    def gen_prog_image(self, e, kernel, host: int, calls: int | None) -> None:
+        """Emit a program's image into e (label "site": its patchable entry)."""
+
+    def site_bytes(self, kernel, site: int, what) -> bytes:
+        """A program's site: nops (what None), ("call", addr) or ("jump", addr)."""
+
+    def fexit_skip(self, ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
+        """(old, new) bytes at ip_after_call when an image is put."""
+
+    def poison(self, size: int) -> bytes:
+        """What a freed image is filled with (a use after free traps)."""

@@ -4,6 +4,7 @@ Timeline facts: kernel-anchors.md §0, §1.2 and §7; Kconfig: arch/arm64/Kconfi
 """
 from __future__ import annotations
 
+from ...bpf.spec import JitOptions
 from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
@@ -39,6 +40,11 @@ def layouts_for(h, version: str) -> tuple[str, ...]:
     return ("callops", "callops-bti") if h("call_ops") else ("pfe2",)
 
 
+def jit_options(profile, layout, h) -> JitOptions:
+    """A BTI kernel (bti c at every function) starts its trampolines with `bti jc`."""
+    return JitOptions(bti=layout.entry.landing_pad_name == "bti c")
+
+
 def special_presets(profile_for, with_layout) -> dict:
     return {"v6.16-bti": with_layout(profile_for("6.16", "v6.16-bti"), "callops-bti").with_(
         note="BTI kernel: bti c at func+0")}
@@ -64,6 +70,7 @@ PORT = register_port(Port(
     info=ARCH, package=__package__, order=1, timeline=TIMELINE, derive=derive,
     layouts_for=layouts_for, preset_versions=("6.0", "6.4", "6.16"),
     special_presets=special_presets, era_switches=("bpf_entry", "bpf_site_skip"),
+    jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
     relocations=RELOCATIONS, stress_eras=STRESS,

@@ -121,7 +121,7 @@ def _saves_ret(spec: TrampolineSpec) -> bool:
     return bool(spec.flags & (TrampFlag.CALL_ORIG | TrampFlag.RET_FENTRY_RET))
 
 
-def stack_diagram(spec: TrampolineSpec, args: ArgPlacement, frame: Frame) -> str:
+def _diagram(spec: TrampolineSpec, args: ArgPlacement, frame: Frame) -> str:
     """The frame as the kernel's comment draws it, with this spec's offsets."""
     n = args.nr_slots
     rows = [(frame.size + STACK_ARGS_FROM_FP + 8 * k, f"caller's stack arg {k}",
@@ -239,7 +239,7 @@ class _Jit:
     # -- the trampoline ----------------------------------------------------------------------
     def prologue(self, e: Emitter) -> None:
         spec, f = self.spec, self.frame
-        if spec.extra.get("bti", False):
+        if spec.options.bti:
             # Reached by bl (site), br (ftrace_caller's br x17) and blr: jc accepts all three.
             e.emit(A.bti("jc"))                              # bti jc
         e.emit(A.stp_pre("x29", "x9", "sp", -16))            # stp x29, x9, [sp, #-16]!
@@ -360,6 +360,19 @@ def _check_spec(spec: TrampolineSpec) -> ArgPlacement:
     return place_args(spec)
 
 
+def check_spec(spec: TrampolineSpec) -> None:
+    _check_spec(spec)
+
+
+def frame_layout(spec: TrampolineSpec) -> Frame:
+    return layout_frame(spec, _check_spec(spec))
+
+
+def stack_diagram(spec: TrampolineSpec) -> str:
+    args = _check_spec(spec)
+    return _diagram(spec, args, layout_frame(spec, args))
+
+
 def trampoline_size(spec: TrampolineSpec) -> int:
     """arch_bpf_trampoline_size: the worst case, valid wherever the image is placed."""
     args = _check_spec(spec)
@@ -373,7 +386,7 @@ def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     frame = layout_frame(spec, args)
     out = assemble(_Jit(spec, args, frame, sizing=False), spec.image)
     call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
-    return TrampolineImage.from_assembled(out, spec, stack_diagram(spec, args, frame),
+    return TrampolineImage.from_assembled(out, spec, _diagram(spec, args, frame),
                                           _marks(out.labels, spec.image, call_orig))
 
 

@@ -4,6 +4,7 @@ Timeline facts: kernel-anchors.md §0, §1.3 and §7; Kconfig: arch/riscv/Kconfi
 """
 from __future__ import annotations
 
+from ...bpf.spec import JitOptions
 from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
@@ -52,6 +53,12 @@ def layouts_for(h, version: str) -> tuple[str, ...]:
     return (_site(h)[0],)
 
 
+def jit_options(profile, layout, h) -> JitOptions:
+    """Compressed instructions where the kernel is built with C (CONFIG_RISCV_ISA_C): its
+    compiler pads functions with 2-byte c.nop."""
+    return JitOptions(rvc=len(layout.entry.nop) == 2)
+
+
 def special_presets(profile_for, with_layout) -> dict:
     return {"seed000-mismatch": profile_for("6.8", "seed000-mismatch").with_(
         bpf_entry="ra-sled16", bpf_site_skip=16, bug=True,
@@ -85,6 +92,7 @@ PORT = register_port(Port(
     info=ARCH, package=__package__, order=2, timeline=TIMELINE, derive=derive,
     layouts_for=layouts_for, preset_versions=("6.2", "6.3", "6.8", "6.16"),
     special_presets=special_presets, era_switches=("bpf_entry", "bpf_site_skip"),
+    jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("t0", "ra-sled16"),   # t0 = into function, ra = parent | old 16-byte sled:
                                        # ra = into function (the sled's `ld ra`), parent at -8(sp)

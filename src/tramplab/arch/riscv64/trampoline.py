@@ -19,7 +19,7 @@ in instead of 8 and returns to whatever was at -8(sp) -- the bug Björn Töpel r
 DYNAMIC_FTRACE_WITH_DIRECT_CALLS came to riscv (seed 000).
 
 Instruction choice follows the kernel's emit_* helpers (bpf_jit.h): the compressed form whenever
-the kernel would take it (CONFIG_RISCV_ISA_C; `spec.extra["rvc"] = False` for a non-C kernel),
+the kernel would take it (CONFIG_RISCV_ISA_C; `spec.options.rvc = False` for a non-C kernel),
 except where a slot must stay patchable (the beq/bne placeholders, the two nops after the call
 to the original).  Calls are `jal ra` within +/-1 MiB, else `auipc t1; jalr ra`; 64-bit constants
 use the kernel's emit_imm recursion.  The size pass assumes the longest form of everything the
@@ -197,7 +197,7 @@ class _Jit:
         self.spec = spec
         self.f = frame
         self.sizing = sizing
-        self.rvc = spec.extra.get("rvc", True)
+        self.rvc = spec.options.rvc
         self.nlabels = 0
 
     def fresh_label(self, what: str) -> str:

@@ -4,6 +4,7 @@ Timeline facts: kernel-anchors.md §0 and §7; Kconfig: arch/x86/Kconfig, kernel
 """
 from __future__ import annotations
 
+from ...bpf.spec import JitOptions
 from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
@@ -18,7 +19,9 @@ TIMELINE = {
     "links_38": "5.12", "func_ip": "5.15", "get_func_arg": "5.17", "kprobe_multi": "5.18",
     "cookie": "5.19", "ops_func": "6.0", "struct_args": "6.1", "stack_args": "6.6",
     "fsession": "7.0", "tracing_multi": "7.1", "ibt": "5.18",
-    "tramp_endbr_direct_only": "6.8",   # trampolines lose their endbr64 unless called indirectly
+    # ≈v6.8, "x86/cfi,bpf: Fix bpf_struct_ops CFI": a trampoline gets endbr64 (EMIT_ENDBR) only
+    # if it is called indirectly (struct_ops); before, every trampoline of an IBT kernel had it
+    "tramp_endbr_indirect_only": "6.8",
 }
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site
@@ -46,6 +49,14 @@ def layout_switches(layout) -> dict:
     """The BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
     starts with endbr64 (is_endbr() in arch_prepare_bpf_trampoline)."""
     return {"bpf_site_skip": layout.entry.landing_pad_size + X86_PATCH_SIZE}
+
+
+def jit_options(profile, layout, h) -> JitOptions:
+    """IBT kernels (endbr64 at every function) before v6.8 start every trampoline with endbr64.
+    (ASM_NOP_MAX went from 8 to 11 with "x86_64: Longer NOPs", 2023; its release is not pinned,
+    so every profile uses 11.)"""
+    ibt = layout.entry.landing_pad_name == "endbr64"
+    return JitOptions(endbr=ibt and not h("tramp_endbr_indirect_only"))
 
 
 def special_presets(profile_for, with_layout) -> dict:
@@ -81,7 +92,7 @@ STRESS = {
 PORT = register_port(Port(
     info=ARCH, package=__package__, order=0, timeline=TIMELINE, derive=derive,
     layouts_for=layouts_for, preset_versions=("5.5", "6.6", "6.19", "7.0"),
-    special_presets=special_presets, layout_switches=layout_switches,
+    special_presets=special_presets, layout_switches=layout_switches, jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("call", "jmp"),    # [rsp] = return into function (call) / parent (jmp)
     relocations=RELOCATIONS, stress_eras=STRESS,

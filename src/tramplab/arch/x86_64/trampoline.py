@@ -9,10 +9,11 @@ each shape matches the kernel JIT's (§4.5).  Everything that must survive a cal
 prog's start time, the saved arguments, the return value) lives in rbx or in the frame: a host
 call poisons every caller-saved register.
 
-Switches in `spec.extra` for older kernels (the defaults are today's):
-  "endbr"        True: start with endbr64, as IBT kernels before v6.8 did for every trampoline
+Switches of older kernels arrive in `spec.options` (bpf/spec.JitOptions, set by the port from
+the profile and its layout; the defaults are today's):
+  endbr          True: start with endbr64, as IBT kernels before v6.8 did for every trampoline
                  (INDIRECT struct_ops trampolines always get it: they are called through a pointer)
-  "asm_nop_max"  longest padding nop: 11 on 64-bit since "x86_64: Longer NOPs" (2023, ≈v6.5), 8
+  nop_max        longest padding nop: 11 on 64-bit since "x86_64: Longer NOPs" (2023, ≈v6.5), 8
                  before; only changes how the 16-byte alignment of do_fexit is filled
 """
 from __future__ import annotations
@@ -190,7 +191,7 @@ class _Jit:
 
     def nops(self, e: Emitter, n: int) -> None:
         """emit_nops: n bytes as nops of at most ASM_NOP_MAX bytes each."""
-        longest = self.spec.extra.get("asm_nop_max", X.KERNEL_NOP_MAX)
+        longest = self.spec.options.nop_max or X.KERNEL_NOP_MAX
         while n:
             chunk = min(n, longest)
             e.emit(X.kernel_nop(chunk))                                 # nop (chunk bytes)
@@ -241,7 +242,7 @@ class _Jit:
 
     def prologue(self, e: Emitter) -> None:
         f = self.f
-        if self.has(TrampFlag.INDIRECT) or self.spec.extra.get("endbr"):
+        if self.has(TrampFlag.INDIRECT) or self.spec.options.endbr:
             # an indirect call (struct_ops) needs the IBT landing pad (the kCFI hash preamble is
             # not modelled); direct-call trampolines have had none since v6.8
             e.emit(X.endbr64())                                         # endbr64
