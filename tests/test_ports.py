@@ -153,3 +153,184 @@ def test_v66_ibt_trampoline_bytes():
     k.fentry("bpf_fentry_test1", name="p")(lambda ctx: 0)
     code = k.bpf.trampoline_of("bpf_fentry_test1").cur_image.code
     assert code[:8] == bytes.fromhex("f30f1efa554889e5")
+
+
+# ------------------------------------------------------------------------------ every switch
+# Each Profile switch, flipped on a kernel where the flip still builds (Kconfig), must change
+# what the model emits or does: the bytes of a site, a caller or a trampoline, or the kernel's
+# answer.  Probes return a comparable value (bytes, an errno name, a result).
+from dataclasses import fields  # noqa: E402
+
+from tramplab import KernelError, ProgramError  # noqa: E402
+from tramplab.ftrace import FL, FtraceOps  # noqa: E402
+from tramplab.profiles import Profile, get_profile  # noqa: E402
+
+
+def _attempt(fn):
+    try:
+        return fn()
+    except KernelError as e:
+        return e.name
+    except ProgramError as e:              # a helper the kernel's verifier would refuse
+        return e.__cause__.name
+
+
+def probe_fexit(k):
+    """Attach fexit to bpf_fentry_test1: the site's bytes and the trampoline's code."""
+    def go():
+        k.fexit("bpf_fentry_test1", name="px")(lambda ctx: 0)
+        rec = k.ftrace.record("bpf_fentry_test1")
+        site = b"".join(v for _, v in sorted(k.ftrace.arch.site_bytes(rec, rec.state).items()))
+        return site, k.bpf.trampoline_of("bpf_fentry_test1").cur_image.code
+    return _attempt(go)
+
+
+def probe_callers(k):
+    """The code of ftrace's callers (ftrace_caller, ftrace_regs_caller)."""
+    k.ftrace                                # boot ftrace: it installs the callers
+    out = []
+    for name in ("ftrace_caller", "ftrace_regs_caller"):
+        if name in k.machine.kallsyms:
+            sym = k.machine.kallsyms.get(name)
+            out.append(k.memory.read(sym.addr, sym.size))
+    return tuple(out)
+
+
+def probe_shared(k):
+    """A BPF fentry and a plain ftrace ops on one function: what the site calls, and whether
+    the program ran (v6.4's MULTI_FLAGS skipped it)."""
+    runs = []
+    k.fentry("bpf_fentry_test1", name="ps")(lambda ctx: runs.append(1))
+    ip = k.ftrace.ip_of("bpf_fentry_test1")
+    k.ftrace.register_ftrace_function(FtraceOps(func=lambda *a: None, name="o", filter={ip}))
+    target = k.ftrace.records[ip].state.target
+    k.call("bpf_fentry_test1", 1)
+    return k.machine.kallsyms.lookup(target).name, len(runs)
+
+
+def probe_two_functions(k):
+    """Programs on two functions: how many ftrace_ops the direct calls use."""
+    k.fentry("bpf_fentry_test1", name="a")(lambda ctx: 0)
+    k.fentry("bpf_fentry_test2", name="b")(lambda ctx: 0)
+    return len(k.ftrace.ops_list)
+
+
+def _steps_without_driving(gen, limit=50):
+    out = []
+    for _ in range(limit):
+        try:
+            out.append(next(gen))
+        except StopIteration:
+            break
+    return out
+
+
+def probe_parked_poke(k):
+    """Attach to a BPF program while CPU 0 is parked in it: does bpf_arch_text_poke's
+    stop_machine wait for the CPU (!PREEMPTION) or stop it where it is (PREEMPTION)?"""
+    from tramplab.machine.machine import CallTask
+    from tramplab.machine.rcu import Waiting
+    target = k.bpf.load_func("sub", lambda a, b: a + b, nargs=2)
+    prog = k.fentry(target, name="on_sub", attach=False)(lambda ctx: 0)
+    k.machine.start(CallTask(0, target.image, [1, 2], [], "sub"))
+    k.machine.step(k.machine.cpus[0], 3)
+    return any(isinstance(step, Waiting)
+               for step in _steps_without_driving(k.bpf.attach_steps(prog)))
+
+
+def probe_livepatch_fexit(k):
+    from tramplab.livepatch import Livepatch
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    return _attempt(lambda: (k.fexit("bpf_fentry_test1", name="lf")(lambda ctx: 0),
+                             k.call("bpf_fentry_test1", 1))[1])
+
+
+def probe_attach(func):
+    def probe(k):
+        return _attempt(lambda: bool(k.fentry(func, name="pa")(lambda ctx: 0)))
+    return probe
+
+
+def probe_links(k):
+    def go():
+        for i in range(3):
+            k.fentry("bpf_fentry_test1", name=f"l{i}")(lambda ctx: 0)
+        return "attached"
+    return _attempt(go)
+
+
+def probe_load(kind, target):
+    def probe(k):
+        def go():
+            if kind == "freplace":
+                t = k.bpf.load_func("sub", lambda a, b: a + b, nargs=2)
+                k.freplace(t, name="ext")(lambda a, b: 0)
+            else:
+                getattr(k, kind)(target, name="pl")(lambda ctx: 0)
+            return "loaded"
+        return _attempt(go)
+    return probe
+
+
+def probe_helper(attr):
+    def probe(k):
+        def go():
+            seen = []
+            k.fentry("bpf_fentry_test2", name="ph", func_ip=attr == "func_ip")(
+                lambda ctx: seen.append(getattr(ctx, attr)() if callable(getattr(ctx, attr))
+                                        else getattr(ctx, attr)))
+            k.call("bpf_fentry_test2", 1, 2)
+            return "ran"
+        return _attempt(go)
+    return probe
+
+
+SWITCHES = [
+    # switch, arch, profile, changes, probe
+    ("layout", "arm64", "latest", {"layout": "callops-bti"}, probe_fexit),
+    ("with_regs", "arm64", "v6.1", {"with_regs": False, "with_args": True}, probe_callers),
+    ("with_args", "x86_64", "v6.6", {"with_args": False}, probe_callers),
+    ("call_ops", "arm64", "v6.2", {"call_ops": True, "layout": "callops", "site": "callops"},
+     probe_callers),
+    ("direct_calls", "arm64", "v6.4", {"direct_calls": False}, probe_fexit),
+    ("jmp", "x86_64", "latest", {"jmp": False}, probe_fexit),
+    ("single_direct_ops", "x86_64", "latest", {"single_direct_ops": False,
+                                               "direct_api": "ops"}, probe_two_functions),
+    ("direct_api", "x86_64", "v5.5", {"direct_api": "ops"}, probe_two_functions),
+    ("multi_flags", "x86_64", "v6.6", {"multi_flags": "SAVE_ARGS"}, probe_shared),
+    ("site", "riscv64", "v6.8", {"site": "sled16", "layout": "pfe8"}, probe_callers),
+    ("preemption", "riscv64", "v6.16", {"preemption": False}, probe_parked_poke),
+    ("ops_func", "x86_64", "latest", {"ops_func": False}, probe_livepatch_fexit),
+    ("bpf_trampoline", "arm64", "latest", {"bpf_trampoline": False}, probe_fexit),
+    ("bpf_entry", "riscv64", "v6.8", {"bpf_entry": "ra-sled16"}, probe_fexit),
+    ("bpf_site_skip", "x86_64", "latest", {"bpf_site_skip": 9}, probe_fexit),
+    ("bpf_max_args", "x86_64", "latest", {"bpf_max_args": 6}, probe_attach(
+        "bpf_testmod_fentry_test7")),
+    ("bpf_reg_args_only", "arm64", "latest", {"bpf_reg_args_only": True}, probe_attach(
+        "bpf_testmod_fentry_test11")),
+    ("tramp_links_max", "x86_64", "latest", {"tramp_links_max": 2}, probe_links),
+    ("fmod_ret", "x86_64", "latest", {"fmod_ret": False},
+     probe_load("fmod_ret", "bpf_modify_return_test")),
+    ("freplace", "x86_64", "latest", {"freplace": False}, probe_load("freplace", None)),
+    ("func_ip", "x86_64", "latest", {"func_ip": False}, probe_helper("func_ip")),
+    ("get_func_arg", "x86_64", "latest", {"get_func_arg": False},
+     probe_helper("bpf_get_func_arg_cnt")),
+    ("cookie", "x86_64", "latest", {"cookie": False}, probe_helper("cookie")),
+    ("struct_args", "x86_64", "latest", {"struct_args": False},
+     probe_attach("bpf_testmod_test_struct_arg_1")),
+]
+NOT_CODE = {"name", "arch", "kernel", "note", "bug"}      # labels, not switches
+
+
+def test_every_profile_switch_has_an_entry():
+    switches = {f.name for f in fields(Profile)} - NOT_CODE
+    assert switches == {s for s, *_ in SWITCHES}
+
+
+@pytest.mark.parametrize("switch,arch,profile,changes,probe", SWITCHES,
+                         ids=[s[0] for s in SWITCHES])
+def test_a_profile_switch_reaches_what_the_model_does(switch, arch, profile, changes, probe):
+    base = get_profile(arch, profile)
+    flipped = base.with_(name=f"{profile}-{switch}", bug=True, **changes)
+    a, b = probe(Kernel(arch, profile=base, cpus=2)), probe(Kernel(arch, profile=flipped, cpus=2))
+    assert a != b, f"{switch}: {a!r} either way"
