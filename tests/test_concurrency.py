@@ -338,10 +338,11 @@ def test_show_trampoline_names_one_function():
 
 @pytest.mark.parametrize("words", [(1 << 64, 0), (0, -(1 << 63) - 1)])
 def test_struct_words_out_of_range_are_refused(words):
+    from tramplab.arch import get_arch
     from tramplab.machine.callconv import struct_words
     from tramplab.targets.loader import CType
     with pytest.raises(UsageError, match="does not fit in 64 bits"):
-        struct_words(CType("struct s", 16, False, "struct"), words)
+        struct_words(get_arch("x86_64"), CType("struct s", 16, False, "struct"), words)
 
 
 @pytest.mark.parametrize("bad", ["0", 1.0, None, True, -1, 2])
