@@ -399,7 +399,7 @@ def test_a_single_dynamic_ops_leaves_the_callers_on_the_list_function(profile):
     assert not task.done
     gen = k.ftrace.unregister_ftrace_function_steps(tracer)
     until_waiting(gen)
-    assert k.ftrace._current_func == k.ftrace.list_func
+    assert k.ftrace.current_func == k.ftrace.list_func
     k.machine.finish(cpu)
     finish_op(gen)
     assert k.result(task) == 2

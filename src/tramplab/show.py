@@ -44,7 +44,7 @@ def site_states(k, func: str) -> list[str]:
     if p.call_ops:                   # the literal of a direct site is the direct ops itself
         from .ftrace import FL, FtraceOps
         dops = FtraceOps(name="direct_ops", flags=FL.DIRECT, direct_call=near)
-        ft._mirror(dops)
+        ft.mirror(dops)
         direct_literal = dops.mem
     states = [("disabled (boot state)", SiteState(None, literal)),
               ("calling ftrace_caller (several ops: the list ops)",

@@ -209,11 +209,6 @@ class BpfManager:
     def _text_steps(self, writes: list[TextWrite]) -> Generator:
         yield from self.kernel.ftrace.arch.apply_poke(writes)
 
-    def _run(self, gen: Generator, what: str):
-        """Run an operation to completion outside a scheduler (Machine.run_host)."""
-        self.machine.may_sleep(what)
-        return self.machine.run_host(gen, what)
-
     def load_func(self, name: str, body, nargs: int) -> BpfProg:
         """A BPF program that is itself an attach target (a global function of a BPF object):
         called with `nargs` integer arguments, `body(*args) -> int`."""
@@ -319,7 +314,7 @@ class BpfManager:
     # ================================================================== attach / detach
     def attach(self, prog: BpfProg, cookie: int = 0) -> Link:
         """bpf_tracing_prog_attach + bpf_trampoline_link_prog."""
-        return self._run(self.attach_steps(prog, cookie), f"attach of {prog.name}")
+        return self.kernel.ftrace.run(self.attach_steps(prog, cookie), f"attach of {prog.name}")
 
     def attach_steps(self, prog: BpfProg, cookie: int = 0) -> Generator:
         """attach as a host operation for the scheduler; returns the Link."""
@@ -342,7 +337,7 @@ class BpfManager:
         return link
 
     def detach(self, link: Link) -> None:
-        self._run(self.detach_steps(link), f"detach of {link.prog.name}")
+        self.kernel.ftrace.run(self.detach_steps(link), f"detach of {link.prog.name}")
 
     def detach_steps(self, link: Link) -> Generator:
         """bpf_trampoline_unlink_prog as a host operation.  It cannot fail half way: if it
