@@ -230,7 +230,7 @@ def test_a_program_body_that_raises_unwinds_the_trampoline_state(arch, kind):
         k.call("bpf_fentry_test1", 1)
     assert e.value.prog == "bad" and "ValueError: boom" in str(e.value)
     assert image.pcref == 0 and not image.holders.get(0)
-    assert p._active.get(0, 0) == 0 and k.bpf.current_cookie(k.machine.cpus[0]) == 0
+    assert p.active.get(0, 0) == 0 and k.bpf.current_cookie(k.machine.cpus[0]) == 0
     fail["on"] = False
     assert k.call("bpf_fentry_test1", 1) == 2
     assert p.misses == 0 and p.runs == 2

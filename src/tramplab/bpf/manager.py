@@ -260,8 +260,8 @@ class BpfManager:
         mem = self.machine.memory
         mem.write_u64(run_ctx + 8, self._bpf_ctx.get(cpu.index, 0))    # saved_run_ctx
         self._bpf_ctx[cpu.index] = run_ctx
-        depth = prog._active.get(cpu.index, 0) + 1
-        prog._active[cpu.index] = depth
+        depth = prog.active.get(cpu.index, 0) + 1
+        prog.active[cpu.index] = depth
         if depth > 1:
             prog.misses += 1
             return 0
@@ -269,12 +269,12 @@ class BpfManager:
 
     def _prog_exit(self, cpu, prog_mem, start, run_ctx):
         prog = self._prog_by_mem(cpu, prog_mem, "__bpf_prog_exit_recur")
-        if not prog._active.get(cpu.index):
+        if not prog.active.get(cpu.index):
             raise self.machine.oops(cpu, f"__bpf_prog_exit_recur({prog.name}) without "
                                          "__bpf_prog_enter_recur on this CPU (the trampoline "
                                          "code changed under the call)")
         self._bpf_ctx[cpu.index] = self.machine.memory.read_u64(run_ctx + 8)
-        prog._active[cpu.index] -= 1
+        prog.active[cpu.index] -= 1
         return 0
 
     def _image_at(self, cpu, im: int, helper: str) -> TrampImage:
@@ -301,7 +301,7 @@ class BpfManager:
         on this CPU -- recursion counters, current->bpf_ctx, image references -- as the
         unwinding of those frames would have."""
         for prog in self.progs.values():
-            prog._active.pop(cpu.index, None)
+            prog.active.pop(cpu.index, None)
         self._bpf_ctx.pop(cpu.index, None)
         for image in list(self._ims.values()):
             for _ in range(image.holders.pop(cpu.index, 0)):
