@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Generator
 
 from ..arch import arch_module
-from ..errors import EncodeError, KernelError, ProgramError, UsageError
+from ..errors import ERRNO, EncodeError, KernelError, ProgramError, UsageError
 from ..ftrace import FtraceOps, OpsCmd
 from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
@@ -595,9 +595,9 @@ class BpfManager:
             # test_fexit_added_later_to_a_livepatched_function).
             if tr.flags & TrampFlag.CALL_ORIG and not tr.flags & TrampFlag.ORIG_STACK:
                 if tr.flags & TrampFlag.SHARE_IPMODIFY:
-                    return -16                               # -EBUSY (WARN_ON_ONCE)
+                    return -ERRNO["EBUSY"]                   # WARN_ON_ONCE
                 tr.flags |= TrampFlag.SHARE_IPMODIFY
-                return -11                                   # -EAGAIN: regenerate
+                return -ERRNO["EAGAIN"]                      # regenerate, then retry
             return 0
         if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_PEER:
             tr.flags |= TrampFlag.SHARE_IPMODIFY
@@ -609,7 +609,7 @@ class BpfManager:
             if tr.flags & TrampFlag.ORIG_STACK:
                 self._regenerate(tr)
             return 0
-        return -22
+        return -ERRNO["EINVAL"]
 
     def _regenerate(self, tr: Trampoline) -> None:
         share = tr.flags & TrampFlag.SHARE_IPMODIFY

@@ -20,7 +20,7 @@ from enum import IntEnum, IntFlag
 from typing import Callable, Generator
 
 from ..arch import arch_module
-from ..errors import KernelError
+from ..errors import ERRNO, KernelError
 from ..machine.oops import make_oops
 from ..machine.scheduler import HostTask
 from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
@@ -576,7 +576,6 @@ class FtraceCore:
     def _ops_func(ops: FtraceOps, ip: int, cmd: OpsCmd) -> None:
         err = ops.ops_func(ops, ip, cmd)
         if err:
-            from ..errors import ERRNO
             name = next((n for n, v in ERRNO.items() if v == -err), None)
             if name is None:
                 raise KernelError("EINVAL", f"ops_func returned unknown error {err}")
