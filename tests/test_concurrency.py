@@ -230,7 +230,7 @@ def test_a_program_body_that_raises_unwinds_the_trampoline_state(arch, kind):
         k.call("bpf_fentry_test1", 1)
     assert e.value.prog == "bad" and "ValueError: boom" in str(e.value)
     assert image.pcref == 0 and not image.holders.get(0)
-    assert p._active.get(0, 0) == 0 and k.bpf.current_cookie(k.machine.cpus[0]) == 0
+    assert p.active.get(0, 0) == 0 and k.bpf.current_cookie(k.machine.cpus[0]) == 0
     fail["on"] = False
     assert k.call("bpf_fentry_test1", 1) == 2
     assert p.misses == 0 and p.runs == 2
@@ -338,10 +338,11 @@ def test_show_trampoline_names_one_function():
 
 @pytest.mark.parametrize("words", [(1 << 64, 0), (0, -(1 << 63) - 1)])
 def test_struct_words_out_of_range_are_refused(words):
+    from tramplab.arch import get_arch
     from tramplab.machine.callconv import struct_words
     from tramplab.targets.loader import CType
     with pytest.raises(UsageError, match="does not fit in 64 bits"):
-        struct_words(CType("struct s", 16, False, "struct"), words)
+        struct_words(get_arch("x86_64"), CType("struct s", 16, False, "struct"), words)
 
 
 @pytest.mark.parametrize("bad", ["0", 1.0, None, True, -1, 2])
@@ -398,7 +399,7 @@ def test_a_single_dynamic_ops_leaves_the_callers_on_the_list_function(profile):
     assert not task.done
     gen = k.ftrace.unregister_ftrace_function_steps(tracer)
     until_waiting(gen)
-    assert k.ftrace._current_func == k.ftrace.list_func
+    assert k.ftrace.current_func == k.ftrace.list_func
     k.machine.finish(cpu)
     finish_op(gen)
     assert k.result(task) == 2

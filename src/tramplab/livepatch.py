@@ -49,7 +49,7 @@ class Livepatch:
         return klp_ftrace_handler
 
     def enable(self) -> None:
-        self.kernel.ftrace._run(self.enable_steps(), f"enable of {self.name}")
+        self.kernel.ftrace.run(self.enable_steps(), f"enable of {self.name}")
 
     def enable_steps(self):
         """klp_patch_object: register each function's ops; on a failure, those registered
@@ -67,7 +67,7 @@ class Livepatch:
         self.enabled = True
 
     def disable(self) -> None:
-        self.kernel.ftrace._run(self.disable_steps(), f"disable of {self.name}")
+        self.kernel.ftrace.run(self.disable_steps(), f"disable of {self.name}")
 
     def disable_steps(self):
         if not self.enabled:

@@ -44,7 +44,7 @@ def site_states(k, func: str) -> list[str]:
     if p.call_ops:                   # the literal of a direct site is the direct ops itself
         from .ftrace import FL, FtraceOps
         dops = FtraceOps(name="direct_ops", flags=FL.DIRECT, direct_call=near)
-        ft._mirror(dops)
+        ft.mirror(dops)
         direct_literal = dops.mem
     states = [("disabled (boot state)", SiteState(None, literal)),
               ("calling ftrace_caller (several ops: the list ops)",
@@ -66,7 +66,7 @@ def site_states(k, func: str) -> list[str]:
         lines.append(f"-- {title}")
         for addr, data in sorted(arch.site_bytes(rec, state).items()):
             if p.call_ops and len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr:
-                value = int.from_bytes(data, "little")
+                value = k.memory.word(data)
                 lines.append(f"  {addr:#018x}  ops literal = {value:#x} <{k.symbol(value)}>")
                 continue
             lines += _listing(k, addr, data)

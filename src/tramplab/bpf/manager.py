@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Generator
 
 from ..arch import arch_module, get_port
-from ..errors import EncodeError, KernelError, ProgramError, UsageError
+from ..errors import ERRNO, EncodeError, KernelError, ProgramError, UsageError
 from ..ftrace import FtraceOps, OpsCmd
 from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
-from .prog import BpfProg, Ctx
 from ..profiles import has
+from .prog import BpfProg, Ctx
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
@@ -210,11 +210,6 @@ class BpfManager:
     def _text_steps(self, writes: list[TextWrite]) -> Generator:
         yield from self.kernel.ftrace.arch.apply_poke(writes)
 
-    def _run(self, gen: Generator, what: str):
-        """Run an operation to completion outside a scheduler (Machine.run_host)."""
-        self.machine.may_sleep(what)
-        return self.machine.run_host(gen, what)
-
     def load_func(self, name: str, body, nargs: int) -> BpfProg:
         """A BPF program that is itself an attach target (a global function of a BPF object):
         called with `nargs` integer arguments, `body(*args) -> int`."""
@@ -266,8 +261,8 @@ class BpfManager:
         mem = self.machine.memory
         mem.write_u64(run_ctx + 8, self._bpf_ctx.get(cpu.index, 0))    # saved_run_ctx
         self._bpf_ctx[cpu.index] = run_ctx
-        depth = prog._active.get(cpu.index, 0) + 1
-        prog._active[cpu.index] = depth
+        depth = prog.active.get(cpu.index, 0) + 1
+        prog.active[cpu.index] = depth
         if depth > 1:
             prog.misses += 1
             return 0
@@ -275,12 +270,12 @@ class BpfManager:
 
     def _prog_exit(self, cpu, prog_mem, start, run_ctx):
         prog = self._prog_by_mem(cpu, prog_mem, "__bpf_prog_exit_recur")
-        if not prog._active.get(cpu.index):
+        if not prog.active.get(cpu.index):
             raise self.machine.oops(cpu, f"__bpf_prog_exit_recur({prog.name}) without "
                                          "__bpf_prog_enter_recur on this CPU (the trampoline "
                                          "code changed under the call)")
         self._bpf_ctx[cpu.index] = self.machine.memory.read_u64(run_ctx + 8)
-        prog._active[cpu.index] -= 1
+        prog.active[cpu.index] -= 1
         return 0
 
     def _image_at(self, cpu, im: int, helper: str) -> TrampImage:
@@ -307,7 +302,7 @@ class BpfManager:
         on this CPU -- recursion counters, current->bpf_ctx, image references -- as the
         unwinding of those frames would have."""
         for prog in self.progs.values():
-            prog._active.pop(cpu.index, None)
+            prog.active.pop(cpu.index, None)
         self._bpf_ctx.pop(cpu.index, None)
         for image in list(self._ims.values()):
             for _ in range(image.holders.pop(cpu.index, 0)):
@@ -320,7 +315,7 @@ class BpfManager:
     # ================================================================== attach / detach
     def attach(self, prog: BpfProg, cookie: int = 0) -> Link:
         """bpf_tracing_prog_attach + bpf_trampoline_link_prog."""
-        return self._run(self.attach_steps(prog, cookie), f"attach of {prog.name}")
+        return self.kernel.ftrace.run(self.attach_steps(prog, cookie), f"attach of {prog.name}")
 
     def attach_steps(self, prog: BpfProg, cookie: int = 0) -> Generator:
         """attach as a host operation for the scheduler; returns the Link."""
@@ -343,7 +338,7 @@ class BpfManager:
         return link
 
     def detach(self, link: Link) -> None:
-        self._run(self.detach_steps(link), f"detach of {link.prog.name}")
+        self.kernel.ftrace.run(self.detach_steps(link), f"detach of {link.prog.name}")
 
     def detach_steps(self, link: Link) -> Generator:
         """bpf_trampoline_unlink_prog as a host operation.  It cannot fail half way: if it
@@ -605,9 +600,9 @@ class BpfManager:
             # test_fexit_added_later_to_a_livepatched_function).
             if tr.flags & TrampFlag.CALL_ORIG and not tr.flags & TrampFlag.ORIG_STACK:
                 if tr.flags & TrampFlag.SHARE_IPMODIFY:
-                    return -16                               # -EBUSY (WARN_ON_ONCE)
+                    return -ERRNO["EBUSY"]                   # WARN_ON_ONCE
                 tr.flags |= TrampFlag.SHARE_IPMODIFY
-                return -11                                   # -EAGAIN: regenerate
+                return -ERRNO["EAGAIN"]                      # regenerate, then retry
             return 0
         if cmd == OpsCmd.ENABLE_SHARE_IPMODIFY_PEER:
             tr.flags |= TrampFlag.SHARE_IPMODIFY
@@ -619,7 +614,7 @@ class BpfManager:
             if tr.flags & TrampFlag.ORIG_STACK:
                 self._regenerate(tr)
             return 0
-        return -22
+        return -ERRNO["EINVAL"]
 
     def _regenerate(self, tr: Trampoline) -> None:
         share = tr.flags & TrampFlag.SHARE_IPMODIFY

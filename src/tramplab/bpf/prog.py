@@ -48,7 +48,8 @@ class BpfProg:
     site: int = 0                         # its patchable entry (fentry-on-BPF, freplace)
     site_skip: int = 0                    # bytes from image to the first insn after the site
     id: int = 0
-    _active: dict = field(default_factory=dict, repr=False)   # cpu -> depth (recursion)
+    # prog->active: per-CPU depth of runs, kept by __bpf_prog_enter/exit_recur (the manager)
+    active: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:

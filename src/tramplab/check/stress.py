@@ -198,7 +198,8 @@ class _Schedule:
             elif name == "bpf_fentry_test2":
                 args = (a, self.rng.randrange(1, 1 << 20))
             else:
-                args = (a, self.k.kmalloc(self.rng.randrange(1, 100).to_bytes(4, "little")))
+                value = self.k.memory.word_bytes(self.rng.randrange(1, 100), 4)
+                args = (a, self.k.kmalloc(value))
             calls.append(self.k.task(name, *args, cpu=cpu))
         return CallSeq(cpu, calls)
 

@@ -20,7 +20,7 @@ from enum import IntEnum, IntFlag
 from typing import Callable, Generator
 
 from ..arch import arch_module
-from ..errors import KernelError
+from ..errors import ERRNO, KernelError
 from ..machine.oops import make_oops
 from ..machine.scheduler import HostTask
 from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
@@ -156,10 +156,10 @@ class FtraceCore:
                 writes += self.arch.boot_writes(rec)
                 rec.state = SiteState(None, self.nop_ops if self.profile.call_ops else None)
         _verify_sequence(self.machine, writes)
-        self._run(self._apply_steps(writes))
+        self.run(self._apply_steps(writes))
         writes = self._func_writes(self.stub_func, None)
         _verify_sequence(self.machine, writes)
-        self._run(self._apply_steps(writes))
+        self.run(self._apply_steps(writes))
         self._current_func = self.stub_func
         self.stats = FtraceStats()       # boot patching is not part of any measured operation
 
@@ -364,10 +364,17 @@ class FtraceCore:
         self.stats.pokes += len(writes)
         yield from self.arch.apply(writes)
 
-    def _run(self, gen: Generator, what: str = "ftrace update"):
-        """Run a host operation to completion (outside a scheduler); see Machine.run_host."""
+    def run(self, gen: Generator, what: str = "ftrace update"):
+        """Run a host operation (a `*_steps` generator of ftrace or of one of its users: BPF,
+        livepatch) to completion outside a scheduler; refused where it may not sleep.  See
+        Machine.run_host; `task` is the way to run one under a scheduler."""
         self.machine.may_sleep(what)
         return self.machine.run_host(gen, what)
+
+    @property
+    def current_func(self) -> int | None:
+        """ftrace_trace_function: what ftrace_caller's call site calls now."""
+        return self._current_func
 
     def task(self, gen: Generator, name: str = "ftrace") -> HostTask:
         """Run an operation as an actor the scheduler interleaves with CPUs, e.g.
@@ -375,9 +382,10 @@ class FtraceCore:
         return HostTask(gen, name)
 
     # ------------------------------------------------------------------ ops API
-    def _mirror(self, ops: FtraceOps):
-        """Write the ops' in-memory mirror (allocated on first registration); returns an undo
-        that puts memory, the allocator and kallsyms back as they were."""
+    def mirror(self, ops: FtraceOps):
+        """Write the ops' in-memory mirror (allocated on first registration): what a call_ops
+        site's literal points at.  Returns an undo that puts memory, the allocator and
+        kallsyms back as they were."""
         mem, new = self.machine.memory, not ops.mem
         if new:
             addr = self.machine.heap_arena.alloc(OPS_MEM_SIZE, 16)
@@ -410,13 +418,13 @@ class FtraceCore:
 
     def ftrace_set_filter_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
                              reset: bool = False):
-        return self._run(self.ftrace_set_filter_ip_steps(ops, ip, remove, reset))
+        return self.run(self.ftrace_set_filter_ip_steps(ops, ip, remove, reset))
 
     def ftrace_set_filter_ip_steps(self, ops, ip, remove=False, reset=False) -> Generator:
         return self.ftrace_set_filter_ips_steps(ops, [ip], remove, reset)
 
     def ftrace_set_filter_ips(self, ops: FtraceOps, ips, remove=False, reset=False):
-        return self._run(self.ftrace_set_filter_ips_steps(ops, ips, remove, reset))
+        return self.run(self.ftrace_set_filter_ips_steps(ops, ips, remove, reset))
 
     def _edited_hash(self, current: set[int], ips, remove: bool, reset: bool,
                      caller: str) -> set[int]:
@@ -441,7 +449,7 @@ class FtraceCore:
 
     def ftrace_set_notrace_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
                               reset: bool = False):
-        return self._run(self.ftrace_set_notrace_ips_steps(ops, [ip], remove, reset))
+        return self.run(self.ftrace_set_notrace_ips_steps(ops, [ip], remove, reset))
 
     def ftrace_set_notrace_ips_steps(self, ops, ips, remove=False, reset=False) -> Generator:
         """ftrace_set_notrace: functions the ops must not trace even if its filter matches."""
@@ -452,7 +460,7 @@ class FtraceCore:
             yield from self._update_steps(old ^ new)
 
     def register_ftrace_function(self, ops: FtraceOps):
-        return self._run(self.register_ftrace_function_steps(ops))
+        return self.run(self.register_ftrace_function_steps(ops))
 
     def register_ftrace_function_steps(self, ops: FtraceOps) -> Generator:
         if ops.flags & FL.ENABLED:
@@ -462,7 +470,7 @@ class FtraceCore:
                                         "DYNAMIC_FTRACE_WITH_REGS (use SAVE_REGS_IF_SUPPORTED)")
         self._check_ipmodify(ops, ops.filter)
         flags = ops.flags
-        undo = self._mirror(ops)
+        undo = self.mirror(ops)
         ops.flags |= FL.ENABLED | FL.INITIALIZED
         if not ops.core_data:
             ops.flags |= FL.DYNAMIC            # __register_ftrace_function: not core kernel data
@@ -493,7 +501,7 @@ class FtraceCore:
             ops.trampoline = 0
 
     def unregister_ftrace_function(self, ops: FtraceOps):
-        return self._run(self.unregister_ftrace_function_steps(ops))
+        return self.run(self.unregister_ftrace_function_steps(ops))
 
     def unregister_ftrace_function_steps(self, ops: FtraceOps) -> Generator:
         if not ops.flags & FL.ENABLED:
@@ -568,7 +576,6 @@ class FtraceCore:
     def _ops_func(ops: FtraceOps, ip: int, cmd: OpsCmd) -> None:
         err = ops.ops_func(ops, ip, cmd)
         if err:
-            from ..errors import ERRNO
             name = next((n for n, v in ERRNO.items() if v == -err), None)
             if name is None:
                 raise KernelError("EINVAL", f"ops_func returned unknown error {err}")

@@ -55,7 +55,7 @@ class DirectCalls:
         change()
         for ops in self.ops_list:
             if ops.flags & FL.DIRECT:
-                self._mirror(ops)
+                self.mirror(ops)
         self.stats.synchronize_rcu += 1
         yield from self.unregister_ftrace_function_steps(stub)
         # tmp_ops lived on the modifier's stack: gone once no CPU can still be reading it
@@ -63,7 +63,7 @@ class DirectCalls:
 
     # ---------------------------------------------------------------- v5.5: by ip
     def register_ftrace_direct_ip(self, ip: int, addr: int):
-        return self._run(self.register_ftrace_direct_ip_steps(ip, addr))
+        return self.run(self.register_ftrace_direct_ip_steps(ip, addr))
 
     def register_ftrace_direct_ip_steps(self, ip: int, addr: int) -> Generator:
         self._require_api("ip", "register_ftrace_direct(ip, addr)")
@@ -92,7 +92,7 @@ class DirectCalls:
         return self._direct_ops
 
     def unregister_ftrace_direct_ip(self, ip: int, addr: int):
-        return self._run(self.unregister_ftrace_direct_ip_steps(ip, addr))
+        return self.run(self.unregister_ftrace_direct_ip_steps(ip, addr))
 
     def unregister_ftrace_direct_ip_steps(self, ip: int, addr: int) -> Generator:
         self._require_api("ip", "unregister_ftrace_direct(ip, addr)")
@@ -108,7 +108,7 @@ class DirectCalls:
         self.stats.synchronize_rcu += 1
 
     def modify_ftrace_direct_ip(self, ip: int, old_addr: int, new_addr: int):
-        return self._run(self.modify_ftrace_direct_ip_steps(ip, old_addr, new_addr))
+        return self.run(self.modify_ftrace_direct_ip_steps(ip, old_addr, new_addr))
 
     def modify_ftrace_direct_ip_steps(self, ip, old_addr, new_addr) -> Generator:
         self._require_api("ip", "modify_ftrace_direct(ip, old, new)")
@@ -119,7 +119,7 @@ class DirectCalls:
 
     # ---------------------------------------------------------------- v5.16/v6.4: by ops
     def register_ftrace_direct(self, ops: FtraceOps, addr: int):
-        return self._run(self.register_ftrace_direct_steps(ops, addr))
+        return self.run(self.register_ftrace_direct_steps(ops, addr))
 
     def register_ftrace_direct_steps(self, ops: FtraceOps, addr: int) -> Generator:
         self._require_api("ops", "register_ftrace_direct(ops, addr)")
@@ -148,7 +148,7 @@ class DirectCalls:
             raise
 
     def unregister_ftrace_direct(self, ops: FtraceOps, addr: int, free_filters: bool = False):
-        return self._run(self.unregister_ftrace_direct_steps(ops, addr, free_filters))
+        return self.run(self.unregister_ftrace_direct_steps(ops, addr, free_filters))
 
     def unregister_ftrace_direct_steps(self, ops, addr, free_filters=False) -> Generator:
         self._require_api("ops", "unregister_ftrace_direct(ops, addr)")
@@ -163,7 +163,7 @@ class DirectCalls:
             ops.filter = set()
 
     def modify_ftrace_direct(self, ops: FtraceOps, addr: int):
-        return self._run(self.modify_ftrace_direct_steps(ops, addr))
+        return self.run(self.modify_ftrace_direct_steps(ops, addr))
 
     def modify_ftrace_direct_steps(self, ops: FtraceOps, addr: int) -> Generator:
         self._require_api("ops", "modify_ftrace_direct(ops, addr)")
@@ -179,7 +179,7 @@ class DirectCalls:
 
     # ---------------------------------------------------------------- v7.0: one ops, batches
     def update_ftrace_direct_add(self, ops: FtraceOps, entries: dict[int, int]):
-        return self._run(self.update_ftrace_direct_add_steps(ops, entries))
+        return self.run(self.update_ftrace_direct_add_steps(ops, entries))
 
     def update_ftrace_direct_add_steps(self, ops: FtraceOps, entries: dict[int, int]) -> Generator:
         self._require_api("single", "update_ftrace_direct_add")
@@ -206,7 +206,7 @@ class DirectCalls:
             raise
 
     def update_ftrace_direct_del(self, ops: FtraceOps, entries: dict[int, int]):
-        return self._run(self.update_ftrace_direct_del_steps(ops, entries))
+        return self.run(self.update_ftrace_direct_del_steps(ops, entries))
 
     def update_ftrace_direct_del_steps(self, ops: FtraceOps, entries: dict[int, int]) -> Generator:
         self._require_api("single", "update_ftrace_direct_del")
@@ -228,7 +228,7 @@ class DirectCalls:
             ops.filter = set()
 
     def update_ftrace_direct_mod(self, ops: FtraceOps, entries: dict[int, int]):
-        return self._run(self.update_ftrace_direct_mod_steps(ops, entries))
+        return self.run(self.update_ftrace_direct_mod_steps(ops, entries))
 
     def update_ftrace_direct_mod_steps(self, ops: FtraceOps, entries: dict[int, int]) -> Generator:
         self._require_api("single", "update_ftrace_direct_mod")

@@ -38,14 +38,16 @@ def to_word(arch, ctype, value: int) -> int:
     return value & ((1 << bits) - 1)
 
 
-def struct_words(ctype, value) -> list[int]:
-    """A struct by value: given as bytes, or as a sequence of 64-bit words."""
+def struct_words(arch, ctype, value) -> list[int]:
+    """A struct by value: given as bytes (laid out as the arch's memory holds them, so each
+    word is what a doubleword load of the struct would put in a register), or as a sequence
+    of 64-bit words."""
     nwords = (ctype.size + 7) // 8
     if isinstance(value, (bytes, bytearray)):
         if len(value) != ctype.size:
             raise UsageError(f"{ctype.name} is {ctype.size} bytes, got {len(value)}")
         data = bytes(value) + bytes(nwords * 8 - len(value))
-        return [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
+        return [int.from_bytes(data[i:i + 8], arch.byteorder) for i in range(0, len(data), 8)]
     words = list(value) if isinstance(value, (list, tuple)) else None
     if words is None or len(words) != nwords or not all(isinstance(w, int) for w in words):
         raise UsageError(f"{ctype.name}: give {nwords} integer words (or {ctype.size} bytes)")
@@ -65,7 +67,7 @@ def assign(arch, params, values) -> tuple[list[int], list[int]]:
     regs_closed = False
     for ctype, value in zip(params, values):
         if ctype.kind == "struct":
-            words = struct_words(ctype, value)
+            words = struct_words(arch, ctype, value)
         else:
             words = [to_word(arch, ctype, value)]
         free = 0 if regs_closed else nregs - len(regs)

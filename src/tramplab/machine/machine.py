@@ -158,7 +158,7 @@ class Machine:
         self.config = MachineConfig.with_overrides(config, overrides)
         self.config.validate(self.arch)
         lay = self.arch.memory
-        self.memory = Memory(self.arch.phys_bits)
+        self.memory = Memory(self.arch.phys_bits, byteorder=self.arch.byteorder)
         self.kallsyms = Kallsyms()
         self.stats = Stats()
         self.trap_handlers: list[Callable] = []

@@ -43,11 +43,23 @@ class Region:
         return self.start <= addr < self.end
 
 
-class Memory:
-    """Regions by virtual address; `phys_bits` is the arch's virtual->physical rule (see ArchInfo)."""
+BYTEORDERS = {"little": "<", "big": ">"}      # ArchInfo.byteorder -> struct prefix
 
-    def __init__(self, phys_bits: int | None):
+
+class Memory:
+    """Regions by virtual address; `phys_bits` is the arch's virtual->physical rule and
+    `byteorder` how it lays out a multi-byte integer (both from ArchInfo).  Every Python reader
+    or writer of emulated memory goes through the accessors below (or `word`/`word_bytes`), so
+    no code outside the arch assumes an order."""
+
+    def __init__(self, phys_bits: int | None, *, byteorder: str):
+        if byteorder not in BYTEORDERS:
+            raise UsageError(f"byteorder must be one of {sorted(BYTEORDERS)}, not {byteorder!r}")
         self.phys_bits = phys_bits
+        self.byteorder = byteorder
+        prefix = BYTEORDERS[byteorder]
+        self._u64 = struct.Struct(prefix + "Q")
+        self._u32 = struct.Struct(prefix + "I")
         self.regions: list[Region] = []
         self._starts: list[int] = []
 
@@ -112,19 +124,28 @@ class Memory:
 
     def read_u64(self, addr: int) -> int:
         r, off = self._locate(addr, 8)
-        return struct.unpack_from("<Q", r.buf, off)[0]
+        return self._u64.unpack_from(r.buf, off)[0]
 
     def write_u64(self, addr: int, value: int) -> None:
         r, off = self._locate(addr, 8)
-        struct.pack_into("<Q", r.buf, off, value & 0xFFFFFFFFFFFFFFFF)
+        self._u64.pack_into(r.buf, off, value & 0xFFFFFFFFFFFFFFFF)
 
     def read_u32(self, addr: int) -> int:
         r, off = self._locate(addr, 4)
-        return struct.unpack_from("<I", r.buf, off)[0]
+        return self._u32.unpack_from(r.buf, off)[0]
 
     def write_u32(self, addr: int, value: int) -> None:
         r, off = self._locate(addr, 4)
-        struct.pack_into("<I", r.buf, off, value & 0xFFFFFFFF)
+        self._u32.pack_into(r.buf, off, value & 0xFFFFFFFF)
+
+    # -- integers <-> bytes in this memory's order (for bytes not (yet) in a region) --
+    def word(self, data: bytes, signed: bool = False) -> int:
+        """The integer that `data` holds, as a load of len(data) bytes would read it."""
+        return int.from_bytes(data, self.byteorder, signed=signed)
+
+    def word_bytes(self, value: int, size: int = 8, signed: bool = False) -> bytes:
+        """The `size` bytes a store of `value` would write (OverflowError if it does not fit)."""
+        return value.to_bytes(size, self.byteorder, signed=signed)
 
     def snapshot(self, kinds: tuple[str, ...] | None = None) -> dict[str, bytes]:
         """Bytes of every region (or of the given kinds): used to prove a failed operation

@@ -8,9 +8,22 @@ from typing import Callable
 
 
 @dataclass(frozen=True)
+class S32:
+    """A C `int` in kernel memory; its bytes are laid out in the arch's byte order."""
+    value: int
+
+
+@dataclass(frozen=True)
 class Buf:
     """A pointer argument: the call gets the address of a fresh kernel buffer holding `data`."""
-    data: bytes
+    data: bytes | S32
+
+
+def _raw(kernel, data: bytes | S32) -> bytes:
+    """The bytes of `data` in this kernel's memory (a table of cases serves every arch)."""
+    if isinstance(data, S32):
+        return kernel.memory.word_bytes(data.value, 4, signed=True)
+    return data
 
 
 @dataclass(frozen=True)
@@ -18,12 +31,8 @@ class Case:
     func: str
     args: tuple
     expect: int
-    # checks on the buffers after the call: (arg index, expected bytes)
+    # checks on the buffers after the call: (arg index, expected bytes or S32)
     after: tuple = field(default=())
-
-
-def _i32(v: int) -> bytes:
-    return v.to_bytes(4, "little", signed=True)
 
 
 # The table of kernel expected values.
@@ -38,9 +47,9 @@ CASES: tuple[Case, ...] = (
     Case("bpf_fentry_test8", (Buf(bytes(8)),), 0),           # &arg, arg.a = NULL
     Case("bpf_fentry_test9", (Buf(bytes(4)),), 0),           # &retval, retval = 0
     Case("bpf_fentry_test10", (0,), 0),
-    Case("bpf_modify_return_test", (1, Buf(_i32(2))), 4, after=((1, _i32(3)),)),
-    Case("bpf_modify_return_test2", (1, Buf(_i32(2)), 3, 4, 5, 6, 7), 29,
-         after=((1, _i32(3)),)),
+    Case("bpf_modify_return_test", (1, Buf(S32(2))), 4, after=((1, S32(3)),)),
+    Case("bpf_modify_return_test2", (1, Buf(S32(2)), 3, 4, 5, 6, 7), 29,
+         after=((1, S32(3)),)),
     Case("bpf_testmod_fentry_test7", (16, 17, 18, 19, 20, 21, 22), 133),
     Case("bpf_testmod_fentry_test11", tuple(range(16, 27)), 231),
     Case("bpf_testmod_test_struct_arg_1", ((2, 3), 1, 4), 10),
@@ -60,7 +69,7 @@ def materialize(kernel, case: Case) -> tuple[list, dict[int, int]]:
     args, bufs = [], {}
     for i, a in enumerate(case.args):
         if isinstance(a, Buf):
-            bufs[i] = kernel.kmalloc(a.data)
+            bufs[i] = kernel.kmalloc(_raw(kernel, a.data))
             args.append(bufs[i])
         else:
             args.append(a)
@@ -72,6 +81,7 @@ def check(kernel, case: Case, got, bufs: dict[int, int]) -> str | None:
     if got != case.expect:
         return f"{case.func}{case.args} returned {got}, expected {case.expect}"
     for i, want in case.after:
+        want = _raw(kernel, want)
         have = kernel.memory.read(bufs[i], len(want))
         if have != want:
             return f"{case.func}: *arg{i} is {have.hex()} after the call, expected {want.hex()}"

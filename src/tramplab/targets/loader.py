@@ -329,7 +329,7 @@ def _apply_relocations(elf: ELFFile, arch: ArchInfo, target_idx: int, rel: Reloc
         if not is_rela:
             raise LoadError(f"REL relocations are not supported ({rel.name})")
         fn(Fixup(buf, r["r_offset"], S, r["r_addend"], sec_addr + r["r_offset"], type_name,
-                 sym.name, where, pcrel_hi, arch.byteorder))
+                 sym.name, where, arch.byteorder, pcrel_hi))
         if counts is not None:
             counts[type_name] = counts.get(type_name, 0) + 1
 

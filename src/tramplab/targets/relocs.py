@@ -44,8 +44,8 @@ class Fixup:
     type_name: str
     sym_name: str
     where: str                  # "section+off" for messages
+    byteorder: str              # the port's: how the field's bytes hold its value
     pcrel_hi: Callable[[int], int] | None = None   # a paired HI relocation's value by address
-    byteorder: str = "little"
 
     def fail(self, why: str) -> LoadError:
         return LoadError(f"{self.type_name} at {self.where} against {self.sym_name or '?'}: {why}")
