@@ -36,6 +36,7 @@ from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
 from ..profiles import has
 from .prog import BpfProg, Ctx
+from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
@@ -117,17 +118,20 @@ class BpfManager:
         self.progjit = arch_module(self.arch, "bpfjit")
         self.trampolines: dict[tuple, Trampoline] = {}
         self.progs: dict[str, BpfProg] = {}
+        self._prog_mem: dict[int, BpfProg] = {}          # struct bpf_prog address -> prog
+        self._tr_ip: dict[int, Trampoline] = {}          # ftrace site ip -> its trampoline
         self.dying: list[TrampImage] = []
         self.freed: list[TrampImage] = []
         self._bpf_ctx: dict[int, int] = {}          # cpu -> current->bpf_ctx (run_ctx address)
         self._ims: dict[int, TrampImage] = {}
-        self.single_ops = None                       # v7.0: the one direct_ops
         hc = self.machine.hostcalls
         self.enter = hc.register("__bpf_prog_enter_recur", self._prog_enter, 2)
         self.exit = hc.register("__bpf_prog_exit_recur", self._prog_exit, 3)
         self.tramp_enter = hc.register("__bpf_tramp_enter", self._tramp_enter, 1)
         self.tramp_exit = hc.register("__bpf_tramp_exit", self._tramp_exit, 1)
         self.machine.abort_hooks.append(self._unwind_cpu)
+        self.direct = ops_for_profile(self)             # kernel functions: the API generation
+        self.text_poke = TextPoke(self)                 # BPF programs: their own entry
 
     # ================================================================== programs
     def load(self, name: str, kind: str, body, target, *, func_ip: bool = False,
@@ -159,6 +163,7 @@ class BpfManager:
                 step()
             raise
         self.progs[name] = prog
+        self._prog_mem[prog.mem] = prog
         return prog
 
     def _load_steps(self, prog: BpfProg, undo: list) -> None:
@@ -195,7 +200,7 @@ class BpfManager:
         prog.image, prog.site = addr, site
         prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))
 
-    def _poke_steps(self, prog: BpfProg, old, new) -> Generator:
+    def poke_steps(self, prog: BpfProg, old, new) -> Generator:
         """bpf_arch_text_poke(ip, old_t, new_t, old_addr, new_addr) on a program's site: the
         current bytes must be `old` (else -EBUSY); written with the arch's patching protocol."""
         site = prog.site
@@ -249,9 +254,9 @@ class BpfManager:
 
     # ================================================================== enter/exit helpers
     def _prog_by_mem(self, cpu, mem: int, helper: str) -> BpfProg:
-        for p in self.progs.values():
-            if p.mem == mem:
-                return p
+        prog = self._prog_mem.get(mem)
+        if prog is not None:
+            return prog
         raise self.machine.oops(cpu, f"{helper}({mem:#x}): no struct bpf_prog there")
 
     def _prog_enter(self, cpu, prog_mem, run_ctx):
@@ -387,6 +392,8 @@ class BpfManager:
             tr = Trampoline(key, target, func_addr, ip, managed, FuncModel.from_prototype(proto),
                             proto)
             self.trampolines[key] = tr
+            if managed:
+                self._tr_ip[tr.ip] = tr
         tr.refcnt += 1
         return tr
 
@@ -394,6 +401,8 @@ class BpfManager:
         tr.refcnt -= 1
         if tr.refcnt == 0 and tr.count == 0 and tr.extension is None:
             del self.trampolines[tr.key]
+            if tr.ftrace_managed:
+                del self._tr_ip[tr.ip]
 
     def _link_steps(self, tr: Trampoline, link: Link) -> Generator:
         prog = link.prog
@@ -527,68 +536,27 @@ class BpfManager:
         return im.addr | (1 if jmp else 0)
 
     # ------------------------------------------------------------------ register/modify/unregister
+    def _table(self, tr: Trampoline) -> TrampolineOps:
+        return self.direct if tr.ftrace_managed else self.text_poke
+
     def _register_steps(self, tr: Trampoline, im: TrampImage) -> Generator:
-        if not tr.ftrace_managed:
-            yield from self._poke_steps(tr.target, None, ("call", im.addr))
-            return
-        if not self.profile.direct_calls:
-            raise KernelError("ENOTSUPP", f"{self.arch.name} {self.profile.name}: attaching to "
-                                          "kernel functions needs "
-                                          "DYNAMIC_FTRACE_WITH_DIRECT_CALLS",
-                              feature="direct_calls")
-        ft = self.kernel.ftrace
-        addr = self._addr_for_site(tr, im)
-        api = self.profile.direct_api
-        if api == "ip":
-            yield from ft.register_ftrace_direct_ip_steps(tr.ip, addr)
-        elif api == "ops":
-            if tr.fops is None:
-                tr.fops = FtraceOps(name=f"bpf_tramp:{tr.name}", private=tr,
-                                    ops_func=self._ops_func if self.profile.ops_func else None)
-            tr.fops.filter = {tr.ip}
-            yield from ft.register_ftrace_direct_steps(tr.fops, addr)
-        else:
-            if self.single_ops is None:
-                self.single_ops = FtraceOps(name="bpf_direct_ops", ops_func=self._ops_func,
-                                            core_data=True)     # a static struct in vmlinux
-            yield from ft.update_ftrace_direct_add_steps(self.single_ops, {tr.ip: addr})
+        yield from self._table(tr).register(tr, self._addr_for_site(tr, im))
 
     def _modify_steps(self, tr: Trampoline, old: TrampImage, new: TrampImage) -> Generator:
-        if not tr.ftrace_managed:
-            yield from self._poke_steps(tr.target, ("call", old.addr), ("call", new.addr))
-            return
-        ft = self.kernel.ftrace
-        addr = self._addr_for_site(tr, new)
-        api = self.profile.direct_api
-        if api == "ip":
-            yield from ft.modify_ftrace_direct_ip_steps(tr.ip, self._addr_for_site(tr, old), addr)
-        elif api == "ops":
-            yield from ft.modify_ftrace_direct_steps(tr.fops, addr)
-        else:
-            yield from ft.update_ftrace_direct_mod_steps(self.single_ops, {tr.ip: addr})
+        yield from self._table(tr).modify(tr, self._addr_for_site(tr, old),
+                                          self._addr_for_site(tr, new))
 
     def _unregister_steps(self, tr: Trampoline) -> Generator:
         old = tr.cur_image
         if old is None:
             return
-        if not tr.ftrace_managed:
-            yield from self._poke_steps(tr.target, ("call", old.addr), None)
-        else:
-            ft = self.kernel.ftrace
-            addr = self._addr_for_site(tr, old)
-            api = self.profile.direct_api
-            if api == "ip":
-                yield from ft.unregister_ftrace_direct_ip_steps(tr.ip, addr)
-            elif api == "ops":
-                yield from ft.unregister_ftrace_direct_steps(tr.fops, addr)
-            else:
-                yield from ft.update_ftrace_direct_del_steps(self.single_ops, {tr.ip: addr})
+        yield from self._table(tr).unregister(tr, self._addr_for_site(tr, old))
         tr.cur_image = None
         tr.flags &= TrampFlag.SHARE_IPMODIFY | TrampFlag.TAIL_CALL_CTX
         yield from self._image_put_steps(old)
 
     # ------------------------------------------------------------------ ops_func (§3.7)
-    def _ops_func(self, ops: FtraceOps, ip: int, cmd: OpsCmd) -> int:
+    def ops_func(self, ops: FtraceOps, ip: int, cmd: OpsCmd) -> int:
         tr = ops.private if isinstance(ops.private, Trampoline) else self._tr_by_ip(ip)
         if tr is None:
             return 0
@@ -625,10 +593,8 @@ class BpfManager:
         self.machine.run_host(self._install_steps(tr), f"regeneration of {tr.name}")
 
     def _tr_by_ip(self, ip: int) -> Trampoline | None:
-        for tr in self.trampolines.values():
-            if tr.ftrace_managed and tr.ip == ip:
-                return tr
-        return None
+        """trampoline_ip_table (v7.0): the trampoline on an ftrace site."""
+        return self._tr_ip.get(ip)
 
     # ------------------------------------------------------------------ freplace
     def _link_extension_steps(self, tr: Trampoline, link: Link) -> Generator:
@@ -639,11 +605,11 @@ class BpfManager:
         if tr.count:
             raise KernelError("EBUSY", f"{tr.name} has fentry/fexit/fmod_ret programs: it "
                                        "cannot be replaced")
-        yield from self._poke_steps(tr.target, None, ("jump", link.prog.image))
+        yield from self.poke_steps(tr.target, None, ("jump", link.prog.image))
         tr.extension = link
 
     def _unlink_extension_steps(self, tr: Trampoline, link: Link) -> Generator:
-        yield from self._poke_steps(tr.target, ("jump", link.prog.image), None)
+        yield from self.poke_steps(tr.target, ("jump", link.prog.image), None)
         tr.extension = None
 
     # ------------------------------------------------------------------ image lifetime (§3.5)

@@ -119,6 +119,7 @@ class FtraceCore:
         self.stats = FtraceStats()
         self.ops_list: list[FtraceOps] = []
         self.records: dict[int, Record] = {}
+        self._rec_by_func: dict[int, int] = {}           # function address -> its record's ip
         self.direct_functions: dict[int, int] = {}       # ip -> trampoline (bit 0: jmp)
         self._ops_by_mem: dict[int, FtraceOps] = {}
         self._running: set[tuple[int, int]] = set()      # (cpu, id(ops)) recursion guard
@@ -153,6 +154,7 @@ class FtraceCore:
             for site in fn.sites:
                 rec = Record(self.arch.rec_ip(site), fn.name, fn.addr, site)
                 self.records[rec.ip] = rec
+                self._rec_by_func.setdefault(fn.addr, rec.ip)
                 writes += self.arch.boot_writes(rec)
                 rec.state = SiteState(None, self.nop_ops if self.profile.call_ops else None)
         _verify_sequence(self.machine, writes)
@@ -169,13 +171,7 @@ class FtraceCore:
         function starting at `addr` ("map sym+0 to __fentry__"); 0 if none."""
         if addr in self.records:
             return addr
-        sym = self.machine.kallsyms.lookup(addr)
-        if sym is None or sym.addr != addr:
-            return 0
-        for rec in self.records.values():
-            if rec.func_addr == addr:
-                return rec.ip
-        return 0
+        return self._rec_by_func.get(addr, 0)
 
     def record(self, func_or_ip) -> Record:
         ip = func_or_ip

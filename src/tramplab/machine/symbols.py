@@ -24,6 +24,7 @@ class Kallsyms:
     def __init__(self):
         self._by_name: dict[str, Symbol] = {}
         self._sorted: list[Symbol] | None = []
+        self._keys: list[tuple[int, int]] = []
         self._addrs: list[int] = []
 
     def add(self, name: str, addr: int, size: int, kind: str = "t", module: str | None = None) -> Symbol:
@@ -31,12 +32,18 @@ class Kallsyms:
             raise ValueError(f"symbol {name} already defined")
         sym = Symbol(name, addr, size, kind, module)
         self._by_name[name] = sym
-        self._sorted = None
+        if self._sorted is not None:           # keep the index: attaching N functions stays O(N log N)
+            i = bisect.bisect_left(self._keys, (addr, -size))
+            self._sorted.insert(i, sym)
+            self._keys.insert(i, (addr, -size))
+            self._addrs.insert(i, addr)
         return sym
 
     def remove(self, name: str) -> None:
-        del self._by_name[name]
-        self._sorted = None
+        sym = self._by_name.pop(name)
+        if self._sorted is not None:
+            i = self._sorted.index(sym, bisect.bisect_left(self._keys, (sym.addr, -sym.size)))
+            del self._sorted[i], self._keys[i], self._addrs[i]
 
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
@@ -48,6 +55,7 @@ class Kallsyms:
     def _index(self) -> None:
         if self._sorted is None:
             self._sorted = sorted(self._by_name.values(), key=lambda s: (s.addr, -s.size))
+            self._keys = [(s.addr, -s.size) for s in self._sorted]
             self._addrs = [s.addr for s in self._sorted]
 
     def get(self, name: str) -> Symbol:
