@@ -69,12 +69,17 @@ class Function:
 
 class Kernel:
     def __init__(self, arch: str, *, profile=None, layout: str | None = None,
-                 cpus: int = 1, units: tuple[str, ...] = (), **machine_options):
+                 cpus: int = 1, units: tuple[str, ...] = (), synth: int = 0,
+                 **machine_options):
+        """`units`: more compiled code linked after the image ("many": 1000 functions);
+        `synth`: that many synthetic functions (targets/synth.py) after everything else."""
         self.arch = get_arch(arch)
         self.profile = _choose_profile(self.arch.name, profile, layout)
         self.layout = get_layout(self.arch, self.profile.layout)
         self.layout_name = self.layout.name
         self._ftrace = None
+        if synth:
+            self._room_for_synth(synth, machine_options)
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
         self.image = load_target(self.arch, self.layout_name, self.machine.kernel.start)
         self.images = [self.image]
@@ -83,7 +88,28 @@ class Kernel:
             obj = load_target(self.arch, self.layout_name, end, unit=unit)
             self.images.append(obj)
             end = self._image_end(obj)
+        if synth:
+            from .targets.synth import synth_object
+            obj = synth_object(self.arch, self.layout, end, synth)
+            self.images.append(obj)
+            end = self._image_end(obj)
         self._install_image()
+
+    def _room_for_synth(self, count: int, options: dict) -> None:
+        """Grow the kernel region for `count` synthetic functions; an area the arch places
+        right after the kernel (riscv's BPF area) moves past the grown region, unless the
+        user placed it."""
+        from .machine.machine import HOSTCALL_SIZE
+        from .targets.synth import size_estimate
+        mib = 0x100000
+        lay = self.arch.memory
+        extra = size_estimate(self.arch, self.layout, count)
+        size = options.setdefault("kernel_size", lay.kernel_size + -(-extra // mib) * mib)
+        end = lay.kernel_text + size + HOSTCALL_SIZE
+        for area, default, span in (("bpf_area", lay.bpf_area, lay.bpf_size),
+                                    ("module_area", lay.module_area, lay.module_size)):
+            if area not in options and lay.kernel_text < default + span and default < end:
+                options[area] = -(-end // mib) * mib
 
     @property
     def ftrace(self):

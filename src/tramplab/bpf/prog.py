@@ -110,7 +110,10 @@ class Ctx:
         proto = self._bpf.prototype_of(self.prog)
         raw = self.slot(self.nr_args)
         r = proto.ret
-        return _sext(raw, r.size * 8) if r.kind == "int" and r.signed else raw
+        if r.kind != "int":
+            return raw
+        # a narrow return leaves the rest of the register undefined (the ABI): cast it
+        return _sext(raw, r.size * 8) if r.signed else raw & ((1 << (r.size * 8)) - 1)
 
     # -- helpers with the kernel's return conventions --------------------------------------
     def _helper(self, feature: str, name: str) -> None:

@@ -57,29 +57,42 @@ def struct_words(arch, ctype, value) -> list[int]:
     return [w & MASK64 for w in words]
 
 
+def word_locations(arch, params) -> list[list[tuple[str, int]]]:
+    """Where each parameter's words live at the call: ("reg", i) or ("stack", k), i indexing
+    the argument registers and k the 8-byte stack slots (the rules of `assign`)."""
+    nregs = len(arch.arg_regs)
+    out: list[list[tuple[str, int]]] = []
+    nreg = nstack = 0
+    regs_closed = False
+    for ctype in params:
+        n = (ctype.size + 7) // 8 if ctype.kind == "struct" else 1
+        free = 0 if regs_closed else nregs - nreg
+        if n <= free:
+            out.append([("reg", nreg + i) for i in range(n)])
+            nreg += n
+        elif n == 2 and free == 1 and arch.pair_overflow == "split":
+            out.append([("reg", nreg), ("stack", nstack)])
+            nreg, nstack = nreg + 1, nstack + 1
+        else:
+            out.append([("stack", nstack + i) for i in range(n)])
+            nstack += n
+            regs_closed = regs_closed or arch.pair_overflow == "stack-no-backfill"
+    return out
+
+
 def assign(arch, params, values) -> tuple[list[int], list[int]]:
     """Place argument values into (register words, stack words)."""
     if len(values) != len(params):
         raise UsageError(f"expected {len(params)} arguments, got {len(values)}")
-    nregs = len(arch.arg_regs)
     regs: list[int] = []
     stack: list[int] = []
-    regs_closed = False
-    for ctype, value in zip(params, values):
+    for ctype, value, where in zip(params, values, word_locations(arch, params)):
         if ctype.kind == "struct":
             words = struct_words(arch, ctype, value)
         else:
             words = [to_word(arch, ctype, value)]
-        free = 0 if regs_closed else nregs - len(regs)
-        if len(words) <= free:
-            regs += words
-        elif len(words) == 2 and free == 1 and arch.pair_overflow == "split":
-            regs.append(words[0])
-            stack.append(words[1])
-        else:
-            stack += words
-            # AAPCS64: once a composite went to the stack, no later argument uses registers.
-            regs_closed = regs_closed or arch.pair_overflow == "stack-no-backfill"
+        for (kind, _), word in zip(where, words):
+            (regs if kind == "reg" else stack).append(word)
     return regs, stack
 
 

@@ -53,6 +53,8 @@ class MachineConfig:
     history_blocks: int = 32            # translated blocks remembered per CPU for oops reports
     max_insns: int = 20_000_000         # a run-to-completion longer than this is a soft lockup
     heap_size: int = 0x100000
+    kernel_size: int | None = None      # more kernel text than the arch's default (synthetic
+                                        # functions); the host-call area follows it
 
     MAX_CPUS: ClassVar[int] = 64
     MAX_HEAP: ClassVar[int] = 1 << 30   # one anonymous mapping per machine
@@ -95,6 +97,11 @@ class MachineConfig:
                              f"up to {self.MAX_HEAP:#x}, got {self.heap_size:#x}")
         lay = arch.memory
         low = arch.kernel_space
+        if self.kernel_size is not None:
+            integer("kernel_size", lay.kernel_size)
+            if self.kernel_size % PAGE_SIZE:
+                raise UsageError(f"kernel_size must be a multiple of the page size "
+                                 f"({PAGE_SIZE:#x}), got {self.kernel_size:#x}")
         for name in ("module_area", "bpf_area"):
             value = getattr(self, name)
             if value is None:
@@ -118,8 +125,9 @@ class MachineConfig:
     def regions(self, arch) -> list[tuple[str, int, int]]:
         """(name, start, size) of every region a Machine of this configuration maps."""
         lay = get_arch(arch).memory
-        out = [("kernel", lay.kernel_text, lay.kernel_size),
-               ("hostcalls", lay.kernel_text + lay.kernel_size, HOSTCALL_SIZE),
+        ksize = self.kernel_size or lay.kernel_size
+        out = [("kernel", lay.kernel_text, ksize),
+               ("hostcalls", lay.kernel_text + ksize, HOSTCALL_SIZE),
                ("modules", lay.module_area if self.module_area is None else self.module_area,
                 lay.module_size),
                ("bpf", lay.bpf_area if self.bpf_area is None else self.bpf_area, lay.bpf_size),
@@ -167,9 +175,9 @@ class Machine:
         self.stopping = 0                    # stop_machine waiting: CPUs start no new call
         self.abort_hooks: list[Callable] = []    # f(cpu): a call was abandoned mid-way
         m = self.memory
-        self.kernel = m.add_region("kernel", lay.kernel_text, lay.kernel_size, "text", True)
-        hc = m.add_region("hostcalls", lay.kernel_text + lay.kernel_size, HOSTCALL_SIZE,
-                          "hostcall", True)
+        ksize = self.config.kernel_size or lay.kernel_size
+        self.kernel = m.add_region("kernel", lay.kernel_text, ksize, "text", True)
+        hc = m.add_region("hostcalls", lay.kernel_text + ksize, HOSTCALL_SIZE, "hostcall", True)
         self.modules = m.add_region("modules", self.config.module_area or lay.module_area,
                                     lay.module_size, "module", True)
         self.bpf = m.add_region("bpf", self.config.bpf_area or lay.bpf_area, lay.bpf_size,
