@@ -187,6 +187,41 @@ class Kernel:
         """Decorator: an fmod_ret program; a non-zero return skips the original function."""
         return self._program("fmod_ret", target, name, func_ip, cookie, calls, attach)
 
+    def _multi_program(self, kind: str, targets, name, func_ip, cookies, attach):
+        if isinstance(targets, str):
+            pass                                   # a pattern: resolved at attach
+        elif not isinstance(targets, (list, tuple)):
+            raise UsageError(f"{kind}_multi: targets are a list of function names or a "
+                             f"pattern, not {targets!r}")
+
+        def load(body):
+            if not callable(body):
+                raise UsageError(f"{kind}_multi: the program body must be a callable of ctx")
+            base = name or getattr(body, "__name__", kind)
+            pname, n = base, 1
+            while pname in self.bpf.progs:
+                n += 1
+                pname = f"{base}_{n}"
+            prog = self.bpf.load(pname, kind, body, None, func_ip=func_ip, multi=True)
+            prog.link = self.bpf.attach_multi(prog, targets, cookies) if attach else None
+            return prog
+        return load
+
+    def fentry_multi(self, targets, *, name=None, func_ip=False, cookies=None, attach=True):
+        """Decorator: one fentry program on many functions (the tracing_multi link): a list
+        of names or a pattern such as "synth_0*"; optional per-function cookies.  Each
+        function gets its own trampoline; ctx.args follow the function being traced.
+        `.link.detach()` detaches from all of them in one batch."""
+        return self._multi_program("fentry", targets, name, func_ip, cookies, attach)
+
+    def fexit_multi(self, targets, *, name=None, func_ip=False, cookies=None, attach=True):
+        """Decorator: one fexit program on many functions (see fentry_multi)."""
+        return self._multi_program("fexit", targets, name, func_ip, cookies, attach)
+
+    def fmod_ret_multi(self, targets, *, name=None, func_ip=False, cookies=None, attach=True):
+        """Decorator: one fmod_ret program on many functions (each must allow it)."""
+        return self._multi_program("fmod_ret", targets, name, func_ip, cookies, attach)
+
     def freplace(self, target, *, name=None, attach=True):
         """Decorator: an freplace (BPF_PROG_TYPE_EXT) program replacing BPF function `target`;
         `body(*args)` gets the target's arguments."""

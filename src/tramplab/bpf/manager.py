@@ -37,6 +37,7 @@ from ..machine.memory import PAGE_SIZE
 from ..profiles import has
 from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
+from .multi import MultiAttach
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
@@ -97,6 +98,16 @@ class Trampoline:
 
 
 @dataclass(eq=False)
+class Stage:
+    """A trampoline's next image, built and written but not yet reachable."""
+
+    tr: "Trampoline"
+    new: "TrampImage"
+    old_text: bytes                # what the image's memory held before
+    old_im: bytes                  # ... and its struct's
+
+
+@dataclass(eq=False)
 class Link:
     prog: BpfProg
     tr: Trampoline
@@ -108,7 +119,7 @@ class Link:
         self.manager.detach(self)
 
 
-class BpfManager:
+class BpfManager(MultiAttach):
     def __init__(self, kernel):
         self.kernel = kernel
         self.machine = kernel.machine
@@ -120,6 +131,8 @@ class BpfManager:
         self.progs: dict[str, BpfProg] = {}
         self._prog_mem: dict[int, BpfProg] = {}          # struct bpf_prog address -> prog
         self._tr_ip: dict[int, Trampoline] = {}          # ftrace site ip -> its trampoline
+        self._running: dict[int, list] = {}              # cpu -> images whose programs run
+        self._im_by_name: dict[str, TrampImage] = {}     # kallsyms name -> live image
         self.dying: list[TrampImage] = []
         self.freed: list[TrampImage] = []
         self._bpf_ctx: dict[int, int] = {}          # cpu -> current->bpf_ctx (run_ctx address)
@@ -135,7 +148,7 @@ class BpfManager:
 
     # ================================================================== programs
     def load(self, name: str, kind: str, body, target, *, func_ip: bool = False,
-             nargs: int = 0, calls: str | None = None) -> BpfProg:
+             nargs: int = 0, calls: str | None = None, multi: bool = False) -> BpfProg:
         """Load a program: give it a struct bpf_prog and a JITed image (prologue with its
         patchable entry, then a call of `body`)."""
         if name in self.progs:
@@ -153,8 +166,11 @@ class BpfManager:
         if func_ip and not self.profile.func_ip:
             raise KernelError("EINVAL", "bpf_get_func_ip for tracing programs does not exist "
                                         "in this kernel", feature="func_ip")
+        if multi and (kind not in BPF_TRAMP_KINDS or target is not None):
+            raise UsageError("a multi program is fentry/fexit/fmod_ret with no single target "
+                             "(its functions come at attach_multi)")
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
-                       id=next(_ids))
+                       id=next(_ids), multi=multi)
         undo: list = []
         try:
             self._load_steps(prog, undo)
@@ -246,7 +262,23 @@ class BpfManager:
         t = prog.target
         return t.nargs if isinstance(t, BpfProg) else 0
 
-    def prototype_of(self, prog: BpfProg):
+    def _caller_image(self, cpu) -> "TrampImage | None":
+        """The trampoline image calling a helper now (its return address is inside it)."""
+        arch = self.machine.arch
+        ret = (self.machine.memory.read_u64(cpu.sp) if arch.return_address_on_stack
+               else cpu.reg(arch.lr))
+        sym = self.machine.kallsyms.lookup(ret)
+        return self._im_by_name.get(sym.name) if sym is not None else None
+
+    def prototype_of(self, prog: BpfProg, cpu=None):
+        """The prototype the program's ctx follows: its target's, or for a multi program
+        the function whose trampoline runs it now on `cpu`."""
+        if prog.multi:
+            image = (self._running.get(cpu.index) or [None])[-1] if cpu is not None else None
+            if image is None:
+                raise UsageError(f"{prog.name} is a multi program: its prototype is the "
+                                 "traced function's, known only while it runs")
+            return image.tr.proto
         t = prog.target
         if isinstance(t, BpfProg):
             return _func_proto(t)
@@ -263,6 +295,7 @@ class BpfManager:
         """__bpf_prog_enter_recur: switch current->bpf_ctx to this run_ctx; a program already
         active on this CPU is not run again (misses++, return 0 = skip)."""
         prog = self._prog_by_mem(cpu, prog_mem, "__bpf_prog_enter_recur")
+        self._running.setdefault(cpu.index, []).append(self._caller_image(cpu))
         mem = self.machine.memory
         mem.write_u64(run_ctx + 8, self._bpf_ctx.get(cpu.index, 0))    # saved_run_ctx
         self._bpf_ctx[cpu.index] = run_ctx
@@ -281,6 +314,7 @@ class BpfManager:
                                          "code changed under the call)")
         self._bpf_ctx[cpu.index] = self.machine.memory.read_u64(run_ctx + 8)
         prog.active[cpu.index] -= 1
+        self._running[cpu.index].pop()
         return 0
 
     def _image_at(self, cpu, im: int, helper: str) -> TrampImage:
@@ -309,6 +343,7 @@ class BpfManager:
         for prog in self.progs.values():
             prog.active.pop(cpu.index, None)
         self._bpf_ctx.pop(cpu.index, None)
+        self._running.pop(cpu.index, None)
         for image in list(self._ims.values()):
             for _ in range(image.holders.pop(cpu.index, 0)):
                 self._pcref_put(image)
@@ -366,7 +401,10 @@ class BpfManager:
         self._put_trampoline(tr)
 
     def _get_trampoline(self, prog: BpfProg) -> Trampoline:
-        target = prog.target
+        return self.get_trampoline(prog, prog.target)
+
+    def get_trampoline(self, prog: BpfProg, target) -> Trampoline:
+        """bpf_trampoline_get for `prog` on `target` (a function name or a BpfProg)."""
         if isinstance(target, BpfProg):
             key = ("prog", target.id, 0)
             func_addr, ip, managed = target.image, target.site, False
@@ -398,14 +436,17 @@ class BpfManager:
         return tr
 
     def _put_trampoline(self, tr: Trampoline) -> None:
+        self.put_trampoline(tr)
+
+    def put_trampoline(self, tr: Trampoline) -> None:
         tr.refcnt -= 1
         if tr.refcnt == 0 and tr.count == 0 and tr.extension is None:
             del self.trampolines[tr.key]
             if tr.ftrace_managed:
                 del self._tr_ip[tr.ip]
 
-    def _link_steps(self, tr: Trampoline, link: Link) -> Generator:
-        prog = link.prog
+    def add_link_node(self, tr: Trampoline, prog: BpfProg, cookie: int) -> Link:
+        """bpf_trampoline_add_prog's checks, then the node at the head of its kind's list."""
         if tr.extension is not None:
             raise KernelError("EBUSY", f"{tr.name} is replaced by an freplace program: no "
                                        "fentry/fexit/fmod_ret on it")
@@ -414,7 +455,14 @@ class BpfManager:
                                        f"(BPF_MAX_TRAMP_LINKS {self.profile.tramp_links_max})")
         if any(l.prog is prog for ls in tr.links.values() for l in ls):
             raise KernelError("EBUSY", f"{prog.name} is already attached to {tr.name}")
+        link = Link(prog, tr, cookie, self)
         tr.links[prog.kind].insert(0, link)        # hlist_add_head: newest first
+        return link
+
+    def _link_steps(self, tr: Trampoline, link: Link) -> Generator:
+        prog = link.prog
+        self.add_link_node(tr, prog, link.cookie)
+        tr.links[prog.kind][0] = link              # the caller's Link object is the node
         try:
             yield from self._update_steps(tr)
         except BaseException:
@@ -432,6 +480,20 @@ class BpfManager:
             flags |= TrampFlag.IP_ARG
         return flags
 
+    SHARE_BIT = TrampFlag.SHARE_IPMODIFY
+
+    def flags_to_build(self, tr: Trampoline) -> TrampFlag:
+        """The flags the next image is built with (steps 3-5 of §3.3)."""
+        return self._adjust(tr, self._flags_for(tr))
+
+    def _adjust(self, tr: Trampoline, flags: TrampFlag) -> TrampFlag:
+        if flags & TrampFlag.CALL_ORIG:
+            if flags & TrampFlag.SHARE_IPMODIFY:
+                flags |= TrampFlag.ORIG_STACK | TrampFlag.SKIP_FRAME
+            elif self.profile.jmp and tr.ftrace_managed:
+                flags &= ~TrampFlag.SKIP_FRAME           # jmp mode
+        return flags
+
     def _update_steps(self, tr: Trampoline) -> Generator:
         if tr.count == 0:
             yield from self._unregister_steps(tr)
@@ -439,11 +501,7 @@ class BpfManager:
         orig_flags = tr.flags
         flags = self._flags_for(tr)
         for _attempt in range(3):
-            if flags & TrampFlag.CALL_ORIG:
-                if flags & TrampFlag.SHARE_IPMODIFY:
-                    flags |= TrampFlag.ORIG_STACK | TrampFlag.SKIP_FRAME
-                elif self.profile.jmp and tr.ftrace_managed:
-                    flags &= ~TrampFlag.SKIP_FRAME           # jmp mode
+            flags = self._adjust(tr, flags)
             tr.flags = flags
             try:
                 yield from self._install_steps(tr)
@@ -507,28 +565,50 @@ class BpfManager:
                           image.ip_epilogue, image.stack_diagram, image.marks, name)
 
     def _install_steps(self, tr: Trampoline) -> Generator:
-        new = self._build_image(tr)
-        mem = self.machine.memory
-        old_text, old_im = mem.read(new.addr, len(new.code)), mem.read(new.im, IM_SIZE)
-        mem.write(new.im, bytes(IM_SIZE))                          # kzalloc'd struct
-        self.machine.write_text(new.addr, new.code)                # not reachable yet
-        self._ims[new.im] = new
+        stage = self._stage(tr)
         try:
             if tr.cur_image is None:
-                yield from self._register_steps(tr, new)
+                yield from self._register_steps(tr, stage.new)
             else:
-                yield from self._modify_steps(tr, tr.cur_image, new)
+                yield from self._modify_steps(tr, tr.cur_image, stage.new)
         except BaseException:
-            self.machine.write_text(new.addr, old_text)            # as if never written
-            mem.write(new.im, old_im)
-            self.machine.bpf_arena.free(new.addr)
-            self.machine.heap_arena.free(new.im)
-            del self._ims[new.im]
+            self._unstage(stage)
             raise
-        old, tr.cur_image = tr.cur_image, new
+        yield from self._commit(stage)
+
+    def _stage(self, tr: Trampoline) -> "Stage":
+        """Build and write the trampoline's next image; nothing can reach it yet."""
+        new = self._build_image(tr)
+        mem = self.machine.memory
+        stage = Stage(tr, new, mem.read(new.addr, len(new.code)), mem.read(new.im, IM_SIZE))
+        mem.write(new.im, bytes(IM_SIZE))                          # kzalloc'd struct
+        self.machine.write_text(new.addr, new.code)
+        self._ims[new.im] = new
+        # bpf_tramp_image_alloc adds the ksym: it is symbolised before anything can reach it
         self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]")
+        self._im_by_name[new.name] = new
+        return stage
+
+    def _unstage(self, stage: "Stage") -> None:
+        """Take a staged image back: memory and allocators as if it was never built."""
+        new, mem = stage.new, self.machine.memory
+        self.machine.write_text(new.addr, stage.old_text)
+        mem.write(new.im, stage.old_im)
+        self.machine.bpf_arena.free(new.addr)
+        self.machine.heap_arena.free(new.im)
+        del self._ims[new.im]
+        self.machine.kallsyms.remove(new.name)
+        del self._im_by_name[new.name]
+
+    def _commit(self, stage: "Stage") -> Generator:
+        """The site reaches the new image: it becomes current, the old one is put."""
+        tr, new = stage.tr, stage.new
+        old, tr.cur_image = tr.cur_image, new
         if old is not None:
             yield from self._image_put_steps(old)
+
+    def site_addr(self, tr: Trampoline, im: TrampImage) -> int:
+        return self._addr_for_site(tr, im)
 
     def _addr_for_site(self, tr: Trampoline, im: TrampImage) -> int:
         """The direct address (bit 0 = enter by jmp, x86 v6.19+)."""
@@ -551,7 +631,11 @@ class BpfManager:
         if old is None:
             return
         yield from self._table(tr).unregister(tr, self._addr_for_site(tr, old))
-        tr.cur_image = None
+        yield from self.retire_image(tr)
+
+    def retire_image(self, tr: Trampoline) -> Generator:
+        """The site no longer reaches the trampoline: its image is put."""
+        old, tr.cur_image = tr.cur_image, None
         tr.flags &= TrampFlag.SHARE_IPMODIFY | TrampFlag.TAIL_CALL_CTX
         yield from self._image_put_steps(old)
 
@@ -652,6 +736,7 @@ class BpfManager:
         self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
         self.machine.bpf_arena.free(im.addr)
         self.machine.kallsyms.remove(im.name)
+        self._im_by_name.pop(im.name, None)
         del self._ims[im.im]
         self.machine.heap_arena.free(im.im)
         self.freed.append(im)

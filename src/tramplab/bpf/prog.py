@@ -40,6 +40,7 @@ class BpfProg:
     func_ip: bool = False                 # calls bpf_get_func_ip -> IP_ARG (verifier-known)
     nargs: int = 0                        # for programs that are themselves targets
     calls: str | None = None              # a kernel function the program's code calls first
+    multi: bool = False                   # a tracing_multi program (target: many functions)
     bss: dict = field(default_factory=dict)
     misses: int = 0                       # recursion misses (prog->stats->misses)
     runs: int = 0
@@ -89,7 +90,7 @@ class Ctx:
     @property
     def args(self) -> list[int]:
         """The arguments cast to the traced function's C types (from its prototype)."""
-        proto = self._bpf.prototype_of(self.prog)
+        proto = self._bpf.prototype_of(self.prog, self.cpu)
         out, i = [], 0
         for p in proto.params:
             if p.kind == "struct":
@@ -107,7 +108,7 @@ class Ctx:
         if self.prog.kind == "fentry":
             raise UsageError("fentry programs have no return value (bpf_get_func_ret is "
                              "-EOPNOTSUPP there)")
-        proto = self._bpf.prototype_of(self.prog)
+        proto = self._bpf.prototype_of(self.prog, self.cpu)
         raw = self.slot(self.nr_args)
         r = proto.ret
         if r.kind != "int":

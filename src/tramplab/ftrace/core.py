@@ -122,6 +122,7 @@ class FtraceCore:
         self._rec_by_func: dict[int, int] = {}           # function address -> its record's ip
         self.direct_functions: dict[int, int] = {}       # ip -> trampoline (bit 0: jmp)
         self._ops_by_mem: dict[int, FtraceOps] = {}
+        self._mirror_heap: dict[int, bytes] = {}         # mirror address -> the heap it covered
         self._running: set[tuple[int, int]] = set()      # (cpu, id(ops)) recursion guard
         self._current_func: int | None = None
         self.bugs: list[str] = []
@@ -392,6 +393,7 @@ class FtraceCore:
             self.machine.kallsyms.add(name, addr, OPS_MEM_SIZE, "d")
             self._ops_by_mem[addr] = ops
             ops.mem, ops.mem_name = addr, name
+            self._mirror_heap[addr] = saved          # what the heap held, for _free_mirror
         else:
             saved = mem.read(ops.mem, OPS_MEM_SIZE)
         func = self.direct_funcs if ops.flags & FL.DIRECT else self.assist_func
@@ -409,8 +411,21 @@ class FtraceCore:
         if ops.mem:
             self.machine.kallsyms.remove(ops.mem_name)
             del self._ops_by_mem[ops.mem]
+            self.machine.memory.write(ops.mem, self._mirror_heap.pop(ops.mem))
             self.machine.heap_arena.free(ops.mem)
             ops.mem, ops.mem_name = 0, ""
+
+    def mirror_snapshot(self) -> set[int]:
+        """The ops mirrors that exist now (see drop_mirrors_since)."""
+        return set(self._ops_by_mem)
+
+    def drop_mirrors_since(self, snapshot: set[int]) -> None:
+        """Free the mirrors made since `snapshot` whose ops is no longer registered: an
+        operation undone as a whole leaves the heap as it found it."""
+        for addr in set(self._ops_by_mem) - snapshot:
+            ops = self._ops_by_mem[addr]
+            if not ops.flags & FL.ENABLED:
+                self._free_mirror(ops)
 
     def ftrace_set_filter_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
                              reset: bool = False):
