@@ -168,7 +168,9 @@ class Arena:
 
     def alloc(self, size: int, align: int | None = None) -> int:
         align = max(align or self.align, 1)
-        size = max(size, 1)
+        # sizes in whole units of the arena's alignment (kmalloc's size classes do the same):
+        # no sliver is left between allocations for later ones to scan past
+        size = -(-max(size, 1) // self.align) * self.align
         for i, (start, length) in enumerate(self.free_list):
             addr = -(-start // align) * align
             if addr + size <= start + length:
@@ -192,15 +194,15 @@ class Arena:
             shown = f"{addr:#x}" if isinstance(addr, int) else repr(addr)
             raise UsageError(f"{self.region.name}: free of {shown}: {why}")
         size = self.used.pop(addr)
-        self.free_list.append((addr, size))
-        self.free_list.sort()
-        merged: list[tuple[int, int]] = []
-        for start, length in self.free_list:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
-            else:
-                merged.append((start, length))
-        self.free_list = merged
+        i = bisect.bisect_left(self.free_list, (addr, 0))
+        start, length = addr, size
+        if i < len(self.free_list) and addr + size == self.free_list[i][0]:
+            length += self.free_list.pop(i)[1]                 # merge with the next free piece
+        if i and self.free_list[i - 1][0] + self.free_list[i - 1][1] == addr:
+            start, prev = self.free_list.pop(i - 1)            # ... and with the previous one
+            length += prev
+            i -= 1
+        self.free_list.insert(i, (start, length))
         return size
 
     def owner(self, addr: int) -> tuple[int, int] | None:
