@@ -132,7 +132,6 @@ class Harness:
         self.mem = self.k.memory
         self.tjit = self.port.module("trampoline")     # bpf.spec.TrampolineJit
         self.progjit = self.port.module("bpfjit")        # bpf.spec.ProgImage
-        self.ftrace = self.k.ftrace                  # boots: every site a disabled nop
         self.jited = jited
         self.events: list[tuple] = []   # every helper and program call, in order
         self.current_run_ctx = 0        # current->bpf_ctx
@@ -147,6 +146,13 @@ class Harness:
         self.tramp_enter = hc.register("__bpf_tramp_enter", self._tramp_enter, 1)
         self.tramp_exit = hc.register("__bpf_tramp_exit", self._tramp_exit, 1)
         self.im = self.k.kmalloc(64)
+
+    @property
+    def ftrace(self):
+        """The kernel's ftrace, booted (every site a disabled nop) on first use: attaching
+        boots it, after the harness' own allocations, so a struct's address -- which decides
+        how many instructions load it -- does not depend on what ftrace allocated."""
+        return self.k.ftrace
 
     # -- the C side -------------------------------------------------------------------------
     def _enter(self, cpu, prog, run_ctx):
