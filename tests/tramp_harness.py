@@ -42,7 +42,7 @@ from typing import Callable
 from unicorn import unicorn_const as ucc
 
 from tramplab import Kernel
-from tramplab.arch import get_port
+from tramplab.arch import get_port, port_names
 from tramplab.bpf.spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 from tramplab.errors import UsageError
 from tramplab.ftrace import FtraceOps
@@ -53,7 +53,7 @@ from tramplab.profiles import get_profile, has, layouts_for
 M64 = (1 << 64) - 1
 NO_START_TIME = 1            # what __bpf_prog_enter returns when stats are off
 FAR_BELOW_TEXT = 1 << 30     # far=True: the BPF area this far below kernel text
-ARCHES = ("x86_64", "arm64", "riscv64")
+ARCHES = port_names()         # every registered port, in table order
 
 
 def c_value(raw: int, size: int, signed: bool = False) -> int:
