@@ -576,8 +576,9 @@ def test_bl_before_literal_would_lose_a_far_direct_call():
 @pytest.mark.parametrize("layout,far", [("callops", False), ("callops", True),
                                         ("callops-bti", False), ("callops-bti", True)])
 def test_bpf_trampoline_entered_from_the_direct_site(layout, far):
-    from tramp_harness_arm64 import Harness
-    h = Harness(layout, far=far, bti=layout == "callops-bti")
+    from tramp_harness import Harness
+    h = Harness("arm64", layout, far=far)
+    assert h.options.bti == (layout == "callops-bti")
     entry, leave = h.prog("entry"), h.prog("leave")
     att = h.jit(h.spec(FUNC, [entry], [leave]))
     ft = h.k.ftrace
@@ -585,8 +586,8 @@ def test_bpf_trampoline_entered_from_the_direct_site(layout, far):
     register_direct(h.k, rec.ip, att.addr)
     assert rec.state.target == (ft.arch.ftrace_addr if far else att.addr)
     assert h.k.call(FUNC, 4, 5, 6) == 15
-    assert [a & 0xFFFFFFFF for a in entry.last["args"]] == [4, 5, 6]
-    assert leave.last["ret"] & 0xFFFFFFFF == 15
+    assert [a & 0xFFFFFFFF for a in entry.last.args] == [4, 5, 6]
+    assert leave.last.ret & 0xFFFFFFFF == 15
     ops, seen = counter_ops(rec.ip)                  # shared: the late path
     ft.register_ftrace_function(ops)
     assert h.k.call(FUNC, 4, 5, 6) == 15

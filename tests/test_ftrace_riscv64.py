@@ -16,7 +16,7 @@ from dataclasses import replace
 from fnmatch import fnmatch
 
 import pytest
-from tramp_harness_riscv64 import Harness
+from tramp_harness import Harness
 
 import tramplab.ftrace.core as ftrace_core
 import tramplab.kernel as kernel_module
@@ -691,12 +691,12 @@ def test_ops_func_eagain_leaves_everything_as_it_was(prof):
 @pytest.mark.parametrize("prof,layout", [("v6.8", "pfe4"), ("v6.16", "callops")])
 @pytest.mark.parametrize("shared", [False, True])
 def test_bpf_trampoline_behind_register_ftrace_direct(prof, layout, shared):
-    h = Harness(layout, profile=prof)
-    assert (h.entry, h.site_skip) == ("t0", 8)
+    h = Harness("riscv64", layout, profile=prof)
     k = h.k
     ft = k.ftrace
     fentry, fexit = h.prog("fentry"), h.prog("fexit")
     spec = h.spec("bpf_fentry_test2", fentry=[fentry], fexit=[fexit])
+    assert (spec.entry, spec.site_skip) == ("t0", 8)
     addr = h.m.bpf_arena.alloc(trampoline_size(spec))
     image = prepare_trampoline(replace(spec, image=addr))
     h.m.write_text(addr, image.code)
@@ -706,8 +706,8 @@ def test_bpf_trampoline_behind_register_ftrace_direct(prof, layout, shared):
         ft.register_ftrace_function(count_ops(filter={ip},
                                               flags=FL.SAVE_REGS_IF_SUPPORTED)[0])
     assert k.call("tramplab_test_run_tracing") == 0
-    assert [s.args[:2] for s in fentry.seen] == [[2, 3]]
-    assert [(s.args[:2], s.ret & 0xFFFFFFFF) for s in fexit.seen] == [([2, 3], 5)]
+    assert [s.args[:2] for s in fentry.runs] == [(2, 3)]
+    assert [(s.args[:2], s.ret & 0xFFFFFFFF) for s in fexit.runs] == [((2, 3), 5)]
 
 
 @pytest.mark.parametrize("prof", ["v6.8", "v6.16"])
