@@ -83,3 +83,14 @@ def assemble(gen: Callable[[Emitter], None], base: int) -> Assembled:
         previous = (len(e.code), dict(e.labels))
         known = dict(e.labels)
     raise RuntimeError("code layout did not converge")
+
+
+def memoize_encoders(namespace: dict, module: str) -> None:
+    """Cache the results of a module's public encoders (pure functions of scalars -> bytes):
+    JITing tens of thousands of trampolines repeats the same instructions.  typed=True keeps
+    1, True and 1.0 apart, so an argument an encoder refuses is still refused."""
+    import functools
+    import inspect
+    for name, fn in list(namespace.items()):
+        if inspect.isfunction(fn) and fn.__module__ == module and not name.startswith("_"):
+            namespace[name] = functools.lru_cache(maxsize=1 << 16, typed=True)(fn)

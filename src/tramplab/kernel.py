@@ -105,8 +105,12 @@ class Kernel:
         lay = self.arch.memory
         extra = size_estimate(self.arch, self.layout, count)
         size = options.setdefault("kernel_size", lay.kernel_size + -(-extra // mib) * mib)
+        # room to trace them all: a trampoline and a program image each in the BPF area, an
+        # image struct and an ftrace_ops mirror each on the heap
+        bpf_size = options.setdefault("bpf_size", lay.bpf_size + -(-count * 512 // mib) * mib)
+        options.setdefault("heap_size", 0x100000 + -(-count * 256 // mib) * mib)
         end = lay.kernel_text + size + HOSTCALL_SIZE
-        for area, default, span in (("bpf_area", lay.bpf_area, lay.bpf_size),
+        for area, default, span in (("bpf_area", lay.bpf_area, bpf_size),
                                     ("module_area", lay.module_area, lay.module_size)):
             if area not in options and lay.kernel_text < default + span and default < end:
                 options[area] = -(-end // mib) * mib

@@ -25,7 +25,7 @@ images are poisoned with trap instructions.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Generator
 
 from ..arch import arch_module, get_port
@@ -133,6 +133,7 @@ class BpfManager(MultiAttach):
         self._tr_ip: dict[int, Trampoline] = {}          # ftrace site ip -> its trampoline
         self._running: dict[int, list] = {}              # cpu -> images whose programs run
         self._im_by_name: dict[str, TrampImage] = {}     # kallsyms name -> live image
+        self._sizes: dict = {}                           # trampoline shape -> its size
         self.dying: list[TrampImage] = []
         self.freed: list[TrampImage] = []
         self._bpf_ctx: dict[int, int] = {}          # cpu -> current->bpf_ctx (run_ctx address)
@@ -547,7 +548,7 @@ class BpfManager(MultiAttach):
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
         Nothing is written yet, and a refusal leaves the allocators as they were."""
         what = f"trampoline for {tr.name}"
-        size = _jit(what, lambda: self.jit.trampoline_size(self._spec(tr, 0, 0)))
+        size = self._size(what, self._spec(tr, 0, 0))
         if size > PAGE_SIZE:
             raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
                                        f"> PAGE_SIZE ({PAGE_SIZE})")
@@ -563,6 +564,16 @@ class BpfManager(MultiAttach):
         name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.stack_diagram, image.marks, name)
+
+    def _size(self, what: str, spec: TrampolineSpec) -> int:
+        """arch_bpf_trampoline_size.  Every JIT's size pass assumes the longest form of each
+        address-dependent instruction, so the size depends on the shape only: cached by the
+        spec with its addresses cleared (the same answer, once per shape)."""
+        key = _shape(spec)
+        size = self._sizes.get(key)
+        if size is None:
+            size = self._sizes[key] = _jit(what, lambda: self.jit.trampoline_size(spec))
+        return size
 
     def _install_steps(self, tr: Trampoline) -> Generator:
         stage = self._stage(tr)
@@ -754,6 +765,15 @@ class BpfManager(MultiAttach):
             return self.trampolines[key]
         except KeyError:
             raise UsageError(f"nothing is attached to {target}") from None
+
+
+def _shape(spec: TrampolineSpec) -> TrampolineSpec:
+    """The spec without its addresses (what the size pass depends on)."""
+    def bare(links):
+        return tuple(replace(link, prog=0, bpf_func=0, enter=0, exit=0) for link in links)
+    return replace(spec, func_addr=0, im=0, image=0, tramp_enter=0, tramp_exit=0,
+                   fentry=bare(spec.fentry), fexit=bare(spec.fexit),
+                   fmod_ret=bare(spec.fmod_ret))
 
 
 def _jit(what: str, run):

@@ -55,6 +55,7 @@ class MachineConfig:
     heap_size: int = 0x100000
     kernel_size: int | None = None      # more kernel text than the arch's default (synthetic
                                         # functions); the host-call area follows it
+    bpf_size: int | None = None         # a bigger BPF area than the arch's default
 
     MAX_CPUS: ClassVar[int] = 64
     MAX_HEAP: ClassVar[int] = 1 << 30   # one anonymous mapping per machine
@@ -97,16 +98,18 @@ class MachineConfig:
                              f"up to {self.MAX_HEAP:#x}, got {self.heap_size:#x}")
         lay = arch.memory
         low = arch.kernel_space
-        if self.kernel_size is not None:
-            integer("kernel_size", lay.kernel_size)
-            if self.kernel_size % PAGE_SIZE:
-                raise UsageError(f"kernel_size must be a multiple of the page size "
-                                 f"({PAGE_SIZE:#x}), got {self.kernel_size:#x}")
+        for name, least in (("kernel_size", lay.kernel_size), ("bpf_size", lay.bpf_size)):
+            if getattr(self, name) is None:
+                continue
+            integer(name, least)
+            if getattr(self, name) % PAGE_SIZE:
+                raise UsageError(f"{name} must be a multiple of the page size "
+                                 f"({PAGE_SIZE:#x}), got {getattr(self, name):#x}")
         for name in ("module_area", "bpf_area"):
             value = getattr(self, name)
             if value is None:
                 continue
-            size = lay.module_size if name == "module_area" else lay.bpf_size
+            size = lay.module_size if name == "module_area" else (self.bpf_size or lay.bpf_size)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UsageError(f"{name} must be an integer address or None, got {value!r}")
             if value % PAGE_SIZE:
@@ -130,7 +133,8 @@ class MachineConfig:
                ("hostcalls", lay.kernel_text + ksize, HOSTCALL_SIZE),
                ("modules", lay.module_area if self.module_area is None else self.module_area,
                 lay.module_size),
-               ("bpf", lay.bpf_area if self.bpf_area is None else self.bpf_area, lay.bpf_size),
+               ("bpf", lay.bpf_area if self.bpf_area is None else self.bpf_area,
+                self.bpf_size or lay.bpf_size),
                ("heap", lay.heap_area, self.heap_size)]
         for i in range(self.cpus):
             base = lay.stack_area + i * (lay.stack_size + STACK_STRIDE_PAD) + GUARD
@@ -180,7 +184,8 @@ class Machine:
         hc = m.add_region("hostcalls", lay.kernel_text + ksize, HOSTCALL_SIZE, "hostcall", True)
         self.modules = m.add_region("modules", self.config.module_area or lay.module_area,
                                     lay.module_size, "module", True)
-        self.bpf = m.add_region("bpf", self.config.bpf_area or lay.bpf_area, lay.bpf_size,
+        self.bpf = m.add_region("bpf", self.config.bpf_area or lay.bpf_area,
+                                self.config.bpf_size or lay.bpf_size,
                                 "bpf", True)
         self.heap = m.add_region("heap", lay.heap_area, self.config.heap_size, "heap", False)
         self.stacks = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 
 from ...errors import EncodeError
+from ...jit import memoize_encoders
 from .abi import ARCH
 
 _MASK64 = (1 << 64) - 1
@@ -693,3 +694,6 @@ def adrp(rd: str, pc: int, target: int) -> bytes:
     # The offset counts pages from the page containing pc.
     imm21 = _pcrel("adrp", pc & ~0xFFF, target, 21, "+/-4 GiB", scale=4096)
     return _word(0x90000000 | ((imm21 & 3) << 29) | ((imm21 >> 2) << 5) | d[0])
+
+
+memoize_encoders(globals(), __name__)     # pure: the same operands always give the same bytes

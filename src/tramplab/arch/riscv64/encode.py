@@ -16,6 +16,7 @@ Argument order follows the assembly where it is unambiguous: ``addi(rd, rs1, imm
 from __future__ import annotations
 
 from ...errors import EncodeError
+from ...jit import memoize_encoders
 from .abi import ARCH
 
 __all__ = [
@@ -784,3 +785,6 @@ def c_addiw(rd: str, imm: int) -> bytes:
 
 
 __all__ += ["c_addi4spn", "c_addiw"]
+
+
+memoize_encoders(globals(), __name__)     # pure: the same operands always give the same bytes

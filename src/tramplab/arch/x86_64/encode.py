@@ -13,6 +13,7 @@ and the allowed range; nothing is ever truncated.
 from __future__ import annotations
 
 from ...errors import EncodeError
+from ...jit import memoize_encoders
 from .abi import ARCH
 
 # ASM_NOP1..ASM_NOP8 (arch/x86/include/asm/nops.h, the x86_nops[] table): one instruction each.
@@ -478,3 +479,6 @@ def kernel_nop(size: int) -> bytes:
 def push_mem(base: str, disp: int) -> bytes:
     """push qword [base+disp]  (FF /6: 64-bit operand by default, no REX.W needed)"""
     return _mem_insn("push m64", b"\xff", 6, base, disp, w=False)
+
+
+memoize_encoders(globals(), __name__)     # pure: the same operands always give the same bytes
