@@ -118,6 +118,11 @@ class FtraceCore:
         self.profile = check(profile)
         self.stats = FtraceStats()
         self.ops_list: list[FtraceOps] = []
+        # which registered ops may trace an ip: the filtered ones by ip, plus those with an
+        # empty filter (everything) -- so an update costs what it touches, not every ops
+        self._by_ip: dict[int, list[FtraceOps]] = {}
+        self._unfiltered: list[FtraceOps] = []
+        self._indexed: dict[int, frozenset] = {}         # id(ops) -> the filter it is indexed by
         self.records: dict[int, Record] = {}
         self._rec_by_func: dict[int, int] = {}           # function address -> its record's ip
         self.direct_functions: dict[int, int] = {}       # ip -> trampoline (bit 0: jmp)
@@ -251,7 +256,30 @@ class FtraceCore:
 
     # ------------------------------------------------------------------ the update algorithm
     def _ops_on(self, rec: Record) -> list[FtraceOps]:
-        return [o for o in self.ops_list if o.flags & FL.ENABLED and o.traces(rec.ip)]
+        return [o for o in self._candidates(rec.ip) if o.flags & FL.ENABLED and o.traces(rec.ip)]
+
+    def _candidates(self, ip: int) -> list[FtraceOps]:
+        return self._unfiltered + self._by_ip.get(ip, [])
+
+    def _index(self, ops: FtraceOps) -> None:
+        keys = frozenset(ops.filter)
+        self._indexed[id(ops)] = keys
+        for ip in keys:
+            self._by_ip.setdefault(ip, []).append(ops)
+        if not keys:
+            self._unfiltered.append(ops)
+
+    def _unindex(self, ops: FtraceOps) -> None:
+        keys = self._indexed.pop(id(ops), None)
+        if keys is None:
+            return
+        for ip in keys:
+            users = self._by_ip[ip]
+            users.remove(ops)
+            if not users:
+                del self._by_ip[ip]
+        if not keys:
+            self._unfiltered.remove(ops)
 
     def _needs_regs(self, ops: FtraceOps) -> bool:
         if ops.flags & FL.SAVE_REGS:
@@ -283,7 +311,7 @@ class FtraceCore:
         function_trace_op.  A single ops gets its own function only if it is static and not
         RCU (ftrace_ops_get_list_func): a dynamic one may be freed under a CPU that is still
         in a caller, so the callers keep the list function, which checks every ops' hashes."""
-        active = [o for o in self.ops_list if o.flags & FL.ENABLED]
+        active = self.ops_list                             # (registered = enabled)
         if not active:
             return self.stub_func, 0
         if len(active) == 1 and not active[0].flags & (FL.DYNAMIC | FL.RCU):
@@ -456,6 +484,8 @@ class FtraceCore:
         ops.filter = new
         ops.flags |= FL.INITIALIZED
         if ops.flags & FL.ENABLED:
+            self._unindex(ops)
+            self._index(ops)
             yield from self._update_steps(affected)
 
     def ftrace_set_notrace_ip(self, ops: FtraceOps, ip: int, remove: bool = False,
@@ -486,6 +516,7 @@ class FtraceCore:
         if not ops.core_data:
             ops.flags |= FL.DYNAMIC            # __register_ftrace_function: not core kernel data
         self.ops_list.append(ops)
+        self._index(ops)
         try:
             self._update_trampoline(ops)
             yield from self._update_steps(self._ips_of(ops, ops.filter))
@@ -538,6 +569,7 @@ class FtraceCore:
         ops.flags &= ~FL.ENABLED
         if ops in self.ops_list:
             self.ops_list.remove(ops)
+            self._unindex(ops)
 
     # ------------------------------------------------------------------ IPMODIFY policy (§2.2)
     def _ips_of(self, ops: FtraceOps, filt: set[int]) -> list[int]:
@@ -548,7 +580,7 @@ class FtraceCore:
     def _direct_peers(self, ops: FtraceOps) -> list[tuple[FtraceOps, int]]:
         out = []
         for ip in self._ips_of(ops, ops.filter):
-            for other in self.ops_list:
+            for other in self._candidates(ip):
                 if other is not ops and other.flags & FL.DIRECT and other.traces(ip):
                     out.append((other, ip))
         return out
@@ -564,9 +596,9 @@ class FtraceCore:
         function only if the direct ops' ops_func agrees (SELF when the direct one comes second,
         PEER when the IPMODIFY one does); no ops_func -> EBUSY."""
         ips = sorted(filt) if only else self._ips_of(ops, filt)
-        others = [o for o in self.ops_list if o is not ops and o.flags & FL.ENABLED]
         for ip in ips:
-            on_ip = [o for o in others if o.traces(ip)]
+            on_ip = [o for o in self._candidates(ip)
+                     if o is not ops and o.flags & FL.ENABLED and o.traces(ip)]
             name = self.machine.kallsyms.format(ip)
             if ops.flags & FL.IPMODIFY:
                 if any(o.flags & FL.IPMODIFY for o in on_ip):
