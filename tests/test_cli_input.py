@@ -19,7 +19,7 @@ USAGE_ERRORS = [
     (["support", "--arch", "x86_64", "--kernel", "5.15.-1"], "bad kernel version"),
     (["support", "--arch", "x86_64", "--kernel", "2.6"], "x86_64 kernel is 2.6.27"),
     (["support", "--arch", "arm64", "--kernel", "3.17.9"], "arm64 kernel is 3.18"),
-    (["support", "--arch", "arm64", "--kernel", "8.0"], "end at 7.1"),
+    (["support", "--arch", "arm64", "--kernel", "8.0"], "end at 7.2"),
     (["show", "--arch", "x86_64", "--profile", "v2.0", "site", "bpf_fentry_test1"], "2.6.27"),
     (["trace", "--arch", "x86_64", "--profile", "v2.0", "fexit:bpf_fentry_test2", "--call", "2,3"],
      "2.6.27"),

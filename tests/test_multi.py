@@ -225,3 +225,31 @@ def test_multi_attach_and_detach_while_cpus_call(arch):
             for t in seq.calls:
                 assert sum(1 for task, _ in seen if task is t) <= 1
         assert not k.bpf.trampolines and not k.bpf.dying
+
+
+# ------------------------------------------------------------------------------ the command
+def test_attach_command_counts_runs_and_costs():
+    import json
+    from click.testing import CliRunner
+    from tramplab.cli import main
+    r = CliRunner().invoke(main, ["attach", "--arch", "x86_64", "--synth", "300", "--json",
+                                  "fexit:synth_*"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["functions"] == out["called"] == out["program_runs"] == 300
+    assert out["attach"]["updates"] == 1 and out["detach"]["updates"] == 1
+    r = CliRunner().invoke(main, ["attach", "--arch", "riscv64", "fentry:bpf_fentry_test*"])
+    assert r.exit_code == 0 and "the program ran 10 times" in r.output, r.output
+
+
+@pytest.mark.parametrize("argv,code,text", [
+    (["attach", "--arch", "x86_64", "bogus"], 2, "fentry|fexit|fmod_ret:PATTERN"),
+    (["attach", "--arch", "x86_64", "fentry:nomatch*"], 1, "EINVAL"),
+    (["attach", "--arch", "arm64", "--synth", "60", "fexit:synth_*"], 1, "ENOTSUPP"),
+    (["attach", "--arch", "x86_64", "--synth", "-1", "fentry:x"], 2, "synth"),
+])
+def test_attach_command_refusals(argv, code, text):
+    from click.testing import CliRunner
+    from tramplab.cli import main
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == code and text in r.output, r.output

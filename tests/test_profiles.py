@@ -105,8 +105,8 @@ BAD_VERSIONS = [
     ("x86_64", "2.6", "earliest supported x86_64 kernel is 2.6.27"),
     ("arm64", "3.17", "earliest supported arm64 kernel is 3.18"),
     ("riscv64", "5.5.19", "earliest supported riscv64 kernel is 5.6"),
-    ("x86_64", "99.1", "timelines, which end at 7.1"),
-    ("arm64", "7.2", "timelines, which end at 7.1"),
+    ("x86_64", "99.1", "timelines, which end at 7.2"),
+    ("arm64", "7.3", "timelines, which end at 7.2"),
     ("x86_64", "5.15.-1", "bad kernel version"),
     ("x86_64", "5..15", "bad kernel version"),
     ("x86_64", "6.16-rc1", "bad kernel version"),
@@ -121,7 +121,7 @@ BAD_VERSIONS = [
 def test_versions_outside_the_timelines_are_refused(arch, version, rule):
     with pytest.raises(UsageError, match=rule):
         profile_for(arch, version.lstrip("v"))
-    with pytest.raises(UsageError, match=f"{rule}|unknown profile .* 2.6.27..7.1"):
+    with pytest.raises(UsageError, match=f"{rule}|unknown profile .* 2.6.27..7.2"):
         Kernel(arch, profile="v" + version.lstrip("v"))
 
 
@@ -133,7 +133,7 @@ def test_versions_inside_the_timelines_are_accepted(arch, version):
 
 
 def test_profile_names_that_are_not_versions():
-    with pytest.raises(UsageError, match="unknown profile 'v6'.*2.6.27..7.1"):
+    with pytest.raises(UsageError, match="unknown profile 'v6'.*2.6.27..7.2"):
         get_profile("x86_64", "v6")
     with pytest.raises(UsageError, match="a profile is a preset name"):
         Kernel("x86_64", profile=["latest"])

@@ -426,3 +426,93 @@ def stress(eras, schedules, seed, calls, ops, as_json):
                            f"--era {name} --seed {f.seed} --schedules 1 --calls {calls} --ops {ops}")
     if failed:
         sys.exit(1)
+
+
+@main.command(name="attach")
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
+@click.option("--synth", "-n", default=0, show_default=True, type=click.IntRange(0, 200_000),
+              help="load this many synthetic functions first (synth_00000, synth_00001, ...: "
+                   "0-12 arguments of varied types, results known)")
+@click.option("--no-calls", is_flag=True, help="attach and detach only; call nothing")
+@click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
+@click.argument("spec")
+def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
+    """Attach one counting program to every function SPEC matches with the tracing_multi link,
+    call each of them once, report how many runs the program saw and what attaching and
+    detaching cost (ftrace updates, text pokes, sync points, synchronize_rcu calls, time).
+
+    SPEC is KIND:PATTERN, KIND one of fentry, fexit, fmod_ret, e.g. 'fexit:synth_*' or
+    'fentry:bpf_fentry_test*'.
+
+    Example: tramplab attach --arch x86_64 --synth 10000 'fexit:synth_*'
+    """
+    import time
+    kind, _, pattern = spec.partition(":")
+    if kind not in ("fentry", "fexit", "fmod_ret") or not pattern:
+        raise UsageError(f"SPEC must be fentry|fexit|fmod_ret:PATTERN, not {spec!r}")
+    k = _profile_kernel_synth(arch, profile, synth)
+    runs = {"n": 0}
+
+    def count(ctx):
+        runs["n"] += 1
+    prog = k.bpf.load("count", kind, count, None, multi=True)
+    names = k.bpf.resolve_targets(pattern)
+    stats = k.ftrace.stats
+
+    def measure(action):
+        before = (stats.updates, stats.pokes, stats.sync_cores + stats.stop_machines,
+                  stats.synchronize_rcu)
+        t0 = time.perf_counter()
+        result = action()
+        after = (stats.updates, stats.pokes, stats.sync_cores + stats.stop_machines,
+                 stats.synchronize_rcu)
+        return result, dict(zip(("updates", "pokes", "syncs", "synchronize_rcu"),
+                                (b - a for a, b in zip(before, after))),
+                            seconds=round(time.perf_counter() - t0, 3))
+    link, attach_cost = measure(lambda: k.bpf.attach_multi(prog, names))
+    called = 0 if no_calls else _call_each(k, names, quiet=as_json)
+    _, detach_cost = measure(link.detach)
+    out = {"arch": k.arch.name, "profile": k.profile.name, "kind": kind, "pattern": pattern,
+           "functions": len(names), "called": called, "program_runs": runs["n"],
+           "attach": attach_cost, "detach": detach_cost}
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    t = Table(title=f"{k.arch.name} {k.profile.name}: {kind} on {len(names):,} functions "
+                    f"matching {pattern!r}")
+    for col in ("", "ftrace updates", "text pokes", "sync points", "synchronize_rcu", "seconds"):
+        t.add_column(col)
+    for what, c in (("attach", attach_cost), ("detach", detach_cost)):
+        t.add_row(what, *(str(c[x]) for x in ("updates", "pokes", "syncs", "synchronize_rcu",
+                                               "seconds")))
+    _console().print(t)
+    if not no_calls:
+        click.echo(f"called {called:,} functions once each; the program ran {runs['n']:,} times")
+
+
+def _profile_kernel_synth(arch: str, profile: str | None, synth: int):
+    from .kernel import Kernel
+    from .profiles import check_version
+    if profile and profile.lstrip("v").replace(".", "").isdigit():
+        check_version(_arch(arch), profile)
+    return Kernel(_arch(arch), profile=profile, synth=synth)
+
+
+def _call_each(k, names, quiet: bool) -> int:
+    """Call every function once with zero arguments; a pointer argument points at a zeroed
+    buffer (functions such as bpf_fentry_test8 dereference theirs)."""
+    from rich.progress import Progress
+    zeros = k.kmalloc(256)
+
+    def arg(p):
+        return (0, 0) if p.kind == "struct" else zeros if p.kind == "ptr" else 0
+    with Progress(disable=quiet or len(names) < 2000 or not sys.stderr.isatty(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("calling", total=len(names))
+        for name in names:
+            fn = k.function(name)
+            k.call(name, *[arg(p) for p in fn.proto.params])
+            bar.advance(task)
+    return len(names)

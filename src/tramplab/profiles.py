@@ -36,7 +36,7 @@ def timeline(arch: str) -> dict[str, str | None]:
     return dict(get_port(arch).timeline)
 
 
-LATEST = "7.1"
+LATEST = "7.2"          # the tracing_multi link (x86-64) is the newest fact
 
 
 def earliest(arch: str) -> str:

@@ -783,6 +783,10 @@ def _jit(what: str, run):
     except EncodeError as e:
         raise KernelError("ERANGE", f"{what}: a target is out of range of the arch's "
                                     f"branches ({e})") from None
+    except KernelError as e:
+        if e.rule.startswith(what):
+            raise
+        raise KernelError(e.name, f"{what}: {e.rule}", feature=e.feature) from None
 
 
 def _func_proto(prog: BpfProg):

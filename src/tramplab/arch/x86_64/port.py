@@ -18,7 +18,7 @@ TIMELINE = {
     "single_direct_ops": "7.0", "bpf_trampoline": "5.5", "freplace": "5.6", "fmod_ret": "5.7",
     "links_38": "5.12", "func_ip": "5.15", "get_func_arg": "5.17", "kprobe_multi": "5.18",
     "cookie": "5.19", "ops_func": "6.0", "struct_args": "6.1", "stack_args": "6.6",
-    "fsession": "7.0", "tracing_multi": "7.1", "ibt": "5.18",
+    "fsession": "7.0", "tracing_multi": "7.2", "ibt": "5.18",   # bpf-next June 2026 -> v7.2
     # ≈v6.8, "x86/cfi,bpf: Fix bpf_struct_ops CFI": a trampoline gets endbr64 (EMIT_ENDBR) only
     # if it is called indirectly (struct_ops); before, every trampoline of an IBT kernel had it
     "tramp_endbr_indirect_only": "6.8",
