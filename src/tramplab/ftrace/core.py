@@ -480,7 +480,10 @@ class FtraceCore:
         new = self._edited_hash(old, ips, remove, reset, "ftrace_set_filter_ip")
         if ops.flags & FL.ENABLED:
             self._check_ipmodify_change(ops, new)
-        affected = set(self._ips_of(ops, old)) | set(self._ips_of(ops, new))
+        # only the records that enter or leave the hash can change (an empty hash is every
+        # function, so then all of them)
+        affected = (old ^ new) if old and new else \
+            set(self._ips_of(ops, old)) | set(self._ips_of(ops, new))
         ops.filter = new
         ops.flags |= FL.INITIALIZED
         if ops.flags & FL.ENABLED:
