@@ -8,23 +8,9 @@ import pytest
 from tramplab import Kernel, KernelError
 from tramplab.machine.callconv import assign, word_locations
 from tramplab.machine.scheduler import CallSeq, HostTask, Scheduler
-from tramplab.targets.synth import expected, name_of
+from tramplab.targets.synth import expected, name_of, random_args
 
 ARCHES = ["x86_64", "arm64", "riscv64"]
-
-
-def random_args(rng, proto):
-    out = []
-    for p in proto.params:
-        if p.kind == "struct":
-            out.append((rng.randrange(1 << 64), rng.randrange(1 << 64)))
-        elif p.kind == "ptr":
-            out.append(rng.randrange(1 << 64))
-        else:
-            bits = p.size * 8
-            out.append(rng.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if p.signed
-                       else rng.randrange(1 << bits))
-    return out
 
 
 def attachable(k, name):

@@ -8,23 +8,9 @@ from tramplab import Kernel, KernelError, UsageError
 from tramplab.machine.callconv import assign
 from tramplab.profiles import presets
 from tramplab.targets.synth import (MAX_SLOTS, PROTOTYPES, expected, name_of, prototype_pool,
-                                    synth_object)
+                                    random_args, synth_object)
 
 ARCHES = ["x86_64", "arm64", "riscv64"]
-
-
-def random_args(rng, proto):
-    out = []
-    for p in proto.params:
-        if p.kind == "struct":
-            out.append((rng.randrange(1 << 64), rng.randrange(1 << 64)))
-        elif p.kind == "ptr":
-            out.append(rng.randrange(1 << 64))
-        else:
-            bits = p.size * 8
-            out.append(rng.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if p.signed
-                       else rng.randrange(1 << bits))
-    return out
 
 
 def test_the_pool_covers_every_argument_count_and_kind():

@@ -74,6 +74,22 @@ def expected(proto: Prototype, index: int, words: list[int]):
     return from_ret(proto.ret, (index + sum(words)) & MASK64)
 
 
+def random_args(rng, proto: Prototype) -> list:
+    """Arguments of the prototype's C types drawn from `rng` (random.Random): integers in their
+    type's range, pointers as any 64-bit value, structs as two 64-bit words."""
+    out = []
+    for p in proto.params:
+        if p.kind == "struct":
+            out.append((rng.randrange(1 << 64), rng.randrange(1 << 64)))
+        elif p.kind == "ptr":
+            out.append(rng.randrange(1 << 64))
+        else:
+            bits = p.size * 8
+            out.append(rng.randrange(-(1 << (bits - 1)), 1 << (bits - 1)) if p.signed
+                       else rng.randrange(1 << bits))
+    return out
+
+
 def synth_object(arch, layout: Layout, base: int, count: int, seed: int = 0) -> LoadedObject:
     """`count` functions placed from `base` (each symbol aligned as the layout's compiler
     aligns it), as a LoadedObject: one text segment, their symbols, sites and prototypes."""
