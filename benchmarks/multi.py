@@ -65,6 +65,38 @@ def run(arch: str, n: int, mode: str):
     return len(names), attach, detach
 
 
+def instructions_per_call(k, name: str, *args) -> int:
+    """Instructions one call executes, counted by single-stepping it."""
+    cpu = k.machine.cpus[0]
+    k.machine.start(k.task(name, *args))
+    n = 0
+    while not k.machine.step(cpu, 1):
+        n += 1
+    return n + 1
+
+
+def designs(arch: str, n: int):
+    """The merged per-function design next to the 2021 max-args one (profile multi-2021):
+    trampoline bytes, instructions per traced call of bpf_fentry_test2 with one multi fexit,
+    and attaching that program to n synthetic functions."""
+    rows = []
+    for profile in ("latest", "multi-2021"):
+        k = Kernel(arch, profile=profile, synth=n)
+        prog = k.fexit_multi(["bpf_fentry_test2"], name="one")(lambda ctx: None)
+        image = k.bpf.trampoline_of("bpf_fentry_test2").cur_image
+        insns = instructions_per_call(k, "bpf_fentry_test2", 2, 3)
+        prog.link.detach()
+        names = attachable(k, [name_of(i) for i in range(n)])
+        many = k.fexit_multi(names, name="many", attach=False)(lambda ctx: None)
+        link, cost_ = cost(k, lambda: k.bpf.attach_multi(many, names))
+        total = sum(len(node.tr.cur_image.code) for node in link.nodes)
+        # the 2021 design shares one image among all of them: its bytes are one image's
+        shared = max(len(node.tr.cur_image.code) for node in link.nodes)
+        rows.append((profile, len(image.code), insns, len(names),
+                     total if profile == "latest" else shared, cost_))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000,10000,50000")
@@ -83,6 +115,14 @@ def main() -> None:
                 table.add_row(arch, mode, f"{got:,}", " / ".join(map(str, a[:4])),
                               f"{a[4]:.2f}", " / ".join(map(str, d[:4])), f"{d[4]:.2f}")
     Console(width=140).print(table)
+    dt = Table("arch", "design", "bytes (test2)", "insns per call (test2)", "N",
+               "image bytes for N", "attach: updates / pokes / syncs / rcu", "attach s")
+    for arch in args.arch or list(PROFILES):
+        for profile, b, insns, got, total, c in designs(arch, args.single_max):
+            dt.add_row(arch, "per-function (merged)" if profile == "latest"
+                       else "max-args 2021 (one shared image)", str(b), str(insns),
+                       f"{got:,}", f"{total:,}", " / ".join(map(str, c[:4])), f"{c[4]:.2f}")
+    Console(width=140).print(dt)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak:,.0f} MiB")
 

@@ -239,3 +239,40 @@ def test_attach_command_refusals(argv, code, text):
     from tramplab.cli import main
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == code and text in r.output, r.output
+
+
+# ------------------------------------------------------------------------------ seed 003
+@pytest.mark.parametrize("arch", ARCHES)
+def test_seed003_the_2021_max_args_design_clobbers_a_single_fexit(arch):
+    """A single fexit program on bpf_fentry_test2 (2 args: its return value at ctx[2]) is
+    attached first; then a multi program.  In the 2021 design the trampoline is rebuilt with
+    the multi model (every register argument, the return value after them), so the single
+    program reads an argument slot instead of the return value.  The merged per-function
+    design keeps each function's model: both programs see 5."""
+    results = {}
+    for profile in ("latest", "multi-2021"):
+        k = Kernel(arch, profile=profile)
+        seen = []
+        k.fexit("bpf_fentry_test2", name="single")(lambda ctx: seen.append(("single", ctx.ret)))
+        k.fexit_multi(["bpf_fentry_test1", "bpf_fentry_test2"], name="multi")(
+            lambda ctx: seen.append(("multi", ctx.ret)))
+        assert k.call("bpf_fentry_test2", 2, 3) == 5
+        results[profile] = dict(seen)
+    assert results["latest"] == {"single": 5, "multi": 5}
+    assert results["multi-2021"]["multi"] == 5
+    assert results["multi-2021"]["single"] != 5            # the clobber
+
+
+def test_the_2021_design_refuses_partially_overlapping_multi_links():
+    k = Kernel("x86_64", profile="multi-2021")
+    k.fentry_multi(["bpf_fentry_test1", "bpf_fentry_test2"], name="a")(lambda ctx: None)
+    b = k.fentry_multi(["bpf_fentry_test2", "bpf_fentry_test3"], name="b",
+                       attach=False)(lambda ctx: None)
+    before = state(k)
+    with pytest.raises(KernelError) as e:
+        k.bpf.attach_multi(b, ["bpf_fentry_test2", "bpf_fentry_test3"])
+    assert e.value.name == "EBUSY" and "partially" in e.value.rule and state(k) == before
+    k.bpf.attach_multi(b, ["bpf_fentry_test1", "bpf_fentry_test2"])      # the same set: fine
+    latest = Kernel("x86_64")                                             # merged: overlaps ok
+    latest.fentry_multi(["bpf_fentry_test1", "bpf_fentry_test2"], name="a")(lambda ctx: None)
+    latest.fentry_multi(["bpf_fentry_test2", "bpf_fentry_test3"], name="b")(lambda ctx: None)

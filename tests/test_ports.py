@@ -285,6 +285,15 @@ def probe_helper(attr):
     return probe
 
 
+def probe_multi_clobber(k):
+    """A single fexit and a multi fexit on bpf_fentry_test2: the return values they see."""
+    seen = []
+    k.fexit("bpf_fentry_test2", name="one")(lambda ctx: seen.append(ctx.ret))
+    k.fexit_multi(["bpf_fentry_test2"], name="many")(lambda ctx: seen.append(ctx.ret))
+    k.call("bpf_fentry_test2", 2, 3)
+    return tuple(sorted(seen))
+
+
 SWITCHES = [
     # switch, arch, profile, changes, probe
     ("layout", "arm64", "latest", {"layout": "callops-bti"}, probe_fexit),
@@ -318,6 +327,7 @@ SWITCHES = [
     ("cookie", "x86_64", "latest", {"cookie": False}, probe_helper("cookie")),
     ("struct_args", "x86_64", "latest", {"struct_args": False},
      probe_attach("bpf_testmod_test_struct_arg_1")),
+    ("multi_design", "x86_64", "latest", {"multi_design": "max-args-2021"}, probe_multi_clobber),
 ]
 NOT_CODE = {"name", "arch", "kernel", "note", "bug"}      # labels, not switches
 

@@ -103,6 +103,10 @@ class Profile:
     get_func_arg: bool
     cookie: bool
     struct_args: bool
+    # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
+    # merged 2026 design: each function's own model) or "max-args-2021" (Jiri Olsa's 2021
+    # series: one model of every register argument as u64, the return value in a fixed slot)
+    multi_design: str = "per-function"
     note: str = ""                 # why this profile exists (for bug profiles)
     bug: bool = False              # reproduces a known kernel bug on purpose (seeds, fixed bugs)
 
@@ -225,6 +229,11 @@ def presets(arch: str) -> dict[str, Profile]:
     out = {f"v{v}": profile_for(a, v) for v in get_port(a).preset_versions}
     out.update(_special(a))
     out["latest"] = profile_for(a, LATEST, "latest")
+    out["multi-2021"] = out["latest"].with_(
+        name="multi-2021", multi_design="max-args-2021", bug=True,
+        note="seed 003: the 2021 multi trampoline saves every register argument as u64 and "
+             "keeps the return value after them; a single-function fexit program on the same "
+             "function reads its return value where its own model put it")
     return out
 
 

@@ -134,6 +134,7 @@ class BpfManager(MultiAttach):
         self._running: dict[int, list] = {}              # cpu -> images whose programs run
         self._im_by_name: dict[str, TrampImage] = {}     # kallsyms name -> live image
         self._sizes: dict = {}                           # trampoline shape -> its size
+        self._multi_links: list = []                     # attached tracing_multi links
         self.dying: list[TrampImage] = []
         self.freed: list[TrampImage] = []
         self._bpf_ctx: dict[int, int] = {}          # cpu -> current->bpf_ctx (run_ctx address)
@@ -538,7 +539,8 @@ class BpfManager(MultiAttach):
             options = port.jit_options(p, self.kernel.layout,
                                        lambda f: has(port.name, f, p.kernel))
         return TrampolineSpec(
-            arch=self.arch.name, model=tr.model, flags=tr.flags, fentry=links["fentry"],
+            arch=self.arch.name, model=self.model_for(tr), flags=tr.flags,
+            fentry=links["fentry"],
             fexit=links["fexit"], fmod_ret=links["fmod_ret"], func_addr=tr.func_addr,
             site_skip=skip, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
             image=image, entry=entry, max_args=p.bpf_max_args, reg_args_only=p.bpf_reg_args_only,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Generator
 
 from ..errors import KernelError, UsageError
+from .spec import FuncModel
 
 MAX_MULTI_FUNCS = 1 << 20          # the kernel bounds cnt as kprobe.multi does (MAX_KPROBE_MULTI_CNT)
 
@@ -53,6 +54,35 @@ class MultiLink:
 
 class MultiAttach:
     """Mixed into BpfManager."""
+
+    # ---------------------------------------------------------------- the designs
+    def model_for(self, tr):
+        """The function model a trampoline is generated with.  Per-function (merged): its own.
+        The 2021 design (profile multi-2021): as soon as a multi program is on it, every
+        register argument as a u64 and a u64 return value -- the same for every function, so
+        one image could serve them all, and a single program verified against the function's
+        real prototype finds the return value somewhere else (seed 003)."""
+        if self.profile.multi_design == "max-args-2021" and any(
+                link.prog.multi for links in tr.links.values() for link in links):
+            n = len(self.machine.arch.arg_regs)
+            return FuncModel(n, (8,) * n, (False,) * n, (False,) * n, 8)
+        return tr.model
+
+    def _check_design(self, prog, names) -> None:
+        """The 2021 design's rule: two multi links overlap entirely or not at all."""
+        if self.profile.multi_design != "max-args-2021":
+            return
+        mine = set(names)
+        for link in self.multi_links():
+            theirs = set(link.functions)
+            if theirs & mine and theirs != mine:
+                raise KernelError("EBUSY", f"the 2021 multi trampolines cannot overlap "
+                                           f"partially: {link.prog.name} covers "
+                                           f"{len(theirs & mine)} of these functions and "
+                                           f"{len(theirs - mine)} others")
+
+    def multi_links(self) -> list[MultiLink]:
+        return [link for link in self._multi_links if link.attached]
 
     # ---------------------------------------------------------------- targets
     def resolve_targets(self, targets) -> list[str]:
@@ -92,6 +122,7 @@ class MultiAttach:
             raise KernelError("E2BIG", f"tracing_multi: {len(names)} functions > "
                                        f"{MAX_MULTI_FUNCS}")
         cookies = self._cookies(cookies, len(names))
+        self._check_design(prog, [n if isinstance(n, str) else n.name for n in names])
         link = MultiLink(prog, [], self)
         trs = []
         try:
@@ -106,6 +137,7 @@ class MultiAttach:
             for tr in trs:
                 self.put_trampoline(tr)
             raise
+        self._multi_links.append(link)
         return link
 
     def detach_multi(self, link: MultiLink) -> None:
@@ -127,6 +159,7 @@ class MultiAttach:
                 kind.insert(pos, node)
             raise
         link.attached = False
+        self._multi_links.remove(link)
         for node in link.nodes:
             node.attached = False
             self.put_trampoline(node.tr)

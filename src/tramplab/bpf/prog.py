@@ -24,6 +24,10 @@ EINVAL = -_errno.EINVAL
 EOPNOTSUPP = -_errno.EOPNOTSUPP
 
 
+def _slots(proto) -> int:
+    return sum((p.size + 7) // 8 if p.kind == "struct" else 1 for p in proto.params)
+
+
 def _sext(value: int, bits: int) -> int:
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
@@ -109,7 +113,12 @@ class Ctx:
             raise UsageError("fentry programs have no return value (bpf_get_func_ret is "
                              "-EOPNOTSUPP there)")
         proto = self._bpf.prototype_of(self.prog, self.cpu)
-        raw = self.slot(self.nr_args)
+        # A program verified against one function reads its return value at the index its BTF
+        # prototype gives (ctx[nr of its argument slots]); a multi program asks the trampoline
+        # (bpf_get_func_ret: ctx[ctx[-1]]).  The two agree unless a trampoline was built with
+        # another model than the program's (the 2021 multi design, seed 003).
+        index = self.nr_args if self.prog.multi else _slots(proto)
+        raw = self.slot(index)
         r = proto.ret
         if r.kind != "int":
             return raw
