@@ -276,3 +276,17 @@ def test_the_2021_design_refuses_partially_overlapping_multi_links():
     latest = Kernel("x86_64")                                             # merged: overlaps ok
     latest.fentry_multi(["bpf_fentry_test1", "bpf_fentry_test2"], name="a")(lambda ctx: None)
     latest.fentry_multi(["bpf_fentry_test2", "bpf_fentry_test3"], name="b")(lambda ctx: None)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+def test_a_multi_fexit_shares_a_livepatched_function(arch):
+    """Seed 002 inside a batch: ops_func says EAGAIN for the livepatched function, its
+    trampoline is rebuilt to call the original through the stack, the batch retried; the
+    patched function's result reaches the program, the other function is untouched."""
+    from tramplab.livepatch import Livepatch
+    k = Kernel(arch)
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    seen = []
+    k.fexit_multi(["bpf_fentry_test1", "bpf_fentry_test2"])(lambda ctx: seen.append(ctx.ret))
+    assert k.call("bpf_fentry_test1", 1) == 102 and k.call("bpf_fentry_test2", 2, 3) == 5
+    assert seen == [102, 5]

@@ -193,9 +193,13 @@ class MultiAttach:
             except KernelError as e:
                 for stage in stages:
                     self._unstage(stage)
-                shared = [tr for tr in trs if tr.flags != flags[tr]]
+                # ops_func answered EAGAIN after marking the trampolines that must share the
+                # function with an IPMODIFY ops: rebuild those to call the original through
+                # the stack, and try again
+                shared = [tr for tr in trs
+                          if tr.flags & self.SHARE_BIT and not flags[tr] & self.SHARE_BIT]
                 for tr in trs:
-                    tr.flags = flags[tr] | (tr.flags & self.SHARE_BIT)
+                    tr.flags = flags[tr] | (tr.flags & self.SHARE_BIT if tr in shared else 0)
                 if e.name == "EAGAIN" and shared:
                     continue
                 for tr in trs:
