@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tramplab import Kernel
+from tramplab.bpf.spec import FuncModel
 from tramplab.machine.callconv import word_locations
 from tramplab.targets.synth import name_of
 
@@ -80,20 +81,24 @@ def designs(arch: str, n: int):
     trampoline bytes, instructions per traced call of bpf_fentry_test2 with one multi fexit,
     and attaching that program to n synthetic functions."""
     rows = []
-    for profile in ("latest", "multi-2021"):
+    for profile in ("latest", "multi-2021", "multi-2025"):
         k = Kernel(arch, profile=profile, synth=n)
         prog = k.fexit_multi(["bpf_fentry_test2"], name="one")(lambda ctx: None)
         image = k.bpf.trampoline_of("bpf_fentry_test2").cur_image
         insns = instructions_per_call(k, "bpf_fentry_test2", 2, 3)
         prog.link.detach()
         names = attachable(k, [name_of(i) for i in range(n)])
+        if profile == "multi-2025":            # its callers take register arguments only
+            regs = len(k.arch.arg_regs)
+            names = [x for x in names
+                     if FuncModel.from_prototype(k.function(x).proto).nr_arg_slots <= regs]
         many = k.fexit_multi(names, name="many", attach=False)(lambda ctx: None)
         link, cost_ = cost(k, lambda: k.bpf.attach_multi(many, names))
-        total = sum(len(node.tr.cur_image.code) for node in link.nodes)
-        # the 2021 design shares one image among all of them: its bytes are one image's
-        shared = max(len(node.tr.cur_image.code) for node in link.nodes)
-        rows.append((profile, len(image.code), insns, len(names),
-                     total if profile == "latest" else shared, cost_))
+        sizes = {}
+        for node in link.nodes:           # the older designs share one image per model
+            key = node.tr if profile == "latest" else k.bpf.model_for(node.tr)
+            sizes[key] = len(node.tr.cur_image.code)
+        rows.append((profile, len(image.code), insns, len(names), sum(sizes.values()), cost_))
     return rows
 
 
@@ -119,8 +124,10 @@ def main() -> None:
                "image bytes for N", "attach: updates / pokes / syncs / rcu", "attach s")
     for arch in args.arch or list(PROFILES):
         for profile, b, insns, got, total, c in designs(arch, args.single_max):
-            dt.add_row(arch, "per-function (merged)" if profile == "latest"
-                       else "max-args 2021 (one shared image)", str(b), str(insns),
+            dt.add_row(arch, {"latest": "per-function (merged)",
+                              "multi-2021": "max-args 2021 (one image)",
+                              "multi-2025": "by arg count 2025 (one per count)"}[profile],
+                       str(b), str(insns),
                        f"{got:,}", f"{total:,}", " / ".join(map(str, c[:4])), f"{c[4]:.2f}")
     Console(width=140).print(dt)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

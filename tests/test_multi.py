@@ -290,3 +290,23 @@ def test_a_multi_fexit_shares_a_livepatched_function(arch):
     k.fexit_multi(["bpf_fentry_test1", "bpf_fentry_test2"])(lambda ctx: seen.append(ctx.ret))
     assert k.call("bpf_fentry_test1", 1) == 102 and k.call("bpf_fentry_test2", 2, 3) == 5
     assert seen == [102, 5]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_the_2025_design_groups_by_argument_count_and_takes_register_arguments_only(arch):
+    """multi-2025: each function's trampoline has the model of its argument count (all u64),
+    so every function of one count could share a caller; args and return values stay right
+    (no clobber: the count is the function's own); more slots than registers is ENOTSUPP."""
+    k = Kernel(arch, profile="multi-2025")
+    seen = []
+    k.fexit("bpf_fentry_test2", name="single")(lambda ctx: seen.append(("single", ctx.ret)))
+    p = k.fexit_multi(["bpf_fentry_test1", "bpf_fentry_test2", "bpf_fentry_test3"])(
+        lambda ctx: seen.append(("multi", ctx.args[0], ctx.ret)))
+    assert k.call("bpf_fentry_test2", 2, 3) == 5 and k.call("bpf_fentry_test3", 4, 5, 6) == 15
+    assert sorted(seen) == [("multi", 2, 5), ("multi", 4, 15), ("single", 5)]
+    models = {n.tr.name: k.bpf.model_for(n.tr).nr_args for n in p.link.nodes}
+    assert models == {"bpf_fentry_test1": 1, "bpf_fentry_test2": 2, "bpf_fentry_test3": 3}
+    q = k.fentry_multi(["bpf_testmod_fentry_test11"], attach=False)(lambda ctx: None)
+    with pytest.raises(KernelError) as e:
+        k.bpf.attach_multi(q, ["bpf_testmod_fentry_test11"])
+    assert e.value.name == "ENOTSUPP" and "register arguments only" in e.value.rule

@@ -104,8 +104,9 @@ class Profile:
     cookie: bool
     struct_args: bool
     # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
-    # merged 2026 design: each function's own model) or "max-args-2021" (Jiri Olsa's 2021
+    # merged 2026 design: each function's own model), "max-args-2021" (Jiri Olsa's 2021
     # series: one model of every register argument as u64, the return value in a fixed slot)
+    # or "by-arg-count-2025" (Menglong Dong's 2025 series: one caller per argument count)
     multi_design: str = "per-function"
     note: str = ""                 # why this profile exists (for bug profiles)
     bug: bool = False              # reproduces a known kernel bug on purpose (seeds, fixed bugs)
@@ -234,6 +235,10 @@ def presets(arch: str) -> dict[str, Profile]:
         note="seed 003: the 2021 multi trampoline saves every register argument as u64 and "
              "keeps the return value after them; a single-function fexit program on the same "
              "function reads its return value where its own model put it")
+    out["multi-2025"] = out["latest"].with_(
+        name="multi-2025", multi_design="by-arg-count-2025", bug=True,
+        note="Menglong Dong's 2025 tracing multi-link: one global caller per argument count "
+             "(functions grouped by it), register arguments only; not merged")
     return out
 
 

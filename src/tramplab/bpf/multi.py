@@ -61,17 +61,26 @@ class MultiAttach:
         The 2021 design (profile multi-2021): as soon as a multi program is on it, every
         register argument as a u64 and a u64 return value -- the same for every function, so
         one image could serve them all, and a single program verified against the function's
-        real prototype finds the return value somewhere else (seed 003)."""
-        if self.profile.multi_design == "max-args-2021" and any(
+        real prototype finds the return value somewhere else (seed 003).  The 2025 design
+        (profile multi-2025, Menglong Dong): one global caller per number of argument slots,
+        so functions are grouped by that count; register arguments only."""
+        design = self.profile.multi_design
+        if design == "per-function" or not any(
                 link.prog.multi for links in tr.links.values() for link in links):
+            return tr.model
+        if design == "max-args-2021":
             n = len(self.machine.arch.arg_regs)
-            return FuncModel(n, (8,) * n, (False,) * n, (False,) * n, 8)
-        return tr.model
+        else:                              # "by-arg-count-2025": one caller per slot count
+            n = tr.model.nr_arg_slots
+            if n > len(self.machine.arch.arg_regs):
+                raise KernelError("ENOTSUPP", f"{tr.name}: {n} argument slots; the 2025 "
+                                              "global callers take register arguments only")
+        return FuncModel(n, (8,) * n, (False,) * n, (False,) * n, 8)
 
     def _check_design(self, prog, names) -> None:
         """The 2021 design's rule: two multi links overlap entirely or not at all."""
         if self.profile.multi_design != "max-args-2021":
-            return
+            return                         # (the 2025 and merged designs allow overlaps)
         mine = set(names)
         for link in self.multi_links():
             theirs = set(link.functions)
