@@ -1,6 +1,7 @@
 """Multi-function attach (issue 10): the tracing_multi link on every arch -- per-function
 trampolines with each function's own model, batched ftrace updates, the kernel's errnos,
 rollback leaving everything as before, overlaps with single links and other multi links."""
+import itertools
 import random
 
 import pytest
@@ -148,16 +149,17 @@ def test_a_failure_between_batches_undoes_the_first(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ overlaps
-ORDERS = [("single", "multi_a", "multi_b"), ("multi_a", "single", "multi_b"),
-          ("multi_b", "multi_a", "single")]
+ORDERS = list(itertools.permutations(("single", "multi_a", "multi_b")))
 
 
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
-def test_single_and_two_multi_links_on_overlapping_functions(arch, order):
+@pytest.mark.parametrize("detach", ["reverse", "same"])
+def test_single_and_two_multi_links_on_overlapping_functions(arch, order, detach):
     """A 24/7 tracer (multi_a on test1..3), a bpftrace-like multi (multi_b on test2..4) and a
-    single fexit on test2, attached in `order` and detached in reverse: every call sees its
-    arguments, return value and each link's own cookie."""
+    single fexit on test2, attached in every order and detached in reverse or the same order:
+    every call sees its arguments, return value and each link's own cookie, before and after
+    each detach."""
     k = Kernel(arch)
     seen = []
 
@@ -181,8 +183,15 @@ def test_single_and_two_multi_links_on_overlapping_functions(arch, order):
     seen.clear()
     assert k.call("bpf_fentry_test3", 4, 5, 6) == 15
     assert sorted(seen) == [("multi_a", 4, 15, 13), ("multi_b", 4, 15, 23)]
-    for tag in reversed(order):
+    expected2 = {"single": ("single", 2, 5, 7), "multi_a": ("multi_a", 2, 5, 12),
+                 "multi_b": ("multi_b", 2, 5, 22)}
+    left = set(order)
+    for tag in (reversed(order) if detach == "reverse" else order):
         progs[tag].link.detach()
+        left.discard(tag)
+        seen.clear()
+        assert k.call("bpf_fentry_test2", 2, 3) == 5
+        assert sorted(seen) == sorted(expected2[t] for t in left)
     assert not k.bpf.trampolines
     seen.clear()
     assert k.call("bpf_fentry_test2", 2, 3) == 5 and seen == []
