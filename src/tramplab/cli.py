@@ -516,3 +516,54 @@ def _call_each(k, names, quiet: bool) -> int:
             k.call(name, *[arg(p) for p in fn.proto.params])
             bar.advance(task)
     return len(names)
+
+
+@main.group(name="scenario")
+def scenario_group():
+    """Known bugs as runnable scenarios: a buggy and a fixed configuration each, and the
+    symptom to expect (check/scenarios.py)."""
+
+
+@scenario_group.command(name="list")
+def scenario_list():
+    """List the scenarios, where they run and what they show."""
+    from .check.scenarios import SCENARIOS, arches_of
+    t = Table(title="scenarios")
+    for col in ("name", "what", "arches", "from"):
+        t.add_column(col)
+    for s in SCENARIOS.values():
+        t.add_row(s.name, s.title, ", ".join(arches_of(s.name)), s.source)
+    _console().print(t)
+
+
+@scenario_group.command(name="run")
+@click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.argument("name")
+def scenario_run(arch, as_json, name):
+    """Run scenario NAME (or `all`): it passes when the buggy configuration shows the symptom
+    and the fixed one does not.  Exit 1 if any fails."""
+    from .check.scenarios import SCENARIOS, arches_of, run
+    names = list(SCENARIOS) if name == "all" else [name]
+    if name != "all" and name not in SCENARIOS:
+        raise UsageError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    wanted = None if arch == "all" else _arch(arch)
+    results = [run(n, a) for n in names for a in arches_of(n) if wanted in (None, a)]
+    if not results:
+        raise UsageError(f"scenario {name} does not run on {arch}; it runs on "
+                         f"{', '.join(arches_of(name))}")
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in results], indent=1))
+    else:
+        t = Table(title="scenarios")
+        for col in ("scenario", "arch", "buggy profile: what happened",
+                    "fixed profile: what happened", "verdict"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(r.scenario.name, r.arch, f"{r.profiles[0]}: {r.buggy.what}",
+                      f"{r.profiles[1]}: {r.fixed.what}", "pass" if r.passed else "FAIL")
+        _console().print(t)
+        if len(names) == 1:
+            click.echo(SCENARIOS[names[0]].explain)
+    if not all(r.passed for r in results):
+        sys.exit(1)

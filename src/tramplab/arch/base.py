@@ -128,6 +128,8 @@ class Port:
     era_switches: tuple[str, ...] = ()    # switches the era fixes whatever the layout
     # (profile, layout, has) -> bpf.spec.JitOptions: the configuration its JITs follow
     jit_options: Callable[[Any, Any, Callable[[str], bool]], Any] | None = None
+    # check/scenarios.py name -> (buggy profile, fixed profile) on this arch
+    scenarios: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     kconfig_rules: tuple[KconfigRule, ...] = ()
     layouts: tuple = ()                   # targets.layouts.Layout, compiled objects
     entry_kinds: tuple[str, ...] = ()     # how its BPF trampolines may be entered (§1.4)

@@ -73,5 +73,6 @@ PORT = register_port(Port(
     jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
+    scenarios={"seed003-multi-clobber": ("multi-2021", "latest")},
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))

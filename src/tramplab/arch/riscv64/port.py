@@ -96,5 +96,9 @@ PORT = register_port(Port(
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("t0", "ra-sled16"),   # t0 = into function, ra = parent | old 16-byte sled:
                                        # ra = into function (the sled's `ld ra`), parent at -8(sp)
+    scenarios={
+        "seed000-riscv-site": ("seed000-mismatch", "v6.8"),
+        "seed003-multi-clobber": ("multi-2021", "latest"),
+    },
     relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
 ))

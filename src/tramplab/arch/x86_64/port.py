@@ -95,5 +95,11 @@ PORT = register_port(Port(
     special_presets=special_presets, layout_switches=layout_switches, jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("call", "jmp"),    # [rsp] = return into function (call) / parent (jmp)
+    scenarios={
+        "seed002-livepatch-fexit": ("v5.5", "latest"),
+        "seed003-multi-clobber": ("multi-2021", "latest"),
+        "seed004-null-regs": ("i386-like-rfc", "v6.6"),
+        "x86-v64-multi-flags": ("v6.4", "v6.6"),
+    },
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))

@@ -1,0 +1,213 @@
+"""The seed bugs (and others the model knows) as runnable scenarios: each has a *buggy* and a
+*fixed* configuration and a probe that says whether the bug's symptom shows.  A scenario passes
+when the buggy configuration shows the symptom and the fixed one does not.
+
+    tramplab scenario list
+    tramplab scenario run all --arch all
+    run("seed003-multi-clobber", "x86_64")          # -> Result
+
+A scenario is data plus a probe, so adding one is a few lines: the probe builds what the bug
+needs on a kernel of the given profile and returns an Observation (symptom seen?, what
+happened).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import KernelError, Oops, ProgramError, UsageError
+
+
+@dataclass(frozen=True)
+class Observation:
+    symptom: bool                  # the bug showed
+    what: str                      # what happened, in a few words
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a bug is and how to see it.  Which arches it runs on, and with which buggy and
+    fixed profiles there, each port says (Port.scenarios)."""
+
+    name: str
+    title: str
+    source: str                    # the seed, commit or report it comes from
+    probe: Callable[..., Observation]
+    explain: str                   # a few lines: what breaks, why, what fixed it
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: Scenario
+    arch: str
+    profiles: tuple[str, str]      # (buggy, fixed)
+    buggy: Observation
+    fixed: Observation
+
+    @property
+    def passed(self) -> bool:
+        return self.buggy.symptom and not self.fixed.symptom
+
+    def as_dict(self) -> dict:
+        return {"scenario": self.scenario.name, "arch": self.arch, "passed": self.passed,
+                "buggy": {"profile": self.profiles[0], "symptom": self.buggy.symptom,
+                          "what": self.buggy.what},
+                "fixed": {"profile": self.profiles[1], "symptom": self.fixed.symptom,
+                          "what": self.fixed.what}}
+
+
+# ------------------------------------------------------------------------------- probes
+def _kernel(arch: str, profile: str):
+    from ..kernel import Kernel
+    return Kernel(arch, profile=profile)
+
+
+def _fexit_result(arch: str, profile: str) -> Observation:
+    """seed 000: fexit on bpf_fentry_test1(1) must return 2 and see ret 2."""
+    k = _kernel(arch, profile)
+    seen = []
+    k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+    try:
+        got = k.call("bpf_fentry_test1", 1)
+    except Oops as e:
+        return Observation(True, f"oops: {e.summary}")
+    if got != 2 or seen != [2]:
+        return Observation(True, f"returned {got}, fexit saw {seen}")
+    return Observation(False, "returned 2, fexit saw 2")
+
+
+def _livepatch_and_fexit(arch: str, profile: str) -> Observation:
+    """seed 002: a livepatched function and an fexit program on it."""
+    from ..livepatch import Livepatch
+    k = _kernel(arch, profile)
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    seen = []
+    try:
+        k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+    except KernelError as e:
+        return Observation(True, f"attach refused: {e.name}")
+    got = k.call("bpf_fentry_test1", 1)
+    if got != 102 or seen != [102]:
+        return Observation(True, f"returned {got}, fexit saw {seen}")
+    return Observation(False, "fexit saw the livepatched result, 102")
+
+
+def _multi_clobber(arch: str, profile: str) -> Observation:
+    """seed 003: a single fexit on bpf_fentry_test2, then a multi fexit on it too."""
+    k = _kernel(arch, profile)
+    seen = {}
+    k.fexit("bpf_fentry_test2", name="single")(lambda ctx: seen.__setitem__("single", ctx.ret))
+    k.fexit_multi(["bpf_fentry_test1", "bpf_fentry_test2"], name="multi")(
+        lambda ctx: seen.__setitem__("multi", ctx.ret))
+    got = k.call("bpf_fentry_test2", 2, 3)
+    if seen.get("single") != 5:
+        return Observation(True, f"the single fexit saw ret {seen.get('single')}, not {got}")
+    return Observation(False, f"both programs saw ret {got}")
+
+
+def _shared_direct_site(arch: str, profile: str) -> tuple:
+    """A sample direct trampoline on bpf_fentry_test3 and a plain ftrace ops on it too."""
+    from ..ftrace import FtraceOps
+    from ..ftrace.samples import SampleDirect
+    k = _kernel(arch, profile)
+    ft = k.ftrace
+    s = SampleDirect(k, "call")
+    ip = ft.ip_of("bpf_fentry_test3")
+    ops = FtraceOps(name="direct", filter={ip})
+    if k.profile.direct_api == "ip":
+        ft.register_ftrace_direct_ip(ip, s.addr)
+    else:
+        ft.register_ftrace_direct(ops, s.addr)
+    ft.register_ftrace_function(FtraceOps(func=lambda *a: None, name="tracer", filter={ip}))
+    return k, s
+
+
+def _null_regs(arch: str, profile: str) -> Observation:
+    """seed 004: the shared site goes through a caller with no regs to hand the direct call."""
+    k, s = _shared_direct_site(arch, profile)
+    try:
+        got = k.call("bpf_fentry_test3", 4, 5, 6)
+    except Oops as e:
+        return Observation(True, f"oops: {e.summary.split(':')[0]}: NULL ftrace_regs")
+    return Observation(False, f"returned {got}; the direct trampoline ran "
+                              f"{len(s.entries)} time(s)")
+
+
+def _multi_flags(arch: str, profile: str) -> Observation:
+    """v6.4-v6.7 x86: the direct trampoline must still run when the site is shared."""
+    k, s = _shared_direct_site(arch, profile)
+    got = k.call("bpf_fentry_test3", 4, 5, 6)
+    if not s.entries:
+        return Observation(True, f"returned {got} but the direct trampoline never ran")
+    return Observation(False, f"returned {got}; the direct trampoline ran")
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("seed000-riscv-site", "riscv: the 8-byte site with a trampoline built for the "
+             "16-byte sled", "seed 000 (Björn Töpel); Pu Lehui's v6.4 fix", _fexit_result,
+             "DYNAMIC_FTRACE_WITH_DIRECT_CALLS came to riscv with the 8-byte `auipc t0; jalr "
+             "t0` site, but the BPF trampoline still skipped 16 bytes to the original and "
+             "returned through ra: fexit breaks.  Fixed by adapting the trampoline to the "
+             "8-byte site (t0 = into the function, ra = parent)."),
+    Scenario("seed002-livepatch-fexit", "livepatch and fexit on one function",
+             "seed 002 (Song Liu, v6.0 ops_func)", _livepatch_and_fexit,
+             "Before v6.0 a direct ops was IPMODIFY itself, so a BPF trampoline and a "
+             "livepatch could not share a function (EBUSY).  ops_func lets the trampoline "
+             "agree to share: it is regenerated to call the original through the address on "
+             "the stack, and fexit sees the livepatched result."),
+    Scenario("seed003-multi-clobber", "one multi trampoline for functions of different "
+             "models", "seed 003 (Jiri Olsa's 2021 multi series)", _multi_clobber,
+             "The 2021 multi trampoline saved every register argument and kept the return "
+             "value after them; a single fexit program verified against bpf_fentry_test2(a, "
+             "b) reads its return value at ctx[2], an argument slot.  The merged tracing_multi "
+             "link gives every function its own trampoline with its own model."),
+    Scenario("seed004-null-regs", "direct calls on a WITH_REGS-only arch",
+             "seed 004 (the v1 patch's MULTI_FLAGS, 32-bit x86)", _null_regs,
+             "With WITH_REGS but not WITH_ARGS, a direct ops whose MULTI_FLAGS do not ask for "
+             "SAVE_REGS sends a shared site through ftrace_caller, which has no regs to give "
+             "arch_ftrace_set_direct_caller(): a NULL ftrace_regs.  Fixed by making "
+             "DIRECT_CALLS depend on WITH_ARGS || WITH_REGS and asking for the regs."),
+    Scenario("x86-v64-multi-flags", "x86 v6.4-v6.7: a shared site skips the direct "
+             "trampoline", "'ftrace: Make DIRECT_CALLS work WITH_ARGS and !WITH_REGS' (v6.4), "
+             "fixed in v6.8", _multi_flags,
+             "v6.4's MULTI_FLAGS asked for SAVE_ARGS only, so a site shared with another ops "
+             "went through ftrace_caller, which ignores orig_ax: the direct trampoline was "
+             "silently skipped.  v6.8 (backported to 6.6.y) asks for SAVE_REGS where "
+             "WITH_REGS exists."),
+)}
+
+
+def arches_of(name: str) -> list[str]:
+    """The arches whose port configures scenario `name`."""
+    from ..arch import ports
+    return [p.name for p in ports() if name in p.scenarios]
+
+
+def run(name: str, arch: str) -> Result:
+    from ..arch import get_port
+    s = SCENARIOS.get(name)
+    if s is None:
+        raise UsageError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    port = get_port(arch)
+    if name not in port.scenarios:
+        raise UsageError(f"scenario {name} runs on {', '.join(arches_of(name))}, "
+                         f"not {port.name}")
+    buggy, fixed = port.scenarios[name]
+    return Result(s, port.name, (buggy, fixed), _observe(s, port.name, buggy),
+                  _observe(s, port.name, fixed))
+
+
+def _observe(s: Scenario, arch: str, profile: str) -> Observation:
+    try:
+        return s.probe(arch, profile)
+    except (KernelError, Oops, ProgramError) as e:
+        return Observation(True, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+
+
+def run_all(names=None, arches=None) -> list[Result]:
+    out = []
+    for name in names or SCENARIOS:
+        for arch in arches_of(name):
+            if arches is None or arch in arches:
+                out.append(run(name, arch))
+    return out
