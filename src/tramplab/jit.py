@@ -26,6 +26,7 @@ class Emitter:
     code: bytearray = field(default_factory=bytearray)
     labels: dict[str, int] = field(default_factory=dict)
     marks: list[tuple[int, str]] = field(default_factory=list)   # (offset, note) annotations
+    cfi: list[tuple[int, str, tuple]] = field(default_factory=list)   # (offset, op, args)
 
     @property
     def pc(self) -> int:
@@ -54,6 +55,44 @@ class Emitter:
         """Annotate the next instruction (shown by disassembly listings: stack slots, labels)."""
         self.marks.append((len(self.code), text))
 
+    # -- unwind directives ------------------------------------------------------------------
+    # Like the assembler's .cfi_* directives: each describes the frame from the next instruction
+    # on (written right after the instruction that changes it).  Register "pc" is the return
+    # address (the caller's pc); the caller's sp is the CFA.  unwind/cfi.py turns them into
+    # rows, one per pc range: what ORC entries are for the kernel's own text.
+    def _cfi(self, op: str, *args) -> None:
+        self.cfi.append((len(self.code), op, args))
+
+    def cfi_def_cfa(self, reg: str, off: int) -> None:
+        """CFA = reg + off."""
+        self._cfi("def_cfa", reg, off)
+
+    def cfi_def_cfa_offset(self, off: int) -> None:
+        """CFA = (same register) + off."""
+        self._cfi("def_cfa_offset", off)
+
+    def cfi_adjust_cfa_offset(self, delta: int) -> None:
+        """CFA offset += delta (after a push: +8)."""
+        self._cfi("adjust_cfa_offset", delta)
+
+    def cfi_offset(self, reg: str, off: int) -> None:
+        """The caller's `reg` (or the return address, "pc") is saved at CFA + off."""
+        self._cfi("offset", reg, off)
+
+    def cfi_register(self, reg: str, holder: str) -> None:
+        """The caller's `reg` (or "pc") is in register `holder`."""
+        self._cfi("register", reg, holder)
+
+    def cfi_restore(self, reg: str) -> None:
+        """`reg` is back to its rule at entry."""
+        self._cfi("restore", reg)
+
+    def cfi_remember_state(self) -> None:
+        self._cfi("remember_state")
+
+    def cfi_restore_state(self) -> None:
+        self._cfi("restore_state")
+
     def align(self, n: int, pad: bytes) -> None:
         while len(self.code) % n:
             self.code += pad[: n - len(self.code) % n]
@@ -65,6 +104,7 @@ class Assembled:
     code: bytes
     labels: dict[str, int]
     marks: list[tuple[int, str]]
+    cfi: list[tuple[int, str, tuple]] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -79,7 +119,7 @@ def assemble(gen: Callable[[Emitter], None], base: int) -> Assembled:
         gen(e)
         layout = (len(e.code), e.labels)
         if layout == previous:
-            return Assembled(base, bytes(e.code), dict(e.labels), list(e.marks))
+            return Assembled(base, bytes(e.code), dict(e.labels), list(e.marks), list(e.cfi))
         previous = (len(e.code), dict(e.labels))
         known = dict(e.labels)
     raise RuntimeError("code layout did not converge")

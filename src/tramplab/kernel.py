@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .arch import get_arch
+from .arch import arch_module, get_arch
 from .errors import KernelError, UsageError
 from .machine import Machine
 from .machine.callconv import assign, from_ret
@@ -22,6 +22,7 @@ from .ftrace.kconfig import check
 from .profiles import (Profile, get_profile, layout_violations, presets, version_key,
                        with_layout)
 from .targets import get_layout, layouts_of, load_target
+from .unwind.dwarf import function_tables
 
 
 def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
@@ -263,12 +264,15 @@ class Kernel:
         # kernel data that text refers to rip/pc-relatively (function_trace_op ...).
         self.text_arena = Arena(m.kernel, align=16, start=self._image_end(self.images[-1]))
         self.functions: dict[str, Function] = {}
+        unwind = arch_module(self.arch, "unwind")
         for obj in self.images:
             sites: dict[str, list] = {}
             for site in obj.sites:
                 sites.setdefault(site.func, []).append(site)
+            tables = function_tables(obj, unwind, m.memory.read)
             for sym in obj.symbols:
-                m.kallsyms.add(sym.name, sym.addr, sym.size, "t" if sym.kind == "func" else "d")
+                m.kallsyms.add(sym.name, sym.addr, sym.size, "t" if sym.kind == "func" else "d",
+                               unwind=tables.get(sym.addr) if sym.kind == "func" else None)
                 if sym.kind == "func":
                     self.functions[sym.name] = Function(sym.name, sym.addr, sym.size,
                                                         obj.prototypes.get(sym.name),

@@ -39,6 +39,7 @@ from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .multi import MultiAttach
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
+from ..unwind import code_table
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
 # ALLOW_ERROR_INJECTION / the fmodret BTF id sets of the selftest targets (net/bpf/test_run.c,
@@ -64,6 +65,8 @@ class TrampImage:
     stack_diagram: str
     marks: list
     name: str
+    unwind: object = None          # unwind/cfi.Table of the code
+    frame_facts: dict = field(default_factory=dict)
     pcref: int = 0                 # CPUs between __bpf_tramp_enter and __bpf_tramp_exit
     holders: dict = field(default_factory=dict)    # cpu -> references it holds
     dying: bool = False            # put: unreachable, waiting for its grace periods
@@ -213,7 +216,11 @@ class BpfManager(MultiAttach):
         old = self.machine.memory.read(addr, len(code.code))
         self.machine.write_text(addr, code.code)
         undo.append(lambda: self.machine.write_text(addr, old))
-        self.machine.kallsyms.add(f"bpf_prog_{prog.name}", addr, len(code.code), "t", "[bpf]")
+        self.machine.kallsyms.add(
+            f"bpf_prog_{prog.name}", addr, len(code.code), "t", "[bpf]",
+            unwind=code_table(self.machine.arch, addr, len(code.code), code.cfi),
+            frame_facts={n: code.labels[n] - addr for n in ("fp_start", "fp_end")
+                         if n in code.labels})
         site = code.labels["site"]
         prog.image, prog.site = addr, site
         prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))
@@ -565,7 +572,9 @@ class BpfManager(MultiAttach):
         self._image_serial = getattr(self, "_image_serial", 0) + 1
         name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
-                          image.ip_epilogue, image.stack_diagram, image.marks, name)
+                          image.ip_epilogue, image.stack_diagram, image.marks, name,
+                          code_table(self.machine.arch, addr, len(image.code), image.cfi),
+                          image.frame_facts)
 
     def _size(self, what: str, spec: TrampolineSpec) -> int:
         """arch_bpf_trampoline_size.  Every JIT's size pass assumes the longest form of each
@@ -598,7 +607,8 @@ class BpfManager(MultiAttach):
         self.machine.write_text(new.addr, new.code)
         self._ims[new.im] = new
         # bpf_tramp_image_alloc adds the ksym: it is symbolised before anything can reach it
-        self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]")
+        self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]",
+                                  unwind=new.unwind, frame_facts=new.frame_facts)
         self._im_by_name[new.name] = new
         return stage
 

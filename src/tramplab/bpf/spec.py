@@ -121,6 +121,9 @@ class TrampolineImage:
     ip_epilogue: int | None         # where __bpf_tramp_exit / the epilogue starts
     stack_diagram: str              # the frame layout, for `tramplab show`
     marks: list = field(default_factory=list)   # (offset, note) for annotated disassembly
+    cfi: list = field(default_factory=list)     # the JIT's unwind directives (jit.Emitter)
+    # what the kernel records about the frame (v6.19 x86: fp_start/fp_end offsets)
+    frame_facts: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -136,7 +139,9 @@ class TrampolineImage:
                    ip_after_call=asm.labels["ip_after_call"] if call_orig else None,
                    ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
                    stack_diagram=stack_diagram,
-                   marks=asm.marks if marks is None else marks)
+                   marks=asm.marks if marks is None else marks, cfi=list(asm.cfi),
+                   frame_facts={name: asm.labels[name] - asm.base
+                                for name in ("fp_start", "fp_end") if name in asm.labels})
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ import itertools
 
 from ..errors import UsageError
 from ..jit import assemble
+from ..unwind import code_table
 
 _ids = itertools.count()
 KINDS = ("call", "after")
@@ -36,7 +37,9 @@ class SampleDirect:
         code = assemble(lambda e: arch.sample_direct(e, kind, entry, exit_), self.addr)
         kernel.machine.write_text(self.addr, code.code)
         self.size = len(code.code)
-        kernel.machine.kallsyms.add(f"my_tramp{n}", self.addr, self.size, "t", "[ftrace_direct]")
+        kernel.machine.kallsyms.add(f"my_tramp{n}", self.addr, self.size, "t", "[ftrace_direct]",
+                                    unwind=code_table(kernel.machine.arch, self.addr, self.size,
+                                                      code.cfi))
 
     def _entry(self, cpu, arg0):
         self.entries.append((cpu.index, arg0))

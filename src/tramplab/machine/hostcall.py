@@ -70,7 +70,9 @@ class HostCalls:
         self.by_addr[addr] = hf
         self.by_name[name] = hf
         if symbol:
-            self.machine.kallsyms.add(name, addr, SLOT, "t", None)
+            from ..unwind import entry_table
+            self.machine.kallsyms.add(name, addr, SLOT, "t", None,
+                                      unwind=entry_table(self.machine.arch, addr, SLOT))
         return addr
 
     def unregister(self, name: str) -> None:

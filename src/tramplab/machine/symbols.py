@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
 
@@ -14,6 +14,11 @@ class Symbol:
     size: int
     kind: str = "t"          # kallsyms type letter: t text, d data, b bss
     module: str | None = None  # "[bpf]", "[tramplab]"... as /proc/kallsyms shows
+    # unwind/cfi.Table for the symbol's code (None: no unwind information)
+    unwind: object = field(default=None, compare=False, repr=False)
+    # the kernel's own view of the frame at each pc, for code its unwinder treats specially
+    # (BPF ksyms' fp_start/fp_end since v6.19): a dict of facts, or None
+    frame_facts: object = field(default=None, compare=False, repr=False)
 
     @property
     def end(self) -> int:
@@ -27,10 +32,11 @@ class Kallsyms:
         self._keys: list[tuple[int, int]] = []
         self._addrs: list[int] = []
 
-    def add(self, name: str, addr: int, size: int, kind: str = "t", module: str | None = None) -> Symbol:
+    def add(self, name: str, addr: int, size: int, kind: str = "t", module: str | None = None,
+            unwind=None, frame_facts=None) -> Symbol:
         if name in self._by_name:
             raise ValueError(f"symbol {name} already defined")
-        sym = Symbol(name, addr, size, kind, module)
+        sym = Symbol(name, addr, size, kind, module, unwind, frame_facts)
         self._by_name[name] = sym
         if self._sorted is not None:           # keep the index: attaching N functions stays O(N log N)
             i = bisect.bisect_left(self._keys, (addr, -size))

@@ -82,6 +82,17 @@ class Symbol:
 
 
 @dataclass(frozen=True)
+class FrameInfo:
+    """One FDE of .debug_frame, decoded: rows of (pc, (cfa register, offset), {column: (rule,
+    argument)}) in DWARF register numbers; `ra_column` is the return-address column."""
+
+    addr: int
+    size: int
+    ra_column: int
+    rows: tuple[tuple[int, tuple[int, int], tuple[tuple[int, str, int], ...]], ...]
+
+
+@dataclass(frozen=True)
 class Site:
     """One recorded patchable entry, as the compiler laid it out."""
 
@@ -148,6 +159,8 @@ class LoadedObject:
     prototypes: Mapping[str, Prototype]     # in address order
     # relocation type name -> how many were applied to the placed sections
     reloc_counts: Mapping[str, int] = field(default_factory=dict)
+    # the compiler's call-frame information (.debug_frame), one entry per function
+    frames: tuple["FrameInfo", ...] = ()
 
     # --- lookups -----------------------------------------------------------------------
     def symbol(self, name: str) -> Symbol:
@@ -608,7 +621,7 @@ def load_object(path: str | Path, arch: str | ArchInfo, base: int | None = None,
     funcs = [s for s in symbols if s.kind == "func"]
 
     sites = _find_sites(info, outs, segs, funcs)
-    found = _load_prototypes(elf, raw, info, placed, symtab, extern, {f.name for f in funcs})
+    found, frames = _load_dwarf(elf, raw, info, placed, symtab, extern, {f.name for f in funcs})
     protos = {f.name: found[f.name] for f in funcs if f.name in found}     # address order
 
     return LoadedObject(
@@ -618,15 +631,16 @@ def load_object(path: str | Path, arch: str | ArchInfo, base: int | None = None,
         sites=tuple(sorted(sites, key=lambda s: s.addr)),
         prototypes=MappingProxyType(protos),
         reloc_counts=MappingProxyType(dict(sorted(counts.items()))),
+        frames=frames,
     )
 
 
-def _load_prototypes(elf: ELFFile, raw: bytes, info: ArchInfo, placed: dict[int, int], symtab,
-                     extern: Mapping[str, int], defined: set[str]) -> dict[str, Prototype]:
+def _load_dwarf(elf: ELFFile, raw: bytes, info: ArchInfo, placed: dict[int, int], symtab,
+                extern: Mapping[str, int], defined: set[str]):
     """Relocate the .debug_* sections of a copy of the file ourselves (pyelftools has no RISC-V
-    relocation support), then read the DWARF from that copy."""
+    relocation support), then read the prototypes and the call frames from that copy."""
     if not elf.has_dwarf_info():
-        return {}
+        return {}, ()
     patched = bytearray(raw)
     sym_values, _ = _symbol_values(elf, symtab, placed, extern, debug=True)
     for rel in elf.iter_sections():
@@ -642,4 +656,26 @@ def _load_prototypes(elf: ELFFile, raw: bytes, info: ArchInfo, placed: dict[int,
         off = target["sh_offset"]
         patched[off:off + len(buf)] = buf
     dwarf = ELFFile(io.BytesIO(bytes(patched))).get_dwarf_info(relocate_dwarf_sections=False)
-    return _prototypes(dwarf, 8, defined)
+    return _prototypes(dwarf, 8, defined), _frames(dwarf)
+
+
+def _frames(dwarf) -> tuple[FrameInfo, ...]:
+    """Every FDE of .debug_frame as plain data (rule names as pyelftools spells them)."""
+    from elftools.dwarf.callframe import FDE
+    if not dwarf.has_CFI():
+        return ()
+    out = []
+    for entry in dwarf.CFI_entries():
+        if not isinstance(entry, FDE):
+            continue
+        rows = []
+        for row in entry.get_decoded().table:
+            cfa = row["cfa"]
+            if cfa.expr is not None:
+                raise LoadError(f"CFA expression at {row['pc']:#x} is not supported")
+            regs = tuple(sorted((col, rule.type, rule.arg if isinstance(rule.arg, int) else 0)
+                                for col, rule in row.items() if isinstance(col, int)))
+            rows.append((row["pc"], (cfa.reg, cfa.offset), regs))
+        out.append(FrameInfo(entry["initial_location"], entry["address_range"],
+                             entry.cie["return_address_register"], tuple(rows)))
+    return tuple(sorted(out, key=lambda f: f.addr))

@@ -19,6 +19,9 @@ TIMELINE = {
     "links_38": "5.12", "func_ip": "6.0", "get_func_arg": "6.0", "kprobe_multi": "5.18",
     "cookie": "6.0", "ops_func": "6.0", "struct_args": "6.0", "stack_args": "6.16",
     "fsession": "7.0", "tracing_multi": None, "bti": "5.10",
+    # arch_stack_walk_reliable (Song Liu, "arm64: Implement arch_stack_walk_reliable"): frame
+    # records, unreliable across an exception boundary; with it, HAVE_LIVEPATCH (v6.17)
+    "reliable_stacktrace": "6.17",
 }
 
 

@@ -22,6 +22,7 @@ TIMELINE = {
     "site_8b": "6.3",          # Guo Ren: auipc t0; jalr t0 (8 bytes) replaces the 16-byte sled
     "bpf_site_fix": "6.4",     # Pu Lehui: the BPF trampoline adapted to the 8-byte site
     "jalr_only": "6.16",       # Andy Chiu: only the jalr is patched; preemptible tracing
+    "reliable_stacktrace": None,   # riscv selects no HAVE_RELIABLE_STACKTRACE (no livepatch)
 }
 
 

@@ -14,6 +14,7 @@ site, poked into `call <trampoline>` (fentry/fexit on this program) or `jmp <ext
 from __future__ import annotations
 
 from . import encode as X
+from .frames import leave_frame, push_rbp_frame
 
 PROG_ENTRY = "call"
 NOP5 = X.nop(5)
@@ -28,8 +29,8 @@ def _gen_image(e, host: int, calls: int | None, ibt: bool) -> None:
         e.emit(X.endbr64())                                 # endbr64
     e.label("site")
     e.emit(NOP5)                                            # nop5  (patch site)
-    e.emit(X.push("rbp"))                                   # push rbp
-    e.emit(X.mov_rr("rbp", "rsp"))                          # mov rbp, rsp
+    push_rbp_frame(e)                                       # push rbp; mov rbp, rsp
+    e.label("fp_start")                                     # v6.19 ksym.fp_start
     if calls is not None:
         e.emit(X.push("rdi"))                               # push rdi  (ctx)
         e.emit(X.push("rdi"))                               # push rdi  (keep rsp 16-aligned)
@@ -38,7 +39,8 @@ def _gen_image(e, host: int, calls: int | None, ibt: bool) -> None:
         e.emit(X.pop("rdi"))                                # pop rdi
         e.emit(X.pop("rdi"))                                # pop rdi
     e.emit(X.call_rel32(e.pc, host))                        # call <program body>
-    e.emit(X.leave())                                       # leave
+    leave_frame(e)                                          # leave
+    e.label("fp_end")                                       # v6.19 ksym.fp_end
     e.emit(X.ret())                                         # ret
 
 

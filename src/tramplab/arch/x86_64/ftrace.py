@@ -17,7 +17,9 @@ from typing import Generator
 from ...errors import EncodeError, KernelError
 from ...ftrace.arch_api import ArchFtrace, SiteState, TextWrite
 from ...jit import assemble
+from ...unwind import code_table
 from . import encode as X
+from .frames import leave_frame, push, push_rbp_frame
 
 NOP5 = X.nop(5)
 MCOUNT_INSN_SIZE = 5
@@ -68,15 +70,21 @@ class Fregs:
 
 def _save_mcount_regs(e, added: int, with_args_regs: bool = True) -> None:
     """Push rbp and two frame records (so unwinders see parent and function), make room for
-    pt_regs and save the argument registers.  On entry [rsp+added] = return into the function."""
+    pt_regs and save the argument registers.  On entry [rsp+added] = return into the function.
+    The CFA stays rsp-based throughout (as objtool describes ftrace_caller)."""
     e.emit(X.push("rbp"))                                  # push rbp  (the original rbp)
+    e.cfi_adjust_cfa_offset(8)
+    e.cfi_offset("rbp", -16 - added)
     e.emit(X.push_mem("rsp", added + 16))                  # push [rsp+added+16]  (parent ip)
-    e.emit(X.push("rbp"))                                  # push rbp
+    e.cfi_adjust_cfa_offset(8)
+    push(e, "rbp")                                         # push rbp
     e.emit(X.mov_rr("rbp", "rsp"))                         # mov rbp, rsp   (parent frame)
     e.emit(X.push_mem("rsp", added + 24))                  # push [rsp+added+24]  (function ip)
-    e.emit(X.push("rbp"))                                  # push rbp
+    e.cfi_adjust_cfa_offset(8)
+    push(e, "rbp")                                         # push rbp
     e.emit(X.mov_rr("rbp", "rsp"))                         # mov rbp, rsp   (function frame)
     e.emit(X.sub_ri("rsp", PTREGS_SIZE))                   # sub rsp, sizeof(pt_regs)
+    e.cfi_adjust_cfa_offset(PTREGS_SIZE)
     for reg in ARG_SAVE:
         e.emit(X.mov_store("rsp", PT[reg], reg))           # mov [rsp+REG], reg
     e.emit(X.mov_store_imm32("rsp", PT["orig_ax"], 0))     # mov qword [rsp+ORIG_RAX], 0
@@ -90,9 +98,11 @@ def _save_mcount_regs(e, added: int, with_args_regs: bool = True) -> None:
 
 def _restore_mcount_regs(e, keep: int = 0) -> None:
     e.emit(X.mov_load("rbp", "rsp", PT["rbp"]))            # mov rbp, [rsp+RBP]
+    e.cfi_restore("rbp")
     for reg in reversed(ARG_SAVE):
         e.emit(X.mov_load(reg, "rsp", PT[reg]))            # mov reg, [rsp+REG]
     e.emit(X.add_ri("rsp", MCOUNT_REG_SIZE - keep))        # add rsp, MCOUNT_REG_SIZE - keep
+    e.cfi_adjust_cfa_offset(keep - MCOUNT_REG_SIZE)
 
 
 def _load_function_trace_op(e, op_var: int) -> None:
@@ -128,6 +138,7 @@ def gen_ftrace_regs_caller(e, op_var: int, stub: int, jmp_mode: bool) -> None:
     arch_ftrace_set_direct_caller) turns the return into a jump to the direct trampoline with
     the stack as the site's call left it (v6.19: bit 0 set = enter it as if jumped to)."""
     e.emit(X.pushfq())                                     # pushfq
+    e.cfi_adjust_cfa_offset(8)
     _save_mcount_regs(e, 8)
     _load_function_trace_op(e, op_var)
     for reg in REST_SAVE:
@@ -148,9 +159,12 @@ def gen_ftrace_regs_caller(e, op_var: int, stub: int, jmp_mode: bool) -> None:
     e.emit(X.mov_load("rax", "rsp", PT["orig_ax"]))        # mov rax, [rsp+ORIG_RAX]
     e.emit(X.test_rr("rax", "rax"))                        # test rax, rax
     e.emit(X.jcc_rel32("nz", e.pc, e.label_addr("direct")))  # jnz direct
+    e.cfi_remember_state()
     _restore_mcount_regs(e)
     e.emit(X.popfq())                                      # popfq
+    e.cfi_adjust_cfa_offset(-8)
     e.emit(X.ret())                                        # ret  (into the function)
+    e.cfi_restore_state()
     e.label("direct")
     if jmp_mode:
         e.emit(X.mov_rr("rdi", "rax"))                     # mov rdi, rax   (rdi is restored below)
@@ -159,15 +173,22 @@ def gen_ftrace_regs_caller(e, op_var: int, stub: int, jmp_mode: bool) -> None:
     e.emit(X.mov_load("rdi", "rsp", MCOUNT_REG_SIZE))      # mov rdi, [rsp+MCOUNT_REG_SIZE]  (flags)
     e.emit(X.mov_store("rsp", MCOUNT_REG_SIZE - 8, "rdi"))  # mov [rsp+MCOUNT_REG_SIZE-8], rdi
     e.emit(X.mov_store("rsp", MCOUNT_REG_SIZE, "rax"))     # mov [rsp+MCOUNT_REG_SIZE], rax  (trampoline)
+    if jmp_mode:
+        e.cfi_remember_state()
     _restore_mcount_regs(e, keep=8)
     e.emit(X.popfq())                                      # popfq
+    e.cfi_adjust_cfa_offset(-8)
     e.emit(X.ret())                                        # ret  (to the trampoline: [rsp] = function)
     if jmp_mode:
+        e.cfi_restore_state()
         e.label("direct_jmp")
         e.emit(X.and_ri("rax", -2))                        # and rax, ~1
         e.emit(X.mov_store("rsp", MCOUNT_REG_SIZE + 8, "rax"))  # mov [rsp+MCOUNT_REG_SIZE+8], rax
+        # the function's return address is now the trampoline's: the function's frame becomes
+        # the trampoline's, entered as if jumped to ([rsp] = parent once we return)
         _restore_mcount_regs(e)
         e.emit(X.popfq())                                  # popfq
+        e.cfi_adjust_cfa_offset(-8)
         e.emit(X.ret())                                    # ret  (to the trampoline: [rsp] = parent)
 
 
@@ -180,14 +201,18 @@ class ArchFtraceImpl(ArchFtrace):
         caller = assemble(lambda e: gen_ftrace_caller(e, self.op_var, stub, self.profile.with_args),
                           base)
         self.machine.write_text(base, caller.code)
-        self.machine.kallsyms.add("ftrace_caller", base, len(caller.code), "t")
+        self.machine.kallsyms.add("ftrace_caller", base, len(caller.code), "t",
+                                  unwind=code_table(self.machine.arch, base, len(caller.code),
+                                                    caller.cfi))
         self._caller = base
         self._call_sites = [caller.labels["ftrace_call"]]
         rbase = (caller.end + 15) & ~15
         regs = assemble(lambda e: gen_ftrace_regs_caller(e, self.op_var, stub, self.profile.jmp),
                         rbase)
         self.machine.write_text(rbase, regs.code)
-        self.machine.kallsyms.add("ftrace_regs_caller", rbase, len(regs.code), "t")
+        self.machine.kallsyms.add("ftrace_regs_caller", rbase, len(regs.code), "t",
+                                  unwind=code_table(self.machine.arch, rbase, len(regs.code),
+                                                    regs.cfi))
         self._regs_caller = rbase
         self._call_sites.append(regs.labels["ftrace_regs_call"])
         self.labels = {"ftrace_caller": base, "ftrace_call": caller.labels["ftrace_call"],
@@ -210,11 +235,14 @@ class ArchFtraceImpl(ArchFtrace):
         size = len(assemble(lambda e: gen(e, 0), self.machine.modules.start).code)
         slot_off = (size + 7) & ~7
         base = self.machine.module_arena.alloc(slot_off + 8)
-        code = assemble(lambda e: gen(e, base + slot_off), base).code
+        asm = assemble(lambda e: gen(e, base + slot_off), base)
+        code = asm.code
         data = code + bytes(slot_off - len(code)) + ops.mem.to_bytes(8, "little")
         self.machine.write_text(base, data)
+        # orc_ftrace_find: the copy unwinds with ftrace_caller's (ftrace_regs_caller's) entries
         self.machine.kallsyms.add(f"ftrace_trampoline:{ops.mem_name}", base, len(data), "t",
-                                  "[__builtin__ftrace]")
+                                  "[__builtin__ftrace]",
+                                  unwind=code_table(self.machine.arch, base, len(code), asm.cfi))
         self._trampolines[base] = f"ftrace_trampoline:{ops.mem_name}"
         return base
 
@@ -330,15 +358,14 @@ class ArchFtraceImpl(ArchFtrace):
         [rsp] = return into the function, [rsp+8] = parent.  The C helper may clobber every
         argument register, so all six are saved (the kernel samples save what their target
         needs)."""
-        e.emit(X.push("rbp"))                              # push rbp
-        e.emit(X.mov_rr("rbp", "rsp"))                     # mov rbp, rsp
+        push_rbp_frame(e)                                  # push rbp; mov rbp, rsp
         for reg in ARG_REGS:
             e.emit(X.push(reg))                            # push reg  (args, rsp stays 16-aligned)
         e.emit(X.call_rel32(e.pc, entry_host))             # call my_direct_func  (rdi = arg 0)
         for reg in reversed(ARG_REGS):
             e.emit(X.pop(reg))                             # pop reg
         if kind == "call":
-            e.emit(X.leave())                              # leave
+            leave_frame(e)                                 # leave
             e.emit(X.ret())                                # ret  (into the function)
             return
         e.emit(X.mov_load("rax", "rbp", 8))                # mov rax, [rbp+8]  (the function body)
@@ -349,6 +376,6 @@ class ArchFtraceImpl(ArchFtrace):
         e.emit(X.call_rel32(e.pc, exit_host))              # call my_direct_func_exit
         e.emit(X.pop("rax"))                               # pop rax
         e.emit(X.pop("rax"))                               # pop rax
-        e.emit(X.leave())                                  # leave
+        leave_frame(e)                                     # leave
         e.emit(X.add_ri("rsp", 8))                         # add rsp, 8  (skip the function frame)
         e.emit(X.ret())                                    # ret  (to the parent)

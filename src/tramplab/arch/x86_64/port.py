@@ -22,6 +22,9 @@ TIMELINE = {
     # ≈v6.8, "x86/cfi,bpf: Fix bpf_struct_ops CFI": a trampoline gets endbr64 (EMIT_ENDBR) only
     # if it is called indirectly (struct_ops); before, every trampoline of an IBT kernel had it
     "tramp_endbr_indirect_only": "6.8",
+    # unwinding (arch/x86/Kconfig HAVE_RELIABLE_STACKTRACE with STACK_VALIDATION, v4.6; ORC,
+    # v4.14; BPF frames trusted by ORC between fp_start and fp_end, v6.19: 01bc3b6db18d)
+    "reliable_stacktrace": "4.6", "orc": "4.14", "orc_bpf_fp": "6.19",
 }
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site

@@ -25,6 +25,7 @@ from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from . import encode as X
+from .frames import leave_frame, push_rbp_frame
 
 ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")   # System V: the first six 8-byte slots
 X86_PATCH_SIZE = 5           # the call/jmp at the site, and the nop5 at ip_after_call
@@ -246,8 +247,8 @@ class _Jit:
             # an indirect call (struct_ops) needs the IBT landing pad (the kCFI hash preamble is
             # not modelled); direct-call trampolines have had none since v6.8
             e.emit(X.endbr64())                                         # endbr64
-        e.emit(X.push("rbp"))                                           # push rbp
-        e.emit(X.mov_rr("rbp", "rsp"))                                  # mov rbp, rsp
+        push_rbp_frame(e)                                               # push rbp; mov rbp, rsp
+        e.label("fp_start")          # v6.19 ksym.fp_start: ORC trusts rbp from here
         e.emit(X.sub_ri("rsp", f.stack_size))                           # sub rsp, stack_size
         if self.has(TrampFlag.TAIL_CALL_CTX):
             e.emit(X.push("rax"))                                       # push rax (tcc ptr)
@@ -367,10 +368,12 @@ class _Jit:
         if f.save_ret:
             e.emit(X.mov_load("rax", "rbp", -RETVAL_OFF))               # mov rax, [rbp-8]
         e.emit(X.mov_load("rbx", "rbp", -f.rbx_off))                    # mov rbx, [rbp-rbx_off]
-        e.emit(X.leave())                                               # leave
+        leave_frame(e)                                                  # leave
+        e.label("fp_end")            # v6.19 ksym.fp_end
         if self.has(TrampFlag.SKIP_FRAME):
             e.note("skip the traced function's frame: return to its parent")
             e.emit(X.add_ri("rsp", 8))                                  # add rsp, 8
+            # the function's frame ended with ours: [rsp] is its return address, same row
         e.emit(X.ret())                                                 # ret
         e.emit(X.int3())                                                # int3 (SLS padding)
 
