@@ -518,6 +518,42 @@ def _call_each(k, names, quiet: bool) -> int:
     return len(names)
 
 
+@main.command(name="unwind")
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab profiles`)")
+@click.option("--unwinder", "-u", default=None,
+              help="the kernel's unwinder (x86_64: orc | frame-pointer; default: the arch's)")
+@click.option("--call", "-c", "function", default=None,
+              help="function to call (default: the selftests' caller of the traced function)")
+@click.option("--args", "call_args", default=None, help="its arguments, comma-separated")
+@click.option("--flagged", is_flag=True, help="print only the pcs with flags")
+@click.option("--json", "as_json", is_flag=True, help="print the whole report as JSON")
+@click.argument("programs", nargs=-1)
+def unwind_cmd(arch, profile, unwinder, function, call_args, flagged, as_json, programs):
+    """Check stack traces at every instruction of a traced call: attach PROGRAMS
+    (fentry:FUNC, fexit:FUNC, fmod_ret:FUNC), step the call one instruction at a time and, at
+    each pc, compare the kernel's unwinder (as if the task were interrupted there, and blocked
+    in each C function called) with the true call chain.  Flags: unsymbolised, caller-missing,
+    skipped, duplicated, wrong, incomplete, RELIABLE-BUT-WRONG, rows-wrong (a tramplab bug).
+
+    Example: tramplab unwind --arch x86_64 --profile v6.6 fexit:bpf_fentry_test2
+    """
+    from .check import unwind as unwind_check
+    k = _profile_kernel(arch, profile)
+    args = None
+    if call_args is not None:
+        try:
+            args = [int(a, 0) for a in call_args.split(",") if a.strip()]
+        except ValueError:
+            raise UsageError(f"--args wants comma-separated integers, not {call_args!r}") from None
+    report = unwind_check.run(k, list(programs), function, args, unwinder)
+    if as_json:
+        click.echo(json.dumps(unwind_check.as_dict(k, report), indent=1))
+    else:
+        click.echo("\n".join(unwind_check.render(k, report, flagged)))
+
+
 @main.group(name="scenario")
 def scenario_group():
     """Known bugs as runnable scenarios: a buggy and a fixed configuration each, and the

@@ -195,3 +195,57 @@ def _default_args(k, name: str) -> list:
             return []
         raise UsageError(f"no default arguments for {name}: give them (--args 1,2)")
     return [k.kmalloc(_raw(k, a.data)) if isinstance(a, Buf) else a for a in case.args]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+def _short(k, pc: int) -> str:
+    sym = k.machine.kallsyms.lookup(pc)
+    if sym is None:
+        return f"{pc:#x}"
+    return sym.name if pc == sym.addr else f"{sym.name}+{pc - sym.addr:#x}"
+
+
+def chain_text(k, pcs: list[int]) -> str:
+    return " < ".join(_short(k, p) for p in pcs)
+
+
+def as_dict(k, r: Report) -> dict:
+    def trace(t: Trace | None):
+        if t is None:
+            return None
+        return {"pcs": [_short(k, p) for p in t.pcs], "reliable": t.reliable,
+                "complete": t.complete, "error": t.error}
+    return {"arch": r.arch, "profile": r.profile, "unwinder": r.unwinder, "call": r.call,
+            "programs": r.programs, "result": r.result, "counts": dict(r.counts()),
+            "pcs": [{"pc": _short(k, c.pc), "insn": c.insn,
+                     "truth": [_short(k, p) for p in c.truth], "kernel": trace(c.kernel),
+                     "sleep": trace(c.sleep), "tramplab": trace(c.ours), "flags": c.flags}
+                    for c in r.checks]}
+
+
+def render(k, r: Report, flagged_only: bool = False) -> list[str]:
+    """One line per pc: where, the instruction, the kernel's chain, R if it calls it reliable,
+    and the flags; then the counts."""
+    lines = [f"{r.arch} {r.profile}, {r.unwinder} unwinder: {r.call} with "
+             f"{', '.join(r.programs) or 'nothing attached'} -> {r.result}; "
+             f"{len(r.checks)} pcs checked", ""]
+    shown = [c for c in r.checks if c.flags or not flagged_only]
+    w = min(max((len(_short(k, c.pc)) for c in shown), default=10), 48)
+    iw = min(max((len(c.insn) for c in shown), default=10), 40)
+    for c in shown:
+        rel = "R" if c.kernel.reliable else "-"
+        lines.append(f"{_short(k, c.pc):<{w}} {c.insn:<{iw}} {rel} "
+                     f"{chain_text(k, c.kernel.pcs)}"
+                     + (f"   [{', '.join(c.flags)}]" if c.flags else ""))
+        if c.sleep is not None and c.sleep.pcs != c.kernel.pcs:
+            lines.append(f"{'':<{w}} {'(blocked here)':<{iw}} {'R' if c.sleep.reliable else '-'} "
+                         f"{chain_text(k, c.sleep.pcs)}")
+    lines.append("")
+    counts = r.counts()
+    lines.append("flags: " + (", ".join(f"{f} at {n} pcs" for f, n in sorted(counts.items()))
+                              or "none"))
+    reliable = sum(1 for c in r.checks if c.kernel.reliable)
+    lines.append(f"the kernel calls {reliable} of {len(r.checks)} interrupted traces reliable")
+    return lines

@@ -8,7 +8,7 @@ each instruction that did not fall through to the next one:
 * a transfer to a return address still pending returns to that frame (frames above it end);
 * a return instruction going elsewhere returns from the innermost frame to a changed address (a
   livepatch handler rewrote it): that frame ends (the arch says what a return instruction is:
-  `ret`, riscv `jr ra` / `jr t0`);
+  `ret`, riscv `jr ra` / `jr t0`; not on x86, see below);
 * anything else is a jump: the frame goes on in other code (a tail call: ftrace_caller's
   `br x17` into a direct trampoline, a `ret` into a trampoline pushed by ftrace_regs_caller).
 
@@ -78,7 +78,10 @@ class CallChain:
         if pc != fallthrough:
             if self._is_call(old_sp, fallthrough):
                 self.frames.append(Pending(pc, fallthrough, cpu.sp if self.on_stack else None))
-            elif not self._return_to(pc, old_sp) and returns and self.frames:
+            elif not self._return_to(pc, old_sp) and returns and self.frames \
+                    and not self.on_stack:
+                # (on x86 a changed return address is read from its slot: a `ret` elsewhere
+                # popped something that was no frame's return address, a push-and-ret jump)
                 self.frames.pop()
         if self.on_stack:
             sp = cpu.sp

@@ -90,6 +90,8 @@ def _save_mcount_regs(e, added: int, with_args_regs: bool = True) -> None:
     e.emit(X.mov_store_imm32("rsp", PT["orig_ax"], 0))     # mov qword [rsp+ORIG_RAX], 0
     e.emit(X.mov_load("rdx", "rsp", MCOUNT_REG_SIZE - 8))  # mov rdx, [rsp+MCOUNT_REG_SIZE-8]
     e.emit(X.mov_store("rsp", PT["rbp"], "rdx"))           # mov [rsp+RBP], rdx  (original rbp)
+    # the pt_regs copy is the one restored (the direct path reuses the first slot)
+    e.cfi_offset("rbp", PT["rbp"] - (MCOUNT_REG_SIZE + added + 8))
     e.emit(X.mov_load("rsi", "rsp", MCOUNT_REG_SIZE + added + 8))  # mov rsi, [..]  (parent ip)
     e.emit(X.mov_load("rdi", "rsp", MCOUNT_REG_SIZE + added))      # mov rdi, [..]  (return addr)
     e.emit(X.mov_store("rsp", PT["ip"], "rdi"))            # mov [rsp+RIP], rdi

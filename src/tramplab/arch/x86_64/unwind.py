@@ -38,6 +38,9 @@ UNWINDERS = {
 }
 DEFAULT_UNWINDER = "orc"
 
+# (profile, Kernel options) the unwind checker's tests run every traced call on
+CHECKED_KERNELS = (("v5.5", ()), ("v6.6", ()), ("v6.6-ibt", ()), ("latest", ()))
+
 
 def refine(table, code_at):
     """gcc's .debug_frame is exact at every instruction (it emits the epilogue's rows too)."""
