@@ -177,3 +177,19 @@ def test_every_port_describes_its_unwinding():
         assert "pc" in u.DWARF_NAMES.values() and u.SP in u.TRACKED and u.FP in u.TRACKED
         assert u.DEFAULT_UNWINDER in u.UNWINDERS
         assert callable(u.kernel_unwind) and callable(u.refine) and callable(u.is_return)
+
+
+@pytest.mark.parametrize("arch", [a for a in ("x86_64", "arm64", "riscv64")
+                                  if arch_module(a, "unwind").CHECKED_KERNELS])
+def test_synthetic_functions_have_rows(arch):
+    """Generated kernel functions (targets/synth.py) carry their template's rows, rebased: a
+    fexit on functions of several shapes (stack arguments included) is right at every pc."""
+    import random
+    from tramplab.targets.synth import random_args
+    k = Kernel(arch, synth=24)
+    rng = random.Random(5)
+    for name in ("synth_00000", "synth_00007", "synth_00013", "synth_00021"):
+        fn = k.function(name)
+        k.fexit(name, name=f"x_{name}")(lambda ctx: 0)
+        checks, _ = U.check_call(k, k.task(name, *random_args(rng, fn.proto)), traced={fn.addr})
+        assert not [c for c in checks if "rows-wrong" in c.flags], name

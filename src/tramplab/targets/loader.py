@@ -161,6 +161,8 @@ class LoadedObject:
     reloc_counts: Mapping[str, int] = field(default_factory=dict)
     # the compiler's call-frame information (.debug_frame), one entry per function
     frames: tuple["FrameInfo", ...] = ()
+    # function address -> unwind/cfi.Table, for code generated rather than compiled (synth)
+    unwind_tables: Mapping[int, object] = field(default_factory=dict)
 
     # --- lookups -----------------------------------------------------------------------
     def symbol(self, name: str) -> Symbol:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from ..arch import get_arch, get_port
 from ..errors import UsageError
 from ..jit import assemble
+from ..unwind import code_table
 from ..machine.callconv import MASK64, from_ret, word_locations
 from .layouts import Layout
 from .loader import CType, LoadedObject, Prototype, Segment, Site, Symbol
@@ -99,10 +100,11 @@ def synth_object(arch, layout: Layout, base: int, count: int, seed: int = 0) -> 
     body = get_port(info).module("synth")
     templates = [_template(info, layout, body, params, ret)
                  for params, ret in prototype_pool(seed)]
+    tables = [code_table(info, 0, len(t[2]), t[5]) for t in templates]   # rows of each shape
     entry = layout.entry
     before = entry.nops_before * len(entry.nop)
     code = bytearray()
-    symbols, sites, protos = [], [], {}
+    symbols, sites, protos, unwind = [], [], {}, {}
     # What the loader reports for a compiled site: the run of nops from the recorded address
     # (CALL_OPS: the ones before the symbol, then the entry's unless a landing pad interrupts).
     if entry.record_offset < 0:
@@ -111,7 +113,7 @@ def synth_object(arch, layout: Layout, base: int, count: int, seed: int = 0) -> 
     else:
         before_symbol, nops = 0, entry.nops_at_entry
     for index in range(count):
-        params, ret, blob, const_at, fsize = templates[index % len(templates)]
+        params, ret, blob, const_at, fsize, _ = templates[index % len(templates)]
         start = _align(base + len(code) + before, entry.align) - before
         code += bytes(start - base - len(code))
         func = start + before
@@ -121,12 +123,14 @@ def synth_object(arch, layout: Layout, base: int, count: int, seed: int = 0) -> 
         piece[const_at:const_at + len(const)] = const
         code += piece
         symbols.append(Symbol(name, func, fsize, "func", "global", ".text.synth"))
+        unwind[func] = tables[index % len(templates)].rebase(start)
         sites.append(Site(name, func + entry.record_offset, func, entry.record_offset,
                           nops, len(entry.nop), before_symbol, entry.table))
         protos[name] = Prototype(name, params, ret, tuple(f"a{i}" for i in range(len(params))))
     seg = Segment(".text.synth", base, bytes(code), True, False, entry.align)
     return LoadedObject(f"<synthetic x{count}>", info.name, base, (seg,), tuple(symbols),
-                        tuple(sites), MappingProxyType(protos))
+                        tuple(sites), MappingProxyType(protos),
+                        unwind_tables=MappingProxyType(unwind))
 
 
 def size_estimate(arch, layout: Layout, count: int) -> int:
@@ -157,7 +161,7 @@ def _template(info, layout: Layout, body, params, ret):
 
     asm = assemble(gen, 0)
     func = asm.labels["func"]
-    return params, ret, asm.code, asm.labels["const"], len(asm.code) - func
+    return params, ret, asm.code, asm.labels["const"], len(asm.code) - func, asm.cfi
 
 
 def _align(value: int, to: int) -> int:

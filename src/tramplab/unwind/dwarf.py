@@ -51,4 +51,6 @@ def table_from_frame(frame, unwind) -> Table:
 
 def function_tables(obj, unwind, code_at) -> dict[int, Table]:
     """Start address -> refined Table for every function the object's CFI describes."""
-    return {f.addr: unwind.refine(table_from_frame(f, unwind), code_at) for f in obj.frames}
+    tables = {f.addr: unwind.refine(table_from_frame(f, unwind), code_at) for f in obj.frames}
+    tables.update(obj.unwind_tables)
+    return tables

@@ -31,3 +31,10 @@ def push(e, reg: str) -> None:
 def pop(e, reg: str) -> None:
     e.emit(X.pop(reg))                                     # pop reg
     e.cfi_adjust_cfa_offset(-8)
+
+
+def pop_rbp_frame(e) -> None:
+    """pop rbp, where rsp == rbp: the caller's rbp back, [rsp] the return address."""
+    e.emit(X.pop("rbp"))                                   # pop rbp
+    e.cfi_def_cfa("rsp", 8)
+    e.cfi_restore("rbp")

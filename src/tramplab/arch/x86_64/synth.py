@@ -10,6 +10,7 @@ site, a frame and the sum of every argument word plus a per-function constant, i
 from __future__ import annotations
 
 from . import encode as X
+from .frames import pop_rbp_frame, push_rbp_frame
 
 ARG_REGS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9")
 
@@ -20,8 +21,7 @@ def const_bytes(value: int) -> bytes:
 
 def gen_body(e, words) -> None:
     """words: ("reg", i) or ("stack", k) for every argument word, in order."""
-    e.emit(X.push("rbp"))                                  # push rbp
-    e.emit(X.mov_rr("rbp", "rsp"))                         # mov rbp, rsp
+    push_rbp_frame(e)                                      # push rbp; mov rbp, rsp
     e.label("const")
     e.emit(const_bytes(0))                                 # movabs rax, <constant>
     for kind, i in words:
@@ -30,5 +30,5 @@ def gen_body(e, words) -> None:
         else:
             e.emit(X.mov_load("r10", "rbp", 16 + 8 * i))   # mov r10, [rbp+16+8k]
             e.emit(X.add_rr("rax", "r10"))                 # add rax, r10
-    e.emit(X.pop("rbp"))                                   # pop rbp
+    pop_rbp_frame(e)                                       # pop rbp
     e.emit(X.ret())                                        # ret
