@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .arch import get_arch, port_names, ports
+from .arch import arch_module, get_arch, port_names, ports
 from .errors import KernelError, Oops, TramplabError, UsageError
 from .profiles import LATEST, earliest
 
@@ -523,7 +523,9 @@ def _call_each(k, names, quiet: bool) -> int:
 @click.option("--profile", "-p", default=None,
               help="profile preset (default latest) or vX.Y[.Z] (see `tramplab profiles`)")
 @click.option("--unwinder", "-u", default=None,
-              help="the kernel's unwinder (x86_64: orc | frame-pointer; default: the arch's)")
+              help="the kernel's unwinder (" + "; ".join(
+                  f"{a}: {' | '.join(arch_module(a, 'unwind').UNWINDERS)}"
+                  for a in port_names()) + "; default: the first)")
 @click.option("--call", "-c", "function", default=None,
               help="function to call (default: the selftests' caller of the traced function)")
 @click.option("--args", "call_args", default=None, help="its arguments, comma-separated")

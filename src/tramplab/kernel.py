@@ -289,6 +289,14 @@ class Kernel:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UsageError(f"unknown function {name!r} on {self.arch.name}{hint}") from None
 
+    @property
+    def btf_ids(self) -> dict[str, int]:
+        """The model's BTF ids of kernel functions: 1 + rank by address (bpf/ksym.py)."""
+        if getattr(self, "_btf_ids", None) is None:
+            order = sorted(self.functions.values(), key=lambda f: (f.addr, f.name))
+            self._btf_ids = {f.name: i + 1 for i, f in enumerate(order)}
+        return self._btf_ids
+
     def symbol(self, addr: int) -> str:
         return self.machine.kallsyms.format(addr)
 

@@ -40,6 +40,7 @@ from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .multi import MultiAttach
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
 from ..unwind import code_table
+from . import ksym
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
 # ALLOW_ERROR_INJECTION / the fmodret BTF id sets of the selftest targets (net/bpf/test_run.c,
@@ -135,7 +136,7 @@ class BpfManager(MultiAttach):
         self._prog_mem: dict[int, BpfProg] = {}          # struct bpf_prog address -> prog
         self._tr_ip: dict[int, Trampoline] = {}          # ftrace site ip -> its trampoline
         self._running: dict[int, list] = {}              # cpu -> images whose programs run
-        self._im_by_name: dict[str, TrampImage] = {}     # kallsyms name -> live image
+        self._im_by_addr: dict[int, TrampImage] = {}     # code address -> live image
         self._sizes: dict = {}                           # trampoline shape -> its size
         self._multi_links: list = []                     # attached tracing_multi links
         self.dying: list[TrampImage] = []
@@ -217,7 +218,7 @@ class BpfManager(MultiAttach):
         self.machine.write_text(addr, code.code)
         undo.append(lambda: self.machine.write_text(addr, old))
         self.machine.kallsyms.add(
-            f"bpf_prog_{prog.name}", addr, len(code.code), "t", "[bpf]",
+            ksym.prog_name(prog), addr, len(code.code), "t", "[bpf]", key=f"bpf_prog_{prog.name}",
             unwind=code_table(self.machine.arch, addr, len(code.code), code.cfi),
             frame_facts={n: code.labels[n] - addr for n in ("fp_start", "fp_end")
                          if n in code.labels})
@@ -277,7 +278,7 @@ class BpfManager(MultiAttach):
         ret = (self.machine.memory.read_u64(cpu.sp) if arch.return_address_on_stack
                else cpu.reg(arch.lr))
         sym = self.machine.kallsyms.lookup(ret)
-        return self._im_by_name.get(sym.name) if sym is not None else None
+        return self._im_by_addr.get(sym.addr) if sym is not None else None
 
     def prototype_of(self, prog: BpfProg, cpu=None):
         """The prototype the program's ctx follows: its target's, or for a multi program
@@ -607,9 +608,10 @@ class BpfManager(MultiAttach):
         self.machine.write_text(new.addr, new.code)
         self._ims[new.im] = new
         # bpf_tramp_image_alloc adds the ksym: it is symbolised before anything can reach it
-        self.machine.kallsyms.add(new.name, new.addr, len(new.code), "t", "[bpf]",
-                                  unwind=new.unwind, frame_facts=new.frame_facts)
-        self._im_by_name[new.name] = new
+        self.machine.kallsyms.add(ksym.trampoline_name(self.kernel, tr.target), new.addr,
+                                  len(new.code), "t", "[bpf]", unwind=new.unwind,
+                                  frame_facts=new.frame_facts, key=new.name)
+        self._im_by_addr[new.addr] = new
         return stage
 
     def _unstage(self, stage: "Stage") -> None:
@@ -621,7 +623,7 @@ class BpfManager(MultiAttach):
         self.machine.heap_arena.free(new.im)
         del self._ims[new.im]
         self.machine.kallsyms.remove(new.name)
-        del self._im_by_name[new.name]
+        del self._im_by_addr[new.addr]
 
     def _commit(self, stage: "Stage") -> Generator:
         """The site reaches the new image: it becomes current, the old one is put."""
@@ -759,7 +761,7 @@ class BpfManager(MultiAttach):
         self.machine.write_text(im.addr, self.progjit.poison(len(im.code)))
         self.machine.bpf_arena.free(im.addr)
         self.machine.kallsyms.remove(im.name)
-        self._im_by_name.pop(im.name, None)
+        self._im_by_addr.pop(im.addr, None)
         del self._ims[im.im]
         self.machine.heap_arena.free(im.im)
         self.freed.append(im)

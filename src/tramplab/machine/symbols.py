@@ -33,11 +33,15 @@ class Kallsyms:
         self._addrs: list[int] = []
 
     def add(self, name: str, addr: int, size: int, kind: str = "t", module: str | None = None,
-            unwind=None, frame_facts=None) -> Symbol:
-        if name in self._by_name:
-            raise ValueError(f"symbol {name} already defined")
+            unwind=None, frame_facts=None, key: str | None = None) -> Symbol:
+        """`name` is what stack traces print; `key` (default: the name) is how tramplab finds
+        and removes it: the kernel's BPF names repeat (every image of one trampoline is
+        bpf_trampoline_<key>, and an old one lives on while the new one runs)."""
+        key = name if key is None else key
+        if key in self._by_name:
+            raise ValueError(f"symbol {key} already defined")
         sym = Symbol(name, addr, size, kind, module, unwind, frame_facts)
-        self._by_name[name] = sym
+        self._by_name[key] = sym
         if self._sorted is not None:           # keep the index: attaching N functions stays O(N log N)
             i = bisect.bisect_left(self._keys, (addr, -size))
             self._sorted.insert(i, sym)
