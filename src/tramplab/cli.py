@@ -11,6 +11,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .arch import arch_module, get_arch, port_names, ports
@@ -570,7 +571,7 @@ def scenario_list():
     for col in ("name", "what", "arches", "from"):
         t.add_column(col)
     for s in SCENARIOS.values():
-        t.add_row(s.name, s.title, ", ".join(arches_of(s.name)), s.source)
+        t.add_row(s.name, escape(s.title), ", ".join(arches_of(s.name)), escape(s.source))
     _console().print(t)
 
 
@@ -598,8 +599,8 @@ def scenario_run(arch, as_json, name):
                     "fixed profile: what happened", "verdict"):
             t.add_column(col)
         for r in results:
-            t.add_row(r.scenario.name, r.arch, f"{r.profiles[0]}: {r.buggy.what}",
-                      f"{r.profiles[1]}: {r.fixed.what}", "pass" if r.passed else "FAIL")
+            t.add_row(r.scenario.name, r.arch, escape(f"{r.profiles[0]}: {r.buggy.what}"),
+                      escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL")
         _console().print(t)
         if len(names) == 1:
             click.echo(SCENARIOS[names[0]].explain)

@@ -142,6 +142,49 @@ def _multi_flags(arch: str, profile: str) -> Observation:
     return Observation(False, f"returned {got}; the direct trampoline ran")
 
 
+def _config(profile: str) -> tuple[str, str | None]:
+    """"PROFILE" or "PROFILE@UNWINDER" (a kernel configured with another unwinder)."""
+    name, _, unwinder = profile.partition("@")
+    return name, unwinder or None
+
+
+def _blocked_in_fentry_program(arch: str, profile: str):
+    """An fentry program on bpf_fentry_test1 called by the selftests' caller; the checks at
+    the first instruction of the program's body (a task blocked in the program there)."""
+    from .unwind import run as unwind_run
+    name, unwinder = _config(profile)
+    k = _kernel(arch, name)
+    r = unwind_run(k, ["fentry:bpf_fentry_test1"], None, None, unwinder)
+    body = [c for c in r.checks if c.sleep is not None
+            and k.machine.kallsyms.lookup(c.pc).name.startswith("bpf_prog_body")]
+    return k, body
+
+
+def _orc_bpf_unreliable(arch: str, profile: str) -> Observation:
+    """x86 ORC before v6.19: a task blocked under a BPF trampoline has no reliable trace."""
+    k, body = _blocked_in_fentry_program(arch, profile)
+    c = body[0]
+    if not c.sleep.reliable:
+        return Observation(True, f"blocked in the program: unreliable ({c.sleep.error}); "
+                                 "livepatch cannot switch the task")
+    if c.sleep.pcs != c.truth:
+        return Observation(True, "reliable but wrong")
+    return Observation(False, f"reliable and right ({len(c.truth)} frames)")
+
+
+def _fentry_missing_caller(arch: str, profile: str) -> Observation:
+    """A stack trace taken in an fentry program: is the traced function's caller in it?"""
+    k, body = _blocked_in_fentry_program(arch, profile)
+    c = body[0]
+    caller = k.function("tramplab_test_run_tracing")
+    if not any(caller.addr <= p < caller.addr + caller.size for p in c.sleep.pcs):
+        rel = " (and called reliable)" if c.sleep.reliable else ""
+        return Observation(True, f"tramplab_test_run_tracing missing{rel}: "
+                                 + " < ".join(k.machine.kallsyms.lookup(p).name
+                                              for p in c.sleep.pcs[1:]))
+    return Observation(False, "bpf_fentry_test1's caller is in the trace")
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("seed000-riscv-site", "riscv: the 8-byte site with a trampoline built for the "
              "16-byte sled", "seed 000 (Björn Töpel); Pu Lehui's v6.4 fix", _fexit_result,
@@ -174,6 +217,23 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "went through ftrace_caller, which ignores orig_ax: the direct trampoline was "
              "silently skipped.  v6.8 (backported to 6.6.y) asks for SAVE_REGS where "
              "WITH_REGS exists."),
+    Scenario("x86-orc-bpf-unreliable", "x86 ORC: no reliable stack trace under a BPF "
+             "trampoline before v6.19", "CrowdStrike report (Nov 2025); 01bc3b6db18d "
+             "'x86/unwind/orc: Support reliable unwinding through BPF stack frames' (v6.19)",
+             _orc_bpf_unreliable,
+             "BPF programs and trampolines have no ORC entries: the ORC unwinder guesses a "
+             "frame-pointer frame and flags the trace unreliable, so livepatch cannot switch "
+             "a task blocked under an fentry/fexit program and the transition stalls (60 s, "
+             "then fails).  v6.19 records where each BPF image has its frame pointer set up "
+             "(fp_start/fp_end) and trusts the guess there."),
+    Scenario("fentry-missing-caller", "a stack trace from an fentry program loses the traced "
+             "function's caller", "bpftrace#4159; the x86 BPF trampoline's single frame",
+             _fentry_missing_caller,
+             "The trampoline runs at the function's first instruction, before its `push rbp`: "
+             "a frame-pointer walk goes from the trampoline's frame to the caller's caller, "
+             "and the kernel (UNWINDER_FRAME_POINTER) even calls that trace reliable.  ORC "
+             "reads the function's entry row at its return address and finds the caller; "
+             "arm64 and riscv trampolines build a frame record for the function too."),
 )}
 
 

@@ -103,6 +103,8 @@ PORT = register_port(Port(
         "seed003-multi-clobber": ("multi-2021", "latest"),
         "seed004-null-regs": ("i386-like-rfc", "v6.6"),
         "x86-v64-multi-flags": ("v6.4", "v6.6"),
+        "x86-orc-bpf-unreliable": ("v6.6", "latest"),
+        "fentry-missing-caller": ("v6.6@frame-pointer", "v6.6"),
     },
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))
