@@ -535,7 +535,8 @@ def _call_each(k, names, quiet: bool) -> int:
 @click.argument("programs", nargs=-1)
 def unwind_cmd(arch, profile, unwinder, function, call_args, flagged, as_json, programs):
     """Check stack traces at every instruction of a traced call: attach PROGRAMS
-    (fentry:FUNC, fexit:FUNC, fmod_ret:FUNC), step the call one instruction at a time and, at
+    (fentry:FUNC, fexit:FUNC, fmod_ret:FUNC; or ftrace users ops:FUNC, regs-ops:FUNC,
+    direct:FUNC, direct-after:FUNC, livepatch:FUNC), step the call one instruction at a time and, at
     each pc, compare the kernel's unwinder (as if the task were interrupted there, and blocked
     in each C function called) with the true call chain.  Flags: unsymbolised, caller-missing,
     skipped, duplicated, wrong, incomplete, RELIABLE-BUT-WRONG, rows-wrong (a tramplab bug).

@@ -151,11 +151,69 @@ def check_call(k, task, *, traced: set[int], unwinder: str | None = None,
 # ---------------------------------------------------------------------------------------------
 # The command line's view: attach, call, check.
 
+FTRACE_USERS = {
+    "ops": "an ftrace_ops (ftrace_caller, or its per-ops copy)",
+    "regs-ops": "an ftrace_ops with SAVE_REGS (ftrace_regs_caller)",
+    "direct": "the direct-call sample trampoline, returning into the function",
+    "direct-after": "the direct-call sample trampoline that calls the function itself",
+    "livepatch": "a livepatch of the function (it has a replacement: livepatch_FUNC)",
+}
+SPEC_HELP = ("fentry:FUNC, fexit:FUNC, fmod_ret:FUNC (a BPF program) or "
+             + ", ".join(f"{u}:FUNC" for u in FTRACE_USERS))
+
+
+def attach_ftrace_user(k, kind: str, func: str) -> None:
+    """Put an ftrace user of `kind` (FTRACE_USERS) on `func`."""
+    from ..ftrace import FL, FtraceOps
+    from ..ftrace.samples import SampleDirect
+    ft = k.ftrace
+    k.function(func)
+    ip = ft.ip_of(func)
+    if kind.startswith("direct"):
+        if not k.profile.direct_calls:
+            raise UsageError(f"{k.arch.name} {k.profile.name} has no direct calls")
+        s = SampleDirect(k, "after" if kind == "direct-after" else "call")
+        if k.profile.direct_api == "ip":
+            ft.register_ftrace_direct_ip(ip, s.addr)
+        else:
+            ops = FtraceOps(name=f"direct:{func}")
+            if k.profile.direct_api == "ops":
+                ft.ftrace_set_filter_ip(ops, ip)
+                ft.register_ftrace_direct(ops, s.addr)
+            else:
+                ft.update_ftrace_direct_add(ops, {ip: s.addr})
+    elif kind == "livepatch":
+        from ..livepatch import Livepatch
+        new = f"livepatch_{func}"
+        if new not in k.functions:
+            raise UsageError(f"{func} has no livepatch replacement ({new})")
+        Livepatch(k, {func: new}).enable()
+    else:
+        flags = FL.SAVE_REGS if kind == "regs-ops" else FL(0)
+        ft.register_ftrace_function(FtraceOps(func=lambda *a: None, name=f"{kind}:{func}",
+                                              filter={ip}, flags=flags))
+
+
+def attach_specs(k, specs: list[str]) -> set[str]:
+    """Attach every spec (SPEC_HELP); returns the traced functions."""
+    from ..show import _attach_dummies
+    targets = set()
+    for spec in specs:
+        kind, _, func = spec.partition(":")
+        if kind in FTRACE_USERS and func:
+            attach_ftrace_user(k, kind, func)
+            targets.add(func)
+        elif kind in ("fentry", "fexit", "fmod_ret") and func:
+            targets |= {p.target for p in _attach_dummies(k, [spec])
+                        if isinstance(p.target, str)}
+        else:
+            raise UsageError(f"bad spec {spec!r}: expected {SPEC_HELP}")
+    return targets
+
+
 def run(k, programs: list[str], call: str | None = None, args: list[int] | None = None,
         unwinder: str | None = None) -> Report:
-    from ..show import _attach_dummies
-    progs = _attach_dummies(k, programs) if programs else []
-    targets = {p.target for p in progs if isinstance(p.target, str)}
+    targets = attach_specs(k, programs)
     name = call or _default_caller(k, targets)
     if name is None:
         raise UsageError("give a function to call (--call) or a program spec (fexit:FUNC)")

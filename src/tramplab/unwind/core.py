@@ -60,9 +60,14 @@ class Context:
 
     def row(self, pc: int, interrupted: bool) -> Row | None:
         """The unwind row for a frame at pc: pc itself if the CPU stopped there, else the call
-        instruction before the return address pc (pc - 1, as ORC and DWARF unwinders do)."""
+        instruction before the return address pc (pc - 1, as ORC and DWARF unwinders do), unless
+        pc starts its function."""
         where = pc if interrupted else pc - 1
         sym = self.kallsyms.lookup(where)
+        if not interrupted and (sym is None or not sym.addr < pc <= sym.end):
+            # a return address at a function's first instruction follows no call: a handler
+            # rewrote it (livepatch sets the saved ip to the new function) -- use its own row
+            where, sym = pc, self.kallsyms.lookup(pc)
         if sym is None or sym.unwind is None:
             return None
         return sym.unwind.lookup(where)
