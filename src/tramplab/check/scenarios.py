@@ -233,7 +233,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "a frame-pointer walk goes from the trampoline's frame to the caller's caller, "
              "and the kernel (UNWINDER_FRAME_POINTER) even calls that trace reliable.  ORC "
              "reads the function's entry row at its return address and finds the caller; "
-             "arm64 and riscv trampolines build a frame record for the function too."),
+             "trampolines that build a frame record for the function as well as their own "
+             "(the ARM and RISC-V ones) keep frame-pointer walks whole."),
 )}
 
 
