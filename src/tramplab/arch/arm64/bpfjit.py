@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ...errors import EncodeError, KernelError
 from . import encode as A
+from .frames import pop_frame, push_frame
 
 PROG_ENTRY = "bl"
 NOP = A.nop()
@@ -43,15 +44,14 @@ def _gen_image(e, host: int, calls: int | None, bti: bool) -> None:
     e.emit(A.mov("x9", "x30"))                              # mov x9, x30
     e.label("site")
     e.emit(NOP)                                             # nop  (patch site)
-    e.emit(A.stp_pre("x29", "x30", "sp", -32))              # stp x29, x30, [sp, #-32]!
-    e.emit(A.mov("x29", "sp"))                              # mov x29, sp
+    push_frame(e, 32)                                       # stp x29, x30, [sp, #-32]!; mov x29, sp
     if calls is not None:
         e.emit(A.str_("x0", "sp", 16))                      # str x0, [sp, #16]  (ctx)
         e.emit(A.movz("w0", 1))                             # mov w0, #1
         _call(e, calls)                                     # bl <kernel function>
         e.emit(A.ldr("x0", "sp", 16))                       # ldr x0, [sp, #16]
     _call(e, host)                                          # bl <program body>
-    e.emit(A.ldp_post("x29", "x30", "sp", 32))              # ldp x29, x30, [sp], #32
+    pop_frame(e, 32)                                        # ldp x29, x30, [sp], #32
     e.emit(A.ret())                                         # ret
 
 

@@ -34,7 +34,9 @@ from ...errors import EncodeError, KernelError, UsageError
 from ...ftrace.arch_api import (OPS_DIRECT_CALL, OPS_FUNC, ArchFtrace, FtraceBug, SiteState,
                                 TextWrite)
 from ...jit import assemble
+from ...unwind import code_table
 from . import encode as A
+from .frames import site_entry, symbol_tables
 
 INSN = 4                                   # AARCH64_INSN_SIZE
 NOP = A.nop()
@@ -166,10 +168,12 @@ def _load_op_from_literal(e) -> None:
 
 def _args_entry(e, direct: bool) -> None:
     """Build ftrace_regs and the two frame records (callsite's above ours) below the caller's
-    sp, then the four arguments of ops->func."""
+    sp, then the four arguments of ops->func.  The CFA stays sp + FREGS_FRAME; the records hold
+    the function's x29 and x30 (the parent, from x9) and our return into the function."""
     r = FTRACE_REGS
     e.emit(A.mov("x10", "sp"))                             # mov x10, sp  (the callsite's sp)
     e.emit(A.sub_imm("sp", "sp", FREGS_FRAME))             # sub sp, sp, #FREGS_SIZE + 32
+    e.cfi_def_cfa_offset(FREGS_FRAME)
     _save_args(e, r)
     e.emit(A.str_("x8", "sp", r.x(8)))                     # str x8, [sp, #FREGS_X8]
     if direct:
@@ -179,8 +183,11 @@ def _args_entry(e, direct: bool) -> None:
     e.emit(A.str_("x10", "sp", r.sp))                      # str x10, [sp, #FREGS_SP]
     e.emit(A.str_("x30", "sp", r.pc))                      # str x30, [sp, #FREGS_PC]
     e.emit(A.stp("x29", "x9", "sp", r.size + 16))          # stp x29, x9, [sp, #FREGS_SIZE + 16]
+    e.cfi_offset("x29", -16)
+    e.cfi_offset("x30", -8)
     e.emit(A.add_imm("x29", "sp", r.size + 16))            # add x29, sp, #FREGS_SIZE + 16
     e.emit(A.stp("x29", "x30", "sp", r.size))              # stp x29, x30, [sp, #FREGS_SIZE]
+    e.cfi_offset("pc", -24)
     e.emit(A.add_imm("x29", "sp", r.size))                 # add x29, sp, #FREGS_SIZE
     e.emit(A.sub_imm("x0", "x30", INSN))                   # sub x0, x30, #4  (ip: the BL)
     e.emit(A.mov("x1", "x9"))                              # mov x1, x9  (parent_ip)
@@ -191,20 +198,30 @@ def _args_return(e, direct: bool) -> None:
     r = FTRACE_REGS
     _restore_args(e, r)
     e.emit(A.ldr("x29", "sp", r.fp))                       # ldr x29, [sp, #FREGS_FP]
+    e.cfi_restore("x29")
     if direct:
         e.emit(A.ldr("x17", "sp", r.direct_tramp))         # ldr x17, [sp, #FREGS_DIRECT_TRAMP]
         late = e.label_addr("ftrace_caller_direct_late")
         e.emit(A.cbnz("x17", e.pc, late))                  # cbnz x17, ftrace_caller_direct_late
+        e.cfi_remember_state()
     e.emit(A.ldr("x30", "sp", r.lr))                       # ldr x30, [sp, #FREGS_LR]
+    e.cfi_restore("x30")
     e.emit(A.ldr("x9", "sp", r.pc))                        # ldr x9, [sp, #FREGS_PC]
     e.emit(A.add_imm("sp", "sp", FREGS_FRAME))             # add sp, sp, #FREGS_SIZE + 32
+    e.cfi_def_cfa_offset(0)
+    e.cfi_register("pc", "x9")
     e.emit(A.ret("x9"))                                    # ret x9  (body, or a callback's ip)
     if direct:
+        e.cfi_restore_state()
         # The trampoline contract: x9 = parent, x30 = (possibly modified) return into the body.
         e.label("ftrace_caller_direct_late")
         e.emit(A.ldr("x9", "sp", r.lr))                    # ldr x9, [sp, #FREGS_LR]
+        e.cfi_register("x30", "x9")
         e.emit(A.ldr("x30", "sp", r.pc))                   # ldr x30, [sp, #FREGS_PC]
+        e.cfi_register("pc", "x30")
         e.emit(A.add_imm("sp", "sp", FREGS_FRAME))         # add sp, sp, #FREGS_SIZE + 32
+        e.cfi_def_cfa_offset(0)
+        # the early path's branch lands here too, with nothing saved: the same frame
         e.label("ftrace_caller_direct")
         # br x17 lands on a `bti c` and keeps the return-address predictor balanced.
         e.emit(A.br("x17"))                                # br x17
@@ -215,6 +232,7 @@ def gen_ftrace_caller_args(e, *, call_ops: bool, direct: bool, op_var: int, stub
     its func is called with blr; otherwise function_trace_op and a patchable `bl` (ftrace_call).
     DIRECT_CALLS: an op with direct_call is branched to before anything is saved; a trampoline
     set in fregs->direct_tramp by call_direct_funcs is branched to after the restore."""
+    site_entry(e)
     e.emit(A.bti("c"))                                     # bti c
     if call_ops:
         _load_op_from_literal(e)
@@ -245,6 +263,7 @@ def _regs_entry(e, allregs: bool) -> None:
     ours in pt_regs->stackframe."""
     r = PT_REGS
     e.emit(A.sub_imm("sp", "sp", PT_FRAME))                # sub sp, sp, #PT_REGS_SIZE + 16
+    e.cfi_def_cfa_offset(PT_FRAME)
     _save_args(e, r)
     e.emit(A.stp("x8", "x9", "sp", r.x(8)))                # stp x8, x9, [sp, #S_X8]
     if allregs:
@@ -256,8 +275,11 @@ def _regs_entry(e, allregs: bool) -> None:
     e.emit(A.stp("x9", "x10", "sp", r.lr))                 # stp x9, x10, [sp, #S_LR]  (lr, sp)
     e.emit(A.str_("x30", "sp", r.pc))                      # str x30, [sp, #S_PC]
     e.emit(A.stp("x29", "x9", "sp", r.size))               # stp x29, x9, [sp, #PT_REGS_SIZE]
+    e.cfi_offset("x29", -16)
+    e.cfi_offset("x30", -8)
     e.emit(A.add_imm("x29", "sp", r.size))                 # add x29, sp, #PT_REGS_SIZE
     e.emit(A.stp("x29", "x30", "sp", S_STACKFRAME))        # stp x29, x30, [sp, #S_STACKFRAME]
+    e.cfi_offset("pc", S_STACKFRAME + 8 - PT_FRAME)
     e.emit(A.add_imm("x29", "sp", S_STACKFRAME))           # add x29, sp, #S_STACKFRAME
 
 
@@ -265,14 +287,17 @@ def gen_ftrace_regs_callers(e, *, op_var: int, stub: int) -> None:
     """ftrace_regs_caller (every register in pt_regs) and ftrace_caller (x0-x9 and fp), both
     continuing in ftrace_common, whose `ftrace_call: bl ftrace_stub` ftrace retargets."""
     e.label("ftrace_regs_caller")
+    site_entry(e)
+    e.cfi_remember_state()
     e.emit(A.bti("c"))                                     # bti c
     _regs_entry(e, allregs=True)
     e.emit(A.b(e.pc, e.label_addr("ftrace_common")))       # b ftrace_common
+    e.cfi_restore_state()                                  # ftrace_caller: entered like the above
     e.label("ftrace_caller")
     e.emit(A.bti("c"))                                     # bti c
     _regs_entry(e, allregs=False)
     e.emit(A.b(e.pc, e.label_addr("ftrace_common")))       # b ftrace_common
-    e.label("ftrace_common")
+    e.label("ftrace_common")                               # both frames are the same here
     r = PT_REGS
     e.emit(A.sub_imm("x0", "x30", INSN))                   # sub x0, x30, #4  (ip: the BL)
     e.emit(A.mov("x1", "x9"))                              # mov x1, x9  (parent_ip)
@@ -282,17 +307,24 @@ def gen_ftrace_regs_callers(e, *, op_var: int, stub: int) -> None:
     e.emit(A.bl(e.pc, stub))                               # ftrace_call: bl ftrace_stub
     _restore_args(e, r)
     e.emit(A.ldr("x29", "sp", r.fp))                       # ldr x29, [sp, #S_FP]
+    e.cfi_restore("x29")
     e.emit(A.ldr("x30", "sp", r.lr))                       # ldr x30, [sp, #S_LR]
+    e.cfi_restore("x30")
     e.emit(A.ldr("x9", "sp", r.pc))                        # ldr x9, [sp, #S_PC]
     e.emit(A.add_imm("sp", "sp", PT_FRAME))                # add sp, sp, #PT_REGS_SIZE + 16
+    e.cfi_def_cfa_offset(0)
+    e.cfi_register("pc", "x9")
     e.emit(A.ret("x9"))                                    # ret x9
 
 
 def gen_ftrace_stub_direct_tramp(e) -> None:
     """The smallest valid direct trampoline: back into the body with x30 = parent."""
+    site_entry(e)
     e.emit(A.bti("c"))                                     # bti c
     e.emit(A.mov("x10", "x30"))                            # mov x10, x30
     e.emit(A.mov("x30", "x9"))                             # mov x30, x9
+    e.cfi_register("pc", "x10")
+    e.cfi_restore("x30")
     e.emit(A.ret("x10"))                                   # ret x10
 
 
@@ -306,8 +338,12 @@ SAMPLE_ARGS = 24
 
 def _sample_save(e) -> None:
     e.emit(A.sub_imm("sp", "sp", SAMPLE_FRAME))            # sub sp, sp, #112
+    e.cfi_def_cfa_offset(SAMPLE_FRAME)
     e.emit(A.stp("x29", "x9", "sp", 0))                    # stp x29, x9, [sp]  (record: parent)
+    e.cfi_offset("x29", -SAMPLE_FRAME)
+    e.cfi_offset("x30", 8 - SAMPLE_FRAME)
     e.emit(A.str_("x30", "sp", SAMPLE_BODY))               # str x30, [sp, #16]  (the function body)
+    e.cfi_offset("pc", SAMPLE_BODY - SAMPLE_FRAME)
     for i in range(0, 8, 2):
         e.emit(A.stp(f"x{i}", f"x{i + 1}", "sp", SAMPLE_ARGS + 8 * i))  # stp xi, xi+1, [sp, #..]
     e.emit(A.str_("x8", "sp", SAMPLE_ARGS + 64))           # str x8, [sp, #88]
@@ -326,6 +362,7 @@ def gen_sample_direct(e, kind: str, entry_host: int, exit_host: int) -> None:
     value to the exit helper and returns to the parent.  The sample keeps a frame record
     (x29, parent) so a backtrace through it shows the parent; a function with stack arguments
     would need them copied down for "after" (the samples attach to register-only functions)."""
+    site_entry(e)
     e.emit(A.bti("c"))                                     # bti c
     _sample_save(e)
     e.emit(A.mov("x29", "sp"))                             # mov x29, sp
@@ -334,7 +371,11 @@ def gen_sample_direct(e, kind: str, entry_host: int, exit_host: int) -> None:
     if kind == "call":
         e.emit(A.ldr("x9", "sp", SAMPLE_BODY))             # ldr x9, [sp, #16]  (the body)
         e.emit(A.ldp("x29", "x30", "sp", 0))               # ldp x29, x30, [sp]  (x30 <- parent)
+        e.cfi_restore("x29")
+        e.cfi_restore("x30")
         e.emit(A.add_imm("sp", "sp", SAMPLE_FRAME))        # add sp, sp, #112
+        e.cfi_def_cfa_offset(0)
+        e.cfi_register("pc", "x9")
         e.emit(A.ret("x9"))                                # ret x9  (into the function)
         return
     e.emit(A.ldr("x10", "sp", SAMPLE_BODY))                # ldr x10, [sp, #16]
@@ -343,7 +384,13 @@ def gen_sample_direct(e, kind: str, entry_host: int, exit_host: int) -> None:
     emit_call(e, exit_host)                                # bl my_direct_func_exit  (x0 = ret)
     e.emit(A.ldr("x0", "sp", SAMPLE_ARGS))                 # ldr x0, [sp, #24]
     e.emit(A.ldp("x29", "x30", "sp", 0))                   # ldp x29, x30, [sp]  (x30 <- parent)
+    e.cfi_restore("x29")
+    e.cfi_restore("x30")
     e.emit(A.add_imm("sp", "sp", SAMPLE_FRAME))            # add sp, sp, #112
+    e.cfi_def_cfa_offset(0)
+    # pc stays [cfa-96]: the popped slot that still holds the body's address.  The true chain
+    # keeps the function's frame (we entered it by the site's bl) until this `ret` returns
+    # past it to the parent, and no register holds that address any more.
     e.emit(A.ret())                                        # ret  (to the parent)
 
 
@@ -382,16 +429,20 @@ class ArchFtraceImpl(ArchFtrace):
         self._call_sites = [code.labels["ftrace_call"]] if "ftrace_call" in code.labels else []
         self.stub_direct_tramp = None
         if p.direct_calls:
-            stub_code = assemble(gen_ftrace_stub_direct_tramp, 0)
-            self.stub_direct_tramp = self.kernel.text_alloc(stub_code.code,
-                                                            "ftrace_stub_direct_tramp")
+            size = len(assemble(gen_ftrace_stub_direct_tramp, 0).code)
+            addr = self.kernel.text_alloc(size)
+            stub_code = assemble(gen_ftrace_stub_direct_tramp, addr)
+            self.machine.write_text(addr, stub_code.code)
+            self.machine.kallsyms.add("ftrace_stub_direct_tramp", addr, size, "t",
+                                      unwind=code_table(self.machine.arch, addr, size,
+                                                        stub_code.cfi))
+            self.stub_direct_tramp = addr
 
     def _add_symbols(self, code, names) -> None:
-        starts = sorted(code.labels[n] for n in names) + [code.end]
+        tables = symbol_tables(self.machine.arch, code, names)
         for name in names:
-            at = code.labels[name]
-            end = next(s for s in starts if s > at)
-            self.machine.kallsyms.add(name, at, end - at, "t")
+            t = tables[name]
+            self.machine.kallsyms.add(name, t.start, t.end - t.start, "t", unwind=t)
 
     # -- records and sites ------------------------------------------------------------------
     def rec_ip(self, site) -> int:

@@ -10,6 +10,7 @@ site, a frame record and the sum of every argument word plus a per-function cons
 from __future__ import annotations
 
 from . import encode as A
+from .frames import pop_frame, push_frame
 
 
 def const_bytes(value: int) -> bytes:
@@ -20,8 +21,7 @@ def const_bytes(value: int) -> bytes:
 
 
 def gen_body(e, words) -> None:
-    e.emit(A.stp_pre("x29", "x30", "sp", -16))             # stp x29, x30, [sp, #-16]!
-    e.emit(A.mov("x29", "sp"))                             # mov x29, sp
+    push_frame(e, 16)                                      # stp x29, x30, [sp, #-16]!; mov x29, sp
     e.label("const")
     e.emit(const_bytes(0))                                 # movz/movk x9, <constant>
     for kind, i in words:
@@ -31,5 +31,5 @@ def gen_body(e, words) -> None:
             e.emit(A.ldr("x10", "x29", 16 + 8 * i))        # ldr x10, [x29, #16+8k]
             e.emit(A.add_reg("x9", "x9", "x10"))           # add x9, x9, x10
     e.emit(A.mov("x0", "x9"))                              # mov x0, x9
-    e.emit(A.ldp_post("x29", "x30", "sp", 16))             # ldp x29, x30, [sp], #16
+    pop_frame(e, 16)                                       # ldp x29, x30, [sp], #16
     e.emit(A.ret())                                        # ret

@@ -22,6 +22,7 @@ from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from . import encode as A
+from .frames import site_entry
 
 INSN = 4
 MAX_REG_SLOTS = 8                 # x0-x7 carry arguments (AAPCS64)
@@ -239,13 +240,20 @@ class _Jit:
     # -- the trampoline ----------------------------------------------------------------------
     def prologue(self, e: Emitter) -> None:
         spec, f = self.spec, self.frame
+        site_entry(e)                                        # x30 = into the function, x9 = parent
         if spec.options.bti:
             # Reached by bl (site), br (ftrace_caller's br x17) and blr: jc accepts all three.
             e.emit(A.bti("jc"))                              # bti jc
         e.emit(A.stp_pre("x29", "x9", "sp", -16))            # stp x29, x9, [sp, #-16]!
+        e.cfi_def_cfa_offset(16)
+        e.cfi_offset("x29", -16)                             # the parent's record: the
+        e.cfi_offset("x30", -8)                              #   function's x29 and x30
         e.emit(A.mov("x29", "sp"))                           # mov x29, sp
         e.emit(A.stp_pre("x29", "x30", "sp", -16))           # stp x29, x30, [sp, #-16]!
+        e.cfi_def_cfa_offset(32)
+        e.cfi_offset("pc", -24)                              # ours: the return into the function
         e.emit(A.mov("x29", "sp"))                           # mov x29, sp
+        e.cfi_def_cfa("x29", 32)
         e.emit(A.sub_imm("sp", "sp", f.size))                # sub sp, sp, #size
         if f.ip is not None:
             e.emit(A.mov_addr(TMP, spec.func_addr))          # movn/movk/movk x10, #func_addr
@@ -290,13 +298,25 @@ class _Jit:
             e.emit(A.ldr("x0", "sp", f.retval))              # ldr x0, [sp, #retval]
         e.emit(A.mov("sp", "x29"))                           # mov sp, x29
         e.emit(A.ldp_post("x29", "x30", "sp", 16))           # ldp x29, x30, [sp], #16
+        e.cfi_def_cfa("sp", 16)
+        e.cfi_register("pc", "x30")
         e.emit(A.ldp_post("x29", "x9", "sp", 16))            # ldp x29, x9, [sp], #16
+        e.cfi_def_cfa_offset(0)
+        e.cfi_restore("x29")
+        e.cfi_register("x30", "x9")
         if spec.flags & TrampFlag.SKIP_FRAME:
             e.emit(A.mov("x30", "x9"))                       # mov x30, x9
+            e.cfi_restore("x30")
+            # The return into the function is now only in our popped record (nothing has
+            # written below sp since): the true chain keeps the function's frame until
+            # `ret x9` returns past it to the parent.
+            e.cfi_offset("pc", -24)
             e.emit(A.ret("x9"))                              # ret x9  (to the parent)
         else:
             e.emit(A.mov(TMP, "x30"))                        # mov x10, x30
             e.emit(A.mov("x30", "x9"))                       # mov x30, x9
+            e.cfi_register("pc", TMP)
+            e.cfi_restore("x30")
             e.emit(A.ret(TMP))                               # ret x10  (into the function)
 
     def __call__(self, e: Emitter) -> None:
