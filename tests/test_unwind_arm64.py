@@ -2,12 +2,6 @@
 every traced call and ftrace user (arch/arm64/unwind.py KERNELS_TO_CHECK), and a table of the
 kernel unwinder's verdicts at known pcs.
 
-Until unwind/core.py's cfi_unwind accepts a caller frame whose sp equals its callee's (an arm64
-function stopped at its patch site, `mov x9, x30; bl <tramp>`, has not allocated its frame:
-its CFA is the sp its trampoline was entered with), the rows are checked here with
-`site_frames_unwind`, the shared unwinder with that one rule relaxed.
-`test_shared_unwinder_still_refuses_site_frames` fails once the shared change lands: then set
-CHECKED_KERNELS = KERNELS_TO_CHECK and drop the stand-in.
 """
 from __future__ import annotations
 
@@ -18,47 +12,20 @@ from tramplab.arch.arm64 import unwind as AU
 from tramplab.check import unwind as U
 from tramplab.kernel import Kernel
 from tramplab.machine.disasm import disassemble
-from tramplab.unwind import core
 from tramplab.unwind.cfi import Table, make_row, at
 from tramplab.unwind.dwarf import table_from_frame
 
-from test_unwind import FTRACE_USERS, PROGRAM_SETS, _ftrace_setup
+from test_unwind import PROGRAM_SETS
+
+# ftrace users on bpf_fentry_test3 (check/unwind.py attach_ftrace_user)
+USERS = {"ops": ("ops",), "regs": ("regs-ops",), "direct-call": ("direct",),
+         "direct-after": ("direct-after",), "direct+ops": ("direct", "ops")}
+FTRACE_USERS = tuple(USERS)
 
 
-# ---------------------------------------------------------------------------------------------
-# The stand-in for the shared unwinder's rule.
-
-def site_frames_unwind(ctx, start, sp_name):
-    """core.cfi_unwind, except that a caller frame may have the callee's sp when its row keeps
-    the return address in a register (a frame not allocated yet) and the pc moves on."""
-    trace = core.Trace()
-    pc, regs, interrupted = start.pc, dict(start.regs), start.interrupted
-    while len(trace.pcs) < core.MAX_FRAMES:
-        trace.pcs.append(pc)
-        if pc == ctx.end:
-            trace.complete = trace.reliable = True
-            return trace
-        row = ctx.row(pc, interrupted)
-        if row is None:
-            trace.error = f"no unwind rows for {ctx.format(pc)}"
-            return trace
-        new_pc, new_regs, err = core.apply_row(ctx, row, regs, sp_name)
-        if err:
-            trace.error = f"at {ctx.format(pc)}: {err}"
-            return trace
-        grows = new_regs[sp_name] > regs[sp_name] or (
-            new_regs[sp_name] == regs[sp_name] and row.pc.kind == "reg" and new_pc != pc)
-        if not grows and new_pc != ctx.end and not interrupted:
-            trace.error = f"at {ctx.format(pc)}: the stack does not grow towards the caller"
-            return trace
-        pc, regs, interrupted = new_pc, new_regs, False
-    trace.error = f"more than {core.MAX_FRAMES} frames"
-    return trace
-
-
-@pytest.fixture
-def site_frames(monkeypatch):
-    monkeypatch.setattr(U, "cfi_unwind", site_frames_unwind)
+def _ftrace_setup(k, what):
+    for kind in USERS[what]:
+        U.attach_ftrace_user(k, kind, "bpf_fentry_test3")
 
 
 def _kernel(profile, options=()):
@@ -76,16 +43,6 @@ def _rows_wrong(k, checks):
              c.ours.error) for c in checks if "rows-wrong" in c.flags][:5]
 
 
-def test_shared_unwinder_still_refuses_site_frames():
-    """The reason for the stand-in: inside a trampoline the shared unwinder stops at the traced
-    function's frame (same sp as the trampoline's CFA).  When this fails, the shared rule has
-    changed: enable CHECKED_KERNELS."""
-    k = _kernel("v6.16")
-    r = U.run(k, ["fentry:bpf_fentry_test1"])
-    inside = [c for c in r.checks if k.symbol(c.pc).startswith("bpf_trampoline")]
-    assert inside and all("does not grow" in (c.ours.error or "") for c in inside)
-
-
 # ---------------------------------------------------------------------------------------------
 # Rows at every pc.
 
@@ -94,7 +51,7 @@ KERNELS = [pytest.param(p, o, id=p + ("-far" if o else "")) for p, o in AU.KERNE
 
 @pytest.mark.parametrize("profile,options", KERNELS)
 @pytest.mark.parametrize("programs", PROGRAM_SETS, ids=lambda p: "+".join(p))
-def test_rows_match_the_truth_at_every_pc(site_frames, profile, options, programs):
+def test_rows_match_the_truth_at_every_pc(profile, options, programs):
     k = _kernel(profile, options)
     r = U.run(k, list(programs))
     assert not r.flagged("rows-wrong"), _rows_wrong(k, r.checks)
@@ -105,7 +62,7 @@ def test_rows_match_the_truth_at_every_pc(site_frames, profile, options, program
 
 @pytest.mark.parametrize("profile,options", [pytest.param("v6.0", (), id="v6.0")] + KERNELS)
 @pytest.mark.parametrize("what", FTRACE_USERS)
-def test_ftrace_callers_and_direct_trampolines_rows(site_frames, profile, options, what):
+def test_ftrace_callers_and_direct_trampolines_rows(profile, options, what):
     k = _kernel(profile, options)
     if what.startswith("direct") and not k.profile.direct_calls:
         pytest.skip("no DYNAMIC_FTRACE_WITH_DIRECT_CALLS before v6.4")
@@ -351,7 +308,7 @@ FACTS = [
 
 
 @pytest.mark.parametrize("fact", FACTS, ids=[f[0] for f in FACTS])
-def test_kernel_facts(site_frames, fact):
+def test_kernel_facts(fact):
     _, profile, options, user, where, view, has, has_not, reliable = fact
     k = _kernel(profile, options)
     checks = _run_of(k, user)
@@ -369,7 +326,7 @@ def test_kernel_facts(site_frames, fact):
             assert trace.pcs == c.truth, where_
 
 
-def test_far_path_goes_through_ftrace_caller_and_br_x17(site_frames):
+def test_far_path_goes_through_ftrace_caller_and_br_x17():
     """FTRACE (far): the trampoline is 1 GiB from the text, out of bl range: the site's `bl`
     reaches ftrace_caller, which branches to the trampoline with `br x17`; every pc of the
     call is symbolised and its rows are right."""

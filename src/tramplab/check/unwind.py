@@ -118,11 +118,10 @@ def check_call(k, task, *, traced: set[int], unwinder: str | None = None,
     cpu = m.cpus[cpu_index]
     truth = CallChain(m, cpu)
     hosts = m.hostcalls.by_addr
-    checks = []
+    seen = []                       # (snapshot, callers, insn, ours, kernel, sleep)
     for _ in range(MAX_STEPS):
         pc = cpu.pc
-        chain = truth.chain(pc)
-        callers = {f.ret for f in truth.frames if f.entry in traced}
+        callers = {truth.ret_of(f) for f in truth.frames if f.entry in traced}
         start = _start(cpu, unwind)
         ours = cfi_unwind(ctx, start, unwind.SP)
         kernel = unwind.kernel_unwind(ctx, start, unwinder, "irq", k.profile)
@@ -131,21 +130,27 @@ def check_call(k, task, *, traced: set[int], unwinder: str | None = None,
         size = truth.insn_size(pc) if pc != ctx.end else 0
         code = m.memory.read(pc, size) if size else b""
         insn = disassemble(k.arch, code, pc, count=1)[0].text if size else "(returned)"
-        flags = []
-        if any(ctx.symbol(p) is None for p in chain):
-            flags.append("unsymbolised")
-        if ours.pcs != chain or not ours.complete:
-            flags.append("rows-wrong")
-        flags += compare(kernel, chain, callers, ctx)
-        if sleep is not None:
-            flags += [f"sleep:{f}" for f in compare(sleep, chain, callers, ctx)]
-        checks.append(PcCheck(pc, insn, chain, ours, kernel, sleep, flags))
+        seen.append((truth.snapshot(pc), callers, insn, ours, kernel, sleep))
         if pc == ctx.end:
-            return checks, task
+            return [_judge(ctx, *entry) for entry in seen], task
         old_sp = cpu.sp
         m.step(cpu, 1)
         truth.step(pc, old_sp, size, unwind.is_return(code))
     raise UsageError(f"the call did not return within {MAX_STEPS} instructions")
+
+
+def _judge(ctx, snap, callers, insn, ours, kernel, sleep) -> PcCheck:
+    """The flags of one pc, once the call has returned and its true chain is known."""
+    chain = CallChain.resolve(snap)
+    flags = []
+    if any(ctx.symbol(p) is None for p in chain):
+        flags.append("unsymbolised")
+    if ours.pcs != chain or not ours.complete:
+        flags.append("rows-wrong")
+    flags += compare(kernel, chain, callers, ctx)
+    if sleep is not None:
+        flags += [f"sleep:{f}" for f in compare(sleep, chain, callers, ctx)]
+    return PcCheck(snap[0], insn, chain, ours, kernel, sleep, flags)
 
 
 # ---------------------------------------------------------------------------------------------

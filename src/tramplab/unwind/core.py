@@ -118,12 +118,19 @@ def cfi_unwind(ctx: Context, start: Start, sp_name: str) -> Trace:
         if err:
             trace.error = f"at {ctx.format(pc)}: {err}"
             return trace
-        if new_regs[sp_name] <= regs[sp_name] and new_pc != ctx.end and not interrupted:
+        if not _grows(row, regs[sp_name], new_regs[sp_name]) and new_pc != ctx.end:
             trace.error = f"at {ctx.format(pc)}: the stack does not grow towards the caller"
             return trace
         pc, regs, interrupted = new_pc, new_regs, False
     trace.error = f"more than {MAX_FRAMES} frames"
     return trace
+
+
+def _grows(row: Row, sp: int, caller_sp: int) -> bool:
+    """The caller's frame lies above: its sp is higher, or the same where this frame keeps its
+    return address in a register and has not moved sp (a function at its patch site, a
+    trampoline's first instructions: nothing of theirs is on the stack yet)."""
+    return caller_sp > sp or (caller_sp == sp and row.pc.kind == "reg")
 
 
 def frame_record_walk(ctx: Context, fp: int, trace: Trace, record: tuple[int, int],

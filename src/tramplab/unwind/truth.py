@@ -15,10 +15,15 @@ each instruction that did not fall through to the next one:
 Where return addresses live on the stack (x86), a frame returns to what its slot holds *now*
 (code may rewrite it: ftrace_regs_caller's jmp-mode path, livepatch), and a frame ends when the
 stack pointer moves above its slot (`add rsp, 8` before the BPF trampoline returns to the
-parent).
+parent).  Where they live in registers, a frame whose return address is nowhere any more -- in no
+register and in no word of the live stack (at or above sp) -- is *lost*: what it was is known
+only when it ends.  If a return instruction then ends it, it returned to a rewritten address
+(livepatch set the saved pc): that address is its return address from the moment it was lost.
+If a return past it ends it (arm64's trampoline overwrote x30 with the parent's address before
+`ret x9`), it had already become the frame below: it is left out from the moment it was lost.
+So the chain of a pc is known once the call has returned: `snapshot` now, `resolve` after.
 
-The chain is the pc followed by the pending return addresses, innermost first: what a perfect
-unwinder reports."""
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,11 +31,15 @@ from dataclasses import dataclass
 from ..machine.disasm import disassemble
 
 
-@dataclass
+@dataclass(eq=False)
 class Pending:
     entry: int            # where the call went
     ret: int              # where it returns
     slot: int | None      # x86: the stack slot holding ret
+    link: int | None = None   # register arches: the register the call left ret in
+    lost: bool = False    # its return address is nowhere any more (register arches)
+    returned_to: int | None = None   # a lost frame ended by a return instruction: where to
+    skipped: bool = False            # a lost frame ended by a return past it
 
 
 class CallChain:
@@ -58,7 +67,23 @@ class CallChain:
         return self.machine.memory.read_u64(f.slot) if f.slot is not None else f.ret
 
     def chain(self, pc: int) -> list[int]:
-        return [pc] + [self.ret_of(f) for f in reversed(self.frames)]
+        """The chain now, as far as it is known now (see resolve)."""
+        return self.resolve(self.snapshot(pc))
+
+    def snapshot(self, pc: int) -> tuple:
+        """What the chain of this pc depends on: (pc, ((frame, its return address now, lost
+        now), ...)) innermost first."""
+        return pc, tuple((f, self.ret_of(f), f.lost) for f in reversed(self.frames))
+
+    @staticmethod
+    def resolve(snap) -> list[int]:
+        pc, frames = snap
+        out = [pc]
+        for f, ret, lost in frames:
+            if lost and f.skipped:
+                continue
+            out.append(f.returned_to if lost and f.returned_to is not None else ret)
+        return out
 
     def insn_size(self, pc: int) -> int:
         code = self.machine.memory.read(pc, self.arch.insn_max_size)
@@ -76,17 +101,51 @@ class CallChain:
         pc = cpu.pc
         fallthrough = old_pc + size
         if pc != fallthrough:
-            if self._is_call(old_sp, fallthrough):
-                self.frames.append(Pending(pc, fallthrough, cpu.sp if self.on_stack else None))
+            link = self._is_call(old_sp, fallthrough)
+            if link is not False:
+                self.frames.append(Pending(pc, fallthrough, cpu.sp if self.on_stack else None,
+                                           link))
             elif not self._return_to(pc, old_sp) and returns and self.frames \
                     and not self.on_stack:
                 # (on x86 a changed return address is read from its slot: a `ret` elsewhere
                 # popped something that was no frame's return address, a push-and-ret jump)
-                self.frames.pop()
+                self.frames.pop().returned_to = pc
         if self.on_stack:
             sp = cpu.sp
             while self.frames and self.frames[-1].slot is not None and self.frames[-1].slot < sp:
                 self.frames.pop()
+        elif len(self.frames) > 1 and not self.frames[-1].lost \
+                and not self._held(self.frames[-1].ret):
+            self._lose(self.frames[-1])
+
+    def _lose(self, f: Pending) -> None:
+        """f's return address is gone.  If its link register now holds another code address
+        that no frame below returns to, the return address was rewritten there (livepatch: the
+        saved pc put back in x30): f returns there.  Otherwise f is lost."""
+        new = self.cpu.fast.read(f.link) if f.link is not None else None
+        if new is not None and self.machine.kallsyms.lookup(new) is not None \
+                and new not in {g.ret for g in self.frames}:
+            f.ret = new
+        else:
+            f.lost = True
+
+    def _held(self, ret: int) -> bool:
+        """Is the return address still somewhere a return could take it from?"""
+        fast = self.cpu.fast
+        if any(fast.read(rid) == ret for rid in self._reg_ids):
+            return True
+        sp = self.cpu.sp
+        stack = self.machine.memory.region_at(sp)
+        if stack is None:
+            return False
+        live = self.machine.memory.read(sp, stack.end - sp)
+        word = ret.to_bytes(8, self.machine.arch.byteorder)
+        at = live.find(word)
+        while at >= 0:
+            if at % 8 == 0:
+                return True
+            at = live.find(word, at + 1)
+        return False
 
     def _return_to(self, pc: int, old_sp: int) -> bool:
         """pc is where a pending frame returns (x86: as its slot held before the instruction
@@ -95,14 +154,19 @@ class CallChain:
             f = self.frames[i]
             ret = f.ret if f.slot is None else self.machine.memory.read_u64(f.slot)
             if ret == pc:
+                for above in self.frames[i + 1:]:
+                    above.skipped = True          # returned past: they never returned
                 del self.frames[i:]
                 return True
         return False
 
-    def _is_call(self, old_sp: int, fallthrough: int) -> bool:
+    def _is_call(self, old_sp: int, fallthrough: int):
+        """False if the transfer was no call; else the register the return address went to
+        (None where calls push it)."""
         cpu = self.cpu
         if self.on_stack:
             sp = cpu.sp
-            return sp == old_sp - 8 and self.machine.memory.read_u64(sp) == fallthrough
+            return None if sp == old_sp - 8 and \
+                self.machine.memory.read_u64(sp) == fallthrough else False
         fast = cpu.fast
-        return any(fast.read(rid) == fallthrough for rid in self._reg_ids)
+        return next((rid for rid in self._reg_ids if fast.read(rid) == fallthrough), False)

@@ -218,9 +218,11 @@ def _args_return(e, direct: bool) -> None:
         e.emit(A.ldr("x9", "sp", r.lr))                    # ldr x9, [sp, #FREGS_LR]
         e.cfi_register("x30", "x9")
         e.emit(A.ldr("x30", "sp", r.pc))                   # ldr x30, [sp, #FREGS_PC]
-        e.cfi_register("pc", "x30")
         e.emit(A.add_imm("sp", "sp", FREGS_FRAME))         # add sp, sp, #FREGS_SIZE + 32
         e.cfi_def_cfa_offset(0)
+        # our record is gone with the frame: the return is x30's now (a livepatch may have
+        # changed it from the one the site's bl left in our record)
+        e.cfi_register("pc", "x30")
         # the early path's branch lands here too, with nothing saved: the same frame
         e.label("ftrace_caller_direct")
         # br x17 lands on a `bti c` and keeps the return-address predictor balanced.
@@ -388,9 +390,9 @@ def gen_sample_direct(e, kind: str, entry_host: int, exit_host: int) -> None:
     e.cfi_restore("x30")
     e.emit(A.add_imm("sp", "sp", SAMPLE_FRAME))            # add sp, sp, #112
     e.cfi_def_cfa_offset(0)
-    # pc stays [cfa-96]: the popped slot that still holds the body's address.  The true chain
-    # keeps the function's frame (we entered it by the site's bl) until this `ret` returns
-    # past it to the parent, and no register holds that address any more.
+    # the return into the function went with the frame: ours has become the function's, its
+    # return address (the parent's) in x30
+    e.cfi_register("pc", "x30")
     e.emit(A.ret())                                        # ret  (to the parent)
 
 

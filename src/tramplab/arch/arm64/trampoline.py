@@ -306,11 +306,10 @@ class _Jit:
         e.cfi_register("x30", "x9")
         if spec.flags & TrampFlag.SKIP_FRAME:
             e.emit(A.mov("x30", "x9"))                       # mov x30, x9
+            # the return into the function is gone: our frame has become the function's
+            # (its return address, the parent's, in x30 and x9)
+            e.cfi_register("pc", "x9")
             e.cfi_restore("x30")
-            # The return into the function is now only in our popped record (nothing has
-            # written below sp since): the true chain keeps the function's frame until
-            # `ret x9` returns past it to the parent.
-            e.cfi_offset("pc", -24)
             e.emit(A.ret("x9"))                              # ret x9  (to the parent)
         else:
             e.emit(A.mov(TMP, "x30"))                        # mov x10, x30

@@ -58,7 +58,7 @@ KERNELS_TO_CHECK = (("v6.4", ()), ("v6.16", ()), ("v6.16-bti", ()), ("latest", (
 #    no frame yet: its CFA is the sp its trampoline / ftrace_caller was entered with;
 #  * the "regs" ftrace user registers a SAVE_REGS ops, which a kernel without
 #    DYNAMIC_FTRACE_WITH_REGS (arm64 from v6.2) refuses with EINVAL: that case needs a skip.
-CHECKED_KERNELS = ()
+CHECKED_KERNELS = KERNELS_TO_CHECK
 
 
 # ---------------------------------------------------------------------------------------------
