@@ -33,13 +33,22 @@ def _site_insns(profile) -> int:
 
 
 def _gen_image(e, host: int, calls: int | None, site_insns: int) -> None:
+    # Unwind rows: the image is called (ra = return address); the site's rows are those of
+    # the nops it is JITed with.  Patched into the v6.3 sled, its jalr and `ld ra` would need
+    # the sled's rows (return address at -8(sp)), which a poke cannot give them: see
+    # arch/riscv64/unwind.py SledTable for the same sled in C functions.
     e.label("site")
     for _ in range(site_insns):
         e.emit(NOP)                                         # nop  (patch site)
     e.emit(R.addi("sp", "sp", -32))                         # addi sp, sp, -32
+    e.cfi_adjust_cfa_offset(32)
     e.emit(R.sd("ra", "sp", 24))                            # sd ra, 24(sp)
+    e.cfi_offset("pc", -8)
+    e.cfi_offset("ra", -8)
     e.emit(R.sd("s0", "sp", 16))                            # sd s0, 16(sp)
+    e.cfi_offset("s0", -16)
     e.emit(R.addi("s0", "sp", 32))                          # addi s0, sp, 32
+    e.cfi_def_cfa("s0", 0)
     if calls is not None:
         e.emit(R.sd("a0", "sp", 8))                         # sd a0, 8(sp)  (ctx)
         e.emit(R.li("a0", 1))                               # li a0, 1
@@ -48,8 +57,13 @@ def _gen_image(e, host: int, calls: int | None, site_insns: int) -> None:
     e.emit(R.auipc_jalr("ra", "ra", e.pc, host))            # call <program body>
     e.emit(R.mv("a5", "a0"))                                # mv a5, a0  (BPF R0)
     e.emit(R.ld("ra", "sp", 24))                            # ld ra, 24(sp)
+    e.cfi_restore("ra")
+    e.cfi_register("pc", "ra")
     e.emit(R.ld("s0", "sp", 16))                            # ld s0, 16(sp)
+    e.cfi_restore("s0")
+    e.cfi_def_cfa("sp", 32)
     e.emit(R.addi("sp", "sp", 32))                          # addi sp, sp, 32
+    e.cfi_def_cfa_offset(0)
     e.emit(R.ret())                                         # ret
 
 

@@ -54,6 +54,7 @@ from ...ftrace.arch_api import OPS_DIRECT_CALL, OPS_FUNC, ArchFtrace, SiteState,
 from ...jit import assemble
 from ...machine.rcu import Waiting
 from ...profiles import version_key
+from ...unwind import code_table
 from . import encode as R
 
 NOP4 = R.nop()
@@ -201,6 +202,30 @@ def _load(e, regs, layout: FrameLayout) -> None:
         e.emit(R.ld(reg, "sp", layout.slots[reg]))         # ld reg, SLOT(sp)
 
 
+# -- unwind directives ------------------------------------------------------------------------
+# Every caller keeps its CFA at the sp it was entered with.  The return address ("pc") is where
+# the site left it (t0 from the v6.3+ pair, ra from the sled), then in the save area; the traced
+# function's own return address (its caller's ra) stays in ra until the area holds it.
+
+def _cfi_entered_from_pair(e) -> None:
+    """Entered from `auipc t0; jalr t0`: the return address into the function is in t0, ra is
+    still the function's own."""
+    e.cfi_register("pc", "t0")
+
+
+def _cfi_entered_from_sled(e) -> None:
+    """Entered from the sled's `jalr ra`: the return address (func+12) is in ra; the function's
+    own ra is what the sled's `ld ra, -8(sp)` reloads right after the return, at CFA - 8."""
+    e.cfi_offset("ra", -8)
+
+
+def _cfi_saved(e, layout: FrameLayout, cfa_off: int, **columns: str) -> None:
+    """After the stores of a save area at CFA - cfa_off: column -> the slot holding it
+    (pc="epc": the return address is in the epc slot)."""
+    for column, slot in columns.items():
+        e.cfi_offset(column, layout.offset(slot) - cfa_off)
+
+
 # ----------------------------------------------------------------------------------------------
 # The sled era (v6.2): entered from `jalr ra` at func+8, ra = func+12, parent at -8(entry sp)
 # ----------------------------------------------------------------------------------------------
@@ -209,9 +234,14 @@ def gen_sled_ftrace_caller(e, op_var: int, stub: int) -> None:
     """v6.2 ftrace_caller: a0-a7 and ra in an ABI area under the sled's slot, callbacks get
     (func, parent, op, that area), `ret` back into the sled (its `ld ra` restores the parent)."""
     lay = ABI72_LAYOUT
+    frame = lay.size + 8
+    _cfi_entered_from_sled(e)
     e.emit(R.addi("sp", "sp", -8))                         # addi sp, sp, -SZREG  (keep the sled's slot)
+    e.cfi_adjust_cfa_offset(8)
     e.emit(R.addi("sp", "sp", -lay.size))                  # addi sp, sp, -ABI_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(lay.size)
     _store(e, (*ARG_REGS, "ra"), lay)
+    _cfi_saved(e, lay, frame, pc="ra")
     e.emit(R.addi("a0", "ra", -SLED_RA_OFFSET))            # addi a0, ra, -12  (ip = func)
     _load_function_trace_op(e, op_var)
     e.emit(R.ld("a1", "sp", lay.size))                     # ld a1, ABI_SIZE_ON_STACK(sp)  (parent)
@@ -219,8 +249,11 @@ def gen_sled_ftrace_caller(e, op_var: int, stub: int) -> None:
     e.label("ftrace_call")
     _emit_call(e, stub)                                    # ftrace_call: call ftrace_stub
     _load(e, (*ARG_REGS, "ra"), lay)
+    e.cfi_register("pc", "ra")
     e.emit(R.addi("sp", "sp", lay.size))                   # addi sp, sp, ABI_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-lay.size)
     e.emit(R.addi("sp", "sp", 8))                          # addi sp, sp, SZREG
+    e.cfi_adjust_cfa_offset(-8)
     e.emit(R.ret())                                        # ret  (to func+12: ld ra, -8(sp))
 
 
@@ -233,12 +266,19 @@ def gen_sled_ftrace_regs_caller(e, op_var: int, stub: int) -> None:
     ra = itself (riscv had no livepatch then).  The model returns through t0 with ra = the
     parent, as the v6.3 callers do, so epc may name any function entry; for epc = func+12 the
     sled's own `ld ra` reloads the same parent and only t0 (dead at a function entry) differs."""
+    frame = PT_SIZE + 8
+    _cfi_entered_from_sled(e)
     e.emit(R.addi("sp", "sp", -8))                         # addi sp, sp, -SZREG  (keep the sled's slot)
+    e.cfi_adjust_cfa_offset(8)
     e.emit(R.addi("sp", "sp", -PT_SIZE))                   # addi sp, sp, -PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(PT_SIZE)
     e.emit(R.sd("ra", "sp", PT["epc"]))                    # sd ra, PT_EPC(sp)  (func+12)
+    _cfi_saved(e, PT_LAYOUT, frame, pc="epc")
     e.emit(R.addi("sp", "sp", PT_SIZE))                    # addi sp, sp, PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-PT_SIZE)
     e.emit(R.ld("ra", "sp", 0))                            # ld ra, 0(sp)  (the parent, from the sled)
     e.emit(R.addi("sp", "sp", -PT_SIZE))                   # addi sp, sp, -PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(PT_SIZE)
     e.emit(R.sd("ra", "sp", PT["ra"]))                     # sd ra, PT_RA(sp)
     e.emit(R.ld("ra", "sp", PT["epc"]))                    # ld ra, PT_EPC(sp)
     _store(e, PT_ALL, PT_LAYOUT)
@@ -250,12 +290,17 @@ def gen_sled_ftrace_regs_caller(e, op_var: int, stub: int) -> None:
     _emit_call(e, stub)                                    # ftrace_regs_call: call ftrace_stub
     e.emit(R.ld("ra", "sp", PT["ra"]))                     # ld ra, PT_RA(sp)
     e.emit(R.addi("sp", "sp", PT_SIZE))                    # addi sp, sp, PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-PT_SIZE)
     e.emit(R.sd("ra", "sp", 0))                            # sd ra, 0(sp)  (back into the sled's slot)
     e.emit(R.addi("sp", "sp", -PT_SIZE))                   # addi sp, sp, -PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(PT_SIZE)
     _load(e, tuple(r for r in PT_ALL if r != "t0"), PT_LAYOUT)
     e.emit(R.ld("t0", "sp", PT["epc"]))                    # ld t0, PT_EPC(sp)  (model: see above)
+    e.cfi_register("pc", "t0")
     e.emit(R.addi("sp", "sp", PT_SIZE))                    # addi sp, sp, PT_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-PT_SIZE)
     e.emit(R.addi("sp", "sp", 8))                          # addi sp, sp, SZREG
+    e.cfi_adjust_cfa_offset(-8)
     e.emit(R.jr("t0"))                                     # jr t0
 
 
@@ -271,16 +316,52 @@ def _prepare_args(e, op_var: int, ra_offset: int) -> None:
     e.emit(R.mv("a3", "sp"))                               # mv a3, sp  (regs)
 
 
+def _save_epc_ra(e, lay: FrameLayout) -> None:
+    """SAVE_ABI_REGS' first stores: the area, then t0 (into the function) as epc and ra (the
+    parent).  (PT_SIZE_ON_STACK, PT_EPC, PT_RA of pt_regs; FREGS_* of ftrace_regs.)"""
+    e.emit(R.addi("sp", "sp", -lay.size))                  # addi sp, sp, -SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(lay.size)
+    e.emit(R.sd("t0", "sp", lay.slots["epc"]))             # sd t0, EPC(sp)
+    _cfi_saved(e, lay, lay.size, pc="epc")
+    e.emit(R.sd("ra", "sp", lay.slots["ra"]))              # sd ra, RA(sp)
+    _cfi_saved(e, lay, lay.size, ra="ra")
+
+
+def _load_epc_ra(e, lay: FrameLayout) -> None:
+    """t0 = epc (a callback may have changed it), ra = the parent (or what a callback put)."""
+    e.emit(R.ld("t0", "sp", lay.slots["epc"]))             # ld t0, EPC(sp)  (may be changed)
+    e.cfi_register("pc", "t0")
+    e.emit(R.ld("ra", "sp", lay.slots["ra"]))              # ld ra, RA(sp)
+    e.cfi_restore("ra")
+
+
+def _cfi_restored(e) -> None:
+    """After a RESTORE that reloaded t0 and ra: both hold the entry values again."""
+    e.cfi_register("pc", "t0")
+    e.cfi_restore("ra")
+
+
+def _free_area(e, lay: FrameLayout) -> None:
+    """addi sp, sp, PT_SIZE_ON_STACK | FREGS_SIZE_ON_STACK."""
+    e.emit(R.addi("sp", "sp", lay.size))                   # addi sp, sp, SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-lay.size)
+
+
 def gen_abi_ftrace_caller(e, op_var: int, stub: int) -> None:
     """v6.3 ftrace_caller: SAVE_ABI (a0-a7, t0, ra), callbacks, RESTORE_ABI, `jr t0`."""
     lay = ABI80_LAYOUT
+    _cfi_entered_from_pair(e)
     e.emit(R.addi("sp", "sp", -lay.size))                  # addi sp, sp, -ABI_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(lay.size)
     _store(e, (*ARG_REGS, "t0", "ra"), lay)
+    _cfi_saved(e, lay, lay.size, pc="t0", ra="ra")
     _prepare_args(e, op_var, PAIR_RA_OFFSET)
     e.label("ftrace_call")
     _emit_call(e, stub)                                    # ftrace_call: call ftrace_stub
     _load(e, (*ARG_REGS, "t0", "ra"), lay)
+    _cfi_restored(e)
     e.emit(R.addi("sp", "sp", lay.size))                   # addi sp, sp, ABI_SIZE_ON_STACK
+    e.cfi_adjust_cfa_offset(-lay.size)
     e.emit(R.jr("t0"))                                     # jr t0
 
 
@@ -289,17 +370,15 @@ def gen_partial_regs_ftrace_caller(e, op_var: int, stub: int) -> None:
     no t1 handling, so a direct ops sharing the site needs ftrace_regs_caller (MULTI_FLAGS has
     SAVE_REGS on WITH_REGS kernels)."""
     part = ("s0", *ARG_REGS)
-    e.emit(R.addi("sp", "sp", -PT_SIZE))                   # addi sp, sp, -PT_SIZE_ON_STACK
-    e.emit(R.sd("t0", "sp", PT["epc"]))                    # sd t0, PT_EPC(sp)
-    e.emit(R.sd("ra", "sp", PT["ra"]))                     # sd ra, PT_RA(sp)
+    _cfi_entered_from_pair(e)
+    _save_epc_ra(e, PT_LAYOUT)
     _store(e, part, PT_LAYOUT)
     _prepare_args(e, op_var, PAIR_RA_OFFSET)
     e.label("ftrace_call")
     _emit_call(e, stub)                                    # ftrace_call: call ftrace_stub
-    e.emit(R.ld("t0", "sp", PT["epc"]))                    # ld t0, PT_EPC(sp)
-    e.emit(R.ld("ra", "sp", PT["ra"]))                     # ld ra, PT_RA(sp)
+    _load_epc_ra(e, PT_LAYOUT)
     _load(e, part, PT_LAYOUT)
-    e.emit(R.addi("sp", "sp", PT_SIZE))                    # addi sp, sp, PT_SIZE_ON_STACK
+    _free_area(e, PT_LAYOUT)
     e.emit(R.jr("t0"))                                     # jr t0
 
 
@@ -308,19 +387,17 @@ def gen_pair_ftrace_regs_caller(e, op_var: int, stub: int, direct: bool) -> None
     before it is saved; arch_ftrace_set_direct_caller() sets regs->t1 and, once everything is
     restored (t0 = regs->epc, ra = regs->ra), `bnez t1` enters the trampoline with the site's
     register contract."""
+    _cfi_entered_from_pair(e)
     if direct:
         e.emit(R.mv("t1", "zero"))                         # mv t1, zero
-    e.emit(R.addi("sp", "sp", -PT_SIZE))                   # addi sp, sp, -PT_SIZE_ON_STACK
-    e.emit(R.sd("t0", "sp", PT["epc"]))                    # sd t0, PT_EPC(sp)
-    e.emit(R.sd("ra", "sp", PT["ra"]))                     # sd ra, PT_RA(sp)
+    _save_epc_ra(e, PT_LAYOUT)
     _store(e, PT_ALL, PT_LAYOUT)
     _prepare_args(e, op_var, PAIR_RA_OFFSET)
     e.label("ftrace_regs_call")
     _emit_call(e, stub)                                    # ftrace_regs_call: call ftrace_stub
-    e.emit(R.ld("t0", "sp", PT["epc"]))                    # ld t0, PT_EPC(sp)  (may be changed)
-    e.emit(R.ld("ra", "sp", PT["ra"]))                     # ld ra, PT_RA(sp)
+    _load_epc_ra(e, PT_LAYOUT)
     _load(e, tuple(r for r in PT_ALL if r != "t0"), PT_LAYOUT)
-    e.emit(R.addi("sp", "sp", PT_SIZE))                    # addi sp, sp, PT_SIZE_ON_STACK
+    _free_area(e, PT_LAYOUT)
     if direct:
         e.emit(R.bnez("t1", e.pc, e.label_addr("direct")))  # bnez t1, .Ldirect
     e.emit(R.jr("t0"))                                     # jr t0
@@ -340,6 +417,7 @@ def gen_args_ftrace_caller(e, lay: FrameLayout, op_var: int, stub: int, call_ops
     literal at -16(t0) and, if it has a direct_call, the trampoline is entered at once with
     nothing saved (t0, ra untouched; t1 clobbered); otherwise t1 is 0 when saved (it held
     op->direct_call, or `mv t1, zero` without CALL_OPS) and the list function may set it."""
+    _cfi_entered_from_pair(e)
     if call_ops:
         e.emit(R.ld("t1", "t0", CALL_OPS_LITERAL))         # ld t1, -16(t0)  (op)
         if direct:
@@ -348,9 +426,7 @@ def gen_args_ftrace_caller(e, lay: FrameLayout, op_var: int, stub: int, call_ops
     elif direct:
         e.emit(R.mv("t1", "zero"))                         # mv t1, zero
     regs = _fregs_regs(lay)
-    e.emit(R.addi("sp", "sp", -lay.size))                  # addi sp, sp, -FREGS_SIZE_ON_STACK
-    e.emit(R.sd("t0", "sp", lay.slots["epc"]))             # sd t0, FREGS_EPC(sp)
-    e.emit(R.sd("ra", "sp", lay.slots["ra"]))              # sd ra, FREGS_RA(sp)
+    _save_epc_ra(e, lay)
     _store(e, regs, lay)
     e.emit(R.addi("a0", "sp", lay.size))                   # addi a0, sp, FREGS_SIZE_ON_STACK
     e.emit(R.sd("a0", "sp", lay.slots["sp"]))              # sd a0, FREGS_SP(sp)  (the entry sp)
@@ -365,16 +441,21 @@ def gen_args_ftrace_caller(e, lay: FrameLayout, op_var: int, stub: int, call_ops
         _prepare_args(e, op_var, PAIR_RA_OFFSET)
         e.label("ftrace_call")
         _emit_call(e, stub)                                # ftrace_call: call ftrace_stub
-    e.emit(R.ld("t0", "sp", lay.slots["epc"]))             # ld t0, FREGS_EPC(sp)  (may be changed)
-    e.emit(R.ld("ra", "sp", lay.slots["ra"]))              # ld ra, FREGS_RA(sp)
+    _load_epc_ra(e, lay)
     _load(e, regs, lay)
-    e.emit(R.addi("sp", "sp", lay.size))                   # addi sp, sp, FREGS_SIZE_ON_STACK
+    _free_area(e, lay)
     if direct:
         e.emit(R.bnez("t1", e.pc, e.label_addr("ftrace_caller_direct")))  # bnez t1, ftrace_caller_direct
     e.emit(R.jr("t0"))                                     # jr t0
     if direct:
         e.label("ftrace_caller_direct")
         e.emit(R.jr("t1"))                                 # ftrace_caller_direct: jr t1
+
+
+def gen_ftrace_stub_direct_tramp(e) -> None:
+    """ftrace_stub_direct_tramp (v6.8+): a direct call's placeholder, entered from the site."""
+    _cfi_entered_from_pair(e)
+    e.emit(R.jr("t0"))                                     # jr t0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,8 +494,8 @@ class ArchFtraceImpl(ArchFtrace):
         else:
             self._install_with_args(stub)
         if p.direct_calls:
-            addr = self.kernel.text_alloc(R.jr("t0"), "ftrace_stub_direct_tramp")  # jr t0
-            self.stub_direct_tramp = addr
+            self.stub_direct_tramp = self._place("ftrace_stub_direct_tramp",
+                                                 gen_ftrace_stub_direct_tramp).base
         self._site_callers = [c for c in self.callers if c.call_site is not None]
 
     def _install_with_regs(self, stub: int) -> None:
@@ -439,14 +520,21 @@ class ArchFtraceImpl(ArchFtrace):
                                                     p.direct_calls),
                    lay, None if call_ops else "ftrace_call")
 
-    def _emit(self, name: str, gen, layout: FrameLayout, call_label: str | None) -> None:
+    def _place(self, name: str, gen):
+        """Generated kernel text with its symbol and unwind rows."""
         size = len(assemble(gen, self.kernel.text_arena.region.start).code)   # sizing pass
         base = self.kernel.text_arena.alloc(size, 16)
         code = assemble(gen, base)
         self.machine.write_text(base, code.code)
-        self.machine.kallsyms.add(name, base, len(code.code), "t")
+        self.machine.kallsyms.add(name, base, len(code.code), "t",
+                                  unwind=code_table(self.machine.arch, base, len(code.code),
+                                                    code.cfi))
+        return code
+
+    def _emit(self, name: str, gen, layout: FrameLayout, call_label: str | None) -> None:
+        code = self._place(name, gen)
         site = code.labels[call_label] if call_label else None
-        self.callers.append(Caller(name, base, code.end, layout, site))
+        self.callers.append(Caller(name, code.base, code.end, layout, site))
 
     def _caller(self, name: str) -> Caller | None:
         return next((c for c in self.callers if c.name == name), None)
@@ -639,20 +727,30 @@ class ArchFtraceImpl(ArchFtrace):
         `jr t0`; "after" then calls the function body itself through t0, passes its return
         value to the exit helper and returns it to the parent through ra."""
         frame = 80
+        _cfi_entered_from_pair(e)
         e.emit(R.addi("sp", "sp", -frame))                 # addi sp, sp, -80
+        e.cfi_adjust_cfa_offset(frame)
         for i, reg in enumerate(ARG_REGS):
             e.emit(R.sd(reg, "sp", 8 * i))                 # sd aN, 8N(sp)
         e.emit(R.sd("t0", "sp", 64))                       # sd t0, 64(sp)  (into the function)
+        e.cfi_offset("pc", 64 - frame)
         e.emit(R.sd("ra", "sp", 72))                       # sd ra, 72(sp)  (the parent)
+        e.cfi_offset("ra", 72 - frame)
         _emit_call_anywhere(e, entry_host)                 # call my_direct_func  (a0 = arg 0)
         for i, reg in enumerate(ARG_REGS):
             e.emit(R.ld(reg, "sp", 8 * i))                 # ld aN, 8N(sp)
         e.emit(R.ld("t0", "sp", 64))                       # ld t0, 64(sp)
         if kind == "call":
+            e.cfi_register("pc", "t0")
             e.emit(R.ld("ra", "sp", 72))                   # ld ra, 72(sp)
+            e.cfi_restore("ra")
             e.emit(R.addi("sp", "sp", frame))              # addi sp, sp, 80
+            e.cfi_adjust_cfa_offset(-frame)
             e.emit(R.jr("t0"))                             # jr t0  (into the function)
             return
+        # The function returns here and this frame goes on as its own: it still returns to
+        # func+8 (as the truth sees it) until the `ret` to the parent; the slot keeps that
+        # address (the body clobbers t0), also once sp is above it.
         e.emit(R.jalr("ra", "t0", 0))                      # jalr ra, 0(t0)  (run the function)
         e.emit(R.sd("a0", "sp", 0))                        # sd a0, 0(sp)  (its return value)
         e.emit(R.sd("a1", "sp", 8))                        # sd a1, 8(sp)
@@ -660,5 +758,7 @@ class ArchFtraceImpl(ArchFtrace):
         e.emit(R.ld("a0", "sp", 0))                        # ld a0, 0(sp)
         e.emit(R.ld("a1", "sp", 8))                        # ld a1, 8(sp)
         e.emit(R.ld("ra", "sp", 72))                       # ld ra, 72(sp)
+        e.cfi_restore("ra")
         e.emit(R.addi("sp", "sp", frame))                  # addi sp, sp, 80
+        e.cfi_adjust_cfa_offset(-frame)
         e.emit(R.ret())                                    # ret  (to the parent)

@@ -23,6 +23,9 @@ TIMELINE = {
     "bpf_site_fix": "6.4",     # Pu Lehui: the BPF trampoline adapted to the 8-byte site
     "jalr_only": "6.16",       # Andy Chiu: only the jalr is patched; preemptible tracing
     "reliable_stacktrace": None,   # riscv selects no HAVE_RELIABLE_STACKTRACE (no livepatch)
+    # walk_stackframe's leaf case tests fp_is_valid(frame->ra) instead of frame->fp & 7
+    # (a2a4d4a6a0bf "riscv: stacktrace: fixed walk_stackframe()", merged for v6.10)
+    "stacktrace_leaf_ra": "6.10",
 }
 
 

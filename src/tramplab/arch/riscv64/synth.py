@@ -18,10 +18,17 @@ def const_bytes(value: int) -> bytes:
 
 
 def gen_body(e, words) -> None:
+    """Unwind directives from the function's entry (the patch site before the body keeps the
+    entry row)."""
     e.emit(R.addi("sp", "sp", -16))                        # addi sp, sp, -16
+    e.cfi_adjust_cfa_offset(16)
     e.emit(R.sd("ra", "sp", 8))                            # sd ra, 8(sp)
+    e.cfi_offset("pc", -8)
+    e.cfi_offset("ra", -8)
     e.emit(R.sd("s0", "sp", 0))                            # sd s0, 0(sp)
+    e.cfi_offset("s0", -16)
     e.emit(R.addi("s0", "sp", 16))                         # addi s0, sp, 16
+    e.cfi_def_cfa("s0", 0)
     e.label("const")
     e.emit(const_bytes(0))                                 # lui t0; addiw t0: <constant>
     for kind, i in words:
@@ -32,6 +39,11 @@ def gen_body(e, words) -> None:
             e.emit(R.add("t0", "t0", "t1"))                # add t0, t0, t1
     e.emit(R.mv("a0", "t0"))                               # mv a0, t0
     e.emit(R.ld("ra", "sp", 8))                            # ld ra, 8(sp)
+    e.cfi_restore("ra")
+    e.cfi_register("pc", "ra")
     e.emit(R.ld("s0", "sp", 0))                            # ld s0, 0(sp)
+    e.cfi_restore("s0")
+    e.cfi_def_cfa("sp", 16)
     e.emit(R.addi("sp", "sp", 16))                         # addi sp, sp, 16
+    e.cfi_def_cfa_offset(0)
     e.emit(R.ret())                                        # ret

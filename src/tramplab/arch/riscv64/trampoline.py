@@ -425,38 +425,63 @@ class _Jit:
         else:
             self.enter_frames_from_site()
 
+    # Unwind directives: the CFA is the sp the trampoline was entered with throughout (FP of
+    # the v6.3 and INDIRECT frames, FP + 16 of the traced function's record).  The return
+    # address ("pc") is where the entry left it, then in the record of the frame it returns
+    # from; "ra" (the caller's own return address) and s0 until they are saved.
+
     def enter_frames_from_site(self) -> None:
         """The parent's record (ra = parent), then the traced function's (t0 = into it)."""
-        n = self.f.stack_size
-        self.e.note("frame record of the parent: ra, fp")
+        n, e = self.f.stack_size, self.e
+        e.cfi_register("pc", "t0")                          # the site's jalr t0 linked t0
+        e.note("frame record of the parent: ra, fp")
         self.addi("sp", "sp", -16)                          # addi sp, sp, -16
+        e.cfi_adjust_cfa_offset(16)
         self.sd("ra", "sp", 8)                              # sd ra, 8(sp)
+        e.cfi_offset("ra", -8)
         self.sd("fp", "sp", 0)                              # sd fp, 0(sp)
+        e.cfi_offset("s0", -16)
         self.addi("fp", "sp", 16)                           # addi fp, sp, 16
-        self.e.note("frame record of the traced function: t0, fp")
+        e.cfi_def_cfa("s0", 0)
+        e.note("frame record of the traced function: t0, fp")
         self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
         self.sd("t0", "sp", n - 8)                          # sd t0, stack_size-8(sp)
+        e.cfi_offset("pc", -16 - 8)
         self.sd("fp", "sp", n - 16)                         # sd fp, stack_size-16(sp)
         self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+        e.cfi_def_cfa("s0", 16)
 
     def enter_frame_direct(self) -> None:
         """struct_ops (INDIRECT): called like a function, one record with ra."""
-        n = self.f.stack_size
+        n, e = self.f.stack_size, self.e
         self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
+        e.cfi_adjust_cfa_offset(n)
         self.sd("ra", "sp", n - 8)                          # sd ra, stack_size-8(sp)
+        e.cfi_offset("pc", -8)
+        e.cfi_offset("ra", -8)
         self.sd("fp", "sp", n - 16)                         # sd fp, stack_size-16(sp)
+        e.cfi_offset("s0", -16)
         self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+        e.cfi_def_cfa("s0", 0)
 
     def enter_frame_v63(self) -> None:
         """FP = sp at entry, so the sled's saved parent ra is FP-8; ra (into the function) is
         kept at FP-retaddr_off."""
-        f = self.f
+        f, e = self.f, self.e
         n = f.stack_size
-        self.e.note("v6.3 frame: the sled left the parent's ra at FP-8")
+        if not self.spec.flags & F.INDIRECT:
+            # entered from the sled's `jalr ra`: the return address in ra; the caller's own ra
+            # is at CFA - 8, where the sled's `ld ra, -8(sp)` reloads it right after the return
+            e.cfi_offset("ra", -8)
+        e.note("v6.3 frame: the sled left the parent's ra at FP-8")
         self.addi("sp", "sp", -n)                           # addi sp, sp, -stack_size
+        e.cfi_adjust_cfa_offset(n)
         self.sd("ra", "sp", n - f.retaddr_off)              # sd ra, stack_size-retaddr_off(sp)
+        e.cfi_offset("pc", -f.retaddr_off)
         self.sd("fp", "sp", n - f.fp_off)                   # sd fp, stack_size-fp_off(sp)
+        e.cfi_offset("s0", -f.fp_off)
         self.addi("fp", "sp", n)                            # addi fp, sp, stack_size
+        e.cfi_def_cfa("s0", 0)
 
     def leave_frames(self) -> None:
         if self.f.version == V63:
@@ -467,36 +492,56 @@ class _Jit:
             self.leave_frames_to_site()
 
     def leave_frames_to_site(self) -> None:
-        n = self.f.stack_size
-        self.e.note("unwind both records: t0 = into the function, ra = parent")
+        n, e = self.f.stack_size, self.e
+        e.note("unwind both records: t0 = into the function, ra = parent")
         self.ld("t0", "sp", n - 8)                          # ld t0, stack_size-8(sp)
+        e.cfi_register("pc", "t0")
         self.ld("fp", "sp", n - 16)                         # ld fp, stack_size-16(sp)
+        e.cfi_def_cfa("s0", 0)                              # (fp of the parent's record)
         self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        e.cfi_def_cfa("sp", 16)
         self.ld("ra", "sp", 8)                              # ld ra, 8(sp)
+        e.cfi_restore("ra")
         self.ld("fp", "sp", 0)                              # ld fp, 0(sp)
+        e.cfi_restore("s0")
         self.addi("sp", "sp", 16)                           # addi sp, sp, 16
+        e.cfi_def_cfa_offset(0)
+        # SKIP_FRAME: `jr ra` returns to the parent for the function too, whose frame (and
+        # ours, returning to t0) ends there
         if self.spec.flags & F.SKIP_FRAME:
             self.jr("ra")                                   # jalr zero, ra  (to the parent)
         else:
             self.jr("t0")                                   # jalr zero, t0  (into the function)
 
     def leave_frame_direct(self) -> None:
-        n = self.f.stack_size
+        n, e = self.f.stack_size, self.e
         self.ld("ra", "sp", n - 8)                          # ld ra, stack_size-8(sp)
+        e.cfi_restore("ra")
+        e.cfi_register("pc", "ra")
         self.ld("fp", "sp", n - 16)                         # ld fp, stack_size-16(sp)
+        e.cfi_restore("s0")
+        e.cfi_def_cfa("sp", n)
         self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        e.cfi_def_cfa_offset(0)
         self.jr("ra")                                       # jalr zero, ra
 
     def leave_frame_v63(self) -> None:
-        f = self.f
+        f, e = self.f, self.e
         n = f.stack_size
         if self.spec.flags & F.SKIP_FRAME:
-            self.e.note("v6.3: the parent's ra, from where the sled put it")
+            # ra = the parent: no register holds the return address into the function now,
+            # its record slot still does (until the jr, which ends both frames)
+            e.note("v6.3: the parent's ra, from where the sled put it")
             self.ld("ra", "sp", n - 8)                      # ld ra, stack_size-8(sp)  (FP-8)
+            e.cfi_restore("ra")
         else:
             self.ld("ra", "sp", n - f.retaddr_off)          # ld ra, stack_size-retaddr_off(sp)
+            e.cfi_register("pc", "ra")
         self.ld("fp", "sp", n - f.fp_off)                   # ld fp, stack_size-fp_off(sp)
+        e.cfi_restore("s0")
+        e.cfi_def_cfa("sp", n)
         self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
+        e.cfi_def_cfa_offset(0)
         self.jr("ra")                                       # jalr zero, ra
 
     # -- the whole trampoline -------------------------------------------------------------------
