@@ -16,61 +16,9 @@ from tramplab.kernel import Kernel
 from tramplab.machine.machine import CallTask
 from tramplab.unwind import code_table
 from tramplab.unwind.cfi import Table, at, make_row
-from tramplab.unwind.core import MAX_FRAMES, Start, Trace, apply_row
+from tramplab.unwind.core import Start
 
 RV = arch_module("riscv64", "unwind")
-
-
-# ---------------------------------------------------------------------------------------------
-# tramplab's unwinder, as the riscv rows need it
-# ---------------------------------------------------------------------------------------------
-
-def _cfi_unwind_relaxed(ctx, start, sp_name):
-    """unwind/core.py cfi_unwind with one change: a caller frame may have the CFA of its callee
-    (`<` for `<=`).  A function that called ftrace_caller or a trampoline from its patch site
-    has no stack frame yet, its CFA is the callee's; the shared unwinder stops there.  Used only
-    while the shared one does (RV.unwinder_follows_frameless_callers())."""
-    trace = Trace()
-    pc, regs, interrupted = start.pc, dict(start.regs), start.interrupted
-    while len(trace.pcs) < MAX_FRAMES:
-        trace.pcs.append(pc)
-        if pc == ctx.end:
-            trace.complete = trace.reliable = True
-            return trace
-        row = ctx.row(pc, interrupted)
-        if row is None:
-            trace.error = f"no unwind rows for {ctx.format(pc)}"
-            return trace
-        new_pc, new_regs, err = apply_row(ctx, row, regs, sp_name)
-        if err:
-            trace.error = f"at {ctx.format(pc)}: {err}"
-            return trace
-        if new_regs[sp_name] < regs[sp_name] and new_pc != ctx.end and not interrupted:
-            trace.error = f"at {ctx.format(pc)}: the stack does not grow towards the caller"
-            return trace
-        pc, regs, interrupted = new_pc, new_regs, False
-    trace.error = f"more than {MAX_FRAMES} frames"
-    return trace
-
-
-@pytest.fixture(autouse=True)
-def frameless_callers(monkeypatch):
-    if not RV.unwinder_follows_frameless_callers():
-        monkeypatch.setattr(U, "cfi_unwind", _cfi_unwind_relaxed)
-
-
-def test_the_shared_unwinder_stops_at_a_frameless_caller_until_relaxed():
-    """The probe behind CHECKED_KERNELS agrees with the relaxed copy (and, once the shared
-    unwinder accepts such callers, the shared tests check riscv64 themselves)."""
-    assert RV.CHECKED_KERNELS == (RV.KERNELS if RV.unwinder_follows_frameless_callers()
-                                  else ())
-    import tramplab.unwind.core as core
-    saved = core.cfi_unwind
-    try:
-        core.cfi_unwind = _cfi_unwind_relaxed
-        assert RV.unwinder_follows_frameless_callers()
-    finally:
-        core.cfi_unwind = saved
 
 
 def _rows_wrong(k, checks):
@@ -176,7 +124,7 @@ def test_trampoline_on_a_bpf_program_rows(profile, kinds):
     k = Kernel("riscv64", profile=profile)
     _, checks = _prog_target(k, kinds)
     assert not _rows_wrong(k, checks)
-    assert any(k.symbol(c.pc).startswith("bpf_trampoline_subprog") for c in checks)
+    assert any(k.symbol(c.pc).startswith("bpf_trampoline_") for c in checks)
 
 
 @pytest.mark.parametrize("kinds", [("fentry",), ("fexit",)], ids="+".join)
@@ -189,7 +137,7 @@ def test_v63_trampoline_on_a_bpf_program_rows(kinds):
     target, checks = _prog_target(k, kinds)
     wrong = {c.pc - target.image for c in checks if "rows-wrong" in c.flags}
     assert wrong == ({8} if kinds == ("fexit",) else {8, 12})   # fexit returns to the parent
-    assert any(k.symbol(c.pc).startswith("bpf_trampoline_subprog") for c in checks)
+    assert any(k.symbol(c.pc).startswith("bpf_trampoline_") for c in checks)
 
 
 @pytest.mark.parametrize("profile", ["v6.8", "latest"])
@@ -356,7 +304,7 @@ def test_v63_trampoline_record_hides_the_program_and_trips_the_leaf_test():
     assert "sleep:skipped" in enter.flags
     assert target.image + 12 not in enter.sleep.pcs
     after = next(c for c in checks[checks.index(enter):]
-                 if name(c).startswith("bpf_trampoline_subprog"))
+                 if name(c).startswith("bpf_trampoline_"))
     assert after.kernel.pcs[:2] == [after.pc, after.pc] and "duplicated" in after.flags
     assert "leaf: ra from pt_regs" in after.kernel.notes
 

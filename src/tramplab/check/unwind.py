@@ -31,7 +31,7 @@ from ..arch import arch_module
 from ..errors import UsageError
 from ..machine.disasm import disassemble
 from ..unwind.core import Context, Start, Trace, cfi_unwind
-from ..unwind.truth import CallChain
+from ..unwind.truth import CallChain, pick
 
 MAX_STEPS = 100_000
 
@@ -116,7 +116,7 @@ def check_call(k, task, *, traced: set[int], unwinder: str | None = None,
     ctx = Context(m, cpu_index, k.profile)
     m.start(task)
     cpu = m.cpus[cpu_index]
-    truth = CallChain(m, cpu)
+    truth = CallChain(m, cpu, getattr(unwind, "LIVE_BELOW_SP", 0))
     hosts = m.hostcalls.by_addr
     seen = []                       # (snapshot, callers, insn, ours, kernel, sleep)
     for _ in range(MAX_STEPS):
@@ -141,15 +141,16 @@ def check_call(k, task, *, traced: set[int], unwinder: str | None = None,
 
 def _judge(ctx, snap, callers, insn, ours, kernel, sleep) -> PcCheck:
     """The flags of one pc, once the call has returned and its true chain is known."""
-    chain = CallChain.resolve(snap)
+    either = CallChain.resolve(snap)
+    chain = pick(either, ours.pcs)
     flags = []
     if any(ctx.symbol(p) is None for p in chain):
         flags.append("unsymbolised")
     if ours.pcs != chain or not ours.complete:
         flags.append("rows-wrong")
-    flags += compare(kernel, chain, callers, ctx)
+    flags += compare(kernel, pick(either, kernel.pcs), callers, ctx)
     if sleep is not None:
-        flags += [f"sleep:{f}" for f in compare(sleep, chain, callers, ctx)]
+        flags += [f"sleep:{f}" for f in compare(sleep, pick(either, sleep.pcs), callers, ctx)]
     return PcCheck(snap[0], insn, chain, ours, kernel, sleep, flags)
 
 

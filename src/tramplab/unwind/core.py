@@ -105,6 +105,10 @@ def cfi_unwind(ctx: Context, start: Start, sp_name: str) -> Trace:
     with the reason) at a pc without rows."""
     trace = Trace()
     pc, regs, interrupted = start.pc, dict(start.regs), start.interrupted
+    # A caller's frame may have its callee's sp (a function stopped at its patch site has no
+    # frame yet; the old riscv sled saved ra below sp): sp must not go down, and no (pc, sp)
+    # may come back.
+    seen = {(pc, regs[sp_name])}
     while len(trace.pcs) < MAX_FRAMES:
         trace.pcs.append(pc)
         if pc == ctx.end:
@@ -118,19 +122,14 @@ def cfi_unwind(ctx: Context, start: Start, sp_name: str) -> Trace:
         if err:
             trace.error = f"at {ctx.format(pc)}: {err}"
             return trace
-        if not _grows(row, regs[sp_name], new_regs[sp_name]) and new_pc != ctx.end:
+        if new_pc != ctx.end and (new_regs[sp_name] < regs[sp_name] or
+                                  (new_pc, new_regs[sp_name]) in seen):
             trace.error = f"at {ctx.format(pc)}: the stack does not grow towards the caller"
             return trace
+        seen.add((new_pc, new_regs[sp_name]))
         pc, regs, interrupted = new_pc, new_regs, False
     trace.error = f"more than {MAX_FRAMES} frames"
     return trace
-
-
-def _grows(row: Row, sp: int, caller_sp: int) -> bool:
-    """The caller's frame lies above: its sp is higher, or the same where this frame keeps its
-    return address in a register and has not moved sp (a function at its patch site, a
-    trampoline's first instructions: nothing of theirs is on the stack yet)."""
-    return caller_sp > sp or (caller_sp == sp and row.pc.kind == "reg")
 
 
 def frame_record_walk(ctx: Context, fp: int, trace: Trace, record: tuple[int, int],

@@ -43,7 +43,7 @@ class Pending:
 
 
 class CallChain:
-    def __init__(self, machine, cpu):
+    def __init__(self, machine, cpu, below_sp: int = 0):
         self.machine = machine
         self.cpu = cpu
         self.arch = machine.arch
@@ -54,6 +54,7 @@ class CallChain:
         self._reg_ids = [cpu.reg_id(r) for r in self.arch.gpr if r not in (self.arch.sp, "xzr", "zero")
                          and self._has(cpu, r)]
         self._sizes: dict[tuple[int, bytes], int] = {}
+        self.below_sp = below_sp      # bytes under sp that code of this arch keeps live
 
     @staticmethod
     def _has(cpu, name: str) -> bool:
@@ -76,13 +77,20 @@ class CallChain:
         return pc, tuple((f, self.ret_of(f), f.lost) for f in reversed(self.frames))
 
     @staticmethod
-    def resolve(snap) -> list[int]:
+    def resolve(snap) -> list:
+        """The chain of a snapshot, once the call has returned.  A frame that ended by
+        returning to a rewritten address while its original one was still somewhere (riscv's
+        saved t0 next to the rewritten epc) is either, until it returns: a (ret, rewritten)
+        pair -- see `pick`."""
         pc, frames = snap
         out = [pc]
         for f, ret, lost in frames:
             if lost and f.skipped:
                 continue
-            out.append(f.returned_to if lost and f.returned_to is not None else ret)
+            if f.returned_to is None or f.returned_to == ret:
+                out.append(ret)
+            else:
+                out.append(f.returned_to if lost else (ret, f.returned_to))
         return out
 
     def insn_size(self, pc: int) -> int:
@@ -114,18 +122,21 @@ class CallChain:
             sp = cpu.sp
             while self.frames and self.frames[-1].slot is not None and self.frames[-1].slot < sp:
                 self.frames.pop()
-        elif len(self.frames) > 1 and not self.frames[-1].lost \
-                and not self._held(self.frames[-1].ret):
-            self._lose(self.frames[-1])
+        elif len(self.frames) > 1 and not self.frames[-1].lost:
+            f = self.frames[-1]
+            if not self._held(f.ret) and (f.returned_to is None or not self._held(f.returned_to)):
+                self._lose(f)
 
     def _lose(self, f: Pending) -> None:
-        """f's return address is gone.  If its link register now holds another code address
+        """f's return address is gone.  If its link register now holds the start of a function
         that no frame below returns to, the return address was rewritten there (livepatch: the
-        saved pc put back in x30): f returns there.  Otherwise f is lost."""
+        new function, from the saved pc put back in x30): f returns there.  Otherwise f is
+        lost."""
         new = self.cpu.fast.read(f.link) if f.link is not None else None
-        if new is not None and self.machine.kallsyms.lookup(new) is not None \
+        sym = self.machine.kallsyms.lookup(new) if new is not None else None
+        if f.returned_to is None and sym is not None and sym.addr == new \
                 and new not in {g.ret for g in self.frames}:
-            f.ret = new
+            f.returned_to = new           # it will return there: either, until it does
         else:
             f.lost = True
 
@@ -134,7 +145,7 @@ class CallChain:
         fast = self.cpu.fast
         if any(fast.read(rid) == ret for rid in self._reg_ids):
             return True
-        sp = self.cpu.sp
+        sp = self.cpu.sp - self.below_sp
         stack = self.machine.memory.region_at(sp)
         if stack is None:
             return False
@@ -153,7 +164,7 @@ class CallChain:
         for i in range(len(self.frames) - 1, -1, -1):
             f = self.frames[i]
             ret = f.ret if f.slot is None else self.machine.memory.read_u64(f.slot)
-            if ret == pc:
+            if pc in (ret, f.returned_to):
                 for above in self.frames[i + 1:]:
                     above.skipped = True          # returned past: they never returned
                 del self.frames[i:]
@@ -170,3 +181,15 @@ class CallChain:
                 self.machine.memory.read_u64(sp) == fallthrough else False
         fast = cpu.fast
         return next((rid for rid in self._reg_ids if fast.read(rid) == fallthrough), False)
+
+
+def pick(chain: list, pcs: list[int]) -> list[int]:
+    """`chain` with each either-frame resolved the way `pcs` (an unwinder's trace) has it, or
+    to its original return address where the trace has neither."""
+    out = []
+    for i, want in enumerate(chain):
+        if isinstance(want, tuple):
+            got = pcs[i] if i < len(pcs) else None
+            want = got if got in want else want[0]
+        out.append(want)
+    return out

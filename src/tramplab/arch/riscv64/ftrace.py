@@ -748,9 +748,8 @@ class ArchFtraceImpl(ArchFtrace):
             e.cfi_adjust_cfa_offset(-frame)
             e.emit(R.jr("t0"))                             # jr t0  (into the function)
             return
-        # The function returns here and this frame goes on as its own: it still returns to
-        # func+8 (as the truth sees it) until the `ret` to the parent; the slot keeps that
-        # address (the body clobbers t0), also once sp is above it.
+        # The function returns here and this frame goes on as its own: it returns to func+8
+        # (kept in its slot; the body clobbers t0) until the frame is popped.
         e.emit(R.jalr("ra", "t0", 0))                      # jalr ra, 0(t0)  (run the function)
         e.emit(R.sd("a0", "sp", 0))                        # sd a0, 0(sp)  (its return value)
         e.emit(R.sd("a1", "sp", 8))                        # sd a1, 8(sp)
@@ -761,4 +760,7 @@ class ArchFtraceImpl(ArchFtrace):
         e.cfi_restore("ra")
         e.emit(R.addi("sp", "sp", frame))                  # addi sp, sp, 80
         e.cfi_adjust_cfa_offset(-frame)
+        # the return into the function went with the frame: ours has become the function's,
+        # its return address (the parent's) in ra
+        e.cfi_register("pc", "ra")
         e.emit(R.ret())                                    # ret  (to the parent)

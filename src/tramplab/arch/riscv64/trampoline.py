@@ -528,9 +528,10 @@ class _Jit:
     def leave_frame_v63(self) -> None:
         f, e = self.f, self.e
         n = f.stack_size
-        if self.spec.flags & F.SKIP_FRAME:
+        skip = self.spec.flags & F.SKIP_FRAME
+        if skip:
             # ra = the parent: no register holds the return address into the function now,
-            # its record slot still does (until the jr, which ends both frames)
+            # its record slot still does (until the frame is popped)
             e.note("v6.3: the parent's ra, from where the sled put it")
             self.ld("ra", "sp", n - 8)                      # ld ra, stack_size-8(sp)  (FP-8)
             e.cfi_restore("ra")
@@ -542,6 +543,10 @@ class _Jit:
         e.cfi_def_cfa("sp", n)
         self.addi("sp", "sp", n)                            # addi sp, sp, stack_size
         e.cfi_def_cfa_offset(0)
+        if skip:
+            # the return into the function went with the frame: ours has become the
+            # function's, returning to the parent through ra
+            e.cfi_register("pc", "ra")
         self.jr("ra")                                       # jalr zero, ra
 
     # -- the whole trampoline -------------------------------------------------------------------

@@ -31,6 +31,10 @@ SP, FP = "sp", "s0"
 TRACKED = ("sp", "s0", "ra", "t0")
 ENTRY = make_row(("sp", 0), reg("ra"))
 
+# The 16-byte sled of v5.6-v6.2 (`sd ra, -8(sp); auipc ra; jalr ra; ld ra, -8(sp)`) keeps the
+# function's return address just below sp while ftrace_caller runs: it is live there.
+LIVE_BELOW_SP = 8
+
 UNWINDERS = {"frame-pointer": "walk_stackframe: records {fp, ra} at fp - 16; never reliable"}
 DEFAULT_UNWINDER = "frame-pointer"
 
@@ -533,35 +537,5 @@ def is_return(code: bytes) -> bool:
 KERNELS = (("v6.8", ()), ("v6.12", ()), ("v6.16", ()), ("latest", ()))
 
 
-def unwinder_follows_frameless_callers() -> bool:
-    """Whether tramplab's unwinder (unwind/core.py cfi_unwind) goes on through a caller that
-    has no stack frame yet: a function called ftrace_caller or a trampoline from its patch
-    site, before its prologue, so its CFA is its sp, the callee's CFA.  Every riscv trace
-    through a patch site has one.  cfi_unwind stops there ("the stack does not grow towards
-    the caller": it wants the CFA to grow strictly, as x86 calls always push) -- a shared
-    change is needed; until it is made the shared tests cannot check riscv64 (tests/
-    test_unwind_riscv64.py checks the same calls with the rule relaxed)."""
-    from ...unwind.core import cfi_unwind
-
-    callee, caller, grand, end = 0x1000, 0x2008, 0x3008, 0x4000
-    rows = {callee: make_row(("sp", 0), reg("t0")),          # entered from the site
-            caller - 1: ENTRY,                               # the site: no frame yet
-            grand - 1: make_row(("sp", 16), at(-8))}         # a frame on the stack
-
-    class Probe:
-        def row(self, pc, interrupted):
-            return rows.get(pc if interrupted else pc - 1)
-
-        def read(self, addr):
-            return end if addr == 0x8000 + 16 - 8 else None
-
-        def format(self, pc):
-            return f"{pc:#x}"
-
-    Probe.end = end
-    trace = cfi_unwind(Probe(), Start(callee, {"sp": 0x8000, "ra": grand, "t0": caller}), SP)
-    return trace.complete and trace.pcs == [callee, caller, grand, end]
-
-
-CHECKED_KERNELS = KERNELS if unwinder_follows_frameless_callers() else ()
+CHECKED_KERNELS = KERNELS
 
