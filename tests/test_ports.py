@@ -328,6 +328,7 @@ SWITCHES = [
     ("struct_args", "x86_64", "latest", {"struct_args": False},
      probe_attach("bpf_testmod_test_struct_arg_1")),
     ("multi_design", "x86_64", "latest", {"multi_design": "max-args-2021"}, probe_multi_clobber),
+    ("bpf_skip_site_on", "riscv64", "latest", {"bpf_skip_site_on": "orig_stack"}, probe_fexit),
 ]
 NOT_CODE = {"name", "arch", "kernel", "note", "bug"}      # labels, not switches
 

@@ -108,6 +108,11 @@ class Profile:
     # series: one model of every register argument as u64, the return value in a fixed slot)
     # or "by-arg-count-2025" (Menglong Dong's 2025 series: one caller per argument count)
     multi_design: str = "per-function"
+    # When a BPF trampoline calls the original past its patch site: "call_orig" (whenever it
+    # calls it, as every JIT does since v6.19's "bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME"),
+    # or "orig_stack" (riscv's copy-paste in that fix during v6.19-rc: only with ORIG_STACK,
+    # which riscv never sets, so it called func+0 and re-entered its own trampoline)
+    bpf_skip_site_on: str = "call_orig"
     note: str = ""                 # why this profile exists (for bug profiles)
     bug: bool = False              # reproduces a known kernel bug on purpose (seeds, fixed bugs)
 

@@ -83,6 +83,8 @@ class JitOptions:
     nop_max: int | None = None     # x86: longest padding nop, ASM_NOP_MAX (None: the JIT's own)
     bti: bool = False              # arm64: trampolines start with `bti jc` (BTI kernels)
     rvc: bool = True               # riscv: compressed instructions (CONFIG_RISCV_ISA_C)
+    skip_site_on: str = "call_orig"   # call the original past its site: "call_orig" (always)
+                                      # | "orig_stack" (only then: riscv v6.19-rc, Profile)
 
 
 @dataclass(frozen=True)

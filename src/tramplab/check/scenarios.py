@@ -217,6 +217,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "went through ftrace_caller, which ignores orig_ax: the direct trampoline was "
              "silently skipped.  v6.8 (backported to 6.6.y) asks for SAVE_REGS where "
              "WITH_REGS exists."),
+    Scenario("riscv-orig-stack-copy-paste", "riscv v6.19-rc: the trampoline calls the "
+             "function from its first byte and re-enters itself",
+             "'bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME' (v6.19-rc) and its riscv fix "
+             "(Dec 2025)", _fexit_result,
+             "v6.19's jmp mode clears SKIP_FRAME, so every JIT had to decide 'call the "
+             "original past the patch site' on CALL_ORIG instead.  The riscv change tested "
+             "ORIG_STACK there (copied from the x86 hunk), a flag riscv trampolines never get: "
+             "they called func+0, whose site enters the same trampoline again, until the stack "
+             "overflowed.  Fixed before v6.19 by testing CALL_ORIG."),
     Scenario("x86-orc-bpf-unreliable", "x86 ORC: no reliable stack trace under a BPF "
              "trampoline before v6.19", "CrowdStrike report (Nov 2025); 01bc3b6db18d "
              "'x86/unwind/orc: Support reliable unwinding through BPF stack frames' (v6.19)",

@@ -54,6 +54,9 @@ def violations(p: Profile) -> list[str]:
         out.append("the ip-based direct API (register_ftrace_direct(ip, addr)) was removed in v6.4")
     if p.multi_flags not in ("SAVE_REGS", "SAVE_ARGS", "NONE"):
         out.append(f"multi_flags must be SAVE_REGS, SAVE_ARGS or NONE, not {p.multi_flags!r}")
+    if p.bpf_skip_site_on not in ("call_orig", "orig_stack"):
+        out.append(f"bpf_skip_site_on must be call_orig or orig_stack, not "
+                   f"{p.bpf_skip_site_on!r}")
     if p.multi_flags == "SAVE_REGS" and not p.with_regs and p.direct_calls:
         out.append("a direct ops with SAVE_REGS needs DYNAMIC_FTRACE_WITH_REGS "
                    "(register_ftrace_function fails with EINVAL)")

@@ -60,11 +60,17 @@ def layouts_for(h, version: str) -> tuple[str, ...]:
 def jit_options(profile, layout, h) -> JitOptions:
     """Compressed instructions where the kernel is built with C (CONFIG_RISCV_ISA_C): its
     compiler pads functions with 2-byte c.nop."""
-    return JitOptions(rvc=len(layout.entry.nop) == 2)
+    return JitOptions(rvc=len(layout.entry.nop) == 2, skip_site_on=profile.bpf_skip_site_on)
 
 
 def special_presets(profile_for, with_layout) -> dict:
-    return {"seed000-mismatch": profile_for("6.8", "seed000-mismatch").with_(
+    return {"v6.19-rc1": profile_for("6.18", "v6.19-rc1").with_(
+        bpf_skip_site_on="orig_stack", bug=True,
+        note="v6.19-rc: 'bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME' made the riscv JIT skip "
+             "the patch site only with ORIG_STACK (a copy-paste; riscv never sets it): the "
+             "trampoline calls func+0, re-enters itself and overflows the stack (fixed Dec "
+             "2025, before v6.19)"),
+            "seed000-mismatch": profile_for("6.8", "seed000-mismatch").with_(
         bpf_entry="ra-sled16", bpf_site_skip=16, bug=True,
         note="seed 000: ftrace uses the 8-byte auipc t0/jalr t0 site but the BPF trampoline "
              "still assumes the 16-byte sled (orig_call += 16, returns through ra)")}
@@ -103,6 +109,7 @@ PORT = register_port(Port(
     scenarios={
         "seed000-riscv-site": ("seed000-mismatch", "v6.8"),
         "seed003-multi-clobber": ("multi-2021", "latest"),
+        "riscv-orig-stack-copy-paste": ("v6.19-rc1", "latest"),
     },
     relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
 ))

@@ -401,7 +401,10 @@ class _Jit:
         e.note("call the original past its patch site")
         self.restore_args()                                 # ld a0..a7, ctx[0..7]
         self.restore_stack_args()                           # ctx[8..] -> 0..(sp)
-        self.call(spec.func_addr + spec.site_skip)          # call func + site_skip
+        skip = spec.site_skip
+        if spec.options.skip_site_on == "orig_stack" and not spec.flags & F.ORIG_STACK:
+            skip = 0                                        # v6.19-rc's copy-paste (Profile)
+        self.call(spec.func_addr + skip)                    # call func + site_skip
         self.sd("a0", "fp", -f.retval_off)                  # sd a0, retval
         if f.version == V64:
             self.sd("a5", "fp", -(f.retval_off - 8))        # sd a5, retval+8
