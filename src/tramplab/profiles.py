@@ -65,6 +65,35 @@ def has(arch: str, feature: str, version: str) -> bool:
     return first is not None and version_key(version) >= version_key(first)
 
 
+# Generic (not per-arch) kernel bugs the model reproduces on the versions that had them:
+# name -> (first version with the bug, mainline fix, stable backports of the fix, source).
+KERNEL_BUGS = {
+    # register_ftrace_direct() left its entries in direct_functions when registering failed,
+    # so the -EAGAIN retry of IPMODIFY sharing (livepatch first, then fexit) got -EBUSY
+    "direct-register-leak": ("6.6", "6.18", ("6.12.59",),
+                             "56b3c85e153b 'ftrace: Fix BPF fexit with livepatch'"),
+    # modify_ftrace_direct() never asked ops_func: a fentry-only trampoline on a livepatched
+    # function, regenerated for an fexit, called the unpatched original at its fixed address
+    "direct-modify-ipmodify": ("6.0", "6.18", ("6.12.62",),
+                               "3e9a18e1c3e9 'ftrace: bpf: Fix IPMODIFY + DIRECT in "
+                               "modify_ftrace_direct()'"),
+}
+
+
+def has_bug(version: str, name: str) -> bool:
+    """Is kernel `version` (X.Y or X.Y.Z) one with bug `name` (KERNEL_BUGS)?  A point release
+    of a stable branch has the fix if the branch got its backport at or before it."""
+    first, fixed, backports, _ = KERNEL_BUGS[name]
+    v = version_key(version)
+    if v < version_key(first):
+        return False
+    for b in backports:
+        bk = version_key(b)
+        if v[:2] == bk[:2]:
+            return v < bk
+    return v < version_key(fixed)
+
+
 def since(arch: str, feature: str) -> str | None:
     return get_port(arch).timeline.get(feature)
 

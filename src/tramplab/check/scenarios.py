@@ -92,6 +92,20 @@ def _livepatch_and_fexit(arch: str, profile: str) -> Observation:
     return Observation(False, "fexit saw the livepatched result, 102")
 
 
+def _livepatch_fentry_then_fexit(arch: str, profile: str) -> Observation:
+    """A livepatched function, a fentry program, then an fexit program on it."""
+    from ..livepatch import Livepatch
+    k = _kernel(arch, profile)
+    Livepatch(k, {"bpf_fentry_test1": "livepatch_bpf_fentry_test1"}).enable()
+    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: 0)
+    seen = []
+    k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: seen.append(ctx.ret))
+    got = k.call("bpf_fentry_test1", 1)
+    if got != 102:
+        return Observation(True, f"returned {got}: the unpatched function ran (fexit saw {seen})")
+    return Observation(False, "the livepatched result, 102, with the fexit program attached")
+
+
 def _multi_clobber(arch: str, profile: str) -> Observation:
     """seed 003: a single fexit on bpf_fentry_test2, then a multi fexit on it too."""
     k = _kernel(arch, profile)
@@ -217,6 +231,22 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "went through ftrace_caller, which ignores orig_ax: the direct trampoline was "
              "silently skipped.  v6.8 (backported to 6.6.y) asks for SAVE_REGS where "
              "WITH_REGS exists."),
+    Scenario("livepatch-fexit-ebusy", "livepatch, then fexit: EBUSY (v6.6 to v6.17)",
+             "56b3c85e153b 'ftrace: Fix BPF fexit with livepatch' (v6.18-rc6, 6.12.59); real "
+             "Debian 6.12.57 vs 6.12.107", _livepatch_and_fexit,
+             "Sharing a livepatched function makes ops_func answer -EAGAIN so the trampoline is "
+             "rebuilt to call the original through the stack, and register_ftrace_direct() is "
+             "tried again.  From v6.6 the failed attempt left its entry in direct_functions, so "
+             "the retry found the function 'already' direct and failed with -EBUSY."),
+    Scenario("livepatch-fentry-fexit-bypass", "livepatch, fentry, then fexit: the unpatched "
+             "function runs", "3e9a18e1c3e9 'ftrace: bpf: Fix IPMODIFY + DIRECT in "
+             "modify_ftrace_direct()' (v6.18-rc6, 6.12.62); found by this model",
+             _livepatch_fentry_then_fexit,
+             "A fentry-only trampoline shares a livepatched function without calling it, so "
+             "ops_func lets it register as it is.  Adding fexit regenerates it through "
+             "modify_ftrace_direct(), which did not ask ops_func again: the new trampoline "
+             "called the original at its fixed address, the old body.  The fix runs the "
+             "IPMODIFY check for the new target, and the -EAGAIN rebuild follows."),
     Scenario("riscv-orig-stack-copy-paste", "riscv v6.19-rc: the trampoline calls the "
              "function from its first byte and re-enters itself",
              "'bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME' (v6.19-rc) and its riscv fix "

@@ -618,6 +618,19 @@ class FtraceCore:
                                                "has no ops_func to agree to share it")
                 self._ops_func(ops, ip, OpsCmd.ENABLE_SHARE_IPMODIFY_SELF)
 
+    def _share_ipmodify_again(self, ops: FtraceOps, ips) -> None:
+        """__ftrace_hash_update_ipmodify(ops, hash, hash, update_target=true) of a direct ops
+        whose target changes (modify_ftrace_direct, since 3e9a18e1c3e9): where an IPMODIFY ops
+        shares a function, ask ops_func again (SELF) -- the new trampoline may call the
+        original, and then must do it through the stack (-EAGAIN: regenerate, retry)."""
+        for ip in sorted(ips):
+            if any(o is not ops and o.flags & FL.ENABLED and o.flags & FL.IPMODIFY
+                   and o.traces(ip) for o in self._candidates(ip)):
+                if ops.ops_func is None:
+                    raise KernelError("EBUSY", f"{self.machine.kallsyms.format(ip)} has an "
+                                               "IPMODIFY ops and this direct ops has no ops_func")
+                self._ops_func(ops, ip, OpsCmd.ENABLE_SHARE_IPMODIFY_SELF)
+
     @staticmethod
     def _ops_func(ops: FtraceOps, ip: int, cmd: OpsCmd) -> None:
         err = ops.ops_func(ops, ip, cmd)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Generator
 
 from ..errors import KernelError
+from ..profiles import has_bug
 from .core import FL, FtraceOps
 
 
@@ -141,10 +142,11 @@ class DirectCalls:
         try:
             yield from self.register_ftrace_function_steps(ops)
         except BaseException:
-            for ip in ops.filter:          # the 2025 fix: leave nothing behind, so EAGAIN retries
-                self.direct_functions.pop(ip, None)
-            ops.flags = saved_flags
-            ops.direct_call = 0
+            if not has_bug(self.profile.kernel, "direct-register-leak"):
+                for ip in ops.filter:      # the fix: leave nothing behind, so EAGAIN retries
+                    self.direct_functions.pop(ip, None)
+                ops.flags = saved_flags
+                ops.direct_call = 0
             raise
 
     def unregister_ftrace_direct(self, ops: FtraceOps, addr: int, free_filters: bool = False):
@@ -169,6 +171,8 @@ class DirectCalls:
         self._require_api("ops", "modify_ftrace_direct(ops, addr)")
         if not ops.flags & FL.ENABLED:
             raise KernelError("EINVAL", "modify_ftrace_direct: ops is not registered")
+        if not has_bug(self.profile.kernel, "direct-modify-ipmodify"):
+            self._share_ipmodify_again(ops, ops.filter)
 
         def change():
             for ip in ops.filter:
@@ -238,5 +242,6 @@ class DirectCalls:
             if ip not in self.direct_functions:
                 raise KernelError("EINVAL", f"update_ftrace_direct_mod: {ip:#x} has no direct "
                                             "call")
+        self._share_ipmodify_again(ops, entries)      # (v7.0 came after 3e9a18e1c3e9)
         yield from self._swap_through_stub(sorted(entries),
                                            lambda: self.direct_functions.update(entries))

@@ -105,6 +105,8 @@ PORT = register_port(Port(
         "x86-v64-multi-flags": ("v6.4", "v6.6"),
         "x86-orc-bpf-unreliable": ("v6.6", "latest"),
         "fentry-missing-caller": ("v6.6@frame-pointer", "v6.6"),
+        "livepatch-fexit-ebusy": ("v6.12.57", "v6.12.59"),
+        "livepatch-fentry-fexit-bypass": ("v6.12.59", "v6.12.62"),
     },
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))
