@@ -117,6 +117,7 @@ PORT = register_port(Port(
     era_switches=("bpf_entry", "bpf_site_skip"), jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
-    scenarios={"seed003-multi-clobber": ("multi-2021", "latest")},
+    scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
+               "seed003-multi-clobber": ("multi-2021", "latest")},
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))
