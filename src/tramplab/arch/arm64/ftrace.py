@@ -60,6 +60,16 @@ def reachable_by_bl(addr: int, pc: int) -> bool:
     return -BL_RANGE <= addr - pc < BL_RANGE
 
 
+def site_insn(rec, state) -> bytes:
+    """The instruction at rec->ip: nop, or bl to the state's target (ERANGE if out of reach)."""
+    if state.target is None:
+        return NOP
+    try:
+        return A.bl(rec.ip, state.target)                  # bl <target>
+    except EncodeError as err:
+        raise KernelError("ERANGE", f"arm64 site {rec.ip:#x}: {err}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # The register frames the callers build
 # --------------------------------------------------------------------------------------------
@@ -501,7 +511,7 @@ class LiteralV2:
     def insn(self, rec, state: SiteState) -> bytes:
         if self.far(rec, state):
             return A.bl(rec.ip, literal_v2_addrs(rec.ip)[1])       # bl func-8  (the stub)
-        return self.arch._insn(rec, state)                          # nop | bl <target>
+        return site_insn(rec, state)                                # nop | bl <target>
 
     def far_bytes(self, rec, target: int) -> list[tuple[int, bytes, str]]:
         """(address, bytes, what) of the literal and the stub that reach `target`, in the
@@ -645,12 +655,7 @@ class ArchFtraceImpl(ArchFtrace):
         return self.ftrace_addr
 
     def _insn(self, rec, state: SiteState) -> bytes:
-        if state.target is None:
-            return NOP
-        try:
-            return A.bl(rec.ip, state.target)
-        except EncodeError as err:
-            raise KernelError("ERANGE", f"arm64 site {rec.ip:#x}: {err}") from None
+        return site_insn(rec, state)
 
     def _literal(self, state: SiteState) -> bytes:
         ops = self.core.nop_ops if state.ops is None else state.ops
@@ -710,7 +715,8 @@ class ArchFtraceImpl(ArchFtrace):
         slot = self.regs_layout.direct_tramp
         if slot is None or not self.direct:
             raise KernelError("ENODEV", "arm64 has arch_ftrace_set_direct_caller only with "
-                                        "DYNAMIC_FTRACE_WITH_DIRECT_CALLS (v6.4+)")
+                                        "DYNAMIC_FTRACE_WITH_DIRECT_CALLS (v6.4+; seed 001's v2 "
+                                        "on v6.1)")
         self.machine.memory.write_u64(fregs_addr + slot, addr)
 
     def sample_direct(self, e, kind: str, entry_host: int, exit_host: int) -> None:
