@@ -306,6 +306,26 @@ def test_seed000_riscv_site_and_trampoline_must_agree():
         assert works is ok, profile
 
 
+@pytest.mark.parametrize("test", TESTS)
+def test_seed001_v2_selftests_near_and_far(test):
+    """Seed 001's v2 direct calls work: every selftest gives on a BPF area 1 GiB below the
+    text (each trampoline reached through the literal and the stub before the function) what
+    it gives near (pass, or the v6.1 kernel's errno: no stack arguments yet)."""
+    from tramplab.arch.arm64.ftrace import BL_RANGE
+    from tramplab.selftests.bpf_tests import UNSUPPORTED_ERRNOS
+    near = run_bpf_test("arm64", "seed001-v2", test)
+    lay = Kernel("arm64").arch.memory
+    k = Kernel("arm64", profile="seed001-v2", bpf_area=lay.kernel_text - (1 << 30))
+    assert k.machine.kernel.start - k.machine.bpf.end > BL_RANGE
+    far = "pass"
+    try:
+        TESTS[test](k)
+    except KernelError as e:
+        far = "unsupported" if e.name in UNSUPPORTED_ERRNOS or e.feature else f"fail: {e}"
+    assert (near.status, far) in (("pass", "pass"), ("unsupported", "unsupported")), near.detail
+    assert near.status == "pass" or "many_args" in test
+
+
 # Livepatch first, then BPF, measured on real Debian 6.12 kernels (issue 13): 6.12.57 bypasses
 # the livepatch when an fexit joins a fentry-only trampoline (callers get 2) and refuses
 # livepatch -> fexit with EBUSY; 6.12.107 gives 102 in both orders.  The fixes:

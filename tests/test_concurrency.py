@@ -292,13 +292,42 @@ def _no_shutdown_sync(monkeypatch):
     monkeypatch.setattr(TasksRcu, "synchronize_steps", nothing)
 
 
+def _literal_v2_reset_on_leaving_far(monkeypatch):
+    """Seed 001's site with the literal put back to a stub trampoline after the bl when the
+    site leaves the far state (the model's first try): a CPU between `bl func-8` and the stub's
+    ldr skips a trampoline that is still attached, now reached through ftrace_regs_caller."""
+    from tramplab.arch.arm64 import ftrace as F
+    from tramplab.ftrace.arch_api import TextWrite
+    transition = F.LiteralV2.transition
+
+    def reset(self, rec, old, new):
+        out = transition(self, rec, old, new)
+        if self.far(rec, old) and not self.far(rec, new):
+            out.append(TextWrite(F.literal_v2_addrs(rec.ip)[0], old.target.to_bytes(8, "little"),
+                                 self.arch.stub_direct_tramp.to_bytes(8, "little"), "literal"))
+        return out
+    monkeypatch.setattr(F.LiteralV2, "transition", reset)
+
+
 @pytest.mark.parametrize("era,mutation", [
     ("x86_64:v6.6", _no_grace_period), ("arm64:far", _no_grace_period),
-    ("riscv64:latest", _no_grace_period), ("x86_64:latest", _no_shutdown_sync)])
+    ("riscv64:latest", _no_grace_period), ("x86_64:latest", _no_shutdown_sync),
+    ("arm64:seed001-v2-far", _no_grace_period)])
 def test_stress_finds_the_bug_when_a_mechanism_is_removed(era, mutation, monkeypatch):
     mutation(monkeypatch)
     report = stress(ERAS[era], 20, calls=5, ops=8)
     assert report.failures, f"{era}: no violation found without {mutation.__name__}"
+
+
+def test_stress_finds_seed001_literal_reset_on_leaving_far(monkeypatch):
+    """Seed 37 of arm64:seed001-v2-far is one where a CPU sits between `bl func-8` and the
+    stub while the site leaves the far state (one of 4 in 200 seeds): it passes with the
+    model's order and fails with the literal reset."""
+    era = ERAS["arm64:seed001-v2-far"]
+    assert run_schedule(era, 37, calls=5, ops=8).ok
+    _literal_v2_reset_on_leaving_far(monkeypatch)
+    bad = run_schedule(era, 37, calls=5, ops=8)
+    assert any("ran 0 times; attached for whole of the call" in v for v in bad.violations)
 
 
 # ------------------------------------------------------------------------------ pinned kernel facts

@@ -32,6 +32,7 @@ PRESETS = list(presets("arm64"))                 # v6.0 v6.4 v6.16 v6.16-bti lat
 # Every caller variant: WITH_REGS (v6.0), WITH_ARGS (v6.2), + CALL_OPS (v6.3), + DIRECT (v6.4+).
 ALL_PROFILES = PRESETS + ["v6.2", "v6.3"]
 DIRECT_PROFILES = [n for n in PRESETS if presets("arm64")[n].direct_calls]
+CALL_OPS_DIRECT = [n for n in DIRECT_PROFILES if presets("arm64")[n].call_ops]
 MARK = 0x5A5A_0000_0000_0000
 
 _md = Cs(CS_ARCH_ARM64, CS_MODE_ARM)
@@ -375,7 +376,7 @@ PATHS = {
 }
 
 
-@pytest.mark.parametrize("prof", DIRECT_PROFILES)
+@pytest.mark.parametrize("prof", CALL_OPS_DIRECT)
 @pytest.mark.parametrize("path", PATHS)
 def test_register_contract_at_direct_trampoline_entry(prof, path):
     far, shared, clobbered = PATHS[path]
@@ -424,7 +425,7 @@ def recording_writes(k):
     return log
 
 
-@pytest.mark.parametrize("prof", ["v6.0", "v6.16", "v6.16-bti"])
+@pytest.mark.parametrize("prof", ["v6.0", "v6.16", "v6.16-bti", "seed001-v2"])
 def test_every_write_is_one_aligned_insn_or_literal_literal_first(prof):
     k = kernel(prof, bpf_area=FAR) if presets("arm64")[prof].direct_calls else kernel(prof)
     ft = k.ftrace
@@ -502,7 +503,7 @@ def scenario(k, ip, near, far):
     yield from tagged(ft.unregister_ftrace_direct_steps(d, far), {0, 1})
 
 
-@pytest.mark.parametrize("prof", ["v6.16", "v6.16-bti"])
+@pytest.mark.parametrize("prof", ["v6.16", "v6.16-bti", "seed001-v2"])
 def test_every_intermediate_state_is_usable(prof):
     """Stop after each single write and call the function: it returns the right value and
     reaches the direct trampoline as often as the phase allows."""
@@ -520,7 +521,7 @@ def test_every_intermediate_state_is_usable(prof):
     assert k.call(FUNC, 4, 5, 6) == 15 and k.ftrace.records[ip].state.target is None
 
 
-@pytest.mark.parametrize("prof", ["v6.16", "v6.16-bti"])
+@pytest.mark.parametrize("prof", ["v6.16", "v6.16-bti", "seed001-v2"])
 def test_modify_near_far_under_interleaving_never_loses_or_doubles(prof):
     k = kernel(prof, cpus=2, bpf_area=FAR)
     ft = k.ftrace
@@ -589,6 +590,247 @@ def test_bpf_trampoline_entered_from_the_direct_site(layout, far):
     assert [a & 0xFFFFFFFF for a in entry.last.args] == [4, 5, 6]
     assert leave.last.ret & 0xFFFFFFFF == 15
     ops, seen = counter_ops(rec.ip)                  # shared: the late path
+    ft.register_ftrace_function(ops)
+    assert h.k.call(FUNC, 4, 5, 6) == 15
+    assert len(entry.runs) == 2 and len(leave.runs) == 2 and seen == [rec.ip]
+
+
+# ============================================================================ seed 001
+# Xu Kuohai, "[PATCH bpf-next v2 0/4] Add ftrace direct call for arm64" (Sep 2022, not merged):
+# profile seed001-v2, layout and site scheme literal-v2 (arch/arm64/ftrace.py LiteralV2).  The
+# seed gives the shape (a literal and an indirect branch before the function, outside its
+# symbol), not the code: the instruction order below is the model's reconstruction.
+V2 = "seed001-v2"
+
+
+def v2_slots(k, rec):
+    """(literal, ldr, br) addresses of a literal-v2 site."""
+    from tramplab.arch.arm64.ftrace import literal_v2_addrs
+    return literal_v2_addrs(rec.ip)
+
+
+def test_literal_v2_record_and_compiled_nops():
+    k = kernel(V2)
+    assert (k.profile.layout, k.profile.site) == ("literal-v2", "literal-v2")
+    fn = k.function(FUNC)
+    assert fn.addr % 8 == 0 and fn.sites[0].addr - fn.addr == -16
+    assert k.image.read(fn.addr - 16, 24) == NOP * 6            # 4 before the symbol, 2 at it
+    rec = k.ftrace.record(FUNC)
+    assert rec.ip - fn.addr == 4
+    lit, ldr_at, br_at = v2_slots(k, rec)
+    assert (lit - fn.addr, ldr_at - fn.addr, br_at - fn.addr) == (-16, -8, -4)
+    # boot (ftrace_init_nop): mov x9, x30 only; the pre-function slots stay nops
+    assert k.memory.read(fn.addr - 16, 16) == NOP * 4
+    assert decode(k, fn.addr, 2) == [("mov", "x9, x30"), ("nop", "")]
+    assert rec.state == SiteState(None, None)
+    # nothing covers the pre-function slots: the model's kallsyms has sizes
+    assert all(k.machine.kallsyms.lookup(a) is None for a in (lit, ldr_at, br_at))
+
+
+def test_misaligned_literal_v2_site_is_refused():
+    k = kernel(V2)
+    site = k.function(FUNC).sites[0]
+
+    class Shifted:
+        addr = site.addr + 4
+    with pytest.raises(FtraceBug, match="Misaligned patch-site literal"):
+        k.ftrace.arch.rec_ip(Shifted)
+
+
+def test_literal_v2_near_far_and_back_state_bytes():
+    """near: bl <trampoline> at func+4, the pre-function slots untouched; far: the literal,
+    `ldr x16, func-16; br x16` and `bl func-8`; back to near or off: only the bl changes (the
+    stub and the literal stay, unreachable)."""
+    k = kernel(V2, bpf_area=FAR)
+    ft = k.ftrace
+    rec = ft.record(FUNC)
+    fn = k.function(FUNC)
+    lit, ldr_at, br_at = v2_slots(k, rec)
+    near, near_hits = place_sample(k, k.text_alloc)
+    far, far_hits = place_sample(k, k.machine.bpf_arena.alloc)
+    assert abs(far - rec.ip) > (128 << 20)
+    d = register_direct(k, rec.ip, near)
+    assert decode(k, fn.addr, 2) == [("mov", "x9, x30"), ("bl", near)]
+    assert k.memory.read(lit, 16) == NOP * 4
+    assert k.call(FUNC, 4, 5, 6) == 15 and len(near_hits) == 1
+    ft.modify_ftrace_direct(d, far)
+    assert rec.state.target == far                       # no detour through ftrace_caller
+    assert k.memory.read_u64(lit) == far
+    assert decode(k, ldr_at, 4) == [("ldr", f"x16, #{lit:#x}"), ("br", "x16"),
+                                    ("mov", "x9, x30"), ("bl", ldr_at)]
+    assert k.call(FUNC, 4, 5, 6) == 15 and len(far_hits) == 1
+    ft.modify_ftrace_direct(d, near)
+    assert decode(k, ldr_at, 4) == [("ldr", f"x16, #{lit:#x}"), ("br", "x16"),
+                                    ("mov", "x9, x30"), ("bl", near)]
+    assert k.memory.read_u64(lit) == far                 # stale, unreachable
+    assert k.call(FUNC, 4, 5, 6) == 15 and (len(near_hits), len(far_hits)) == (2, 1)
+    ft.unregister_ftrace_direct(d, near)
+    assert decode(k, fn.addr, 2) == [("mov", "x9, x30"), ("nop", "")]
+    assert k.call(FUNC, 4, 5, 6) == 15 and (len(near_hits), len(far_hits)) == (2, 1)
+
+
+def test_literal_v2_transition_order():
+    """Entering far: literal, ldr, br (each only if not there yet), then the bl; far -> far: the
+    literal only; leaving far: the bl only.  apply() yields after every write."""
+    k = kernel(V2, bpf_area=FAR)
+    ft = k.ftrace
+    arch = ft.arch
+    rec = ft.record(FUNC)
+    lit, ldr_at, br_at = v2_slots(k, rec)
+    far1, _ = place_sample(k, k.machine.bpf_arena.alloc)
+    far2, _ = place_sample(k, k.machine.bpf_arena.alloc)
+    off, caller = SiteState(), SiteState(arch.ftrace_addr)
+    cases = [(off, SiteState(far1), [(lit, "literal"), (ldr_at, "ldr x16"), (br_at, "br x16"),
+                                     (rec.ip, "bl")]),
+             (SiteState(far1), SiteState(far2), [(lit, "literal")]),
+             (SiteState(far2), caller, [(rec.ip, "bl")]),
+             (caller, SiteState(far2), [(rec.ip, "bl")]),
+             (SiteState(far2), off, [(rec.ip, "nop")])]
+    for old, new, want in cases:
+        writes = arch.transition(rec, old, new)
+        assert [(w.addr, w.what) for w in writes] == want, (old, new)
+        steps = arch.apply(writes)
+        for w in writes:
+            next(steps)
+            assert k.memory.read(w.addr, len(w.new)) == w.new
+        with pytest.raises(StopIteration):
+            next(steps)
+
+
+def test_literal_v2_bl_before_literal_would_lose_a_far_direct_call():
+    """Why the literal goes first: `bl func-8` with the literal still holding the previous
+    trampoline (or nops) sends the call elsewhere."""
+    k = kernel(V2, bpf_area=FAR)
+    ft = k.ftrace
+    rec = ft.record(FUNC)
+    lit = v2_slots(k, rec)[0]
+    old, old_hits = place_sample(k, k.machine.bpf_arena.alloc)
+    new, new_hits = place_sample(k, k.machine.bpf_arena.alloc)
+    d = register_direct(k, rec.ip, old)
+    ft.modify_ftrace_direct(d, new)
+    k.machine.write_text(lit, old.to_bytes(8, "little"))     # as if the literal came second
+    assert k.call(FUNC, 4, 5, 6) == 15 and (len(old_hits), len(new_hits)) == (1, 0)
+
+
+# path -> (far BPF area, another ops on the site, registers that may differ besides x9/x30)
+V2_PATHS = {
+    "site bl": (False, False, set()),
+    "literal stub (far)": (True, False, {"x16"}),
+    "ftrace_common br x17": (False, True, {f"x{n}" for n in range(10, 18)}),
+    "ftrace_common br x17 (far)": (True, True, {f"x{n}" for n in range(10, 18)}),
+}
+
+
+@pytest.mark.parametrize("path", V2_PATHS)
+def test_literal_v2_register_contract_at_direct_trampoline_entry(path):
+    """The stub keeps the near contract (x30 = func+8, x9 = the parent, sp, every register but
+    x16); shared with an ops, ftrace_regs_caller's ftrace_common branches to the trampoline
+    call_direct_funcs left in pt_regs->orig_x0 (the model's choice of field)."""
+    far, shared, clobbered = V2_PATHS[path]
+    k = kernel(V2, **({"bpf_area": FAR} if far else {}))
+    ft = k.ftrace
+    rec = ft.record(FUNC)
+    probe, seen = make_probe(k)
+    register_direct(k, rec.ip, probe)
+    if shared:
+        ops, _ = counter_ops(rec.ip)
+        ft.register_ftrace_function(ops)
+    # a direct ops asks for SAVE_REGS before v6.4: the shared site calls ftrace_regs_caller
+    assert rec.state.target == (ft.arch.ftrace_regs_addr if shared else probe)
+    entry, result = call_with_markers(k, FUNC, (4, 5, 6))
+    assert result == 15 and len(seen) == 1
+    at = seen[0]
+    assert at["x30"] == rec.ip + 4 and at["x9"] == entry["x30"] and at["sp"] == entry["sp"]
+    differ = {r for r in entry if r not in ("x9", "x30") and at[r] != entry[r]}
+    assert differ <= clobbered, {r: hex(at[r]) for r in differ}
+    if path == "literal stub (far)":
+        assert at["x16"] == probe
+    if shared:
+        assert at["x17"] == probe
+
+
+def test_literal_v2_cpu_between_bl_and_stub_across_a_site_change():
+    """CPU 0 took `bl func-8` and stopped at the stub's ldr; an ftrace ops is then registered
+    on the function, so the site leaves the far state for ftrace_regs_caller while the
+    trampoline stays attached.  CPU 0 still finds it in the literal: it runs exactly once.
+    (Resetting the literal to a stub trampoline on leaving far, the model's first try, skipped
+    it: the stress run found that.)"""
+    k = kernel(V2, cpus=2, bpf_area=FAR)
+    ft = k.ftrace
+    runs = []
+    k.fentry(FUNC, name="fe")(lambda ctx: runs.append(list(ctx.args)))
+    rec = ft.record(FUNC)
+    lit, ldr_at, br_at = v2_slots(k, rec)
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task(FUNC, 4, 5, 6, cpu=0))
+    step_to(k, cpu, ldr_at)
+    ops, seen = counter_ops(rec.ip)
+    ft.register_ftrace_function(ops)
+    assert rec.state.target == ft.arch.ftrace_regs_addr
+    k.machine.finish(cpu)
+    assert k.result(task) == 15 and runs == [[4, 5, 6]] and seen == []
+    assert k.call(FUNC, 4, 5, 6) == 15 and len(runs) == 2 and len(seen) == 1
+
+
+def test_literal_v2_trampoline_in_x16_outlives_the_detach():
+    """CPU 0 loaded the trampoline's address into x16 (`ldr x16, func-16`) and stopped at
+    `br x16`; the program is detached: the site is a nop again, and the image is freed only
+    after CPU 0 has gone through it and returned."""
+    k = kernel(V2, cpus=2, bpf_area=FAR)
+    runs = []
+    p = k.fentry(FUNC, name="fe")(lambda ctx: runs.append(list(ctx.args)))
+    image = k.bpf.trampoline_of(FUNC).cur_image
+    rec = k.ftrace.record(FUNC)
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task(FUNC, 4, 5, 6, cpu=0))
+    step_to(k, cpu, v2_slots(k, rec)[2])
+    assert cpu.reg("x16") == image.addr
+    gen = k.bpf.detach_steps(p.link)
+    until_waiting(gen)
+    assert k.memory.read(rec.ip, 4) == NOP and image not in k.bpf.freed
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert k.result(task) == 15 and runs == [[4, 5, 6]] and image in k.bpf.freed
+
+
+def step_to(k, cpu, pc, limit=20_000):
+    for _ in range(limit):
+        if cpu.pc == pc:
+            return
+        k.machine.step(cpu, 1)
+    raise AssertionError(f"CPU {cpu.index} never reached {pc:#x}")
+
+
+def until_waiting(gen):
+    from tramplab.machine.rcu import Waiting
+    while not isinstance(next(gen), Waiting):
+        pass
+
+
+def finish_op(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("far", [False, True], ids=["near", "far"])
+def test_literal_v2_bpf_trampoline_entered_from_the_site(far):
+    from tramp_harness import Harness
+    h = Harness("arm64", "literal-v2", far=far)
+    assert h.k.profile.name == V2
+    entry, leave = h.prog("entry"), h.prog("leave")
+    att = h.jit(h.spec(FUNC, [entry], [leave]))
+    ft = h.k.ftrace
+    rec = ft.record(FUNC)
+    register_direct(h.k, rec.ip, att.addr)
+    assert rec.state.target == att.addr
+    assert h.k.memory.read(rec.ip, 4) == A.bl(rec.ip, v2_slots(h.k, rec)[1] if far else att.addr)
+    assert h.k.call(FUNC, 4, 5, 6) == 15
+    assert [a & 0xFFFFFFFF for a in entry.last.args] == [4, 5, 6]
+    assert leave.last.ret & 0xFFFFFFFF == 15
+    ops, seen = counter_ops(rec.ip)                  # shared: through ftrace_regs_caller
     ft.register_ftrace_function(ops)
     assert h.k.call(FUNC, 4, 5, 6) == 15
     assert len(entry.runs) == 2 and len(leave.runs) == 2 and seen == [rec.ip]

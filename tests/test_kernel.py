@@ -151,6 +151,10 @@ LAYOUT_OUTCOMES = {
     ("arm64", "callops-bti", None): "ok:v6.16-bti",
     ("arm64", "callops-bti", "latest"): "ok:latest",
     ("arm64", "callops", "v6.0"): "usage:built with layout pfe2",
+    ("arm64", "literal-v2", None): "ok:seed001-v2",           # seed 001's v2 direct calls
+    ("arm64", "literal-v2", "v6.1"): "ENOTSUPP",              # the layout, not the series
+    ("arm64", "literal-v2", "v6.0"): "usage:built with layout pfe2;",
+    ("arm64", "literal-v2", "latest"): "usage:built with layout callops or callops-bti",
     ("riscv64", "pfe4", None): "ok:v6.8",                     # not seed000-mismatch
     ("riscv64", "pfe4", "latest"): "usage:profiles built with pfe4: v6.3, v6.8",
     ("riscv64", "pfe8", None): "ENOTSUPP",                    # v6.2: no BPF trampoline JIT

@@ -31,6 +31,13 @@ INVALID = [
     ("arm64", "6.16", dict(jmp=True), "DYNAMIC_FTRACE_WITH_JMP"),
     ("arm64", "6.16", dict(single_direct_ops=True), "HAVE_SINGLE_FTRACE_DIRECT_OPS"),
     ("arm64", "6.16", dict(layout="pfe2"), "needs other compiler flags"),
+    # seed 001: the v2 series' site exists only on the v6.1 WITH_REGS kernels it was written
+    # for; without it, direct calls before v6.4 break the merged rule
+    ("arm64", "6.4", dict(layout="literal-v2", site="literal-v2"),
+     "literal-v2 (seed 001, Xu Kuohai's v2 direct calls, not merged) exists only on the v6.1"),
+    ("arm64", "6.1", dict(direct_calls=True),
+     "HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is selected only if DYNAMIC_FTRACE_WITH_ARGS"),
+    ("arm64", "6.1", dict(layout="literal-v2"), "needs other compiler flags"),
     ("riscv64", "6.16", dict(call_ops=False, layout="pfe4", site="jalr-only"),
      "needs 4-byte aligned functions"),
     ("riscv64", "6.8", dict(preemption=True), "depends on !PREEMPTION"),
@@ -57,6 +64,18 @@ def test_seed004_capability_set_builds_and_is_caught_at_run_time():
     p = get_profile("x86_64", "i386-like-rfc")
     assert p.with_regs and not p.with_args and p.multi_flags == "NONE" and p.bug
     assert violations(p) == []
+
+
+def test_seed001_v2_is_a_design_that_builds_not_a_bug():
+    """Xu Kuohai's v2 series (Sep 2022, bpf-next for v6.1): direct calls on the v6.1 WITH_REGS
+    kernel with the literal-v2 site; it was not merged, and it is no bug profile either."""
+    p = get_profile("arm64", "seed001-v2")
+    assert (p.kernel, p.layout, p.site) == ("6.1", "literal-v2", "literal-v2")
+    assert p.direct_calls and p.with_regs and not p.with_args and not p.call_ops
+    assert not p.bug and "not merged" in p.note and p.note.startswith("seed 001")
+    assert violations(p) == []
+    assert not get_profile("arm64", "v6.1").direct_calls       # the release had none
+    assert Kernel("arm64", layout="literal-v2").profile.name == "seed001-v2"
 
 
 # what the timelines give for a few well-known eras (kernel-anchors §0, §7)

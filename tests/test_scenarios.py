@@ -13,8 +13,21 @@ CASES = [(name, arch) for name in SCENARIOS for arch in arches_of(name)]
 
 def test_every_scenario_runs_somewhere():
     assert all(arches_of(name) for name in SCENARIOS)
-    assert {"seed000-riscv-site", "seed002-livepatch-fexit", "seed003-multi-clobber",
-            "seed004-null-regs", "x86-v64-multi-flags"} <= set(SCENARIOS)
+    assert {"seed000-riscv-site", "seed001-unwind-gap", "seed002-livepatch-fexit",
+            "seed003-multi-clobber", "seed004-null-regs", "x86-v64-multi-flags"} <= set(SCENARIOS)
+
+
+def test_seed001_symptom_is_the_stub_before_the_function():
+    """The buggy observation is the unwind gap itself (not an error the probe ran into): the
+    two pcs before bpf_fentry_test2, with the caller lost there; the fixed one goes through
+    ftrace_caller's br x17."""
+    r = run("seed001-unwind-gap", "arm64")
+    assert r.profiles == ("seed001-v2", "latest") and r.passed
+    assert r.buggy.what.startswith("2 pc(s) of the path have no symbol")
+    assert "(no symbol: bpf_fentry_test2-0x8) ldr x16" in r.buggy.what
+    assert "(no symbol: bpf_fentry_test2-0x4) br x16" in r.buggy.what
+    assert r.buggy.what.endswith("(caller missing)")
+    assert "entered from ftrace_caller+" in r.fixed.what and "(br x17)" in r.fixed.what
 
 
 @pytest.mark.parametrize("name,arch", CASES)

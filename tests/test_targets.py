@@ -51,7 +51,7 @@ def loaded(request):
 def test_registry_covers_required_layouts():
     assert {lay.key for lay in LAYOUT_LIST} == {
         "x86_64/fentry", "x86_64/fentry-ibt", "arm64/pfe2", "arm64/callops",
-        "arm64/callops-bti", "riscv64/pfe4", "riscv64/pfe8", "riscv64/callops"}
+        "arm64/callops-bti", "arm64/literal-v2", "riscv64/pfe4", "riscv64/pfe8", "riscv64/callops"}
     from tramplab.profiles import get_profile
     for arch, name in DEFAULT_LAYOUTS.items():
         assert name == get_profile(arch, "latest").layout
@@ -182,6 +182,7 @@ EXPECTED_NOPS = {
     "arm64/pfe2": "1f2003d5" * 2,
     "arm64/callops": "1f2003d5" * 4,
     "arm64/callops-bti": "1f2003d5" * 2 + "5f2403d5" + "1f2003d5" * 2,
+    "arm64/literal-v2": "1f2003d5" * 6,
     "riscv64/pfe4": "0100" * 4,
     "riscv64/pfe8": "0100" * 8,
     "riscv64/callops": "0100" * 8,

@@ -56,8 +56,10 @@ def site_states(k, func: str) -> list[str]:
                        SiteState(arch.callable_addr(rec, near), direct_literal)))
         try:
             target = arch.callable_addr(rec, far)
-            states.append((f"direct, trampoline far ({far:#x}: via ftrace_caller, which "
-                           "branches to ops->direct_call)", SiteState(target, direct_literal)))
+            how = ("via ftrace_caller, which branches to ops->direct_call"
+                   if target == arch.ftrace_addr else "reached by the site's own code")
+            states.append((f"direct, trampoline far ({far:#x}: {how})",
+                           SiteState(target, direct_literal)))
         except KernelError as e:
             lines.append(f"  direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
         if p.jmp:
@@ -65,9 +67,10 @@ def site_states(k, func: str) -> list[str]:
     for title, state in states:
         lines.append(f"-- {title}")
         for addr, data in sorted(arch.site_bytes(rec, state).items()):
-            if p.call_ops and len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr:
+            if len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr:
                 value = k.memory.word(data)
-                lines.append(f"  {addr:#018x}  ops literal = {value:#x} <{k.symbol(value)}>")
+                what = "ops literal" if p.call_ops else "literal"
+                lines.append(f"  {addr:#018x}  {what} = {value:#x} <{k.symbol(value)}>")
                 continue
             lines += _listing(k, addr, data)
     return lines

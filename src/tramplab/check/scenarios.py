@@ -199,6 +199,35 @@ def _fentry_missing_caller(arch: str, profile: str) -> Observation:
     return Observation(False, "bpf_fentry_test1's caller is in the trace")
 
 
+def _far_unwind_gap(arch: str, profile: str) -> Observation:
+    """seed 001: fexit on bpf_fentry_test2 with its trampoline out of reach of the site's
+    direct branch (the BPF area 1 GiB below the kernel text, beyond a 128 MiB branch range),
+    checked at every pc: does the true chain hold a pc without a symbol?"""
+    from ..arch import get_arch
+    from ..kernel import Kernel
+    from .unwind import _short, chain_text, run as unwind_run
+    name, unwinder = _config(profile)
+    far = get_arch(arch).memory.kernel_text - (1 << 30)
+    k = Kernel(arch, profile=name, bpf_area=far)
+    r = unwind_run(k, ["fexit:bpf_fentry_test2"], None, None, unwinder)
+    i = next((j for j, c in enumerate(r.checks)
+              if (sym := k.machine.kallsyms.lookup(c.pc)) is not None
+              and sym.name.startswith("bpf_trampoline")), None)
+    if not i or r.result != 0:
+        return Observation(True, f"the traced call did not go through its trampoline "
+                                 f"(result {r.result})")
+    bad = r.flagged("unsymbolised")
+    if bad:
+        pcs = "; ".join(f"{_short(k, c.pc)} {c.insn}" for c in bad)
+        c = bad[0]
+        lost = "caller missing" if "caller-missing" in c.flags else "caller kept"
+        return Observation(True, f"{len(bad)} pc(s) of the path have no symbol: {pcs}; "
+                                 f"interrupted there: {chain_text(k, c.kernel.pcs)} ({lost})")
+    before = r.checks[i - 1]
+    return Observation(False, f"all {len(r.checks)} pcs symbolised; the trampoline is entered "
+                              f"from {_short(k, before.pc)} ({before.insn})")
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("seed000-riscv-site", "riscv: the 8-byte site with a trampoline built for the "
              "16-byte sled", "seed 000 (Björn Töpel); Pu Lehui's v6.4 fix", _fexit_result,
@@ -265,6 +294,17 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "a task blocked under an fentry/fexit program and the transition stalls (60 s, "
              "then fails).  v6.19 records where each BPF image has its frame pointer set up "
              "(fp_start/fp_end) and trusts the guess there."),
+    Scenario("seed001-unwind-gap", "a far direct trampoline reached through code before "
+             "the function: pcs with no symbol", "seed 001 (Xu Kuohai's v2 direct calls, Sep "
+             "2022, not merged; Mark Rutland's review); CALL_OPS (v6.3) and direct calls "
+             "(v6.4)", _far_unwind_gap,
+             "v2 reached a trampoline out of branch range through a literal and `ldr x16; br "
+             "x16` placed in the patchable nops before the function, outside its symbol: a "
+             "task interrupted there has a pc no symbol covers (the kernel's kallsyms would "
+             "name the previous function) and its caller's return address only in x9, so the "
+             "trace misses the caller.  The merged design puts an ops literal before the "
+             "function and reaches far trampolines through ftrace_caller, which has a symbol "
+             "(`br x17` to ops->direct_call)."),
     Scenario("fentry-missing-caller", "a stack trace from an fentry program loses the traced "
              "function's caller", "bpftrace#4159; the x86 BPF trampoline's single frame",
              _fentry_missing_caller,

@@ -144,6 +144,10 @@ def _judge(ctx, snap, callers, insn, ours, kernel, sleep) -> PcCheck:
     either = CallChain.resolve(snap)
     chain = pick(either, ours.pcs)
     flags = []
+    # A pc no symbol covers.  The model's kallsyms has sizes; the kernel's does not (a symbol
+    # ends where the next begins), so a pc in the patchable-entry nops before a function (seed
+    # 001's literal stub) would print as the previous function + offset there: a wrong symbol,
+    # the same flag.
     if any(ctx.symbol(p) is None for p in chain):
         flags.append("unsymbolised")
     if ours.pcs != chain or not ours.complete:
@@ -264,11 +268,25 @@ def _default_args(k, name: str) -> list:
 # ---------------------------------------------------------------------------------------------
 # Output.
 
+BEFORE_SYMBOL = 32       # bytes of patchable-entry nops a function may have before its symbol
+
+
 def _short(k, pc: int) -> str:
     sym = k.machine.kallsyms.lookup(pc)
     if sym is None:
-        return f"{pc:#x}"
+        return f"{pc:#x}{_before_symbol(k, pc)}"
     return sym.name if pc == sym.addr else f"{sym.name}+{pc - sym.addr:#x}"
+
+
+def _before_symbol(k, pc: int) -> str:
+    """For an unsymbolised pc just before a function's symbol (code patched into the nops the
+    compiler put there), which function it precedes: "(no symbol: func-0x8)"."""
+    step = k.machine.arch.insn_align
+    for d in range(step, BEFORE_SYMBOL + 1, step):
+        sym = k.machine.kallsyms.lookup(pc + d)
+        if sym is not None:
+            return f" (no symbol: {sym.name}-{d:#x})" if sym.addr == pc + d else ""
+    return ""
 
 
 def chain_text(k, pcs: list[int]) -> str:

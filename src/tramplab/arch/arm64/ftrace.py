@@ -14,6 +14,17 @@ Site schemes (`profile.site`), rec->ip = the instruction that toggles:
         func-8     .quad ftrace_nop_ops | <the site's only ops> | ftrace_list_ops
         func       [bti c]  mov x9, x30  nop | bl ftrace_caller | bl <direct trampoline>
 
+    literal-v2 (layout literal-v2; seed 001, Xu Kuohai's "[PATCH bpf-next v2 0/4] Add ftrace
+    direct call for arm64", Sep 2022, not merged): recorded = func-16 (8-aligned),
+    rec->ip = func+4; four nops before the symbol hold a literal and a two-instruction stub
+        func-16    .quad <the far trampoline> | dummy (ftrace_stub_direct_tramp)
+        func-8     ldr x16, func-16            (the stub: before the symbol, in no function)
+        func-4     br x16
+        func       mov x9, x30   nop | bl ftrace_caller | bl <near trampoline> | bl func-8
+    A direct trampoline out of bl range is reached through the stub: entered with x30 = func+8
+    and x9 = the parent, the near contract, but through two pcs that no symbol covers (Mark
+    Rutland's objection: they break RELIABLE_STACKTRACE).  See `literal_v2_bytes`.
+
 Every change is one aligned 4-byte instruction or one aligned 8-byte literal
 (aarch64_insn_patch_text_nosync / aarch64_insn_write_literal_u64, no stop_machine).  Each site
 change writes the literal first and the instruction second, enabling and disabling alike
@@ -27,7 +38,7 @@ on the late one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generator
 
 from ...errors import EncodeError, KernelError, UsageError
@@ -47,6 +58,16 @@ BL_RANGE = 128 << 20                       # bl reaches [-128 MiB, +128 MiB)
 
 def reachable_by_bl(addr: int, pc: int) -> bool:
     return -BL_RANGE <= addr - pc < BL_RANGE
+
+
+def site_insn(rec, state) -> bytes:
+    """The instruction at rec->ip: nop, or bl to the state's target (ERANGE if out of reach)."""
+    if state.target is None:
+        return NOP
+    try:
+        return A.bl(rec.ip, state.target)                  # bl <target>
+    except EncodeError as err:
+        raise KernelError("ERANGE", f"arm64 site {rec.ip:#x}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +96,13 @@ FTRACE_REGS = RegsLayout("ftrace_regs", size=112, fp=80, lr=88, sp=96, pc=104, d
 # pmr_save, stackframe[2], lockdep_hardirqs, exit_rcu = 336 bytes.  S_LR is regs[30].
 PT_REGS = RegsLayout("pt_regs", size=336, fp=8 * 29, lr=8 * 30, sp=248, pc=256, direct_tramp=None)
 S_STACKFRAME = 304              # offsetof(struct pt_regs, stackframe)
+# Seed 001's v2 series (WITH_REGS kernels) had arch_ftrace_set_direct_caller() too: the model
+# puts the trampoline in pt_regs->orig_x0 (S_ORIG_X0), which ftrace_regs_caller zeroes on entry
+# and ftrace_common checks on return, as the v6.4 code does with fregs->direct_tramp.  (Which
+# pt_regs field the series used is not in the seed; Xu's earlier v1 series is recalled to use
+# orig_x0, unconfirmed here.)
+S_ORIG_X0 = 272
+PT_REGS_DIRECT = replace(PT_REGS, direct_tramp=S_ORIG_X0)
 ARG_REGS = tuple(f"x{i}" for i in range(8))
 
 
@@ -260,14 +288,16 @@ def gen_ftrace_caller_args(e, *, call_ops: bool, direct: bool, op_var: int, stub
 PT_FRAME = PT_REGS.size + 16                 # pt_regs (with its stackframe) + the callsite record
 
 
-def _regs_entry(e, allregs: bool) -> None:
+def _regs_entry(e, allregs: bool, direct: bool = False) -> None:
     """ftrace_regs_entry: pt_regs below the caller's sp, the callsite's frame record above it,
-    ours in pt_regs->stackframe."""
+    ours in pt_regs->stackframe.  `direct` (seed 001's v2): orig_x0 = 0, no trampoline yet."""
     r = PT_REGS
     e.emit(A.sub_imm("sp", "sp", PT_FRAME))                # sub sp, sp, #PT_REGS_SIZE + 16
     e.cfi_def_cfa_offset(PT_FRAME)
     _save_args(e, r)
     e.emit(A.stp("x8", "x9", "sp", r.x(8)))                # stp x8, x9, [sp, #S_X8]
+    if direct:
+        e.emit(A.str_("xzr", "sp", S_ORIG_X0))             # str xzr, [sp, #S_ORIG_X0]
     if allregs:
         for i in range(10, 30, 2):
             e.emit(A.stp(f"x{i}", f"x{i + 1}", "sp", r.x(i)))  # stp xi, xi+1, [sp, #S_Xi]
@@ -285,19 +315,21 @@ def _regs_entry(e, allregs: bool) -> None:
     e.emit(A.add_imm("x29", "sp", S_STACKFRAME))           # add x29, sp, #S_STACKFRAME
 
 
-def gen_ftrace_regs_callers(e, *, op_var: int, stub: int) -> None:
+def gen_ftrace_regs_callers(e, *, op_var: int, stub: int, direct: bool = False) -> None:
     """ftrace_regs_caller (every register in pt_regs) and ftrace_caller (x0-x9 and fp), both
-    continuing in ftrace_common, whose `ftrace_call: bl ftrace_stub` ftrace retargets."""
+    continuing in ftrace_common, whose `ftrace_call: bl ftrace_stub` ftrace retargets.
+    `direct` (seed 001's v2 series, WITH_REGS direct calls): a trampoline that call_direct_funcs
+    put in pt_regs->orig_x0 is branched to after the restore, entered as from a site."""
     e.label("ftrace_regs_caller")
     site_entry(e)
     e.cfi_remember_state()
     e.emit(A.bti("c"))                                     # bti c
-    _regs_entry(e, allregs=True)
+    _regs_entry(e, allregs=True, direct=direct)
     e.emit(A.b(e.pc, e.label_addr("ftrace_common")))       # b ftrace_common
     e.cfi_restore_state()                                  # ftrace_caller: entered like the above
     e.label("ftrace_caller")
     e.emit(A.bti("c"))                                     # bti c
-    _regs_entry(e, allregs=False)
+    _regs_entry(e, allregs=False, direct=direct)
     e.emit(A.b(e.pc, e.label_addr("ftrace_common")))       # b ftrace_common
     e.label("ftrace_common")                               # both frames are the same here
     r = PT_REGS
@@ -310,6 +342,11 @@ def gen_ftrace_regs_callers(e, *, op_var: int, stub: int) -> None:
     _restore_args(e, r)
     e.emit(A.ldr("x29", "sp", r.fp))                       # ldr x29, [sp, #S_FP]
     e.cfi_restore("x29")
+    if direct:
+        e.emit(A.ldr("x17", "sp", S_ORIG_X0))              # ldr x17, [sp, #S_ORIG_X0]
+        late = e.label_addr("ftrace_common_direct")
+        e.emit(A.cbnz("x17", e.pc, late))                  # cbnz x17, ftrace_common_direct
+        e.cfi_remember_state()
     e.emit(A.ldr("x30", "sp", r.lr))                       # ldr x30, [sp, #S_LR]
     e.cfi_restore("x30")
     e.emit(A.ldr("x9", "sp", r.pc))                        # ldr x9, [sp, #S_PC]
@@ -317,6 +354,18 @@ def gen_ftrace_regs_callers(e, *, op_var: int, stub: int) -> None:
     e.cfi_def_cfa_offset(0)
     e.cfi_register("pc", "x9")
     e.emit(A.ret("x9"))                                    # ret x9
+    if direct:
+        e.cfi_restore_state()
+        # the site's contract: x9 = parent, x30 = (possibly modified) return into the body
+        e.label("ftrace_common_direct")
+        e.emit(A.ldr("x9", "sp", r.lr))                    # ldr x9, [sp, #S_LR]
+        e.cfi_register("x30", "x9")
+        e.emit(A.ldr("x30", "sp", r.pc))                   # ldr x30, [sp, #S_PC]
+        e.emit(A.add_imm("sp", "sp", PT_FRAME))            # add sp, sp, #PT_REGS_SIZE + 16
+        e.cfi_def_cfa_offset(0)
+        # our record is gone with the frame: the return is x30's now
+        e.cfi_register("pc", "x30")
+        e.emit(A.br("x17"))                                # br x17
 
 
 def gen_ftrace_stub_direct_tramp(e) -> None:
@@ -397,9 +446,112 @@ def gen_sample_direct(e, kind: str, entry_host: int, exit_host: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Seed 001: the v2 series' literal and stub before the function
+# --------------------------------------------------------------------------------------------
+V2_PRE = 16                     # the four nops before the symbol: literal (8), ldr, br
+X16 = "x16"                     # IP0, free at a function's entry (AAPCS)
+
+
+def literal_v2_addrs(rec_ip: int) -> tuple[int, int, int]:
+    """(literal, ldr, br) of a literal-v2 site whose BL slot is rec_ip (= func+4)."""
+    func = rec_ip - INSN
+    return func - V2_PRE, func - 2 * INSN, func - INSN
+
+
+def literal_v2_stub(rec_ip: int) -> tuple[bytes, bytes]:
+    """The two instructions before the symbol: load the literal, branch to it.  Nothing is
+    saved and x30/x9 are left alone, so the trampoline sees what a near `bl` gives it."""
+    lit, ldr_at, _ = literal_v2_addrs(rec_ip)
+    return (A.ldr_literal(X16, ldr_at, lit),                # ldr x16, func-16  (the literal)
+            A.br(X16))                                      # br x16
+
+
+class LiteralV2:
+    """The patch site the seed describes (Xu Kuohai's v2 series; the seed gives its shape, not
+    its code: the exact instruction order of v2 is not in the seed, this is the layout the seed
+    describes).  Reconstructed:
+
+        disabled     func-16..func-4: nops    func: mov x9, x30; nop
+        near         func-16..func-4: unused  func: mov x9, x30; bl <target>  (ftrace_caller, or
+                                                                               a trampoline in range)
+        far direct   func-16: .quad <trampoline>; func-8: ldr x16, func-16; func-4: br x16
+                     func: mov x9, x30; bl func-8
+
+    The far trampoline is entered with x30 = func+8 and x9 = the parent, the near contract,
+    after two instructions that lie before the function's symbol and have no unwind rows (the
+    kernel had none: no symbol covers func-8..func-4).  That is the seed's point: a pc there is
+    not symbolised (Mark Rutland), and the caller's lr is in x9 only (Xu's "problem 1").
+
+    Patching, for CPUs running through a site while it changes (arm64 patches one aligned
+    instruction or 8-byte literal at a time, without stop_machine; these kernels are
+    preemptible):
+    * `mov x9, x30` is written once, at boot, as ftrace_init_nop does in the v5.5-v6.2 kernels
+      the series was written for (not "all nops" when disabled): written together with the bl,
+      a CPU that ran the old nop at func+0 and then the new bl would enter with a stale x9;
+    * entering the far state: the literal, then the stub (each only if not already there, read
+      back from the text: the kernel checks the instructions it replaces, not literals), then
+      the `bl func-8` that reaches them; far -> far: the literal only;
+    * leaving it (to near, to ftrace_regs_caller, disabled): the bl only.  The literal and the
+      stub stay: a CPU that took `bl func-8` just before still runs them, and must find the
+      trampoline it was going to (it may still be attached, now reached through
+      ftrace_regs_caller; if it is being detached, ftrace_shutdown's grace period keeps it until
+      that CPU has returned).  Putting nops back could not be made safe without a grace period:
+      that CPU would fall through into func+0 with x30 = func+8.  Once written, the stub stays
+      and is unreachable while the site is not far.
+    """
+
+    def __init__(self, arch: "ArchFtraceImpl"):
+        self.arch = arch
+
+    def far(self, rec, state: SiteState) -> bool:
+        """Out of bl range (only a direct trampoline can be: ftrace_caller is kernel text)."""
+        return (self.arch.direct and state.target is not None
+                and not reachable_by_bl(state.target, rec.ip))
+
+    def insn(self, rec, state: SiteState) -> bytes:
+        if self.far(rec, state):
+            return A.bl(rec.ip, literal_v2_addrs(rec.ip)[1])       # bl func-8  (the stub)
+        return site_insn(rec, state)                                # nop | bl <target>
+
+    def far_bytes(self, rec, target: int) -> list[tuple[int, bytes, str]]:
+        """(address, bytes, what) of the literal and the stub that reach `target`, in the
+        order they are written."""
+        lit, ldr_at, br_at = literal_v2_addrs(rec.ip)
+        ldr_, br_ = literal_v2_stub(rec.ip)
+        return [(lit, target.to_bytes(8, "little"), "literal"), (ldr_at, ldr_, "ldr x16"),
+                (br_at, br_, "br x16")]
+
+    def boot_writes(self, rec) -> list[TextWrite]:
+        return [TextWrite(rec.ip - INSN, NOP, MOV_X9_LR, "mov x9, x30")]
+
+    def transition(self, rec, old: SiteState, new: SiteState) -> list[TextWrite]:
+        out = []
+        if self.far(rec, new):                   # the literal and the stub before the bl
+            mem = self.arch.machine.memory
+            for addr, data, what in self.far_bytes(rec, new.target):
+                have = mem.read(addr, len(data))
+                if have != data:
+                    out.append(TextWrite(addr, have, data, what))
+        a, b = self.insn(rec, old), self.insn(rec, new)
+        if a != b:
+            out.append(TextWrite(rec.ip, a, b, "bl" if new.target is not None else "nop"))
+        return out
+
+    def site_bytes(self, rec, state: SiteState) -> dict[int, bytes]:
+        """The parts that matter in `state` (outside the far state the pre-function slots are
+        unreachable, whatever they hold)."""
+        out = {}
+        if self.far(rec, state):
+            out.update({addr: data for addr, data, _ in self.far_bytes(rec, state.target)})
+        out[rec.ip - INSN] = MOV_X9_LR
+        out[rec.ip] = self.insn(rec, state)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
 # The arch part
 # --------------------------------------------------------------------------------------------
-SCHEMES = ("mov-x9-bl", "callops")
+SCHEMES = ("mov-x9-bl", "callops", "literal-v2")
 
 
 class ArchFtraceImpl(ArchFtrace):
@@ -407,14 +559,17 @@ class ArchFtraceImpl(ArchFtrace):
         p = self.profile
         if p.site not in SCHEMES:
             raise UsageError(f"arm64 has no patch-site scheme {p.site!r} (known: {SCHEMES})")
-        self.regs_layout = PT_REGS if p.with_regs else FTRACE_REGS
+        self.regs_layout = ((PT_REGS_DIRECT if p.direct_calls else PT_REGS) if p.with_regs
+                            else FTRACE_REGS)
         self.call_ops = p.call_ops
         self.direct = p.direct_calls
+        self.v2 = LiteralV2(self) if p.site == "literal-v2" else None
         op_var = self.core.function_trace_op
         stub = self.core.stub_func
         base = self.kernel.text_arena.alloc(0x400, 16)
         if p.with_regs:
-            code = assemble(lambda e: gen_ftrace_regs_callers(e, op_var=op_var, stub=stub), base)
+            code = assemble(lambda e: gen_ftrace_regs_callers(
+                e, op_var=op_var, stub=stub, direct=p.direct_calls), base)
             names = ("ftrace_regs_caller", "ftrace_caller", "ftrace_common")
         else:
             code = assemble(lambda e: gen_ftrace_caller_args(
@@ -451,6 +606,11 @@ class ArchFtraceImpl(ArchFtrace):
         """ftrace_call_adjust: the address of the BL slot."""
         if self.profile.site == "mov-x9-bl":
             return site.addr + INSN                 # the first nop becomes mov x9, x30
+        if self.v2 is not None:
+            if site.addr % 8:
+                raise FtraceBug(f"Misaligned patch-site literal at {site.addr:#x}: the "
+                                "literal-v2 literal must be 8-byte aligned")
+            return site.addr + V2_PRE + INSN        # literal, ldr, br; then mov x9, x30
         if site.addr % 8:
             raise FtraceBug(f"Misaligned patch-site {self.machine.kallsyms.format(site.addr + 8)}"
                             ": the CALL_OPS literal must be 8-byte aligned")
@@ -465,6 +625,8 @@ class ArchFtraceImpl(ArchFtrace):
 
     def boot_writes(self, rec) -> list[TextWrite]:
         """ftrace_init_nop: the literal (CALL_OPS) first, then mov x9, x30 before the BL slot."""
+        if self.v2 is not None:
+            return self.v2.boot_writes(rec)
         out = []
         if self.call_ops:
             out.append(TextWrite(self.literal_addr(rec), NOP + NOP,
@@ -485,18 +647,15 @@ class ArchFtraceImpl(ArchFtrace):
         which branches to ops->direct_call (the site's literal names the direct ops)."""
         if reachable_by_bl(addr, rec.ip):
             return addr
+        if self.v2 is not None and self.direct:
+            return addr                             # through the literal before the function
         if not self.call_ops:
             raise KernelError("ERANGE", f"{addr:#x} is out of bl range of {rec.ip:#x} and this "
                                         "kernel has no CALL_OPS literal to reach it through")
         return self.ftrace_addr
 
     def _insn(self, rec, state: SiteState) -> bytes:
-        if state.target is None:
-            return NOP
-        try:
-            return A.bl(rec.ip, state.target)
-        except EncodeError as err:
-            raise KernelError("ERANGE", f"arm64 site {rec.ip:#x}: {err}") from None
+        return site_insn(rec, state)
 
     def _literal(self, state: SiteState) -> bytes:
         ops = self.core.nop_ops if state.ops is None else state.ops
@@ -504,7 +663,9 @@ class ArchFtraceImpl(ArchFtrace):
 
     def transition(self, rec, old: SiteState, new: SiteState) -> list[TextWrite]:
         """The literal first, the instruction second (ftrace_make_call, ftrace_modify_call and
-        ftrace_make_nop all update the ops before the BL/NOP)."""
+        ftrace_make_nop all update the ops before the BL/NOP).  literal-v2: LiteralV2."""
+        if self.v2 is not None:
+            return self.v2.transition(rec, old, new)
         out = []
         if self.call_ops and self._literal(old) != self._literal(new):
             out.append(TextWrite(self.literal_addr(rec), self._literal(old), self._literal(new),
@@ -515,6 +676,8 @@ class ArchFtraceImpl(ArchFtrace):
         return out
 
     def site_bytes(self, rec, state: SiteState) -> dict[int, bytes]:
+        if self.v2 is not None:
+            return self.v2.site_bytes(rec, state)
         out = {}
         if self.call_ops:
             out[self.literal_addr(rec)] = self._literal(state)
@@ -552,7 +715,8 @@ class ArchFtraceImpl(ArchFtrace):
         slot = self.regs_layout.direct_tramp
         if slot is None or not self.direct:
             raise KernelError("ENODEV", "arm64 has arch_ftrace_set_direct_caller only with "
-                                        "DYNAMIC_FTRACE_WITH_DIRECT_CALLS (v6.4+)")
+                                        "DYNAMIC_FTRACE_WITH_DIRECT_CALLS (v6.4+; seed 001's v2 "
+                                        "on v6.1)")
         self.machine.memory.write_u64(fregs_addr + slot, addr)
 
     def sample_direct(self, e, kind: str, entry_host: int, exit_host: int) -> None:

@@ -1,5 +1,5 @@
 """arm64 patch-site layouts: clang -fpatchable-function-entry, before and with CALL_OPS, and
-with BTI."""
+with BTI; and the layout of seed 001 (Xu Kuohai's v2 direct calls, Sep 2022, not merged)."""
 from __future__ import annotations
 
 from ...targets.layouts import CLANG, COMMON_FLAGS, Compiler, EntryShape, Layout
@@ -49,6 +49,22 @@ LAYOUTS: tuple[Layout, ...] = (
         sites=frozenset({"callops"}),
         entry=EntryShape(nop=_A64_NOP, nops_before=2, nops_at_entry=2, landing_pad=_A64_BTI_C,
                          landing_pad_name="bti c", align=8, record_offset=-8,
+                         table="__patchable_function_entries"),
+    ),
+    Layout(
+        name="literal-v2",
+        arch="arm64",
+        compiler=CLANG,
+        flags=(*COMMON_FLAGS, *ARM64_CLANG, "-mbranch-protection=none",
+               "-fpatchable-function-entry=6,4", "-falign-functions=8"),
+        description="-fpatchable-function-entry=6,4 -falign-functions=8: four nops before the "
+                    "symbol (an 8-byte literal at func-16, then ldr x16 / br x16 at func-8 and "
+                    "func-4, outside the symbol) and two at func+0 (mov x9, x30; bl)",
+        kernels="seed 001: Xu Kuohai's v2 direct calls for arm64 (Sep 2022, not merged), on a "
+                "v6.1-era WITH_REGS kernel",
+        sites=frozenset({"literal-v2"}),
+        entry=EntryShape(nop=_A64_NOP, nops_before=4, nops_at_entry=2, landing_pad=None,
+                         landing_pad_name=None, align=8, record_offset=-16,
                          table="__patchable_function_entries"),
     ),
 )

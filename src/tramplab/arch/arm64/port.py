@@ -5,6 +5,7 @@ Timeline facts: kernel-anchors.md §0, §1.2 and §7; Kconfig: arch/arm64/Kconfi
 from __future__ import annotations
 
 from ...bpf.spec import JitOptions
+from ...profiles import version_key
 from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
@@ -37,10 +38,26 @@ def derive(h, version: str) -> dict:
     )
 
 
+# Seed 001: Xu Kuohai's "[PATCH bpf-next v2 0/4] Add ftrace direct call for arm64" (Sep 2022),
+# posted against bpf-next for v6.1 and not merged.  Its kernels are v6.1 kernels with the series
+# applied: WITH_REGS (WITH_ARGS came in v6.2), no CALL_OPS, the literal-v2 layout.
+SEED001_KERNEL = (6, 1)
+
+
 def layouts_for(h, version: str) -> tuple[str, ...]:
     """pfe2 before CALL_OPS (v6.3), callops and callops-bti from it.  Kernels before v5.5 (-pg)
-    have no compiled object and are modelled with pfe2."""
-    return ("callops", "callops-bti") if h("call_ops") else ("pfe2",)
+    have no compiled object and are modelled with pfe2.  A v6.1 kernel may also be built with
+    seed 001's literal-v2 (the series changes the Makefile's -fpatchable-function-entry)."""
+    if h("call_ops"):
+        return ("callops", "callops-bti")
+    return ("pfe2", "literal-v2") if version_key(version)[:2] == SEED001_KERNEL else ("pfe2",)
+
+
+def layout_switches(layout) -> dict:
+    """Each arm64 layout allows one site scheme (the compiler's nops decide it): pfe2 ->
+    mov-x9-bl, callops(-bti) -> callops, literal-v2 -> literal-v2."""
+    (site,) = layout.sites
+    return {"site": site}
 
 
 def jit_options(profile, layout, h) -> JitOptions:
@@ -49,8 +66,17 @@ def jit_options(profile, layout, h) -> JitOptions:
 
 
 def special_presets(profile_for, with_layout) -> dict:
-    return {"v6.16-bti": with_layout(profile_for("6.16", "v6.16-bti"), "callops-bti").with_(
-        note="BTI kernel: bti c at func+0")}
+    return {
+        "v6.16-bti": with_layout(profile_for("6.16", "v6.16-bti"), "callops-bti").with_(
+            note="BTI kernel: bti c at func+0"),
+        # a design that was not merged, not a bug: it works, near and far; what it does to
+        # stack traces is what check/scenarios.py "seed001-unwind-gap" shows
+        "seed001-v2": with_layout(profile_for("6.1", "seed001-v2"), "literal-v2").with_(
+            direct_calls=True,
+            note="seed 001: Xu Kuohai's v2 direct calls (Sep 2022), not merged: a far "
+                 "trampoline is reached through a literal and ldr x16/br x16 placed before the "
+                 "function, outside its symbol"),
+    }
 
 
 KCONFIG = (
@@ -58,24 +84,40 @@ KCONFIG = (
                 lambda p, v, lay: p.with_regs and p.with_args),
     KconfigRule("arm64: HAVE_DYNAMIC_FTRACE_WITH_CALL_OPS is selected only if "
                 "DYNAMIC_FTRACE_WITH_ARGS", lambda p, v, lay: p.call_ops and not p.with_args),
+    # The merged rule (v6.4); seed 001's v2 series selected direct calls on its own site scheme
+    # (below), so the rule holds for the merged schemes.
     KconfigRule("arm64: HAVE_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is selected only if "
                 "DYNAMIC_FTRACE_WITH_ARGS && DYNAMIC_FTRACE_WITH_CALL_OPS",
-                lambda p, v, lay: p.direct_calls and not (p.with_args and p.call_ops)),
+                lambda p, v, lay: p.direct_calls and p.site != "literal-v2"
+                and not (p.with_args and p.call_ops)),
+    # Seed 001: the v2 series (bpf-next, Sep 2022) was written for the v6.1 kernels, which had
+    # DYNAMIC_FTRACE_WITH_REGS and neither WITH_ARGS (v6.2) nor CALL_OPS (v6.3); direct calls then
+    # depended on WITH_REGS (kernel/trace/Kconfig before v6.4), so its select went with WITH_REGS.
+    KconfigRule("arm64 literal-v2 (seed 001, Xu Kuohai's v2 direct calls, not merged) exists "
+                "only on the v6.1 WITH_REGS kernels it was written for (no CALL_OPS)",
+                lambda p, v, lay: p.site == "literal-v2"
+                and (v[:2] != SEED001_KERNEL or not p.with_regs or p.call_ops)),
 )
 
 STRESS = {
     "near": StressEra("latest", "CALL_OPS, bl to the trampoline"),
     "far": StressEra("latest", "trampolines out of bl range: through ftrace_caller and x17",
                      (("bpf_area", ARCH.memory.kernel_text - (1 << 30)),)),
+    "seed001-v2": StressEra("seed001-v2", "seed 001's v2 (v6.1, WITH_REGS): bl to the "
+                                          "trampoline, the shared path through orig_x0"),
+    "seed001-v2-far": StressEra("seed001-v2", "seed 001's v2, trampolines out of bl range: "
+                                              "the literal and ldr x16/br x16 before the function",
+                                (("bpf_area", ARCH.memory.kernel_text - (1 << 30)),)),
 }
 
 PORT = register_port(Port(
     info=ARCH, package=__package__, order=1, timeline=TIMELINE, derive=derive,
     layouts_for=layouts_for, preset_versions=("6.0", "6.4", "6.16"),
-    special_presets=special_presets, era_switches=("bpf_entry", "bpf_site_skip"),
-    jit_options=jit_options,
+    special_presets=special_presets, layout_switches=layout_switches,
+    era_switches=("bpf_entry", "bpf_site_skip"), jit_options=jit_options,
     kconfig_rules=KCONFIG, layouts=LAYOUTS,
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
-    scenarios={"seed003-multi-clobber": ("multi-2021", "latest")},
+    scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
+               "seed003-multi-clobber": ("multi-2021", "latest")},
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))
