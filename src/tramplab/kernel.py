@@ -227,6 +227,17 @@ class Kernel:
         """Decorator: one fmod_ret program on many functions (each must allow it)."""
         return self._multi_program("fmod_ret", targets, name, func_ip, cookies, attach)
 
+    def kprobe_multi(self, targets, *, name=None, cookies=None):
+        """Decorator: a kprobe.multi program `body(ctx)` on the functions `targets` (fprobe:
+        an ftrace_ops calling it with the registers; ctx.func_ip, ctx.cookie, ctx.arg(i)).
+        Returns the link; `.detach()` detaches, `.runs` lists (cpu, func_ip, cookie)."""
+        from .bpf import kprobe_multi
+
+        def load(body):
+            base = name or getattr(body, "__name__", "kprobe_multi")
+            return kprobe_multi.attach(self, targets, base, cookies, body)
+        return load
+
     def freplace(self, target, *, name=None, attach=True):
         """Decorator: an freplace (BPF_PROG_TYPE_EXT) program replacing BPF function `target`;
         `body(*args)` gets the target's arguments."""

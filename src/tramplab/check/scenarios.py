@@ -106,6 +106,21 @@ def _livepatch_fentry_then_fexit(arch: str, profile: str) -> Observation:
     return Observation(False, "the livepatched result, 102, with the fexit program attached")
 
 
+def _kprobe_multi_func_ip(arch: str, profile: str) -> Observation:
+    """bpf_get_func_ip() and the cookie of a kprobe.multi program on two functions."""
+    k = _kernel(arch, profile)
+    seen = []
+    k.kprobe_multi(["bpf_fentry_test1", "bpf_fentry_test2"], cookies=[11, 22], name="km")(
+        lambda ctx: seen.append((ctx.func_ip, ctx.cookie)))
+    k.call("bpf_fentry_test1", 1)
+    k.call("bpf_fentry_test2", 2, 3)
+    want = [(k.function("bpf_fentry_test1").addr, 11), (k.function("bpf_fentry_test2").addr, 22)]
+    if seen != want:
+        (ip, cookie), (addr, _) = seen[0], want[0]
+        return Observation(True, f"func_ip = bpf_fentry_test1{ip - addr:+d}, cookie {cookie}")
+    return Observation(False, "func_ip = the functions' addresses, cookies 11 and 22")
+
+
 def _multi_clobber(arch: str, profile: str) -> Observation:
     """seed 003: a single fexit on bpf_fentry_test2, then a multi fexit on it too."""
     k = _kernel(arch, profile)
@@ -276,6 +291,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "modify_ftrace_direct(), which did not ask ops_func again: the new trampoline "
              "called the original at its fixed address, the old body.  The fix runs the "
              "IPMODIFY check for the new target, and the -EAGAIN rebuild follows."),
+    Scenario("ibt-kprobe-multi-func-ip", "kprobe.multi on an IBT kernel: bpf_get_func_ip() "
+             "4 bytes off, cookies lost", "c09eb2e578eb 'bpf: Adjust kprobe_multi entry_ip "
+             "for CONFIG_X86_KERNEL_IBT' (v6.1), reported by Martynas Pumputis",
+             _kprobe_multi_func_ip,
+             "fprobe hands its handler the ftrace record's ip.  With IBT every function starts "
+             "with endbr64, so the record is 4 bytes in: bpf_get_func_ip() returned the "
+             "function's address + 4, and bpf_get_attach_cookie(), which looks the cookie up "
+             "by that address, found none.  The fix reads the 4 bytes before the ip and steps "
+             "back over an endbr64 (get_entry_ip)."),
     Scenario("riscv-orig-stack-copy-paste", "riscv v6.19-rc: the trampoline calls the "
              "function from its first byte and re-enters itself",
              "'bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME' (v6.19-rc) and its riscv fix "

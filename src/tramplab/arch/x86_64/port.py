@@ -25,6 +25,8 @@ TIMELINE = {
     # unwinding (arch/x86/Kconfig HAVE_RELIABLE_STACKTRACE with STACK_VALIDATION, v4.6; ORC,
     # v4.14; BPF frames trusted by ORC between fp_start and fp_end, v6.19: 01bc3b6db18d)
     "reliable_stacktrace": "4.6", "orc": "4.14", "orc_bpf_fp": "6.19",
+    # kprobe.multi's get_entry_ip() (c09eb2e578eb, v6.1): the fprobe's ip minus endbr64
+    "kprobe_multi_entry_ip": "6.1",
 }
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site
@@ -68,6 +70,8 @@ def special_presets(profile_for, with_layout) -> dict:
         "v6.6": profile_for("6.6").with_(**lts),
         "v6.6-ibt": with_layout(profile_for("6.6", "v6.6-ibt"), "fentry-ibt").with_(
             multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site"),
+        "v6.0-ibt": with_layout(profile_for("6.0", "v6.0-ibt"), "fentry-ibt").with_(
+            note="an IBT kernel before kprobe.multi's entry-ip fix (v5.18-v6.0)"),
         "v6.4": profile_for("6.4").with_(
             bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site "
                            "with another ops goes through ftrace_caller, which ignores orig_ax"),
@@ -107,6 +111,7 @@ PORT = register_port(Port(
         "fentry-missing-caller": ("v6.6@frame-pointer", "v6.6"),
         "livepatch-fexit-ebusy": ("v6.12.57", "v6.12.59"),
         "livepatch-fentry-fexit-bypass": ("v6.12.59", "v6.12.62"),
+        "ibt-kprobe-multi-func-ip": ("v6.0-ibt", "v6.6-ibt"),
     },
     relocations=RELOCATIONS, stress_eras=STRESS,
 ))
