@@ -294,6 +294,21 @@ def probe_multi_clobber(k):
     return tuple(sorted(seen))
 
 
+def probe_image_put(k):
+    """A CPU inside the original called by an fexit trampoline while the program is detached:
+    is the image still waiting for it (dying), or freed under it?"""
+    prog = k.fexit("bpf_fentry_test1", name="a")(lambda ctx: 0)
+    m = k.machine
+    m.start(k.task("bpf_fentry_test1", 1))
+    cpu, in_tramp = m.cpus[0], False
+    while not (in_tramp and m.kallsyms.lookup(cpu.pc).name == "bpf_fentry_test1"):
+        in_tramp |= m.kallsyms.lookup(cpu.pc).name.startswith("bpf_trampoline")
+        m.step(cpu, 1)
+    for _ in k.bpf.detach_steps(prog.link):     # the detach alone; the CPU stays in the original
+        pass
+    return len(k.bpf.dying), len(k.bpf.freed)
+
+
 SWITCHES = [
     # switch, arch, profile, changes, probe
     ("layout", "arm64", "latest", {"layout": "callops-bti"}, probe_fexit),
@@ -329,6 +344,7 @@ SWITCHES = [
      probe_attach("bpf_testmod_test_struct_arg_1")),
     ("multi_design", "x86_64", "latest", {"multi_design": "max-args-2021"}, probe_multi_clobber),
     ("bpf_skip_site_on", "riscv64", "latest", {"bpf_skip_site_on": "orig_stack"}, probe_fexit),
+    ("faults", "x86_64", "latest", {"faults": ("free-at-once",)}, probe_image_put),
 ]
 NOT_CODE = {"name", "arch", "kernel", "note", "bug"}      # labels, not switches
 

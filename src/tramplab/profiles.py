@@ -142,6 +142,8 @@ class Profile:
     # or "orig_stack" (riscv's copy-paste in that fix during v6.19-rc: only with ORIG_STACK,
     # which riscv never sets, so it called func+0 and re-entered its own trampoline)
     bpf_skip_site_on: str = "call_orig"
+    # known-bad protocols switched on (faults.py): for the interleaving explorer only
+    faults: tuple[str, ...] = ()
     note: str = ""                 # why this profile exists (for bug profiles)
     bug: bool = False              # reproduces a known kernel bug on purpose (seeds, fixed bugs)
 

@@ -136,6 +136,8 @@ class Port:
     relocations: Mapping[int, tuple] = field(default_factory=dict)   # ELF r_type -> (name, fn)
     pcrel_hi_reloc: int | None = None     # a relocation the LO12 ones pair with (riscv)
     stress_eras: Mapping[str, StressEra] = field(default_factory=dict)
+    # known-bad protocols of this arch (faults.py): name -> what the fault does
+    faults: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -34,6 +34,7 @@ from ..ftrace import FtraceOps, OpsCmd
 from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
+from ..faults import fault
 from ..profiles import has
 from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
@@ -733,6 +734,9 @@ class BpfManager(MultiAttach):
         im.dying = True
         self.dying.append(im)
         rcu = self.machine.rcu
+        if fault(self.profile, "free-at-once"):
+            self._image_free(im)                # the known-bad protocol: no grace period
+            return
         if im.ip_after_call is not None:
             old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
             yield from self._text_steps([TextWrite(im.ip_after_call, old, new, "ip_after_call")])

@@ -54,6 +54,13 @@ def violations(p: Profile) -> list[str]:
         out.append("the ip-based direct API (register_ftrace_direct(ip, addr)) was removed in v6.4")
     if p.multi_flags not in ("SAVE_REGS", "SAVE_ARGS", "NONE"):
         out.append(f"multi_flags must be SAVE_REGS, SAVE_ARGS or NONE, not {p.multi_flags!r}")
+    from ..faults import known
+    unknown = [f for f in p.faults if f not in known(p.arch)]
+    if unknown:
+        out.append(f"unknown fault(s) {', '.join(unknown)} on {p.arch} (known: "
+                   f"{', '.join(known(p.arch))})")
+    if p.faults and not p.bug:
+        out.append("a profile with faults (known-bad protocols) must be a bug profile")
     if p.bpf_skip_site_on not in ("call_orig", "orig_stack"):
         out.append(f"bpf_skip_site_on must be call_orig or orig_stack, not "
                    f"{p.bpf_skip_site_on!r}")
