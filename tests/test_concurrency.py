@@ -441,3 +441,13 @@ def test_detaching_a_dynamic_direct_ops_waits_for_the_cpu_in_the_caller():
     k, fx, tracer, cpu, task = _park_in_shared_regs_caller("v6.6")
     fx.link.detach()
     assert task.done and k.result(k.machine.finish(cpu)) == 2
+
+
+def test_stress_finds_an_image_freed_without_grace_periods():
+    """The known-bad protocol free-at-once (faults.py) is caught by the stress harness's seeded
+    schedules; the kernel's protocol passes the same seeds."""
+    from tramplab.check.stress import ERAS, run_schedule
+    era = ERAS["x86_64:latest"]
+    bad = era.with_faults("free-at-once")
+    assert any(not run_schedule(bad, s).ok for s in range(30))
+    assert all(run_schedule(era, s).ok for s in range(30))

@@ -40,6 +40,20 @@ class Era:
     profile: str
     options: tuple = ()            # (name, value) pairs for Kernel(..., **options)
     note: str = ""
+    faults: tuple[str, ...] = ()   # known-bad protocols switched on (faults.py)
+
+    def kernel_profile(self):
+        """The profile to build: the named one, with the era's faults if any."""
+        if not self.faults:
+            return self.profile
+        from ..profiles import get_profile
+        base = get_profile(self.arch, self.profile)
+        return base.with_(name=f"{base.name}+{'+'.join(self.faults)}", bug=True,
+                          faults=tuple(self.faults))
+
+    def with_faults(self, *faults: str) -> "Era":
+        from dataclasses import replace
+        return replace(self, faults=tuple(faults))
 
 
 class _Eras(Mapping):
@@ -135,7 +149,7 @@ class _Schedule:
         from ..kernel import Kernel
         self.era = era
         self.rng = random.Random(seed)
-        self.k = Kernel(era.arch, profile=era.profile, cpus=cpus, **dict(era.options))
+        self.k = Kernel(era.arch, profile=era.kernel_profile(), cpus=cpus, **dict(era.options))
         self.k.bpf
         self.runs: list[Run] = []
         self.sched = Scheduler(self.k.machine, seed=seed, quantum=1)
