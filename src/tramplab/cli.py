@@ -429,6 +429,128 @@ def stress(eras, schedules, seed, calls, ops, as_json):
         sys.exit(1)
 
 
+@main.command(name="explore")
+@click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+@click.option("--target", "-t", "target_names", multiple=True,
+              help="<arch>:<era>[+fault...] (repeatable; default: every era of --arch)")
+@click.option("--fault", "-f", "faults", multiple=True,
+              help="explore a known-bad protocol (see `tramplab explore --list-faults`)")
+@click.option("--schedules", "-n", default=40, show_default=True, type=click.IntRange(0, 10**6),
+              help="random schedules per target")
+@click.option("--seed", "-s", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="first seed (with --replay: the seed to replay)")
+@click.option("--cpus", default=2, show_default=True, type=click.IntRange(1, 4),
+              help="CPUs making calls")
+@click.option("--calls", default=3, show_default=True, type=click.IntRange(1, 50),
+              help="calls per CPU")
+@click.option("--ops", default=4, show_default=True, type=click.IntRange(1, 50),
+              help="attach/detach operations per schedule")
+@click.option("--bounded/--no-bounded", default=True, show_default=True,
+              help="also every one-preemption schedule of a small case (1 CPU, 2 calls, 3 ops)")
+@click.option("--stride", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="bounded search: preempt at every STRIDE-th step")
+@click.option("--replay", is_flag=True, help="replay --seed of one --target, shrink a violation "
+                                             "and print its annotated instruction trace")
+@click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="local worker processes")
+@click.option("--ray", "ray_address", default=None,
+              help="run on a Ray cluster (ADDRESS, or 'local'); needs tramplab[ray]")
+@click.option("--list-faults", is_flag=True, help="list the known-bad protocols and exit")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, bounded, stride,
+                replay, workers, ray_address, list_faults, as_json):
+    """Explore interleavings: CPUs call traced functions while another attaches, detaches and
+    replaces programs and ftrace ops, one instruction at a time, over seeded random schedules
+    and (--bounded) every one-preemption schedule of a small case.  Each call is checked (no
+    oops, the right value, programs attached for the whole call ran exactly once, detached
+    ones never, freed images never executed, stacks balanced).  A violation is printed with a
+    replay command; --replay shrinks it and prints what each CPU ran.  Exit 1 on a violation.
+
+    Known-bad protocols (--fault) show what the explorer finds; the kernel's own must stay clean.
+    """
+    from .check import explore as ex
+    from .faults import known
+    if list_faults:
+        for a in port_names():
+            for name, what in known(a).items():
+                click.echo(f"{a:8} {name:22} {what}")
+        return
+    targets = [_explore_target(n, cpus, calls, ops) for n in target_names] or \
+        ex.targets_for(None if arch == "all" else _arch(arch), faults, cpus, calls, ops)
+    if not targets:
+        raise UsageError(f"no target on {arch} knows the fault(s) {', '.join(faults)}")
+    if replay:
+        if len(targets) != 1:
+            raise UsageError("--replay needs exactly one --target")
+        _explore_replay(ex, targets[0], seed)
+        return
+    from rich.progress import Progress
+    total = None
+    with Progress(transient=True, disable=as_json or not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("exploring", total=None)
+
+        def progress(done, n):
+            bar.update(task, completed=done, total=n)
+        import time as _time
+        start = _time.perf_counter()
+        report = ex.explore(targets, schedules, first_seed=seed, bounded=bounded, stride=stride,
+                            workers=workers, ray_address=ray_address, progress=progress)
+        total = _time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({"schedules": report.schedules, "steps": report.steps,
+                               "seconds": round(total, 3),
+                               "targets": [{"target": t.target.name, "schedules": t.schedules,
+                                            "steps": t.steps, "calls": t.calls,
+                                            "ops": t.ops, "bounded": t.bounded,
+                                            "findings": [{"seed": f.seed, "how": f.how,
+                                                          "violations": f.violations,
+                                                          "replay": f.replay_command()}
+                                                         for f in t.findings]}
+                                           for t in report.targets]}, indent=1))
+    else:
+        table = Table("target", "what it exercises", "schedules (bounded)", "calls checked",
+                      "ops", "steps", "violations", "first")
+        for t in report.targets:
+            first = t.findings[0].violations[0][:60] if t.findings else ""
+            table.add_row(t.target.name, escape(t.target.era.note), f"{t.schedules} ({t.bounded})",
+                          str(t.calls), str(t.ops), str(t.steps), str(len(t.findings)),
+                          escape(first))
+        _console().print(table)
+        rate = report.steps / total if total else 0
+        click.echo(f"{report.schedules} schedules, {report.steps} steps in {total:.1f} s "
+                   f"({rate:,.0f} steps/s), {len(report.findings)} violation(s)")
+        for f in report.findings[:10]:
+            click.echo(f"{f.target.name} seed {f.seed} ({f.how}): {f.violations[0]}\n"
+                       f"  replay: {f.replay_command()}")
+    if report.findings:
+        sys.exit(1)
+
+
+def _explore_target(name: str, cpus: int, calls: int, ops: int):
+    from .check.explore import Target
+    from .check.stress import ERAS
+    era, *faults = name.split("+")
+    if era not in ERAS:
+        raise UsageError(f"unknown target {name!r}: an era is one of {', '.join(ERAS)}, "
+                         "optionally +fault")
+    return Target(ERAS[era].with_faults(*faults), cpus, calls, ops)
+
+
+def _explore_replay(ex, target, seed: int) -> None:
+    r = target.run(seed)
+    if not r.violations:
+        click.echo(f"{target.name} seed {seed}: no violation ({r.steps} steps)")
+        return
+    finding = ex.Finding(target, seed, list(r.violations), list(r.trace))
+    script = ex.shrink(finding)
+    click.echo(f"{target.name} seed {seed}: {r.violations[0]}")
+    click.echo(f"schedule: {len(finding.trace)} steps in {len(ex._runs(finding.trace))} runs; "
+               f"shrunk to {len(script)} steps in {len(ex._runs(script))} runs")
+    click.echo("\n".join(ex.annotate(finding)))
+    sys.exit(1)
+
+
 @main.command(name="attach")
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--profile", "-p", default=None,

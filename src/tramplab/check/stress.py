@@ -17,6 +17,7 @@ Per call the invariants are:
   into a jump over the fexit programs, so a call still in the original skips them -- at most
   once then;
 - one detached for the whole call never ran, and an overlapping one ran at most once;
+- the stack is balanced when it returns (sp back where it was, less the popped return address);
 and after every schedule: no trampoline image still dying and no grace-period callback pending
 (every call has returned, so every grace period has elapsed).
 """
@@ -124,6 +125,7 @@ class ScheduleResult:
     calls: int = 0
     ops: int = 0
     steps: int = 0
+    trace: list = field(default_factory=list, repr=False)   # the scheduler's decisions
 
     @property
     def ok(self) -> bool:
@@ -145,14 +147,17 @@ class StressReport:
 
 
 class _Schedule:
-    def __init__(self, era: Era, seed: int, cpus: int, calls: int, ops: int):
+    def __init__(self, era: Era, seed: int, cpus: int, calls: int, ops: int,
+                 script=None, on_step=None):
         from ..kernel import Kernel
         self.era = era
         self.rng = random.Random(seed)
         self.k = Kernel(era.arch, profile=era.kernel_profile(), cpus=cpus, **dict(era.options))
         self.k.bpf
         self.runs: list[Run] = []
-        self.sched = Scheduler(self.k.machine, seed=seed, quantum=1)
+        self.sched = Scheduler(self.k.machine, seed=seed, quantum=1, script=script,
+                               on_step=(lambda i, t, n: on_step(self.k, i, t, n))
+                               if on_step else None)
         self.pool = [a for a in self._pool()]
         self.ops = self._plan_ops(ops)
         self.seqs = [self._plan_calls(cpu, calls) for cpu in range(cpus)]
@@ -249,6 +254,7 @@ class _Schedule:
         except TramplabError as e:
             r.violations.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
         r.steps = self.sched.clock
+        r.trace = list(self.sched.trace)
         r.ops = len(self.ops)
         for _, op in self.ops:
             if op.error:
@@ -301,6 +307,10 @@ class _Schedule:
         value = k.result(task)
         where = f"{task.name}{tuple(task.reg_args)} on CPU {task.cpu} (clock {start}..{end})"
         runs = [run for run in self.runs if run.task is task]
+        pops = 8 if k.arch.return_address_on_stack else 0      # the final ret pops its address
+        if task.end_sp != task.start_sp + pops:
+            out.append(f"{where} returned with sp {task.end_sp:#x}, entered with "
+                       f"{task.start_sp:#x}: stack not balanced")
         expect = self._expected(task, runs, before)
         if value != expect:
             out.append(f"{where} returned {value}, expected {expect}")
@@ -352,10 +362,13 @@ def _s32(v: int) -> int:
 
 
 def run_schedule(era: Era, seed: int, *, cpus: int = 2, calls: int = 3,
-                 ops: int = 4) -> ScheduleResult:
+                 ops: int = 4, script=None, on_step=None) -> ScheduleResult:
     """One seeded schedule on a fresh kernel: `cpus` CPUs making `calls` calls each while the
-    host actor performs `ops` attach/detach operations."""
-    return _Schedule(era, seed, cpus, calls, ops).run()
+    host actor performs `ops` attach/detach operations.  The seed plans the calls and the
+    operations and, without `script`, the interleaving; `script` (a result's `trace`, or a
+    shrunk one) replays an interleaving instead.  `on_step(kernel, i, task, n)` sees every
+    step before it runs."""
+    return _Schedule(era, seed, cpus, calls, ops, script, on_step).run()
 
 
 def stress(era: Era, schedules: int, *, first_seed: int = 0, **kw) -> StressReport:

@@ -162,6 +162,8 @@ class CallTask:
     result: int | None = None
     result2: int | None = None
     steps: int = 0
+    start_sp: int = 0              # sp at the first instruction (the return address pushed)
+    end_sp: int = 0                # sp once it returned: balanced = start_sp + what ret pops
 
 
 class Machine:
@@ -263,6 +265,7 @@ class Machine:
             cpu.set_reg(reg, value)
         cpu.set_reg(arch.fp, 0)
         cpu.sp = sp
+        task.start_sp = sp
         cpu.pc = task.entry
         cpu.history.clear()
         task.done = False
@@ -323,6 +326,7 @@ class Machine:
         if cpu.pc != self.hostcalls.return_trap:
             return False
         task = cpu.task
+        task.end_sp = cpu.sp
         task.result = cpu.reg(self.arch.ret_regs[0])
         task.result2 = cpu.reg(self.arch.ret_regs[1])
         task.done = True

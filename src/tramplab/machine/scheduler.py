@@ -55,6 +55,11 @@ class Scheduler:
     quantum: int | tuple[int, int] = 1
     max_steps: int = 5_000_000
     trace: list[tuple[int, int]] = field(default_factory=list)   # (task index, instructions)
+    # replay: the decisions to take, (task index, instructions) per step, instead of the RNG's;
+    # a decision naming a task that cannot run, and every step after the script, runs the
+    # first runnable task (so a shrunk script still gives one definite schedule)
+    script: list[tuple[int, int]] | None = None
+    on_step: object = None         # f(task index, task, instructions) before each step
 
     def __post_init__(self):
         if self.mode not in ("interleave", "sequential"):
@@ -115,19 +120,20 @@ class Scheduler:
             if not live:
                 return
             runnable = [i for i in live if not self._parked(tasks[i])] or live
-            i = self.rng.choice(runnable)
+            i, n = self._decide(runnable)
             t = tasks[i]
+            if isinstance(t, HostTask):
+                n = 1
+            self.trace.append((i, n))          # before the step: a step that fails is in it
+            if self.on_step is not None:
+                self.on_step(i, t, n)
             if isinstance(t, CallTask):
-                n = self._quantum()
                 self.machine.step(self.machine.cpus[t.cpu], n)
             elif isinstance(t, CallSeq):
-                n = self._quantum()
                 self._seq_step(t, n)
             else:
-                n = 1
                 self._host_step(t)
             self.clock += 1
-            self.trace.append((i, n))
             steps += 1
             if steps > self.max_steps:
                 busy = next((tasks[j] for j in live if not isinstance(tasks[j], HostTask)),
@@ -135,6 +141,17 @@ class Scheduler:
                 cpu = self.machine.cpus[busy.cpu if busy is not None else 0]
                 raise make_oops(self.machine, cpu,
                                 f"soft lockup: interleaving exceeded {self.max_steps} steps")
+
+    def _decide(self, runnable: list[int]) -> tuple[int, int]:
+        if self.script is None:
+            i = self.rng.choice(runnable)
+            return i, self._quantum()
+        pos = len(self.trace)
+        if pos < len(self.script):
+            i, n = self.script[pos]
+            if i in runnable:
+                return i, n
+        return runnable[0], self.quantum if isinstance(self.quantum, int) else self.quantum[0]
 
     def _parked(self, t) -> bool:
         """A CPU between calls does not start one while stop_machine waits."""
