@@ -47,7 +47,7 @@ def test_replay_by_seed_and_trace_is_exact():
 def test_shrinking_keeps_the_violation_in_a_handful_of_runs():
     f = ex.explore([BAD], schedules=40, bounded=False).findings[0]
     script = ex.shrink(f)
-    assert len(ex._runs(script)) <= 12 < len(ex._runs(f.trace)) or len(f.trace) <= 12
+    assert len(ex.runs_of(script)) <= 12 < len(ex.runs_of(f.trace)) or len(f.trace) <= 12
     r = BAD.run(f.seed, script)
     assert r.violations and ex.violation_kind(r.violations) == f.kind
     lines = ex.annotate(f)

@@ -545,8 +545,8 @@ def _explore_replay(ex, target, seed: int) -> None:
     finding = ex.Finding(target, seed, list(r.violations), list(r.trace))
     script = ex.shrink(finding)
     click.echo(f"{target.name} seed {seed}: {r.violations[0]}")
-    click.echo(f"schedule: {len(finding.trace)} steps in {len(ex._runs(finding.trace))} runs; "
-               f"shrunk to {len(script)} steps in {len(ex._runs(script))} runs")
+    click.echo(f"schedule: {len(finding.trace)} steps in {len(ex.runs_of(finding.trace))} runs; "
+               f"shrunk to {len(script)} steps in {len(ex.runs_of(script))} runs")
     click.echo("\n".join(ex.annotate(finding)))
     sys.exit(1)
 

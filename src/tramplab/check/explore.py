@@ -126,7 +126,7 @@ def _job(target: Target, seed: int, script=None) -> dict:
             "calls": r.calls, "ops": r.ops, "trace": list(r.trace) if r.violations else None}
 
 
-def _runs(trace: list) -> list[tuple[int, list]]:
+def runs_of(trace: list) -> list[tuple[int, list]]:
     """A trace as runs of consecutive steps of one task: [(task, [n, n, ...]), ...]."""
     out: list[tuple[int, list]] = []
     for i, n in trace:
@@ -170,7 +170,7 @@ def shrink(finding: Finding, budget: int = 200) -> list:
     fallback order) as long as a violation of the same kind remains.  Returns the shortest
     script found (also stored in finding.shrunk)."""
     kind = finding.kind
-    runs = _runs(finding.trace)
+    runs = runs_of(finding.trace)
     tries = 0
 
     def fails(candidate) -> bool:
