@@ -737,13 +737,14 @@ class BpfManager(MultiAttach):
         if fault(self.profile, "free-at-once"):
             self._image_free(im)                # the known-bad protocol: no grace period
             return
+        code = ((im.addr, im.size),)          # what the grace periods protect: the image
         if im.ip_after_call is not None:
             old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
             yield from self._text_steps([TextWrite(im.ip_after_call, old, new, "ip_after_call")])
-            rcu.call(lambda: self._pcref_kill(im), f"{im.name}: percpu_ref_kill")
+            rcu.call(lambda: self._pcref_kill(im), f"{im.name}: percpu_ref_kill", code)
         else:
-            rcu.call(lambda: rcu.call(lambda: self._image_free(im), f"{im.name}: free"),
-                     f"{im.name}: rcu_tasks_trace")
+            rcu.call(lambda: rcu.call(lambda: self._image_free(im), f"{im.name}: free", code),
+                     f"{im.name}: rcu_tasks_trace", code)
 
     def _pcref_kill(self, im: TrampImage) -> None:
         im.killed = True
@@ -757,7 +758,8 @@ class BpfManager(MultiAttach):
 
     def _pcref_release(self, im: TrampImage) -> None:
         """__bpf_tramp_image_release: one more grace period for the epilogue's instructions."""
-        self.machine.rcu.call(lambda: self._image_free(im), f"{im.name}: free")
+        self.machine.rcu.call(lambda: self._image_free(im), f"{im.name}: free",
+                              ((im.addr, im.size),))
 
     def _image_free(self, im: TrampImage) -> None:
         """bpf_tramp_image_free: poison and free the text, drop the symbol, free the struct."""

@@ -540,6 +540,12 @@ class FtraceCore:
         ops.trampoline = self.arch.create_trampoline(ops, self._ops_get_func(ops),
                                                      self._needs_regs(ops))
 
+    def _trampoline_range(self, ops: FtraceOps) -> tuple:
+        """The ops' own caller as an (address, size) range, if it has one: the code
+        ftrace_shutdown frees after its grace period."""
+        sym = self.machine.kallsyms.lookup(ops.trampoline) if ops.trampoline else None
+        return ((sym.addr, sym.size),) if sym is not None else ()
+
     def _free_trampoline(self, ops: FtraceOps) -> None:
         if ops.trampoline:
             self.arch.free_trampoline(ops.trampoline)
@@ -560,7 +566,8 @@ class FtraceCore:
             # with PREEMPTION).  Either way, in the model: every call in flight has returned,
             # so no CPU still holds this ops (or function_trace_op = it) in a register.
             self.stats.synchronize_rcu += 1
-            yield from self.machine.rcu.synchronize_steps("ftrace_shutdown: synchronize_rcu_tasks")
+            yield from self.machine.rcu.synchronize_steps(
+                "ftrace_shutdown: synchronize_rcu_tasks", frees=self._trampoline_range(ops))
             self._free_trampoline(ops)              # ftrace_trampoline_free
         else:
             self.stats.static_shutdowns += 1
