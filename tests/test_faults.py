@@ -5,6 +5,7 @@ import pytest
 
 from tramplab import Kernel, Oops
 from tramplab.check.stress import ERAS, run_schedule
+from tramplab.ftrace import FL, FtraceOps
 from tramplab.machine.rcu import Waiting
 from tramplab.profiles import get_profile
 
@@ -71,3 +72,41 @@ def test_gp_scan_only_frees_an_image_a_cpu_holds_in_a_register(era):
     assert image in k.bpf.freed
     with pytest.raises(Oops):
         k.machine.finish(cpu)
+
+
+# ------------------------------------------------------------------------------ op-after-caller
+@pytest.mark.parametrize("faults", [(), ("op-after-caller",)])
+def test_function_trace_op_published_after_the_caller(faults):
+    """x86 latest: a tracer (dynamic, so the callers keep the list function and
+    function_trace_op is never published) and an fentry program (the static BPF direct ops)
+    share bpf_fentry_test1, whose site calls ftrace_regs_caller.  CPU 0 stops there just before
+    loading function_trace_op; the tracer is unregistered: the direct ops is left alone and the
+    callers switch to call_direct_funcs.  We let CPU 0 run as soon as they have switched.  In
+    the kernel's order function_trace_op is the direct ops by then and the program runs; with
+    the op published after the switch, call_direct_funcs gets the old op (NULL) and the
+    program, attached for the whole call, never runs."""
+    k = Kernel("x86_64", profile=faulty("x86_64", "latest", *faults) if faults else "latest",
+               cpus=2)
+    ft = k.ftrace
+    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS,
+                       filter={ft.ip_of("bpf_fentry_test1")})
+    ft.register_ftrace_function(tracer)
+    runs = []
+    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append(ctx.args))
+    assert k.memory.read_u64(ft.function_trace_op) == 0
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 7, cpu=0))
+    regs_caller = k.machine.kallsyms.lookup(ft.arch.labels["ftrace_regs_caller"])
+    for _ in range(2000):             # `movabs rdx, &function_trace_op` done, the load next
+        k.machine.step(cpu, 1)
+        if cpu.reg("rdx") == ft.function_trace_op:
+            break
+    assert regs_caller.addr <= cpu.pc < regs_caller.addr + regs_caller.size
+    gen = ft.unregister_ftrace_function_steps(tracer)
+    while ft.current_func != ft.direct_funcs:
+        next(gen)
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert k.result(task) == 8
+    assert runs == ([] if faults else [[7]])
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs[-1] == [1]    # later calls are fine

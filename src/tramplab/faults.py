@@ -16,6 +16,9 @@ FAULTS: dict[str, str] = {
                     "stack words point into the memory being freed (the old scanning rule), "
                     "not when every task that was running has passed a quiescent state: a CPU "
                     "holding the address only in another register is not seen",
+    "op-after-caller": "function_trace_op is published after the callers' ftrace_call is "
+                       "switched to a single ops' function, instead of before it (and the "
+                       "ftrace_sync_ipi round between them)",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Generator
 
 from ..arch import arch_module
 from ..errors import ERRNO, KernelError
+from ..faults import fault
 from ..machine.oops import make_oops
 from ..machine.scheduler import HostTask
 from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
@@ -376,7 +377,17 @@ class FtraceCore:
         yield from self._apply_steps(site_writes)
         for rec, state in changed:
             rec.state = state
-        if single:
+        if single and fault(self.profile, "op-after-caller"):
+            # The known-bad order: the callers call the single ops' function first and
+            # function_trace_op follows.  A CPU that loads function_trace_op in between hands
+            # the new function the old op (call_direct_funcs then finds no direct ops in it).
+            # update_ftrace_function publishes the op, then smp_wmb() and ftrace_sync_ipi, and
+            # only then sets the function (below), so the function never sees an older op.
+            yield from self._apply_steps(last)
+            self._current_func = func
+            yield
+            self.machine.memory.write_u64(self.function_trace_op, op)
+        elif single:
             self.machine.memory.write_u64(self.function_trace_op, op)
             yield                                       # smp_wmb(); smp_call_function(ftrace_sync_ipi)
             self.stats.sync_ipis += 1
