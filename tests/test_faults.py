@@ -110,3 +110,40 @@ def test_function_trace_op_published_after_the_caller(faults):
     assert k.result(task) == 8
     assert runs == ([] if faults else [[7]])
     assert k.call("bpf_fentry_test1", 1) == 2 and runs[-1] == [1]    # later calls are fine
+
+
+# ------------------------------------------------------------------------------ bl-before-literal
+@pytest.mark.parametrize("faults", [(), ("bl-before-literal",)])
+def test_bl_before_literal_is_benign_when_enabling(faults):
+    """arm64 CALL_OPS: CPU 0 is at bpf_fentry_test1's BL slot when a tracer is registered and
+    the first of the site's two writes lands.  In the kernel's order that is the literal, and
+    CPU 0 runs the old nop; with the bl first, CPU 0 enters ftrace_caller and finds the old
+    literal -- always &ftrace_nop_ops on a disabled site, whose func is ftrace_stub.  Either
+    way the call misses the tracer it overlapped, which is allowed: this fault has nothing the
+    stress invariants (or any) can catch, see the branch in arch/arm64/ftrace.py."""
+    k = Kernel("arm64", profile=faulty("arm64", "latest", *faults) if faults else "latest",
+               cpus=2)
+    ft = k.ftrace
+    seen = []
+    rec = ft.record("bpf_fentry_test1")
+    tracer = FtraceOps(func=lambda *a: seen.append(1), name="tracer", filter={rec.ip})
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    step_to(k, cpu, rec.ip)
+    gen = ft.register_ftrace_function_steps(tracer)
+    next(gen)                                                  # the first write
+    k.machine.step(cpu, 1)
+    if faults:
+        assert cpu.pc == ft.arch.ftrace_addr                   # took the new bl ...
+        for _ in range(8):
+            k.machine.step(cpu, 1)
+            if cpu.reg("x11") == ft.nop_ops:                   # ... and read the old literal
+                break
+        else:
+            raise AssertionError("ftrace_caller never loaded the literal")
+    else:
+        assert cpu.pc == rec.ip + 4                            # ran the old nop
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert k.result(task) == 2 and seen == []
+    assert k.call("bpf_fentry_test1", 1) == 2 and seen == [1]
