@@ -147,3 +147,14 @@ def test_bl_before_literal_is_benign_when_enabling(faults):
     finish_op(gen)
     assert k.result(task) == 2 and seen == []
     assert k.call("bpf_fentry_test1", 1) == 2 and seen == [1]
+
+
+# ------------------------------------------------------------------------------ riscv pair patching
+def test_stress_finds_pre_616_pairs_changed_without_stop_machine():
+    """riscv v6.8: the auipc+jalr pair written one word at a time with CPUs running between
+    them; a CPU runs a new jalr with the old auipc (or nop) and jumps through a half-made or
+    stale t0 (oopses, and a program body reading garbage arguments)."""
+    e = ERAS["riscv64:v6.8"]
+    found = caught(e.with_faults("pair-no-stop-machine"), range(20))
+    assert len(found) >= 3, found
+    assert not caught(e, range(20))

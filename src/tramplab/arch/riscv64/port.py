@@ -112,4 +112,9 @@ PORT = register_port(Port(
         "riscv-orig-stack-copy-paste": ("v6.19-rc1", "latest"),
     },
     relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
+    faults={
+        "pair-no-stop-machine": "pre-v6.16 sites (auipc+jalr pair, 16-byte sled): ftrace "
+                                "changes them one 4-byte word at a time, other CPUs running "
+                                "between the words, instead of under stop_machine",
+    },
 ))
