@@ -6,6 +6,7 @@ import pytest
 from tramplab import Kernel, Oops
 from tramplab.check.stress import ERAS, run_schedule
 from tramplab.ftrace import FL, FtraceOps
+from tramplab.machine.machine import CallTask
 from tramplab.machine.rcu import Waiting
 from tramplab.profiles import get_profile
 
@@ -158,3 +159,43 @@ def test_stress_finds_pre_616_pairs_changed_without_stop_machine():
     found = caught(e.with_faults("pair-no-stop-machine"), range(20))
     assert len(found) >= 3, found
     assert not caught(e, range(20))
+
+
+# ------------------------------------------------------------------------------ ip_after_call
+@pytest.mark.parametrize("faults", [(), ("ip-after-call-unsafe",)])
+def test_ip_after_call_rewritten_under_a_cpu_returning_into_it(faults):
+    """riscv latest, a BPF program with an fexit trampoline: CPU 0 is inside the original (the
+    program, called by the trampoline) when another program is attached and the old image is
+    put -- its ip_after_call `nop; nop` becomes `auipc t1; jalr zero, lo(t1)`.  CPU 0 returns
+    into the old image as soon as the first store has landed.  patch_text stores both words
+    while every other CPU is stopped: CPU 0 jumps to the epilogue, skipping the fexit program,
+    and returns 42.  Stored one at a time, jalr first, CPU 0 runs the old nop and the new jalr
+    with whatever t1 held: an oops."""
+    k = Kernel("riscv64", profile=faulty("riscv64", "latest", *faults) if faults else "latest",
+               cpus=2)
+    target = k.bpf.load_func("subprog", lambda a, b: a * b, nargs=2)
+    runs = []
+    k.fexit(target, name="fx")(lambda ctx: runs.append(ctx.ret))
+    image = k.bpf.trampoline_of(target).cur_image
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(CallTask(0, target.image, [6, 7], [], "subprog"))
+    for _ in range(5000):                     # the original, called from the image
+        k.machine.step(cpu, 1)
+        if target.image <= cpu.pc < image.addr and image.addr <= cpu.reg("ra") < \
+                image.addr + image.size:
+            break
+    else:
+        raise AssertionError("CPU 0 never entered the original from the trampoline")
+    fe = k.bpf.load("fe", "fentry", lambda ctx: runs.append("fe"), target)
+    gen = k.bpf.attach_steps(fe)
+    before = k.memory.read(image.ip_after_call, 8)
+    while k.memory.read(image.ip_after_call, 8) == before:
+        next(gen)
+    if faults:
+        with pytest.raises(Oops):
+            k.machine.finish(cpu)
+        return
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert task.result == 42 and runs == []
+    assert k.call_prog(target, 2, 3) == 6 and runs == ["fe", 6]

@@ -694,7 +694,27 @@ class ArchFtraceImpl(ArchFtrace):
     def apply_poke(self, writes: list[TextWrite]) -> Generator:
         """bpf_arch_text_poke: patch_text(), i.e. stop_machine, in every era (the BPF side
         rewrites two instructions: a program's entry, a trampoline's ip_after_call)."""
+        if (fault(self.profile, "ip-after-call-unsafe")
+                and any(w.what == "ip_after_call" for w in writes)):
+            yield from self._apply_ip_after_call_unsafe(writes)
+            return
         yield from self._apply_stop_machine(writes)
+
+    def _apply_ip_after_call_unsafe(self, writes: list[TextWrite]) -> Generator:
+        """The known-bad rewrite of ip_after_call (`nop; nop` -> `auipc t1; jalr zero,
+        lo(t1)`, bpf_tramp_image_put): no stop_machine, the two words stored separately while
+        other CPUs run, and seen by them in either order (without stop_machine nothing orders
+        another hart's instruction fetch of the two words: the model shows the jalr first).  A
+        CPU returning from the original into the image between the two stores runs the old
+        nop and the new jalr, and jumps through whatever t1 held.  The kernel writes both with
+        patch_text() under stop_machine, so no running CPU sees half of it (with !PREEMPTION
+        none is even stopped between the two)."""
+        for w in writes:
+            words = range(0, len(w.new), 4)
+            for off in reversed(words) if w.what == "ip_after_call" else words:
+                if w.new[off:off + 4] != w.old[off:off + 4]:
+                    self.machine.write_text(w.addr + off, w.new[off:off + 4])
+                    yield
 
     def _apply_stop_machine(self, writes: list[TextWrite]) -> Generator:
         """stop_machine(): every other CPU runs the stopper thread and spins while one CPU
