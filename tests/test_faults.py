@@ -3,11 +3,14 @@ stress harness's seeded schedules or by a constructed interleaving -- and the ke
 protocol passes the same schedules (no false alarm).  free-at-once is in test_concurrency.py."""
 import pytest
 
-from tramplab import Kernel, Oops
+from tramplab import Kernel, KernelError, Oops
 from tramplab.check.stress import ERAS, run_schedule
+from tramplab.faults import FAULTS, known
 from tramplab.ftrace import FL, FtraceOps
+from tramplab.ftrace.kconfig import ConfigError
 from tramplab.machine.machine import CallTask
 from tramplab.machine.rcu import Waiting
+from tramplab.machine.scheduler import HostTask, Scheduler
 from tramplab.profiles import get_profile
 
 
@@ -36,6 +39,15 @@ def finish_op(gen):
 def caught(era, seeds, **kw) -> list[tuple[int, str]]:
     return [(s, r.violations[0]) for s in seeds
             if not (r := run_schedule(era, s, calls=5, ops=8, **kw)).ok]
+
+
+def test_each_fault_belongs_to_its_arch():
+    assert {"gp-scan-only", "op-after-caller", "no-old-bytes-check", "free-at-once"} <= set(FAULTS)
+    assert "bl-before-literal" in known("arm64") and "bl-before-literal" not in known("riscv64")
+    for name in ("pair-no-stop-machine", "ip-after-call-unsafe"):
+        assert name in known("riscv64") and name not in known("x86_64")
+    with pytest.raises(ConfigError, match="unknown fault"):
+        Kernel("x86_64", profile=faulty("x86_64", "latest", "bl-before-literal"))
 
 
 # ------------------------------------------------------------------------------ gp-scan-only
@@ -199,3 +211,60 @@ def test_ip_after_call_rewritten_under_a_cpu_returning_into_it(faults):
     finish_op(gen)
     assert task.result == 42 and runs == []
     assert k.call_prog(target, 2, 3) == 6 and runs == ["fe", 6]
+
+
+# ------------------------------------------------------------------------------ two patchers
+def _two_patchers(arch: str, faults: tuple, seed: int) -> list[str]:
+    """Two host actors attach, concurrently, an freplace program and an fentry program to the
+    same BPF program (the model has no tr->mutex to serialize them, so they meet at its entry:
+    bpf_arch_text_poke's old-bytes check is all that stands between them).  Then the program
+    is called.  The two exclude each other, so at most one may end up attached, and the call
+    must do what the attached one says."""
+    k = Kernel(arch, profile=faulty(arch, "latest", *faults) if faults else "latest", cpus=2)
+    target = k.bpf.load_func("subprog", lambda a, b: a * b, nargs=2)
+    seen = []
+    progs = {"rep": k.freplace(target, name="rep", attach=False)(lambda a, b: a + b),
+             "fe": k.fentry(target, name="fe", attach=False)(lambda ctx: seen.append(ctx.args))}
+    attached = set()
+
+    def actor(name):
+        try:
+            yield from k.bpf.attach_steps(progs[name])
+            attached.add(name)
+        except KernelError:
+            pass
+    Scheduler(k.machine, seed=seed).run([HostTask(actor("rep"), "rep"),
+                                         HostTask(actor("fe"), "fe")])
+    value = k.call_prog(target, 6, 7)
+    out = []
+    if len(attached) != 1:
+        out.append(f"attached: {sorted(attached)}")
+    if value != (13 if "rep" in attached else 42) or len(seen) != ("fe" in attached):
+        out.append(f"with {sorted(attached)} attached the call returned {value} and fe ran "
+                   f"{len(seen)} times")
+    return out
+
+
+@pytest.mark.parametrize("arch", ["arm64", "riscv64"])
+def test_two_patchers_on_one_program_entry(arch):
+    """With the check, whichever actor pokes second finds the other's instruction and gets
+    -EBUSY (or is refused by the state the first left); without it, the second overwrites the
+    first: both links exist and the entry does what only one of them asked."""
+    seeds = range(12)
+    assert all(_two_patchers(arch, (), s) == [] for s in seeds)
+    bad = [v for s in seeds for v in _two_patchers(arch, ("no-old-bytes-check",), s)]
+    assert any("attached: ['fe', 'rep']" in v for v in bad), bad
+
+
+# ------------------------------------------------------------------------------ two actors
+@pytest.mark.parametrize("era", ["arm64:near", "riscv64:latest"])
+def test_stress_with_two_actors(era):
+    """Two host actors, each owning whole functions: on CALL_OPS kernels they share no text,
+    and the invariants hold."""
+    assert not caught(ERAS[era], range(15), actors=2)
+
+
+def test_stress_actors_must_be_a_count():
+    from tramplab import UsageError
+    with pytest.raises(UsageError, match="actors"):
+        run_schedule(ERAS["arm64:near"], 0, actors=0)

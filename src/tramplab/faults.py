@@ -19,6 +19,8 @@ FAULTS: dict[str, str] = {
     "op-after-caller": "function_trace_op is published after the callers' ftrace_call is "
                        "switched to a single ops' function, instead of before it (and the "
                        "ftrace_sync_ipi round between them)",
+    "no-old-bytes-check": "text writes do not check that the bytes they replace are the ones "
+                          "expected (ftrace's ftrace_bug check, bpf_arch_text_poke's -EBUSY)",
 }
 
 
