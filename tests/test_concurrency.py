@@ -286,7 +286,7 @@ def _no_grace_period(monkeypatch):
 
 
 def _no_shutdown_sync(monkeypatch):
-    def nothing(self, what=""):
+    def nothing(self, what="", frees=()):
         return
         yield
     monkeypatch.setattr(TasksRcu, "synchronize_steps", nothing)

@@ -82,6 +82,7 @@ class Kernel:
         if synth:
             self._room_for_synth(synth, machine_options)
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
+        self.machine.rcu.profile = self.profile           # grace periods follow its faults
         self.image = load_target(self.arch, self.layout_name, self.machine.kernel.start)
         self.images = [self.image]
         end = self._image_end(self.image)

@@ -27,7 +27,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import KernelError, TramplabError
+from ..errors import KernelError, TramplabError, UsageError
 from ..ftrace import FL, FtraceOps
 from ..machine.machine import CallTask
 from ..machine.scheduler import CallSeq, HostTask, Scheduler
@@ -148,7 +148,7 @@ class StressReport:
 
 class _Schedule:
     def __init__(self, era: Era, seed: int, cpus: int, calls: int, ops: int,
-                 script=None, on_step=None):
+                 actors: int = 1, script=None, on_step=None):
         from ..kernel import Kernel
         self.era = era
         self.rng = random.Random(seed)
@@ -160,6 +160,9 @@ class _Schedule:
                                if on_step else None)
         self.pool = [a for a in self._pool()]
         self.ops = self._plan_ops(ops)
+        if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+            raise UsageError(f"actors must be an integer >= 1, not {actors!r}")
+        self.actors = actors
         self.seqs = [self._plan_calls(cpu, calls) for cpu in range(cpus)]
         self.result = ScheduleResult(era, seed)
 
@@ -222,10 +225,28 @@ class _Schedule:
             calls.append(self.k.task(name, *args, cpu=cpu))
         return CallSeq(cpu, calls)
 
-    # -- the host actor ---------------------------------------------------------------------
-    def _actor(self):
+    # -- the host actors --------------------------------------------------------------------
+    def _owned(self, index: int) -> set[str]:
+        """The attachments actor `index` operates: every attachment on a function belongs to
+        one actor (functions dealt round-robin in pool order).  The model has none of the
+        mutexes that serialize the kernel's updates of one function's site (ftrace_lock,
+        direct_mutex, a trampoline's tr->mutex, text_mutex), so two actors are never given
+        the same function; they still share what every update may touch -- on kernels whose
+        callers have a patchable `call ftrace_stub` (not CALL_OPS) that call, which the kernel
+        also changes only under ftrace_lock."""
+        targets = list(dict.fromkeys(a.target for a in self.pool))
+        return {a.name for a in self.pool if targets.index(a.target) % self.actors == index}
+
+    def _actor(self, index: int = 0):
+        """Host actor `index`: the planned operations of the attachments it owns, in order."""
         k, sched = self.k, self.sched
+        mine = self._owned(index)
         for a, op in self.ops:
+            if a.name not in mine:
+                continue
+            if a.attached == op.attach:           # an earlier operation on it failed
+                op.error = f"skipped: {a.name} is {'already' if a.attached else 'not'} attached"
+                continue
             op.start = sched.clock
             try:
                 if a.kind == "ops":
@@ -250,7 +271,8 @@ class _Schedule:
         before = {id(t): mem.read_u32(t.reg_args[1]) for s in self.seqs for t in s.calls
                   if t.name == "bpf_modify_return_test"}
         try:
-            self.sched.run([*self.seqs, HostTask(self._actor(), "attach/detach")])
+            self.sched.run([*self.seqs, *(HostTask(self._actor(i), f"attach/detach {i}")
+                                          for i in range(self.actors))])
         except TramplabError as e:
             r.violations.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
         r.steps = self.sched.clock
@@ -362,13 +384,15 @@ def _s32(v: int) -> int:
 
 
 def run_schedule(era: Era, seed: int, *, cpus: int = 2, calls: int = 3,
-                 ops: int = 4, script=None, on_step=None) -> ScheduleResult:
+                 ops: int = 4, actors: int = 1, script=None,
+                 on_step=None) -> ScheduleResult:
     """One seeded schedule on a fresh kernel: `cpus` CPUs making `calls` calls each while the
-    host actor performs `ops` attach/detach operations.  The seed plans the calls and the
-    operations and, without `script`, the interleaving; `script` (a result's `trace`, or a
-    shrunk one) replays an interleaving instead.  `on_step(kernel, i, task, n)` sees every
-    step before it runs."""
-    return _Schedule(era, seed, cpus, calls, ops, script, on_step).run()
+    host actor performs `ops` attach/detach operations (`actors` > 1: that many host actors
+    run concurrently, each performing the operations on the functions it owns, see
+    _Schedule._owned).  The seed plans the calls and the operations and, without `script`, the
+    interleaving; `script` (a result's `trace`, or a shrunk one) replays an interleaving
+    instead.  `on_step(kernel, i, task, n)` sees every step before it runs."""
+    return _Schedule(era, seed, cpus, calls, ops, actors, script, on_step).run()
 
 
 def stress(era: Era, schedules: int, *, first_seed: int = 0, **kw) -> StressReport:

@@ -21,6 +21,7 @@ from typing import Callable, Generator
 
 from ..arch import arch_module
 from ..errors import ERRNO, KernelError
+from ..faults import fault
 from ..machine.oops import make_oops
 from ..machine.scheduler import HostTask
 from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
@@ -369,14 +370,30 @@ class FtraceCore:
         first = self._func_writes(self.list_func, self._current_func) if update else []
         single = update and func != self.list_func
         last = self._func_writes(func, self.list_func) if single else []
-        _verify_sequence(self.machine, first + site_writes + last)
+        if not fault(self.profile, "no-old-bytes-check"):
+            _verify_sequence(self.machine, first + site_writes + last)
+        # (no-old-bytes-check, the known-bad protocol, writes without looking.  The kernel
+        # checks every instruction it replaces against what its records say is there --
+        # ftrace_test_record/ftrace_verify_code, arm64/riscv ftrace_modify_code(validate) --
+        # and refuses with ftrace_bug() before writing, so text that someone else changed is
+        # never overwritten from a stale view.)
         if update:
             yield from self._apply_steps(first)
             self._current_func = self.list_func
         yield from self._apply_steps(site_writes)
         for rec, state in changed:
             rec.state = state
-        if single:
+        if single and fault(self.profile, "op-after-caller"):
+            # The known-bad order: the callers call the single ops' function first and
+            # function_trace_op follows.  A CPU that loads function_trace_op in between hands
+            # the new function the old op (call_direct_funcs then finds no direct ops in it).
+            # update_ftrace_function publishes the op, then smp_wmb() and ftrace_sync_ipi, and
+            # only then sets the function (below), so the function never sees an older op.
+            yield from self._apply_steps(last)
+            self._current_func = func
+            yield
+            self.machine.memory.write_u64(self.function_trace_op, op)
+        elif single:
             self.machine.memory.write_u64(self.function_trace_op, op)
             yield                                       # smp_wmb(); smp_call_function(ftrace_sync_ipi)
             self.stats.sync_ipis += 1
@@ -540,6 +557,12 @@ class FtraceCore:
         ops.trampoline = self.arch.create_trampoline(ops, self._ops_get_func(ops),
                                                      self._needs_regs(ops))
 
+    def _trampoline_range(self, ops: FtraceOps) -> tuple:
+        """The ops' own caller as an (address, size) range, if it has one: the code
+        ftrace_shutdown frees after its grace period."""
+        sym = self.machine.kallsyms.lookup(ops.trampoline) if ops.trampoline else None
+        return ((sym.addr, sym.size),) if sym is not None else ()
+
     def _free_trampoline(self, ops: FtraceOps) -> None:
         if ops.trampoline:
             self.arch.free_trampoline(ops.trampoline)
@@ -560,7 +583,8 @@ class FtraceCore:
             # with PREEMPTION).  Either way, in the model: every call in flight has returned,
             # so no CPU still holds this ops (or function_trace_op = it) in a register.
             self.stats.synchronize_rcu += 1
-            yield from self.machine.rcu.synchronize_steps("ftrace_shutdown: synchronize_rcu_tasks")
+            yield from self.machine.rcu.synchronize_steps(
+                "ftrace_shutdown: synchronize_rcu_tasks", frees=self._trampoline_range(ops))
             self._free_trampoline(ops)              # ftrace_trampoline_free
         else:
             self.stats.static_shutdowns += 1

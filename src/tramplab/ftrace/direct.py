@@ -19,6 +19,7 @@ from typing import Generator
 
 from ..errors import KernelError
 from ..profiles import has_bug
+from .arch_api import OPS_MEM_SIZE
 from .core import FL, FtraceOps
 
 
@@ -60,7 +61,8 @@ class DirectCalls:
         self.stats.synchronize_rcu += 1
         yield from self.unregister_ftrace_function_steps(stub)
         # tmp_ops lived on the modifier's stack: gone once no CPU can still be reading it
-        self.machine.rcu.call(lambda: self._free_mirror(stub), "direct stub ops")
+        self.machine.rcu.call(lambda: self._free_mirror(stub), "direct stub ops",
+                              ((stub.mem, OPS_MEM_SIZE),) if stub.mem else ())
 
     # ---------------------------------------------------------------- v5.5: by ip
     def register_ftrace_direct_ip(self, ip: int, addr: int):

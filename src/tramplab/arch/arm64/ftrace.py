@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Generator
 
 from ...errors import EncodeError, KernelError, UsageError
+from ...faults import fault
 from ...ftrace.arch_api import (OPS_DIRECT_CALL, OPS_FUNC, ArchFtrace, FtraceBug, SiteState,
                                 TextWrite)
 from ...jit import assemble
@@ -673,6 +674,12 @@ class ArchFtraceImpl(ArchFtrace):
         a, b = self._insn(rec, old), self._insn(rec, new)
         if a != b:
             out.append(TextWrite(rec.ip, a, b, "bl" if new.target is not None else "nop"))
+        if len(out) == 2 and new.target is not None and fault(self.profile, "bl-before-literal"):
+            # The known-bad order: the bl first, the literal after it.  A CPU that takes the new
+            # bl before the literal changes finds the old ops in ftrace_caller.  The kernel's
+            # ftrace_make_call / ftrace_modify_call call ftrace_rec_update_ops before patching
+            # the BL, so whoever takes the BL finds the ops of the new state.
+            out.reverse()
         return out
 
     def site_bytes(self, rec, state: SiteState) -> dict[int, bytes]:

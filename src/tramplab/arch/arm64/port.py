@@ -120,4 +120,6 @@ PORT = register_port(Port(
     scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
                "seed003-multi-clobber": ("multi-2021", "latest")},
     relocations=RELOCATIONS, stress_eras=STRESS,
+    faults={"bl-before-literal": "CALL_OPS sites: the bl (ftrace_make_call, ftrace_modify_call) "
+                                 "is written before the ops literal, instead of after it"},
 ))

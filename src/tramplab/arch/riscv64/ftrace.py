@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Generator
 
 from ...errors import EncodeError, KernelError, UsageError
+from ...faults import fault
 from ...ftrace.arch_api import OPS_DIRECT_CALL, OPS_FUNC, ArchFtrace, SiteState, TextWrite
 from ...jit import assemble
 from ...machine.rcu import Waiting
@@ -663,8 +664,25 @@ class ArchFtraceImpl(ArchFtrace):
     def apply(self, writes: list[TextWrite]) -> Generator:
         if self.scheme == "callops-jalr":
             yield from self._apply_atomic(writes)
+        elif fault(self.profile, "pair-no-stop-machine"):
+            yield from self._apply_word_by_word(writes)
         else:
             yield from self._apply_stop_machine(writes)
+
+    def _apply_word_by_word(self, writes: list[TextWrite]) -> Generator:
+        """The known-bad protocol for the pre-v6.16 sites: no stop_machine, each 4-byte word
+        written on its own (the auipc, then the jalr; the sled's words in order) while the
+        other CPUs run.  A CPU can then execute a new auipc with the old jalr, or an old one
+        with the new: it jumps through a half-made address (or, with `nop; jalr`, through
+        whatever t0 held).  The kernel changes these pairs only inside stop_machine
+        (ftrace_modify_all_code via arch_ftrace_update_code), with every other CPU parked at
+        a schedule point (!PREEMPTION), never between two instructions of a site; v6.16
+        changes the site to need one 4-byte jalr write instead."""
+        for w in writes:
+            for off in range(0, len(w.new), 4):
+                if w.new[off:off + 4] != w.old[off:off + 4]:
+                    self.machine.write_text(w.addr + off, w.new[off:off + 4])
+                    yield
 
     def _apply_atomic(self, writes: list[TextWrite]) -> Generator:
         """v6.16: each write is one naturally aligned store (4-byte jalr/nop, 8-byte literal);
@@ -676,7 +694,27 @@ class ArchFtraceImpl(ArchFtrace):
     def apply_poke(self, writes: list[TextWrite]) -> Generator:
         """bpf_arch_text_poke: patch_text(), i.e. stop_machine, in every era (the BPF side
         rewrites two instructions: a program's entry, a trampoline's ip_after_call)."""
+        if (fault(self.profile, "ip-after-call-unsafe")
+                and any(w.what == "ip_after_call" for w in writes)):
+            yield from self._apply_ip_after_call_unsafe(writes)
+            return
         yield from self._apply_stop_machine(writes)
+
+    def _apply_ip_after_call_unsafe(self, writes: list[TextWrite]) -> Generator:
+        """The known-bad rewrite of ip_after_call (`nop; nop` -> `auipc t1; jalr zero,
+        lo(t1)`, bpf_tramp_image_put): no stop_machine, the two words stored separately while
+        other CPUs run, and seen by them in either order (without stop_machine nothing orders
+        another hart's instruction fetch of the two words: the model shows the jalr first).  A
+        CPU returning from the original into the image between the two stores runs the old
+        nop and the new jalr, and jumps through whatever t1 held.  The kernel writes both with
+        patch_text() under stop_machine, so no running CPU sees half of it (with !PREEMPTION
+        none is even stopped between the two)."""
+        for w in writes:
+            words = range(0, len(w.new), 4)
+            for off in reversed(words) if w.what == "ip_after_call" else words:
+                if w.new[off:off + 4] != w.old[off:off + 4]:
+                    self.machine.write_text(w.addr + off, w.new[off:off + 4])
+                    yield
 
     def _apply_stop_machine(self, writes: list[TextWrite]) -> Generator:
         """stop_machine(): every other CPU runs the stopper thread and spins while one CPU

@@ -112,4 +112,13 @@ PORT = register_port(Port(
         "riscv-orig-stack-copy-paste": ("v6.19-rc1", "latest"),
     },
     relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
+    faults={
+        "pair-no-stop-machine": "pre-v6.16 sites (auipc+jalr pair, 16-byte sled): ftrace "
+                                "changes them one 4-byte word at a time, other CPUs running "
+                                "between the words, instead of under stop_machine",
+        "ip-after-call-unsafe": "a replaced trampoline's ip_after_call (two nops -> auipc t1; "
+                                "jalr) is rewritten one word at a time, the jalr first, other "
+                                "CPUs running between, instead of with patch_text under "
+                                "stop_machine",
+    },
 ))
