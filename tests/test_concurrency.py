@@ -451,3 +451,30 @@ def test_stress_finds_an_image_freed_without_grace_periods():
     bad = era.with_faults("free-at-once")
     assert any(not run_schedule(bad, s).ok for s in range(30))
     assert all(run_schedule(era, s).ok for s in range(30))
+
+
+@pytest.mark.parametrize("profile", ["v6.16", "latest"])
+def test_riscv_task_preempted_inside_ip_after_call_is_a_model_finding(profile):
+    """A finding of the model (not confirmed on a real kernel): riscv's ip_after_call is two
+    instructions (nop; nop -> auipc t1; jalr).  bpf_tramp_image_put pokes it at once (patch_text
+    under stop_machine, no grace period before the poke), which keeps other CPUs out of the
+    instructions being written but not a task preempted between them (PREEMPTION: v6.16+).  A
+    task that ran the first nop and resumes after the poke runs the new jalr with a t1 it never
+    set.  Shown with an fexit trampoline on a BPF program, replaced by a second attach while
+    the task sits on the second nop.  x86 (one 5-byte nop) and arm64 (one instruction) have no
+    such window."""
+    from tramplab.errors import Oops
+    from tramplab.machine.machine import CallTask
+    k = Kernel("riscv64", profile=profile)
+    target = k.bpf.load_func("subprog", lambda a, b: a + b, nargs=2)
+    k.fexit(target, name="fx")(lambda ctx: 0)
+    im = k.bpf.trampoline_of(target).cur_image
+    m, cpu = k.machine, k.machine.cpus[0]
+    m.start(CallTask(0, target.image, [3, 4], [], "subprog"))
+    while cpu.pc != im.ip_after_call + 4:              # ran the first nop, not the second
+        m.step(cpu, 1)
+    for _ in k.bpf.attach_steps(k.bpf.load("fe", "fentry", lambda ctx: 0, target)):
+        pass                                           # the image is replaced and put
+    with pytest.raises(Oops) as e:
+        m.finish(cpu)
+    assert "instruction fetch" in str(e.value)
