@@ -9,6 +9,13 @@ Site states (at rec->ip = the compiler's nop5, func+0 or func+4 after endbr64):
     jmp mode   e9 <rel32>            jmp <trampoline>      (v6.19+: address with bit 0 set)
 
 A caller reached by `call` sees [rsp] = return into the function (site+5), [rsp+8] = parent.
+
+Sites change under the int3 protocol (`apply`), because x86 promises nothing to a CPU that
+fetches a multi-byte instruction while another CPU writes it, and a CPU that does not serialise
+may go on executing what it fetched before (Intel SDM vol. 3A, cross-modifying code; ArchInfo
+.ifetch).  On a machine with weak instruction fetch (machine/machine.py) the protocol's three
+text_poke_sync() calls are what makes every CPU see each phase; the faults "no-int3" and
+"int3-no-sync" (port.py, faults.py) take them away.
 """
 from __future__ import annotations
 
