@@ -226,3 +226,41 @@ def test_stress_command_takes_the_ifetch_mode():
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["stress", "-e", "riscv64:latest", "--ifetch", "maybe"])
     assert r.exit_code == 2
+
+
+# ------------------------------------------------------------------------------ found by the weak stress
+@pytest.mark.parametrize("profile", ["v5.5", "latest"])
+def test_call_direct_funcs_looks_up_the_ip_whatever_op_the_cpu_holds(profile):
+    """x86_64:latest weak seeds 653 and 865: CPU 0 loads function_trace_op in
+    ftrace_regs_caller while a tracer and an fexit program share bpf_fentry_test1 (the list
+    function, op never set), and stops before `call ftrace_regs_call`.  The tracer goes: the
+    static direct ops is alone, so the callers get call_direct_funcs and function_trace_op its
+    ops -- after CPU 0 loaded the old one.  v5.5's and v7.0's call_direct_funcs look the ip up
+    (ftrace_find_rec_direct) and ignore the op, so the fexit program runs; the model used to
+    drop a call with an op it did not know and skip the program."""
+    from tramplab.ftrace import FL, FtraceOps
+    from tramplab.machine.rcu import Waiting
+    k = Kernel("x86_64", profile=profile, cpus=2)
+    ft = k.ftrace
+    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS,
+                       filter={ft.ip_of("bpf_fentry_test1")})
+    ft.register_ftrace_function(tracer)
+    ran = []
+    k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: ran.append(ctx.ret))
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    for _ in range(20_000):
+        if cpu.pc == ft.arch.labels["ftrace_regs_call"]:
+            break
+        k.machine.step(cpu, 1)
+    held = cpu.reg("rdx")
+    gen = ft.unregister_ftrace_function_steps(tracer)
+    while not isinstance(next(gen), Waiting):      # the update is done; shutdown waits for CPU 0
+        pass
+    assert ft.current_func == ft.direct_funcs
+    assert k.memory.read_u64(ft.function_trace_op) != held
+    k.machine.finish(cpu)
+    for _ in gen:
+        pass
+    assert k.result(task) == 2 and ran == [2]
+    assert run_schedule(ERAS["x86_64:latest"].with_ifetch("weak"), 653, calls=5, ops=8).ok
