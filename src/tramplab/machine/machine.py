@@ -36,6 +36,12 @@ of translated blocks: the bytes it fetched, decoded once.
   (both CMODX-safe) until their next exception, which is what the kernel relies on.
   `write_text` stays coherent in both modes: it is for text no CPU is executing (new images,
   poison after a grace period, literals read as data).
+  Limits: the stale copy is a whole translated block, so a CPU holds all of an instruction old
+  or (once it translates afresh) sees memory as it is -- never its first byte old and its tail
+  new, the tear across phases that the x86 sync after the int3 phase rules out (a tear *within*
+  a write, between its pieces, is modelled).  And Unicorn 2.1 drops translations by an offset
+  that every executable region shares (invalidating bpf+0x40 also drops a block at text+0x40):
+  a CPU may lose a stale copy early, i.e. see the new bytes sooner -- allowed, never unsafe.
 """
 from __future__ import annotations
 
