@@ -387,8 +387,12 @@ def trace(arch, profile, call_args, function, programs):
               help="calls per CPU per schedule")
 @click.option("--ops", default=8, show_default=True, type=click.IntRange(1, 100),
               help="attach/detach operations per schedule")
+@click.option("--ifetch", default="coherent", show_default=True,
+              type=click.Choice(["coherent", "weak"]),
+              help="instruction fetch: weak = CPUs may run the text they fetched before a "
+                   "patch until they synchronise, and a write lands in the arch's pieces")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def stress(eras, schedules, seed, calls, ops, as_json):
+def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
     """Run CPUs calling traced functions while programs and ftrace ops are attached and
     detached, interleaved instruction by instruction; check every call (no oops, right return
     value and arguments, a program attached for the whole call ran exactly once, one detached
@@ -405,7 +409,8 @@ def stress(eras, schedules, seed, calls, ops, as_json):
     out, failed = [], False
     for name in eras or ERAS:
         start = time.perf_counter()
-        report = run(ERAS[name], schedules, first_seed=seed, calls=calls, ops=ops)
+        report = run(ERAS[name].with_ifetch(ifetch), schedules, first_seed=seed, calls=calls,
+                     ops=ops)
         secs = time.perf_counter() - start
         failed |= bool(report.failures)
         out.append((name, report, secs))
@@ -423,8 +428,10 @@ def stress(eras, schedules, seed, calls, ops, as_json):
         _console().print(table)
         for name, report, _ in out:
             for f in report.failures[:5]:
+                weak = f" --ifetch {ifetch}" if ifetch != "coherent" else ""
                 click.echo(f"{name} seed {f.seed}: {f.violations[0]}\n  replay: tramplab stress "
-                           f"--era {name} --seed {f.seed} --schedules 1 --calls {calls} --ops {ops}")
+                           f"--era {name} --seed {f.seed} --schedules 1 --calls {calls} --ops {ops}"
+                           f"{weak}")
     if failed:
         sys.exit(1)
 

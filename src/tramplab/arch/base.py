@@ -24,6 +24,25 @@ class MemoryLayout:
 
 
 @dataclass(frozen=True)
+class IfetchRules:
+    """How this arch's instruction fetch sees text that another CPU writes, for the machine's
+    weak instruction-fetch mode (`Machine(ifetch="weak")`, machine/machine.py).
+
+    `granule`: the single-copy atomicity of instruction fetch across CPUs, in bytes.  A text
+    write under a patching protocol is performed as naturally aligned pieces of at most this
+    size, in any order, with other CPUs able to run between them (`Machine.poke_text_steps`).
+    `trap_syncs`: taking and returning from an exception (a trap such as x86 int3, an IPI) is
+    context synchronising for instruction fetch.  `entry_syncs`: so is entering the kernel from
+    user space and returning there (in the model: the start and the end of a call).  Otherwise
+    a CPU synchronises only where a protocol says so (`Machine.icache_sync`)."""
+
+    granule: int = 1
+    trap_syncs: bool = False
+    entry_syncs: bool = False
+    source: str = ""                  # the architecture's rule and the kernel's reliance on it
+
+
+@dataclass(frozen=True)
 class ArchInfo:
     name: str                             # canonical name: x86_64 | arm64 | riscv64
     aliases: tuple[str, ...]
@@ -78,6 +97,7 @@ class ArchInfo:
     kernel_space: int
     byteorder: str = "little"             # "little" | "big": how memory holds a word
     extra_uc_regs: dict[str, int] = field(default_factory=dict)   # registers set at CPU reset
+    ifetch: IfetchRules = IfetchRules()   # cross-modifying code rules (weak instruction fetch)
 
     def reg_number(self, name: str) -> int:
         try:

@@ -340,6 +340,12 @@ class BpfManager(MultiAttach):
 
     def _tramp_enter(self, cpu, im):
         image = self._image_at(cpu, im, "__bpf_tramp_enter")
+        if image.killed:
+            # the image was unreachable for a grace period before percpu_ref_kill: a CPU that
+            # gets here now is running text it should no longer see (say, stale instruction
+            # fetch), and its put would release the image a second time
+            raise self.machine.oops(cpu, f"__bpf_tramp_enter({im:#x}): {image.name} is past "
+                                         "percpu_ref_kill (entered after its grace period)")
         image.pcref += 1                                   # percpu_ref_get
         image.holders[cpu.index] = image.holders.get(cpu.index, 0) + 1
         return 0

@@ -5,6 +5,7 @@ Every schedule runs on a fresh kernel, so a schedule replays alone from its seed
 
     r = run_schedule(ERAS["x86_64:v6.6"], seed=17)     # ScheduleResult; r.violations
     report = stress(ERAS["arm64:far"], schedules=200)   # StressReport over seeds 0..199
+    weak = ERAS["arm64:far"].with_ifetch("weak")        # CPUs may run stale text (machine.py)
 
 Per call the invariants are:
 - no oops, no error escaping from an operation;
@@ -42,6 +43,7 @@ class Era:
     options: tuple = ()            # (name, value) pairs for Kernel(..., **options)
     note: str = ""
     faults: tuple[str, ...] = ()   # known-bad protocols switched on (faults.py)
+    ifetch: str = "coherent"       # the machine's instruction-fetch model (machine/machine.py)
 
     def kernel_profile(self):
         """The profile to build: the named one, with the era's faults if any."""
@@ -55,6 +57,19 @@ class Era:
     def with_faults(self, *faults: str) -> "Era":
         from dataclasses import replace
         return replace(self, faults=tuple(faults))
+
+    def with_ifetch(self, mode: str) -> "Era":
+        """The same era on a machine whose CPUs fetch text "weak"ly (or "coherent"ly)."""
+        from dataclasses import replace
+        return replace(self, ifetch=mode)
+
+    def machine_options(self, seed: int) -> dict:
+        """Kernel(...) options of one schedule: the era's, and in weak mode the instruction-
+        fetch model, the pieces of a text write ordered by the schedule's seed."""
+        options = dict(self.options)
+        if self.ifetch != "coherent":
+            options.update(ifetch=self.ifetch, ifetch_seed=seed)
+        return options
 
 
 class _Eras(Mapping):
@@ -152,7 +167,8 @@ class _Schedule:
         from ..kernel import Kernel
         self.era = era
         self.rng = random.Random(seed)
-        self.k = Kernel(era.arch, profile=era.kernel_profile(), cpus=cpus, **dict(era.options))
+        self.k = Kernel(era.arch, profile=era.kernel_profile(), cpus=cpus,
+                        **era.machine_options(seed))
         self.k.bpf
         self.runs: list[Run] = []
         self.sched = Scheduler(self.k.machine, seed=seed, quantum=1, script=script,

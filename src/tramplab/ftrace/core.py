@@ -232,7 +232,9 @@ class FtraceCore:
 
     def _call_direct_funcs_host(self, cpu, ip, pip, op, fregs):
         ops = self._ops_by_mem.get(op)
-        if ops is not None:
+        # v5.5 and v7.0 ignore the op (ftrace_find_rec_direct(ip)): a CPU that loaded
+        # function_trace_op before an update to this function may hand it any op
+        if ops is not None or self.profile.direct_api != "ops":
             self._call_direct_funcs(cpu, ip, pip, ops, fregs)
 
     def _call_direct_funcs(self, cpu, ip, pip, ops: FtraceOps, fregs: int) -> None:

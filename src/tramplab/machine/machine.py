@@ -9,11 +9,45 @@ area out of branch range):
     bpf        BPF programs and trampoline images                           (executable)
     heap       kmalloc-like data
     stack:N    THREAD_SIZE stack of CPU N, an unmapped guard page below it
+
+Instruction fetch (`MachineConfig.ifetch`).  Each CPU is a Unicorn instance with its own cache
+of translated blocks: the bytes it fetched, decoded once.
+
+- "coherent" (the default): every text write is atomic and drops every CPU's translations of
+  those bytes at once, so every CPU executes the new text from its next instruction.  A patching
+  protocol that skips a step cannot fail here.
+- "weak": the hardware's cross-modifying-code rules, per arch (ArchInfo.ifetch, arch/base.py
+  IfetchRules, with the sources).  Live text is changed by `poke_text` / `poke_text_steps`: the
+  write lands in memory, but a CPU that translated the old bytes may keep executing them -- the
+  translation cache is the stale copy -- until it performs the arch's context-synchronising
+  step, and a CPU that had not fetched them sees the new bytes.  A write is performed at the
+  arch's single-copy-atomicity granularity for instruction fetch (`text_pieces`: x86 bytes, as
+  the SDM promises nothing for a multi-byte instruction another CPU modifies; arm64 aligned
+  32-bit instructions; riscv aligned 32-bit words, 16-bit parcels), in a seeded order
+  (`ifetch_seed`), other CPUs running between the pieces when the protocol drives
+  `poke_text_steps` from its host generator.  Where a CPU synchronises is stated by the
+  protocols -- `icache_sync(cpu)` / `icache_sync()` for every CPU (x86 text_poke_sync's
+  sync_core IPI between the int3 phases; riscv fence.i: flush_icache_all at the end of an
+  ftrace update, each stop_machine waiter's local_flush_icache_all), `ipi()` for an interrupt
+  whose return synchronises where the arch's does -- and implied by the arch's rules
+  (IfetchRules.trap_syncs: a handled trap returns by IRET / ERET; entry_syncs: arm64's
+  exception entry at the start of a call).  arm64's protocol (aarch64_insn_patch_text_nosync:
+  write, clean/invalidate to PoU, no IPI) states none: other CPUs see an instruction old or new
+  (both CMODX-safe) until their next exception, which is what the kernel relies on.
+  `write_text` stays coherent in both modes: it is for text no CPU is executing (new images,
+  poison after a grace period, literals read as data).
+  Limits: the stale copy is a whole translated block, so a CPU holds all of an instruction old
+  or (once it translates afresh) sees memory as it is -- never its first byte old and its tail
+  new, the tear across phases that the x86 sync after the int3 phase rules out (a tear *within*
+  a write, between its pieces, is modelled).  And Unicorn 2.1 drops translations by an offset
+  that every executable region shares (invalidating bpf+0x40 also drops a block at text+0x40):
+  a CPU may lose a stale copy early, i.e. see the new bytes sooner -- allowed, never unsafe.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Generator
 
 from unicorn import unicorn_const as ucc
 
@@ -56,7 +90,11 @@ class MachineConfig:
     kernel_size: int | None = None      # more kernel text than the arch's default (synthetic
                                         # functions); the host-call area follows it
     bpf_size: int | None = None         # a bigger BPF area than the arch's default
+    ifetch: str = "coherent"            # "coherent" | "weak": how CPUs see text being patched
+                                        # (see Machine.poke_text)
+    ifetch_seed: int = 0                # weak mode: the order of a write's pieces
 
+    IFETCH_MODES: ClassVar[tuple[str, ...]] = ("coherent", "weak")
     MAX_CPUS: ClassVar[int] = 64
     MAX_HEAP: ClassVar[int] = 1 << 30   # one anonymous mapping per machine
     MAX_COUNT: ClassVar[int] = (1 << 63) - 1     # Unicorn counts instructions in a size_t
@@ -87,6 +125,11 @@ class MachineConfig:
             return value
 
         integer("cpus", 1, self.MAX_CPUS)
+        if self.ifetch not in self.IFETCH_MODES:
+            raise UsageError(f"ifetch must be one of {', '.join(self.IFETCH_MODES)}, got "
+                             f"{self.ifetch!r}")
+        if isinstance(self.ifetch_seed, bool) or not isinstance(self.ifetch_seed, int):
+            raise UsageError(f"ifetch_seed must be an integer, got {self.ifetch_seed!r}")
         integer("history_blocks", 1)
         integer("max_insns", 1)
         if self.max_insns > self.MAX_COUNT:
@@ -147,6 +190,7 @@ class Stats:
     text_writes: int = 0
     text_bytes: int = 0
     invalidations: int = 0
+    icache_syncs: int = 0          # weak mode: CPUs made to see the text written (per CPU)
 
 
 @dataclass
@@ -203,20 +247,111 @@ class Machine:
         for cpu in self.cpus:
             self.hostcalls.install(cpu)
         self.rcu = TasksRcu(self)
+        # instruction fetch (module docstring): in weak mode, per CPU, the text ranges written
+        # since it last synchronised, which its translated blocks may still hold old
+        self.weak = self.config.ifetch == "weak"
+        self.ifetch = self.arch.ifetch
+        self._stale: list[set[tuple[int, int]]] = [set() for _ in self.cpus]
+        self._pieces_rng = random.Random(self.config.ifetch_seed)
 
     # ------------------------------------------------------------------ memory and text
-    def write_text(self, addr: int, data: bytes) -> None:
-        """The only way text changes after load: write, then drop every CPU's translations of
-        those bytes (Unicorn would otherwise keep executing the old code)."""
+    def _text_range(self, addr: int, data: bytes, what: str) -> None:
         region = self.memory.region_at(addr)
         if region is None or not region.executable or addr + len(data) > region.end:
-            raise UsageError(f"write_text: {addr:#x}+{len(data)} is not inside executable memory")
+            raise UsageError(f"{what}: {addr:#x}+{len(data)} is not inside executable memory")
+
+    def write_text(self, addr: int, data: bytes) -> None:
+        """Text no CPU is executing, in either mode: code placed where nothing runs yet (a new
+        image, a caller at boot; the kernel's text_poke_copy / flush_icache_range), poison over
+        an image after its grace periods, data kept in text (a literal, an ops pointer).  Write,
+        then drop every CPU's translations of those bytes, so every CPU fetches them anew
+        (Unicorn would otherwise keep executing the old code).  Live text changed under a
+        patching protocol goes through `poke_text` / `poke_text_steps`."""
+        self._text_range(addr, data, "write_text")
         self.memory.write(addr, data)
         self.stats.text_writes += 1
         self.stats.text_bytes += len(data)
         for cpu in self.cpus:
             cpu.invalidate(addr, addr + len(data))
             self.stats.invalidations += 1
+
+    def poke_text(self, addr: int, data: bytes) -> None:
+        """One store into live text by a patching protocol (the kernel's text_poke /
+        patch_insn_write / aarch64_insn_write), atomic with respect to the other CPUs.
+        Coherent mode: `write_text`.  Weak mode: the bytes are written but no CPU's translations
+        are dropped -- a CPU that fetched the old bytes may keep executing them until it
+        synchronises (`icache_sync`, `ipi`, or the arch's implicit points, see IfetchRules); a
+        CPU that had not fetched them sees the new ones."""
+        if not self.weak:
+            self.write_text(addr, data)
+            return
+        self._text_range(addr, data, "poke_text")
+        self.memory.write(addr, data)
+        self.stats.text_writes += 1
+        self.stats.text_bytes += len(data)
+        span = (addr, addr + len(data))
+        for stale in self._stale:
+            stale.add(span)
+
+    def poke_text_steps(self, addr: int, data: bytes) -> Generator:
+        """A write into live text as other CPUs see it: coherent mode, one `write_text` and no
+        yield; weak mode, the arch's instruction-fetch pieces (`text_pieces`) in a seeded
+        order, each a `poke_text`, with a yield (other CPUs run) between two pieces.  Drive it
+        from a protocol's host generator: `yield from machine.poke_text_steps(addr, data)`."""
+        if not self.weak:
+            self.write_text(addr, data)
+            return
+        pieces = self.text_pieces(addr, len(data))
+        self._pieces_rng.shuffle(pieces)
+        for i, (start, size) in enumerate(pieces):
+            if i:
+                yield
+            self.poke_text(start, data[start - addr:start - addr + size])
+
+    def text_pieces(self, addr: int, size: int) -> list[tuple[int, int]]:
+        """(address, size) of the pieces a text write of `size` bytes at `addr` is fetched in:
+        naturally aligned, each the largest power of two up to the arch's instruction-fetch
+        granule (x86: bytes; arm64: aligned words; riscv: aligned words, 2-byte parcels)."""
+        out, end, granule = [], addr + size, self.ifetch.granule
+        while addr < end:
+            n = granule
+            while n > 1 and (addr % n or addr + n > end):
+                n //= 2
+            out.append((addr, n))
+            addr += n
+        return out
+
+    def icache_sync(self, cpu: int | None = None) -> None:
+        """A context-synchronising step for instruction fetch on CPU `cpu` (None: every CPU, as
+        an IPI that runs it everywhere): x86 sync_core (text_poke_sync), arm64 isb, riscv
+        fence.i (flush_icache_all, the stop_machine waiters' local_flush_icache_all).  The CPU
+        drops its translations of every text range poked since its last one, so it fetches the
+        current bytes.  No-op in coherent mode (nothing is ever stale)."""
+        if not self.weak:
+            return
+        for c in (self.cpus if cpu is None else (self.cpu(cpu),)):
+            stale = self._stale[c.index]
+            if stale:
+                for start, end in stale:
+                    c.invalidate(start, end)
+                    self.stats.invalidations += 1
+                stale.clear()
+            self.stats.icache_syncs += 1
+
+    def icache_sync_steps(self, cpu: int | None = None) -> Generator:
+        """`icache_sync` sent as an IPI: in weak mode the other CPUs run on once (yield) before
+        it reaches them; in coherent mode nothing, not even the yield."""
+        if not self.weak:
+            return
+        yield
+        self.icache_sync(cpu)
+
+    def ipi(self, cpu: int | None = None) -> None:
+        """An interrupt taken by `cpu` (None: every CPU; smp_call_function and the like):
+        context synchronising for instruction fetch where the arch's exception return is
+        (IfetchRules.trap_syncs: x86 IRET, arm64 ERET; not riscv)."""
+        if self.weak and self.ifetch.trap_syncs:
+            self.icache_sync(cpu)
 
     def describe_address(self, addr: int) -> str:
         if addr & 0xFFFFFFFF00000000 == POISON_BASE:
@@ -236,6 +371,8 @@ class Machine:
         """Offer a trap (x86 int3, arm64 brk, riscv ecall) to the registered handlers."""
         for handler in self.trap_handlers:
             if handler(cpu, intno):
+                if self.weak and self.ifetch.trap_syncs:
+                    self.icache_sync(cpu.index)      # the handler returns by IRET / ERET
                 return True
         return False
 
@@ -271,6 +408,8 @@ class Machine:
         task.done = False
         task.steps = 0
         cpu.task = task
+        if self.weak and self.ifetch.entry_syncs:
+            self.icache_sync(task.cpu)               # entry from user space (arm64: an exception)
         return task
 
     def step(self, cpu: Cpu, count: int) -> bool:

@@ -1,5 +1,5 @@
 """arm64 facts: AAPCS64, kernel memory map for 48-bit VA (v6.x: modules 2 GiB below the image)."""
-from ..base import ArchInfo, MemoryLayout
+from ..base import ArchInfo, IfetchRules, MemoryLayout
 
 _gpr = {f"x{i}": i for i in range(31)}
 _gpr.update(fp=29, lr=30, sp=31, xzr=31)
@@ -52,4 +52,16 @@ ARCH = ArchInfo(
     ),
     elf_machine="EM_AARCH64",
     kernel_space=0xFFFF000000000000,           # VA_BITS=48: the TTBR1 half
+    ifetch=IfetchRules(
+        granule=4, trap_syncs=True, entry_syncs=True,
+        source="Arm ARM (DDI 0487) B2.2.5, concurrent modification and execution of "
+               "instructions: when both the old and the new instruction are among B, BL, BRK, "
+               "NOP, ISB, SVC, HVC, SMC, another PE executes either the old or the new one "
+               "(instruction fetch is single-copy atomic per aligned 32-bit instruction), and "
+               "is only guaranteed to execute the new one after the writer's cache maintenance "
+               "(DC CVAU, IC IVAU broadcast, DSB) and a context synchronization event of its own "
+               "(ISB, taking or returning from an exception). The kernel's "
+               "aarch64_insn_patch_text_nosync (arch/arm64/kernel/patching.c) writes one "
+               "instruction and does caches_clean_inval_pou, with no IPI: other CPUs see it at "
+               "their next exception (a system call, an interrupt, a brk)."),
 )

@@ -710,7 +710,7 @@ class ArchFtraceImpl(ArchFtrace):
         synchronisation: the ordering of the writes is the whole protocol)."""
         for w in writes:
             _check_single_copy_atomic(w)
-            self.machine.write_text(w.addr, w.new)
+            self.machine.poke_text(w.addr, w.new)    # other CPUs: at their next exception
             yield
 
     # -- ftrace_regs ----------------------------------------------------------------------------

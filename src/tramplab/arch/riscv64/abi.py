@@ -1,5 +1,5 @@
 """riscv64 facts: LP64 psABI, kernel memory map for sv39 (BPF JIT region right after the image)."""
-from ..base import ArchInfo, MemoryLayout
+from ..base import ArchInfo, IfetchRules, MemoryLayout
 
 _ABI_NAMES = ("zero", "ra", "sp", "gp", "tp", "t0", "t1", "t2", "s0", "s1",
               "a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7",
@@ -55,4 +55,15 @@ ARCH = ArchInfo(
     ),
     elf_machine="EM_RISCV",
     kernel_space=0xFFFFFFC000000000,           # Sv39
+    ifetch=IfetchRules(
+        granule=4, trap_syncs=False, entry_syncs=False,
+        source="RISC-V unprivileged ISA, Zifencei: stores are made visible to a hart's own "
+               "instruction fetches only by its FENCE.I, which affects no other hart; traps "
+               "and sret do not synchronise the icache. Ziccif: naturally aligned instruction "
+               "fetches of up to 4 bytes (2 for a compressed parcel) are atomic. The kernel's "
+               "patch_text_nosync ends with flush_icache_range = flush_icache_all (fence.i "
+               "here, then sbi_remote_fence_i or an IPI running fence.i on every hart); "
+               "patch_text (stop_machine) has every waiting hart run local_flush_icache_all; "
+               "v6.16's ftrace patches one jalr at a time and ends arch_ftrace_update_code "
+               "with flush_icache_all() (Documentation/arch/riscv/cmodx.rst)."),
 )

@@ -688,8 +688,9 @@ class ArchFtraceImpl(ArchFtrace):
         """v6.16: each write is one naturally aligned store (4-byte jalr/nop, 8-byte literal);
         other CPUs run between them."""
         for w in writes:
-            self.machine.write_text(w.addr, w.new)
+            self.machine.poke_text(w.addr, w.new)
             yield
+        self.machine.icache_sync()          # arch_ftrace_update_code: flush_icache_all()
 
     def apply_poke(self, writes: list[TextWrite]) -> Generator:
         """bpf_arch_text_poke: patch_text(), i.e. stop_machine, in every era (the BPF side
@@ -731,12 +732,14 @@ class ArchFtraceImpl(ArchFtrace):
                 while any(m.rcu.in_task(cpu.index) for cpu in m.cpus):
                     yield Waiting("stop_machine: every CPU at a schedule point")
                 for w in writes:
-                    m.write_text(w.addr, w.new)
+                    m.poke_text(w.addr, w.new)
+                m.icache_sync()             # every waiter: local_flush_icache_all()
             finally:
                 m.stopping -= 1
         else:
             for w in writes:
-                m.write_text(w.addr, w.new)
+                m.poke_text(w.addr, w.new)
+            m.icache_sync()
         yield
 
     # -- ftrace_regs ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """x86-64 facts: System V ABI, kernel memory map (Documentation/arch/x86/x86_64/mm.rst)."""
-from ..base import ArchInfo, MemoryLayout
+from ..base import ArchInfo, IfetchRules, MemoryLayout
 
 _GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -51,4 +51,15 @@ ARCH = ArchInfo(
     ),
     elf_machine="EM_X86_64",
     kernel_space=0xFFFF800000000000,           # x86-64 4-level paging: canonical 48-bit
+    ifetch=IfetchRules(
+        granule=1, trap_syncs=True, entry_syncs=False,
+        source="Intel SDM vol. 3A, 'Handling Self- and Cross-Modifying Code' (8.1.3 in older "
+               "editions): a processor executing code that another one modifies must execute a "
+               "serializing instruction before it is guaranteed to execute the new code, and "
+               "nothing is guaranteed about a multi-byte instruction fetched while it changes. "
+               "IRET is serializing (so an exception or an IPI synchronises, as x86 sync_core() "
+               "itself once did with iret_to_self); SYSCALL and SYSRET are not. Hence the "
+               "kernel's int3 protocol (arch/x86/kernel/alternative.c, text_poke_bp_batch / "
+               "smp_text_poke_batch_finish): int3 over the first byte, text_poke_sync() = "
+               "on_each_cpu(do_sync_core), the tail bytes, sync, the first byte, sync."),
 )

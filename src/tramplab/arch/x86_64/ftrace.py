@@ -9,12 +9,20 @@ Site states (at rec->ip = the compiler's nop5, func+0 or func+4 after endbr64):
     jmp mode   e9 <rel32>            jmp <trampoline>      (v6.19+: address with bit 0 set)
 
 A caller reached by `call` sees [rsp] = return into the function (site+5), [rsp+8] = parent.
+
+Sites change under the int3 protocol (`apply`), because x86 promises nothing to a CPU that
+fetches a multi-byte instruction while another CPU writes it, and a CPU that does not serialise
+may go on executing what it fetched before (Intel SDM vol. 3A, cross-modifying code; ArchInfo
+.ifetch).  On a machine with weak instruction fetch (machine/machine.py) the protocol's three
+text_poke_sync() calls are what makes every CPU see each phase; the faults "no-int3" and
+"int3-no-sync" (port.py, faults.py) take them away.
 """
 from __future__ import annotations
 
 from typing import Generator
 
 from ...errors import EncodeError, KernelError
+from ...faults import fault
 from ...ftrace.arch_api import ArchFtrace, SiteState, TextWrite
 from ...jit import assemble
 from ...unwind import code_table
@@ -22,6 +30,7 @@ from . import encode as X
 from .frames import leave_frame, push, push_rbp_frame
 
 NOP5 = X.nop(5)
+INT3 = b"\xcc"
 MCOUNT_INSN_SIZE = 5
 
 # struct pt_regs, in 8-byte slots (arch/x86/include/asm/ptrace.h): the frame ftrace_regs_caller
@@ -306,26 +315,48 @@ class ArchFtraceImpl(ArchFtrace):
     def apply(self, writes: list[TextWrite]) -> Generator:
         """Phase 1: int3 over the first byte of every changed instruction, sync; phase 2: the
         tail bytes, sync; phase 3: the new first bytes, sync.  A CPU that hits an int3 meanwhile
-        has the new instruction emulated by the int3 handler."""
+        has the new instruction emulated by the int3 handler.
+
+        Each sync is text_poke_sync() = on_each_cpu(do_sync_core): every CPU serialises, so in
+        the weak instruction-fetch mode it drops what it fetched before (Machine.icache_sync).
+        The writes are Machine.poke_text(_steps): in weak mode a tail is written byte by byte
+        in any order, other CPUs running in between -- harmless behind a synchronised int3.
+        Faults (faults.py): "no-int3" writes each instruction's bytes directly, with no int3
+        and no sync; "int3-no-sync" keeps the three phases but drops their text_poke_sync()."""
+        if fault(self.profile, "no-int3"):
+            yield from self._apply_direct(writes)
+            return
         m = self.machine
-        stats = self.core.stats
+        sync = not fault(self.profile, "int3-no-sync")
         self._poking = {w.addr: w.new for w in writes}
         try:
             for w in writes:
-                m.write_text(w.addr, b"\xcc")                # int3
-            stats.sync_cores += 1
-            yield
+                m.poke_text(w.addr, INT3)
+            yield from self._text_poke_sync(sync)
             for w in writes:
                 if len(w.new) > 1:
-                    m.write_text(w.addr + 1, w.new[1:])
-            stats.sync_cores += 1
-            yield
+                    yield from m.poke_text_steps(w.addr + 1, w.new[1:])
+            yield from self._text_poke_sync(sync)
             for w in writes:
-                m.write_text(w.addr, w.new[:1])
-            stats.sync_cores += 1
-            yield
+                m.poke_text(w.addr, w.new[:1])
+            yield from self._text_poke_sync(sync)
         finally:
             self._poking = {}
+
+    def _text_poke_sync(self, sync: bool = True) -> Generator:
+        """text_poke_sync(): an IPI making every CPU serialise (weak mode: the CPUs run on until
+        it reaches them), then a point where other CPUs run."""
+        if sync:
+            yield from self.machine.icache_sync_steps()
+            self.core.stats.sync_cores += 1
+        yield
+
+    def _apply_direct(self, writes: list[TextWrite]) -> Generator:
+        """The fault "no-int3": each changed instruction's bytes written in place (pieces in
+        any order in weak mode), other CPUs running throughout, and no sync."""
+        for w in writes:
+            yield from self.machine.poke_text_steps(w.addr, w.new)
+            yield
 
     def _int3_handler(self, cpu, intno: int) -> bool:
         if intno != 3:

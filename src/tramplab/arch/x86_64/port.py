@@ -114,4 +114,11 @@ PORT = register_port(Port(
         "ibt-kprobe-multi-func-ip": ("v6.0-ibt", "v6.6-ibt"),
     },
     relocations=RELOCATIONS, stress_eras=STRESS,
+    faults={
+        "no-int3": "each patched instruction's bytes are written in place (text_poke without "
+                   "the int3 protocol), other CPUs running meanwhile and never serialised: "
+                   "a CPU may fetch a half-written instruction, or keep the old one",
+        "int3-no-sync": "the int3 protocol without text_poke_sync() after its phases: a CPU "
+                        "may keep the old instruction, or an int3 after the handler is gone",
+    },
 ))
