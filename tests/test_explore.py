@@ -101,3 +101,45 @@ def test_explore_command():
                  ["explore", "--replay"], ["explore", "--arch", "x86_64", "-f", "nofault"]):
         r = CliRunner().invoke(main, argv)
         assert r.exit_code == 2, (argv, r.output)
+
+
+@pytest.mark.parametrize("fault", ["no-int3", "int3-no-sync"])
+def test_x86_text_protocol_faults_are_found_on_a_weak_fetch_machine(fault):
+    """On the weak instruction-fetch machine (torn and stale text), the explorer's default
+    random budget finds a torn 5-byte write and an int3 protocol without its syncs; the
+    kernel's protocol on the same machine and seeds stays clean."""
+    targets = ex.targets_for("x86_64", (fault,), ifetch="weak")
+    assert targets and all(t.name.endswith(f"+{fault}@weak") for t in targets)
+    bad = ex.explore(targets[-1:], schedules=40, bounded=False)
+    assert bad.findings
+    good = ex.explore(ex.targets_for("x86_64", ifetch="weak")[-1:], schedules=40, bounded=False)
+    assert not good.findings, _seeds(good)[:2]
+
+
+@pytest.mark.parametrize("script", [[(0, 1)], [(1, 1)] * 52 + [(0, 1)] * 8 + [(1, 3)] * 2,
+                                    [(2, 1), (0, 5), (0, 5), (1, 1)]])
+def test_a_schedule_round_trips_through_its_text(script):
+    text = ex.encode_script(script)
+    assert ex.decode_script(text) == script
+    assert len(text) < 12 * len(ex.runs_of(script)) + 2
+
+
+@pytest.mark.parametrize("text", ["", "x.1", "0.0", "0.1*0", "-1.1", "0.1*", "0"])
+def test_a_malformed_schedule_is_refused_by_rule(text):
+    with pytest.raises(ex.UsageError, match="schedule"):
+        ex.decode_script(text)
+
+
+def test_a_bounded_finding_replays_from_its_printed_command():
+    """A one-preemption finding is not its seed's random schedule: its replay command carries
+    the small case's size and the exact interleaving, and running it gives the violation."""
+    weak = ex.targets_for("x86_64", ("no-int3",), ifetch="weak")[-1:]
+    report = ex.explore(weak, schedules=0, bounded=True, stride=4)
+    f = next(f for f in report.findings if f.how == "bounded")
+    argv = f.replay_command().split()[1:]
+    assert "--schedule" in argv and "--cpus" in argv
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == 1, r.output
+    assert r.output.splitlines()[0].endswith(f.violations[0])
+    r = CliRunner().invoke(main, ["explore", "-t", "x86_64:latest", "--schedule", "0.1"])
+    assert r.exit_code == 2 and "--replay" in r.output

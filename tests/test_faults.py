@@ -90,22 +90,24 @@ def test_gp_scan_only_frees_an_image_a_cpu_holds_in_a_register(era):
 # ------------------------------------------------------------------------------ op-after-caller
 @pytest.mark.parametrize("faults", [(), ("op-after-caller",)])
 def test_function_trace_op_published_after_the_caller(faults):
-    """x86 latest: a tracer (dynamic, so the callers keep the list function and
-    function_trace_op is never published) and an fentry program (the static BPF direct ops)
-    share bpf_fentry_test1, whose site calls ftrace_regs_caller.  CPU 0 stops there just before
-    loading function_trace_op; the tracer is unregistered: the direct ops is left alone and the
-    callers switch to call_direct_funcs.  We let CPU 0 run as soon as they have switched.  In
-    the kernel's order function_trace_op is the direct ops by then and the program runs; with
-    the op published after the switch, call_direct_funcs gets the old op (NULL) and the
-    program, attached for the whole call, never runs."""
+    """x86 latest: a tracer (dynamic, so while it is there the callers keep the list function
+    and function_trace_op is never published) and a static ops in the kernel image (which gets
+    its own function once it is alone) trace bpf_fentry_test1, whose site calls
+    ftrace_regs_caller.  CPU 0 stops there just before loading function_trace_op; the tracer
+    is unregistered and the callers switch to the static ops' callback.  We let CPU 0 run as
+    soon as they have switched.  In the kernel's order function_trace_op is the static ops by
+    then and its callback gets its own op (function_trace_call reads op->private); with the op
+    published after the switch the callback is handed the old one (NULL)."""
     k = Kernel("x86_64", profile=faulty("x86_64", "latest", *faults) if faults else "latest",
                cpus=2)
     ft = k.ftrace
-    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS,
-                       filter={ft.ip_of("bpf_fentry_test1")})
+    ip = ft.ip_of("bpf_fentry_test1")
+    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS, filter={ip})
+    handed = []
+    static = FtraceOps(func=lambda ip_, pip, op, fregs: handed.append(op), name="static",
+                       filter={ip}, core_data=True)
     ft.register_ftrace_function(tracer)
-    runs = []
-    k.fentry("bpf_fentry_test1", name="fe")(lambda ctx: runs.append(ctx.args))
+    ft.register_ftrace_function(static)
     assert k.memory.read_u64(ft.function_trace_op) == 0
     cpu = k.machine.cpus[0]
     task = k.machine.start(k.task("bpf_fentry_test1", 7, cpu=0))
@@ -116,13 +118,13 @@ def test_function_trace_op_published_after_the_caller(faults):
             break
     assert regs_caller.addr <= cpu.pc < regs_caller.addr + regs_caller.size
     gen = ft.unregister_ftrace_function_steps(tracer)
-    while ft.current_func != ft.direct_funcs:
+    while ft.current_func == ft.list_func:          # until the callers call static's callback
         next(gen)
     k.machine.finish(cpu)
     finish_op(gen)
     assert k.result(task) == 8
-    assert runs == ([] if faults else [[7]])
-    assert k.call("bpf_fentry_test1", 1) == 2 and runs[-1] == [1]    # later calls are fine
+    assert handed == ([None] if faults else [static])
+    assert k.call("bpf_fentry_test1", 1) == 2 and handed[-1] is static   # later calls are fine
 
 
 # ------------------------------------------------------------------------------ bl-before-literal

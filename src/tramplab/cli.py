@@ -458,14 +458,20 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
               help="bounded search: preempt at every STRIDE-th step")
 @click.option("--replay", is_flag=True, help="replay --seed of one --target, shrink a violation "
                                              "and print its annotated instruction trace")
+@click.option("--schedule", "schedule", default=None, metavar="RUNS",
+              help="with --replay: this interleaving instead of the seed's (TASK.STEPS[*REPEAT],"
+                   " comma separated, as a bounded finding's replay command prints it)")
 @click.option("--workers", "-j", default=1, show_default=True, type=click.IntRange(1, 64),
               help="local worker processes")
 @click.option("--ray", "ray_address", default=None,
               help="run on a Ray cluster (ADDRESS, or 'local'); needs tramplab[ray]")
+@click.option("--ifetch", type=click.Choice(["coherent", "weak"]), default="coherent",
+              show_default=True, help="instruction fetch: coherent, or weak (torn and stale "
+                                      "text until the protocol synchronises)")
 @click.option("--list-faults", is_flag=True, help="list the known-bad protocols and exit")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, bounded, stride,
-                replay, workers, ray_address, list_faults, as_json):
+                replay, schedule, workers, ray_address, ifetch, list_faults, as_json):
     """Explore interleavings: CPUs call traced functions while another attaches, detaches and
     replaces programs and ftrace ops, one instruction at a time, over seeded random schedules
     and (--bounded) every one-preemption schedule of a small case.  Each call is checked (no
@@ -482,14 +488,17 @@ def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, b
             for name, what in known(a).items():
                 click.echo(f"{a:8} {name:22} {what}")
         return
-    targets = [_explore_target(n, cpus, calls, ops) for n in target_names] or \
-        ex.targets_for(None if arch == "all" else _arch(arch), faults, cpus, calls, ops)
+    targets = [_explore_target(n, cpus, calls, ops, ifetch) for n in target_names] or \
+        ex.targets_for(None if arch == "all" else _arch(arch), faults, cpus, calls, ops, ifetch)
     if not targets:
         raise UsageError(f"no target on {arch} knows the fault(s) {', '.join(faults)}")
+    if schedule is not None and not replay:
+        raise UsageError("--schedule goes with --replay")
     if replay:
         if len(targets) != 1:
             raise UsageError("--replay needs exactly one --target")
-        _explore_replay(ex, targets[0], seed)
+        _explore_replay(ex, targets[0], seed,
+                        ex.decode_script(schedule) if schedule is not None else None)
         return
     from rich.progress import Progress
     total = None
@@ -534,18 +543,19 @@ def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, b
         sys.exit(1)
 
 
-def _explore_target(name: str, cpus: int, calls: int, ops: int):
+def _explore_target(name: str, cpus: int, calls: int, ops: int, ifetch: str = "coherent"):
     from .check.explore import Target
     from .check.stress import ERAS
+    name, _, mode = name.partition("@")
     era, *faults = name.split("+")
-    if era not in ERAS:
-        raise UsageError(f"unknown target {name!r}: an era is one of {', '.join(ERAS)}, "
-                         "optionally +fault")
-    return Target(ERAS[era].with_faults(*faults), cpus, calls, ops)
+    if era not in ERAS or mode not in ("", "coherent", "weak"):
+        raise UsageError(f"unknown target {name!r}: <era>[+fault...][@weak], an era one of "
+                         f"{', '.join(ERAS)}")
+    return Target(ERAS[era].with_faults(*faults).with_ifetch(mode or ifetch), cpus, calls, ops)
 
 
-def _explore_replay(ex, target, seed: int) -> None:
-    r = target.run(seed)
+def _explore_replay(ex, target, seed: int, script=None) -> None:
+    r = target.run(seed, script)
     if not r.violations:
         click.echo(f"{target.name} seed {seed}: no violation ({r.steps} steps)")
         return

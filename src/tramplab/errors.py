@@ -73,3 +73,11 @@ class ProgramError(TramplabError):
         self.cpu = cpu
         super().__init__(f"BPF program {prog!r} on CPU {cpu}: {what}; the call was abandoned "
                          "and the trampoline's state unwound")
+
+
+def one_line(e: BaseException) -> str:
+    """An error as one line led by its class (an oops report already starts with 'Oops:')."""
+    lines = str(e).splitlines()
+    first = lines[0] if lines else ""
+    name = type(e).__name__
+    return first if first.startswith(name + ":") else f"{name}: {first}"

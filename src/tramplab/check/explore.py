@@ -47,9 +47,11 @@ class Target:
 
     @property
     def name(self) -> str:
-        key = next((k for k, e in ERAS.items() if e == self.era.with_faults()), None)
+        plain = self.era.with_faults().with_ifetch("coherent")
+        key = next((k for k, e in ERAS.items() if e == plain), None)
         key = key or f"{self.era.arch}:{self.era.profile}"
-        return key + "".join(f"+{f}" for f in self.era.faults)
+        mode = "" if self.era.ifetch == "coherent" else f"@{self.era.ifetch}"
+        return key + "".join(f"+{f}" for f in self.era.faults) + mode
 
     def run(self, seed: int, script=None, on_step=None):
         return run_schedule(self.era, seed, cpus=self.cpus, calls=self.calls, ops=self.ops,
@@ -70,8 +72,46 @@ class Finding:
         return violation_kind(self.violations)
 
     def replay_command(self) -> str:
-        return (f"tramplab explore --target {self.target.name} --seed {self.seed} --replay"
-                + (f" --cpus {self.target.cpus}" if self.target.cpus != 2 else ""))
+        t = self.target
+        size = "".join(f" --{name} {getattr(t, name)}" for name, default in CASE_DEFAULTS
+                       if getattr(t, name) != default)
+        # a random schedule is its seed; a bounded one is an explicit list of decisions
+        script = f" --schedule {encode_script(self.trace)}" if self.how == "bounded" else ""
+        return f"tramplab explore --target {t.name} --seed {self.seed}{size}{script} --replay"
+
+
+CASE_DEFAULTS = (("cpus", 2), ("calls", 3), ("ops", 4))     # Target's, and the command's
+
+
+def encode_script(script: list) -> str:
+    """A schedule as text: runs of equal decisions `TASK.STEPS*REPEAT` (`*1` left out), comma
+    separated, e.g. `0.1*37,1.1*8,0.1*12`."""
+    out: list[str] = []
+    for task, steps in script:
+        if out and out[-1][0] == (task, steps):
+            out[-1][1] += 1
+        else:
+            out.append([(task, steps), 1])
+    return ",".join(f"{t}.{n}" + (f"*{k}" if k > 1 else "") for (t, n), k in out)
+
+
+def decode_script(text: str) -> list:
+    """encode_script's inverse; a malformed schedule is a UsageError naming the bad run."""
+    script: list = []
+    for run in filter(None, text.split(",")):
+        head, star, repeat = run.partition("*")
+        task, _, steps = head.partition(".")
+        try:
+            t, n, k = int(task), int(steps), int(repeat if star else 1)
+        except ValueError:
+            t = n = k = -1
+        if t < 0 or n < 1 or k < 1 or k > 10**7:
+            raise UsageError(f"explore: bad schedule run {run!r}: TASK.STEPS[*REPEAT], task >= 0, "
+                             f"steps and repeat >= 1")
+        script += [(t, n)] * k
+    if not script:
+        raise UsageError("explore: an empty --schedule")
+    return script
 
 
 @dataclass
@@ -314,8 +354,9 @@ def _run_ray(jobs, address: str, progress) -> list:
 
 
 def targets_for(arch: str | None, faults=(), cpus: int = 2, calls: int = 3,
-                ops: int = 4) -> list[Target]:
-    """Every stress era of the arch (or of every port), with `faults` where the arch knows them."""
+                ops: int = 4, ifetch: str = "coherent") -> list[Target]:
+    """Every stress era of the arch (or of every port), with `faults` where the arch knows them,
+    on a machine with the instruction-fetch model `ifetch` (machine/machine.py)."""
     from ..faults import known
     out = []
     for key, era in ERAS.items():
@@ -324,5 +365,5 @@ def targets_for(arch: str | None, faults=(), cpus: int = 2, calls: int = 3,
         mine = tuple(f for f in faults if f in known(era.arch))
         if faults and not mine:
             continue
-        out.append(Target(era.with_faults(*mine), cpus, calls, ops))
+        out.append(Target(era.with_faults(*mine).with_ifetch(ifetch), cpus, calls, ops))
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import KernelError, Oops, ProgramError, UsageError
+from ..errors import KernelError, Oops, ProgramError, UsageError, one_line
 
 
 @dataclass(frozen=True)
@@ -365,7 +365,7 @@ def _observe(s: Scenario, arch: str, profile: str) -> Observation:
     try:
         return s.probe(arch, profile)
     except (KernelError, Oops, ProgramError) as e:
-        return Observation(True, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        return Observation(True, one_line(e))
 
 
 def run_all(names=None, arches=None) -> list[Result]:

@@ -28,7 +28,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..errors import KernelError, TramplabError, UsageError
+from ..errors import KernelError, TramplabError, UsageError, one_line
 from ..ftrace import FL, FtraceOps
 from ..machine.machine import CallTask
 from ..machine.scheduler import CallSeq, HostTask, Scheduler
@@ -290,7 +290,7 @@ class _Schedule:
             self.sched.run([*self.seqs, *(HostTask(self._actor(i), f"attach/detach {i}")
                                           for i in range(self.actors))])
         except TramplabError as e:
-            r.violations.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            r.violations.append(one_line(e))
         r.steps = self.sched.clock
         r.trace = list(self.sched.trace)
         r.ops = len(self.ops)

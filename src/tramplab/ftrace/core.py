@@ -196,7 +196,11 @@ class FtraceCore:
     def _fregs(self, cpu, fregs: int):
         return self.arch.fregs(cpu, fregs) if fregs else None
 
-    def _invoke(self, ops: FtraceOps, cpu, ip: int, pip: int, fregs: int) -> None:
+    def _invoke(self, ops: FtraceOps, cpu, ip: int, pip: int, fregs: int,
+                handed: "FtraceOps | None | bool" = True) -> None:
+        """Run ops' callback.  `handed` is the op the callback receives (True: ops itself, as
+        the list function and a per-ops trampoline hand it; otherwise whatever the caller
+        loaded from function_trace_op, which is None when that pointed at no ops)."""
         if ops.func is None:
             return
         key = (cpu.index, id(ops))
@@ -205,7 +209,7 @@ class FtraceCore:
         self._running.add(key)
         try:
             ops.calls += 1
-            ops.func(ip, pip, ops, self._fregs(cpu, fregs))
+            ops.func(ip, pip, ops if handed is True else handed, self._fregs(cpu, fregs))
         finally:
             self._running.discard(key)
 
@@ -331,11 +335,19 @@ class FtraceCore:
             self._bound = getattr(self, "_bound", 0) + 1
             ops.func_host = self.machine.hostcalls.register(
                 f"ftrace_ops_func:{ops.name}.{self._bound}",
-                lambda cpu, ip, pip, op, fregs: self._bound_func(ops, cpu, ip, pip, fregs), 4)
+                lambda cpu, ip, pip, op, fregs: self._bound_func(ops, cpu, ip, pip, op, fregs), 4)
         return ops.func_host
 
-    def _bound_func(self, ops: FtraceOps, cpu, ip, pip, fregs) -> None:
-        self._invoke(ops, cpu, ip, pip, fregs)
+    def _ops_at(self, addr: int) -> FtraceOps | None:
+        """The registered ops whose in-memory struct is at addr (what a callback's `op`
+        argument points at), None for NULL or anything else."""
+        return next((o for o in self.ops_list if addr and o.mem == addr), None)
+
+    def _bound_func(self, ops: FtraceOps, cpu, ip, pip, op, fregs) -> None:
+        """ops' own callback called from a caller: it gets the op the caller loaded from
+        function_trace_op, as the kernel's callbacks do (function_trace_call reads
+        op->private), so a stale function_trace_op reaches it."""
+        self._invoke(ops, cpu, ip, pip, fregs, handed=self._ops_at(op))
         rec = self.records.get(ip)
         if rec is not None:
             rec.calls += 1
@@ -388,7 +400,7 @@ class FtraceCore:
         if single and fault(self.profile, "op-after-caller"):
             # The known-bad order: the callers call the single ops' function first and
             # function_trace_op follows.  A CPU that loads function_trace_op in between hands
-            # the new function the old op (call_direct_funcs then finds no direct ops in it).
+            # the new function the old op (a callback then reads the wrong op->private).
             # update_ftrace_function publishes the op, then smp_wmb() and ftrace_sync_ipi, and
             # only then sets the function (below), so the function never sees an older op.
             yield from self._apply_steps(last)
