@@ -28,7 +28,9 @@ def test_the_kernels_protocols_are_clean_on_every_era():
 
 def test_a_known_bad_protocol_is_found_within_the_default_budget():
     report = ex.explore([BAD], schedules=40, bounded=False)
-    assert report.findings and all(f.kind == "Oops" for f in report.findings)
+    # an image freed under a CPU: an oops, or a call that ran reused memory and returned junk
+    assert report.findings and {f.kind for f in report.findings} <= {"Oops", "returned"}
+    assert not [f for f in report.findings if "model error" in f.violations[0]]
 
 
 def test_every_fault_names_a_port_or_is_generic():
@@ -95,10 +97,15 @@ def test_explore_command():
     r = CliRunner().invoke(main, ["explore", "-t", "x86_64:latest+free-at-once", "--seed",
                                   str(seed), "--replay"])
     assert r.exit_code == 1 and "shrunk to" in r.output and "violation:" in r.output
+    r = CliRunner().invoke(main, ["explore", "--arch", "x86_64", "--actors", "2", "-n", "2",
+                                  "--no-bounded"])
+    assert r.exit_code == 0 and "0 violation(s)" in r.output, r.output
+    assert "--actors 2" in ex.Finding(ex.Target(BAD.era, actors=2), 1, ["x"], []).replay_command()
     r = CliRunner().invoke(main, ["explore", "--list-faults"])
     assert r.exit_code == 0 and "free-at-once" in r.output
     for argv in (["explore", "-t", "nope:era"], ["explore", "-t", "x86_64:latest+nofault"],
-                 ["explore", "--replay"], ["explore", "--arch", "x86_64", "-f", "nofault"]):
+                 ["explore", "--replay"], ["explore", "--arch", "x86_64", "-f", "nofault"],
+                 ["explore", "--actors", "0"]):
         r = CliRunner().invoke(main, argv)
         assert r.exit_code == 2, (argv, r.output)
 

@@ -127,6 +127,43 @@ def test_function_trace_op_published_after_the_caller(faults):
     assert k.call("bpf_fentry_test1", 1) == 2 and handed[-1] is static   # later calls are fine
 
 
+def test_a_cpu_delayed_across_the_update_hands_a_static_ops_the_old_op():
+    """A model finding about the kernel's own order (profile latest, no fault): the publish,
+    smp_wmb and ftrace_sync_ipi before the callers switch only help a CPU that loads
+    function_trace_op afterwards.  A CPU that loaded it earlier -- while the list function was
+    in place, so the old value -- and is delayed until the switch is done (preempted on a
+    PREEMPT kernel, or interrupted long enough; the IPI does not touch its registers) calls the
+    static ops' callback with the old op.  In the kernel that is &ftrace_list_end, whose
+    ->private is NULL (function_trace_call reads op->private).  This is why the explorer's
+    workload has no static ops: the model has no timing, so it cannot tell op-after-caller
+    from the kernel's narrower window."""
+    k = Kernel("x86_64", profile="latest", cpus=2)
+    ft = k.ftrace
+    ip = ft.ip_of("bpf_fentry_test1")
+    tracer = FtraceOps(func=lambda *a: None, name="tracer", flags=FL.SAVE_REGS, filter={ip})
+    handed = []
+    static = FtraceOps(func=lambda ip_, pip, op, fregs: handed.append(op), name="static",
+                       filter={ip}, core_data=True)
+    ft.register_ftrace_function(tracer)
+    ft.register_ftrace_function(static)
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 7, cpu=0))
+    for _ in range(2000):             # `movabs rdx, &function_trace_op`, then the load
+        k.machine.step(cpu, 1)
+        if cpu.reg("rdx") == ft.function_trace_op:
+            break
+    k.machine.step(cpu, 1)
+    assert cpu.reg("rdx") == 0        # the old function_trace_op, in a register
+    gen = ft.unregister_ftrace_function_steps(tracer)
+    while ft.current_func == ft.list_func:      # published, IPI'd, and the callers switched
+        next(gen)
+    assert k.memory.read_u64(ft.function_trace_op) == static.mem
+    k.machine.finish(cpu)
+    finish_op(gen)                    # (its grace period has nothing to wait for now)
+    assert k.result(task) == 8 and handed == [None]
+    assert k.call("bpf_fentry_test1", 1) == 2 and handed[-1] is static
+
+
 # ------------------------------------------------------------------------------ bl-before-literal
 @pytest.mark.parametrize("faults", [(), ("bl-before-literal",)])
 def test_bl_before_literal_is_benign_when_enabling(faults):

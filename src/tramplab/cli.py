@@ -452,8 +452,12 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
               help="calls per CPU")
 @click.option("--ops", default=4, show_default=True, type=click.IntRange(1, 50),
               help="attach/detach operations per schedule")
+@click.option("--actors", default=1, show_default=True, type=click.IntRange(1, 4),
+              help="host actors attaching and detaching concurrently (each owns whole "
+                   "functions; ftrace updates serialize on ftrace_lock, as in the kernel)")
 @click.option("--bounded/--no-bounded", default=True, show_default=True,
-              help="also every one-preemption schedule of a small case (1 CPU, 2 calls, 3 ops)")
+              help="also every one-preemption schedule of a small case (1 CPU, 2 calls, 3 ops, "
+                   "1 actor)")
 @click.option("--stride", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="bounded search: preempt at every STRIDE-th step")
 @click.option("--replay", is_flag=True, help="replay --seed of one --target, shrink a violation "
@@ -470,7 +474,8 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
                                       "text until the protocol synchronises)")
 @click.option("--list-faults", is_flag=True, help="list the known-bad protocols and exit")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, bounded, stride,
+def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, actors, bounded,
+                stride,
                 replay, schedule, workers, ray_address, ifetch, list_faults, as_json):
     """Explore interleavings: CPUs call traced functions while another attaches, detaches and
     replaces programs and ftrace ops, one instruction at a time, over seeded random schedules
@@ -488,8 +493,9 @@ def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, b
             for name, what in known(a).items():
                 click.echo(f"{a:8} {name:22} {what}")
         return
-    targets = [_explore_target(n, cpus, calls, ops, ifetch) for n in target_names] or \
-        ex.targets_for(None if arch == "all" else _arch(arch), faults, cpus, calls, ops, ifetch)
+    targets = [_explore_target(n, cpus, calls, ops, ifetch, actors) for n in target_names] or \
+        ex.targets_for(None if arch == "all" else _arch(arch), faults, cpus, calls, ops, ifetch,
+                       actors)
     if not targets:
         raise UsageError(f"no target on {arch} knows the fault(s) {', '.join(faults)}")
     if schedule is not None and not replay:
@@ -543,7 +549,8 @@ def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, b
         sys.exit(1)
 
 
-def _explore_target(name: str, cpus: int, calls: int, ops: int, ifetch: str = "coherent"):
+def _explore_target(name: str, cpus: int, calls: int, ops: int, ifetch: str = "coherent",
+                    actors: int = 1):
     from .check.explore import Target
     from .check.stress import ERAS
     name, _, mode = name.partition("@")
@@ -551,7 +558,8 @@ def _explore_target(name: str, cpus: int, calls: int, ops: int, ifetch: str = "c
     if era not in ERAS or mode not in ("", "coherent", "weak"):
         raise UsageError(f"unknown target {name!r}: <era>[+fault...][@weak], an era one of "
                          f"{', '.join(ERAS)}")
-    return Target(ERAS[era].with_faults(*faults).with_ifetch(mode or ifetch), cpus, calls, ops)
+    return Target(ERAS[era].with_faults(*faults).with_ifetch(mode or ifetch), cpus, calls, ops,
+                  actors)
 
 
 def _explore_replay(ex, target, seed: int, script=None) -> None:

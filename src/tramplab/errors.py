@@ -22,6 +22,7 @@ ERRNO = {
     "ENOMEM": _errno.ENOMEM,
     "ENODEV": _errno.ENODEV,
     "EOPNOTSUPP": _errno.EOPNOTSUPP,
+    "EDEADLK": _errno.EDEADLK,
     "ENOTSUPP": 524,
 }
 

@@ -352,6 +352,12 @@ class BpfManager(MultiAttach):
 
     def _tramp_exit(self, cpu, im):
         image = self._image_at(cpu, im, "__bpf_tramp_exit")
+        if image.holders.get(cpu.index, 0) <= 0:
+            # a put without the get: the im this CPU took a reference on was freed under it
+            # and reused for another image (percpu_ref_put on an object it never got)
+            raise self.machine.oops(cpu, f"__bpf_tramp_exit({im:#x}): CPU {cpu.index} holds no "
+                                         f"reference on {image.name} (percpu_ref underflow: "
+                                         "its bpf_tramp_image was freed and reused)")
         image.holders[cpu.index] -= 1
         self._pcref_put(image)
         return 0

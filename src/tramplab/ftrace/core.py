@@ -23,6 +23,7 @@ from ..arch import arch_module
 from ..errors import ERRNO, KernelError
 from ..faults import fault
 from ..machine.oops import make_oops
+from ..machine.locks import Mutex
 from ..machine.scheduler import HostTask
 from .arch_api import OPS_DIRECT_CALL, OPS_FUNC, OPS_MEM_SIZE, SiteState, TextWrite, verify
 from .kconfig import check
@@ -131,6 +132,7 @@ class FtraceCore:
         self._mirror_heap: dict[int, bytes] = {}         # mirror address -> the heap it covered
         self._running: set[tuple[int, int]] = set()      # (cpu, id(ops)) recursion guard
         self._current_func: int | None = None
+        self.ftrace_lock = Mutex(self.machine, "ftrace_lock")   # serializes text updates
         self.bugs: list[str] = []
         hc = self.machine.hostcalls
         self.list_func = hc.register("ftrace_ops_list_func", self._list_func, 4)
@@ -339,9 +341,9 @@ class FtraceCore:
         return ops.func_host
 
     def _ops_at(self, addr: int) -> FtraceOps | None:
-        """The registered ops whose in-memory struct is at addr (what a callback's `op`
-        argument points at), None for NULL or anything else."""
-        return next((o for o in self.ops_list if addr and o.mem == addr), None)
+        """The ops whose in-memory struct is at addr (what a callback's `op` argument points
+        at; registered or not), None for NULL or anything else."""
+        return self._ops_by_mem.get(addr) if addr else None
 
     def _bound_func(self, ops: FtraceOps, cpu, ip, pip, op, fregs) -> None:
         """ops' own callback called from a caller: it gets the op the caller loaded from
@@ -356,6 +358,12 @@ class FtraceCore:
         return [] if func == current else self.arch.func_writes(current, func)
 
     def _update_steps(self, affected=None) -> Generator:
+        """_modify_all_steps under ftrace_lock: the kernel updates the text with ftrace_lock
+        held, so two actors' updates never interleave (the callers' shared ftrace_call
+        above all)."""
+        return (yield from self.ftrace_lock.run(self._modify_all_steps(affected)))
+
+    def _modify_all_steps(self, affected=None) -> Generator:
         """ftrace_modify_all_code over the records `affected` (ips; None = all), like the kernel
         walking only the records in the changed ops' hashes.  Everything is computed and
         verified before the first byte changes (a refusal leaves the text as it was).  Then, in

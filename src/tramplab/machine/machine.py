@@ -223,6 +223,7 @@ class Machine:
         self.in_hostcall = None              # the host function running now, if any
         self.hostcall_cpu = None             # ... and the CPU that called it
         self.stopping = 0                    # stop_machine waiting: CPUs start no new call
+        self.current_actor = None            # the HostTask a scheduler is stepping (locks.py)
         self.abort_hooks: list[Callable] = []    # f(cpu): a call was abandoned mid-way
         m = self.memory
         ksize = self.config.kernel_size or lay.kernel_size

@@ -60,6 +60,10 @@ class Scheduler:
     # first runnable task (so a shrunk script still gives one definite schedule)
     script: list[tuple[int, int]] | None = None
     on_step: object = None         # f(task index, task, instructions) before each step
+    # interleave: the chance that the task of the last step runs again (runs of geometric
+    # length: a CPU gets far between two steps of an actor, or an actor through several of its
+    # writes between two instructions); 0 draws every step afresh
+    stickiness: float = 0.0
 
     def __post_init__(self):
         if self.mode not in ("interleave", "sequential"):
@@ -75,6 +79,9 @@ class Scheduler:
         elif not is_int(q) or not 1 <= q <= top:
             raise UsageError(f"quantum must be an integer >= 1 (instructions per step) or a "
                              f"(lo, hi) range, not {q!r}")
+        if not isinstance(self.stickiness, (int, float)) or isinstance(self.stickiness, bool) \
+                or not 0 <= self.stickiness < 1:
+            raise UsageError(f"stickiness must be a number in [0, 1), not {self.stickiness!r}")
         self.rng = random.Random(self.seed)
 
     def _quantum(self) -> int:
@@ -93,12 +100,28 @@ class Scheduler:
                 self.machine.start(t)
             elif isinstance(t, CallSeq):
                 t.done = not t.calls
-        if self.mode == "sequential":
-            for i, t in enumerate(tasks):
-                self._run_to_end(i, t)
-        else:
-            self._interleave(tasks)
+        try:
+            if self.mode == "sequential":
+                for i, t in enumerate(tasks):
+                    self._run_to_end(i, t)
+            else:
+                self._interleave(tasks)
+        except BaseException:
+            self._close_actors(tasks)
+            raise
         return [t.result for t in tasks]
+
+    def _close_actors(self, tasks: list) -> None:
+        """A run that failed leaves actors suspended mid-operation: close them now, while the
+        machine is alive, so their clean-up (an attach taking its staged image back) runs here
+        and not later from the garbage collector, after the emulator may have been freed."""
+        for t in tasks:
+            if isinstance(t, HostTask) and not t.done:
+                t.done = True
+                try:
+                    t.gen.close()
+                except Exception:      # noqa: BLE001 -- the run's own error is the one to report
+                    pass
 
     def _run_to_end(self, i: int, t) -> None:
         if isinstance(t, CallTask):
@@ -144,6 +167,9 @@ class Scheduler:
 
     def _decide(self, runnable: list[int]) -> tuple[int, int]:
         if self.script is None:
+            last = self.trace[-1][0] if self.trace else None
+            if self.stickiness and last in runnable and self.rng.random() < self.stickiness:
+                return last, self._quantum()
             i = self.rng.choice(runnable)
             return i, self._quantum()
         pos = len(self.trace)
@@ -180,11 +206,13 @@ class Scheduler:
             t.index += 1
             t.done = t.index == len(t.calls)
 
-    @staticmethod
-    def _host_step(t: HostTask) -> None:
+    def _host_step(self, t: HostTask) -> None:
+        self.machine.current_actor = t       # whose step this is (mutex owners, locks.py)
         try:
             next(t.gen)
             t.steps += 1
         except StopIteration as stop:
             t.done = True
             t.result = stop.value
+        finally:
+            self.machine.current_actor = None
