@@ -4,9 +4,13 @@ on one worker and on two worker processes (check/explore.py).
 
     python benchmarks/explore.py [--target x86_64:latest] [--schedules 24] [--calls 20]
 
-A step is one scheduling decision: one instruction of one CPU (quantum 1) or one step of the
-host actor.  Each schedule builds a fresh kernel (about 15 ms), so longer schedules (--calls,
---ops) amortise it.  Figures vary with machine load: compare ratios from one run.
+A step is one emulated step: one instruction of one CPU or one step of a host actor.  The
+random schedules come in three shapes (explore.STICKINESS); in the sticky ones the scheduler
+draws a CPU's whole run at once and runs it in one emulator entry (a run that reaches the
+call's return counts its drawn length, so instruction counts are an upper bound by at most a
+few per call).  Each schedule builds a fresh kernel (about 4 ms), so longer schedules (--calls,
+--ops) amortise it; two workers need enough schedules to amortise the pool's start.  Figures
+vary with machine load: compare ratios from one run.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from tramplab.check.stress import ERAS
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="x86_64:latest")
-    ap.add_argument("--schedules", type=int, default=24)
+    ap.add_argument("--schedules", type=int, default=60)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--ops", type=int, default=10)
     a = ap.parse_args()

@@ -145,7 +145,8 @@ class ScheduleResult:
     violations: list[str] = field(default_factory=list)
     calls: int = 0
     ops: int = 0
-    steps: int = 0
+    steps: int = 0                 # emulated: CPU instructions and actor steps
+    decisions: int = 0             # the scheduler's (its clock)
     trace: list = field(default_factory=list, repr=False)   # the scheduler's decisions
 
     @property
@@ -173,8 +174,12 @@ class _Schedule:
         from ..kernel import Kernel
         self.era = era
         self.rng = random.Random(seed)
+        # a schedule reports its violations in one line each and replays exactly, so it runs
+        # without the per-block history (a block hook on every step) unless someone watches
+        # its steps (explore's annotated replay)
+        history = {} if on_step else {"history_blocks": 0}
         self.k = Kernel(era.arch, profile=era.kernel_profile(), cpus=cpus,
-                        **era.machine_options(seed))
+                        **era.machine_options(seed), **history)
         self.k.bpf
         self.runs: list[Run] = []
         self.sched = Scheduler(self.k.machine, seed=seed, quantum=1, script=script,
@@ -295,15 +300,19 @@ class _Schedule:
         mem = self.k.memory
         before = {id(t): mem.read_u32(t.reg_args[1]) for s in self.seqs for t in s.calls
                   if t.name == "bpf_modify_return_test"}
+        self.hosts = [HostTask(self._actor(i), f"attach/detach {i}") for i in range(self.actors)]
         try:
-            self.sched.run([*self.seqs, *(HostTask(self._actor(i), f"attach/detach {i}")
-                                          for i in range(self.actors))])
+            self.sched.run([*self.seqs, *self.hosts])
         except TramplabError as e:
             r.violations.append(one_line(e))
         except Exception as e:      # noqa: BLE001 -- a bug of the model, reported as such
             r.violations.append(f"model error (a tramplab bug, please report it with the "
                                 f"replay command): {type(e).__name__}: {e}")
-        r.steps = self.sched.clock
+        # emulated steps: instructions the CPUs ran and steps of the actors (a decision of the
+        # scheduler may run several instructions of one CPU: Scheduler.stickiness)
+        r.steps = sum(c.steps for s in self.seqs for c in s.calls) + \
+            sum(a.steps for a in self.hosts)
+        r.decisions = self.sched.clock
         r.trace = list(self.sched.trace)
         r.ops = len(self.ops)
         for _, op in self.ops:

@@ -85,6 +85,7 @@ class MachineConfig:
     module_area: int | None = None      # override the arch default (virtual address)
     bpf_area: int | None = None         # e.g. > 128 MiB from text to force arm64's far path
     history_blocks: int = 32            # translated blocks remembered per CPU for oops reports
+                                        # (0: none, and no block hook: a faster step)
     max_insns: int = 20_000_000         # a run-to-completion longer than this is a soft lockup
     heap_size: int = 0x100000
     kernel_size: int | None = None      # more kernel text than the arch's default (synthetic
@@ -130,7 +131,7 @@ class MachineConfig:
                              f"{self.ifetch!r}")
         if isinstance(self.ifetch_seed, bool) or not isinstance(self.ifetch_seed, int):
             raise UsageError(f"ifetch_seed must be an integer, got {self.ifetch_seed!r}")
-        integer("history_blocks", 1)
+        integer("history_blocks", 0)
         integer("max_insns", 1)
         if self.max_insns > self.MAX_COUNT:
             raise UsageError(f"max_insns must be < 2**63 (Unicorn's instruction count), got "

@@ -138,40 +138,52 @@ class Scheduler:
 
     def _interleave(self, tasks: list) -> None:
         steps = 0
-        while True:
-            live = [i for i, t in enumerate(tasks) if not t.done]
-            if not live:
-                return
-            runnable = [i for i in live if not self._parked(tasks[i])] or live
-            i, n = self._decide(runnable)
+        live = [i for i, t in enumerate(tasks) if not t.done]
+        machine = self.machine
+        while live:
+            runnable = live
+            if machine.stopping:
+                runnable = [i for i in live if not self._parked(tasks[i])] or live
+            i, n = self._decide(runnable, tasks)
             t = tasks[i]
-            if isinstance(t, HostTask):
+            host = isinstance(t, HostTask)
+            if host:
                 n = 1
             self.trace.append((i, n))          # before the step: a step that fails is in it
             if self.on_step is not None:
                 self.on_step(i, t, n)
-            if isinstance(t, CallTask):
-                self.machine.step(self.machine.cpus[t.cpu], n)
+            if host:
+                self._host_step(t)
             elif isinstance(t, CallSeq):
                 self._seq_step(t, n)
             else:
-                self._host_step(t)
+                machine.step(machine.cpus[t.cpu], n)
+            if t.done or host:      # (an actor may run a CPU's call to its end: run_host)
+                live = [j for j in live if not tasks[j].done]
             self.clock += 1
             steps += 1
             if steps > self.max_steps:
                 busy = next((tasks[j] for j in live if not isinstance(tasks[j], HostTask)),
                             None)
-                cpu = self.machine.cpus[busy.cpu if busy is not None else 0]
-                raise make_oops(self.machine, cpu,
+                cpu = machine.cpus[busy.cpu if busy is not None else 0]
+                raise make_oops(machine, cpu,
                                 f"soft lockup: interleaving exceeded {self.max_steps} steps")
 
-    def _decide(self, runnable: list[int]) -> tuple[int, int]:
+    def _decide(self, runnable: list[int], tasks: list) -> tuple[int, int]:
         if self.script is None:
+            st = self.stickiness
             last = self.trace[-1][0] if self.trace else None
-            if self.stickiness and last in runnable and self.rng.random() < self.stickiness:
-                return last, self._quantum()
+            if st and last in runnable and isinstance(tasks[last], HostTask) \
+                    and self.rng.random() < st:
+                return last, 1                 # the actor goes on
             i = self.rng.choice(runnable)
-            return i, self._quantum()
+            n = self._quantum()
+            if st and not isinstance(tasks[i], HostTask):
+                # a CPU's whole run is drawn at once and run in one emulator entry (one
+                # decision): the same interleavings as step by step, a fraction of the cost
+                while self.rng.random() < st:
+                    n += self._quantum()
+            return i, n
         pos = len(self.trace)
         if pos < len(self.script):
             i, n = self.script[pos]
