@@ -100,7 +100,6 @@ BAD_CONFIGS = [
     ("negative heap_size", lambda m: dict(heap_size=-4096), "heap_size must be"),
     ("heap_size not a page multiple", lambda m: dict(heap_size=4096 + 100), "page size"),
     ("huge heap_size", lambda m: dict(heap_size=1 << 40), "page size"),
-    ("history_blocks 0", lambda m: dict(history_blocks=0), "history_blocks must be"),
     ("negative history_blocks", lambda m: dict(history_blocks=-1), "history_blocks must be"),
     ("max_insns 0", lambda m: dict(max_insns=0), "max_insns must be"),
     ("negative max_insns", lambda m: dict(max_insns=-5), "max_insns must be"),

@@ -167,3 +167,14 @@ def test_bpf_area_can_be_forced_out_of_branch_range(arch):
     far = Machine(arch, bpf_area=lay.kernel_text - FAR[arch])
     with pytest.raises(EncodeError):
         near_call(far.kernel.start, far.bpf.start)
+
+
+def test_a_machine_without_block_history_still_reports_an_oops():
+    """history_blocks=0 (the explorer's schedules): no block hook, and an oops still says
+    where and why."""
+    from tramplab import Kernel, Oops
+    k = Kernel("x86_64", history_blocks=0)
+    with pytest.raises(Oops, match="instruction fetch from unmapped address 0xdead0000"):
+        k.machine.call(0xdead0000, [])
+    assert len(k.machine.cpus[0].history) == 0
+    assert k.call("bpf_fentry_test1", 1) == 2
