@@ -83,8 +83,12 @@ def test_scheduler_stickiness_must_be_a_chance(value):
 
 
 def test_stickiness_gives_longer_runs():
+    """Plain: every decision is one instruction or one actor step.  Sticky: a CPU's run is drawn
+    at once and run in one decision, several instructions long on average."""
     era = ERAS["x86_64:latest"]
-    from tramplab.check.explore import runs_of
     plain = run_schedule(era, 3, stickiness=0.0)
     sticky = run_schedule(era, 3, stickiness=0.8)
-    assert len(runs_of(sticky.trace)) * 2 < len(runs_of(plain.trace))
+    assert {n for _, n in plain.trace} == {1} and plain.decisions == len(plain.trace)
+    batches = [n for _, n in sticky.trace if n > 1]
+    assert batches and sum(batches) / len(batches) > 2
+    assert sticky.decisions < sticky.steps

@@ -307,6 +307,7 @@ def test_callers_run_untraced(lay):
 # Prototypes (from DWARF)
 
 EXPECTED_PROTOTYPES = {
+    "bpf_explore_loop": "int bpf_explore_loop(int n)",
     "bpf_fentry_test1": "int bpf_fentry_test1(int a)",
     "bpf_fentry_test2": "int bpf_fentry_test2(int a, u64 b)",
     "bpf_fentry_test3": "int bpf_fentry_test3(char a, int b, u64 c)",
@@ -376,10 +377,10 @@ def test_prototypes(loaded):
 # Relocations seen
 
 EXPECTED_RELOCS = {
-    "x86_64": {"R_X86_64_64": 24, "R_X86_64_PC32": 1, "R_X86_64_PLT32": 17},
-    "arm64": {"R_AARCH64_ABS64": 24, "R_AARCH64_ADR_PREL_PG_HI21": 1, "R_AARCH64_CALL26": 17,
+    "x86_64": {"R_X86_64_64": 25, "R_X86_64_PC32": 1, "R_X86_64_PLT32": 17},
+    "arm64": {"R_AARCH64_ABS64": 25, "R_AARCH64_ADR_PREL_PG_HI21": 1, "R_AARCH64_CALL26": 17,
               "R_AARCH64_LDST64_ABS_LO12_NC": 1},
-    "riscv64": {"R_RISCV_64": 24, "R_RISCV_CALL_PLT": 17, "R_RISCV_PCREL_HI20": 1,
+    "riscv64": {"R_RISCV_64": 25, "R_RISCV_CALL_PLT": 17, "R_RISCV_PCREL_HI20": 1,
                 "R_RISCV_PCREL_LO12_S": 1},
 }
 

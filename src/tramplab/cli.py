@@ -469,9 +469,10 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
               help="local worker processes")
 @click.option("--ray", "ray_address", default=None,
               help="run on a Ray cluster (ADDRESS, or 'local'); needs tramplab[ray]")
-@click.option("--ifetch", type=click.Choice(["coherent", "weak"]), default="coherent",
-              show_default=True, help="instruction fetch: coherent, or weak (torn and stale "
-                                      "text until the protocol synchronises)")
+@click.option("--ifetch", type=click.Choice(["coherent", "weak", "both"]), default="both",
+              show_default=True, help="instruction fetch: coherent, weak (torn and stale text "
+                                      "until the protocol synchronises), or both (every era "
+                                      "on each machine)")
 @click.option("--list-faults", is_flag=True, help="list the known-bad protocols and exit")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, actors, bounded,
@@ -558,7 +559,10 @@ def _explore_target(name: str, cpus: int, calls: int, ops: int, ifetch: str = "c
     if era not in ERAS or mode not in ("", "coherent", "weak"):
         raise UsageError(f"unknown target {name!r}: <era>[+fault...][@weak], an era one of "
                          f"{', '.join(ERAS)}")
-    return Target(ERAS[era].with_faults(*faults).with_ifetch(mode or ifetch), cpus, calls, ops,
+    # a name without @ is the coherent machine (as Target.name prints it), unless --ifetch
+    # names one machine
+    default = "coherent" if ifetch == "both" else ifetch
+    return Target(ERAS[era].with_faults(*faults).with_ifetch(mode or default), cpus, calls, ops,
                   actors)
 
 

@@ -371,8 +371,14 @@ def _run_ray(jobs, address: str, progress) -> list:
 def targets_for(arch: str | None, faults=(), cpus: int = 2, calls: int = 3,
                 ops: int = 4, ifetch: str = "coherent", actors: int = 1) -> list[Target]:
     """Every stress era of the arch (or of every port), with `faults` where the arch knows them,
-    on a machine with the instruction-fetch model `ifetch` (machine/machine.py)."""
+    on a machine with the instruction-fetch model `ifetch` (machine/machine.py), or "both":
+    each era on a coherent machine and on a weak one (the weak one finds torn and stale text;
+    the coherent one other interleavings, for the same seeds)."""
     from ..faults import known
+    if ifetch not in IFETCH_CHOICES:
+        raise UsageError(f"explore: ifetch must be one of {', '.join(IFETCH_CHOICES)}, not "
+                         f"{ifetch!r}")
+    modes = ("coherent", "weak") if ifetch == "both" else (ifetch,)
     out = []
     for key, era in ERAS.items():
         if arch is not None and era.arch != arch:
@@ -380,5 +386,9 @@ def targets_for(arch: str | None, faults=(), cpus: int = 2, calls: int = 3,
         mine = tuple(f for f in faults if f in known(era.arch))
         if faults and not mine:
             continue
-        out.append(Target(era.with_faults(*mine).with_ifetch(ifetch), cpus, calls, ops, actors))
+        out += [Target(era.with_faults(*mine).with_ifetch(mode), cpus, calls, ops, actors)
+                for mode in modes]
     return out
+
+
+IFETCH_CHOICES = ("coherent", "weak", "both")

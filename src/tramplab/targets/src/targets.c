@@ -6,3 +6,4 @@
 #include "test_run.c"
 #include "bpf_testmod.c"
 #include "livepatch_sample.c"
+#include "explore_targets.c"
