@@ -31,16 +31,44 @@ def _listing(k, start: int, code: bytes, notes: dict[int, str] | None = None) ->
 # ---------------------------------------------------------------------------------------------
 def site_states(k, func: str) -> list[str]:
     """The bytes of FUNC's patch site in each state the profile can put it in."""
+    rec = k.ftrace.record(func)
+    p = k.profile
+    lines = [f"{k.arch.name} {p.name} ({p.site} site, layout {p.layout}): {func}, "
+             f"rec->ip = {k.symbol(rec.ip)}"]
+    states, impossible = site_state_table(k, func)
+    lines += [f"  {note}" for note in impossible]
+    for title, pieces in states:
+        lines.append(f"-- {title}")
+        for addr, data in pieces:
+            literal = site_literal(k, rec, addr, data)
+            if literal is not None:
+                lines.append(f"  {addr:#018x}  {literal}")
+                continue
+            lines += _listing(k, addr, data)
+    return lines
+
+
+def site_literal(k, rec, addr: int, data: bytes) -> str | None:
+    """How an 8-byte literal before the function (a CALL_OPS ops pointer) reads, or None."""
+    if not (len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr):
+        return None
+    value = k.memory.word(data)
+    what = "ops literal" if k.profile.call_ops else "literal"
+    return f"{what} = {value:#x} <{k.symbol(value)}>"
+
+
+def site_state_table(k, func: str) -> tuple[list[tuple[str, list[tuple[int, bytes]]]], list[str]]:
+    """([(state title, [(address, bytes) of the site in that state])], [states impossible here,
+    with the errno]) for FUNC's patch site under the kernel's profile."""
     ft = k.ftrace
     rec = ft.record(func)
     arch = ft.arch
     p = k.profile
-    lines = [f"{k.arch.name} {p.name} ({p.site} site, layout {p.layout}): {func}, "
-             f"rec->ip = {k.symbol(rec.ip)}"]
     literal = ft.nop_ops if p.call_ops else None
     near = k.machine.bpf.start + 0x1000
     far = k.machine.kernel.start - (3 << 30)
     direct_literal = None
+    impossible = []
     if p.call_ops:                   # the literal of a direct site is the direct ops itself
         from .ftrace import FL, FtraceOps
         dops = FtraceOps(name="direct_ops", flags=FL.DIRECT, direct_call=near)
@@ -61,19 +89,11 @@ def site_states(k, func: str) -> list[str]:
             states.append((f"direct, trampoline far ({far:#x}: {how})",
                            SiteState(target, direct_literal)))
         except KernelError as e:
-            lines.append(f"  direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
+            impossible.append(f"direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
         if p.jmp:
             states.append(("direct, jmp mode (address bit 0)", SiteState(near, literal, True)))
-    for title, state in states:
-        lines.append(f"-- {title}")
-        for addr, data in sorted(arch.site_bytes(rec, state).items()):
-            if len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr:
-                value = k.memory.word(data)
-                what = "ops literal" if p.call_ops else "literal"
-                lines.append(f"  {addr:#018x}  {what} = {value:#x} <{k.symbol(value)}>")
-                continue
-            lines += _listing(k, addr, data)
-    return lines
+    return ([(title, sorted(arch.site_bytes(rec, state).items())) for title, state in states],
+            impossible)
 
 
 # ---------------------------------------------------------------------------------------------
