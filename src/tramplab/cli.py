@@ -306,12 +306,21 @@ def profiles(arch):
 
 
 @main.command()
-@click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--kernel", "-k", "version", required=True,
+@click.option("--arch", "-a", default=None, help=ARCH_HELP + " (with --html: | all, the default)")
+@click.option("--kernel", "-k", "version", default=None,
               help=f"kernel version MAJOR.MINOR[.PATCH], e.g. 5.15; {VERSIONS_HELP}")
-def support(arch, version):
+@click.option("--html", "as_html", is_flag=True,
+              help="write the matrix arch x kernel version x feature as one HTML page")
+@click.option("--output", "-o", default="support.html", show_default=True,
+              help="with --html: the file to write")
+def support(arch, version, as_html, output):
     """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
-    and, for what does not, why."""
+    and, for what does not, why.  With --html: every arch and version as a coloured grid,
+    the reason in each cell's tooltip."""
+    if as_html:
+        return _support_html(arch, version, output)
+    if arch is None or version is None:
+        raise UsageError("support needs --arch and --kernel (or --html for the whole matrix)")
     from .profiles import version_key
     from .show import support as rows
     version_key(version)
@@ -322,6 +331,60 @@ def support(arch, version):
     for title, ok, why in rows(a, version.lstrip("v")):
         t.add_row(title, "[green]yes[/]" if ok else "[red]no[/]", why)
     _console().print(t)
+
+
+def _support_html(arch: str | None, version: str | None, output: str) -> None:
+    from .report.render import support_html
+    from .report.support import matrix
+    if version is not None:
+        raise UsageError("--html draws every kernel version; leave out --kernel")
+    arches = list(port_names()) if arch in (None, "all") else [_arch(arch)]
+    _write_page(output, support_html(matrix(arches)))
+
+
+def _write_page(output: str, html: str) -> None:
+    import pathlib
+    path = pathlib.Path(output)
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    click.echo(f"wrote {output} ({len(html.encode()) // 1024} KiB); open it in a browser: "
+               f"{path.resolve().as_uri()}")
+
+
+@main.command(cls=_NumbersCommand)
+@click.option("--arch", "-a", required=True, help=ARCH_HELP + " | all (side by side)")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
+@click.option("--call", "call_args", default=None,
+              help="comma-separated arguments (default: the selftests' values), e.g. 2,3")
+@click.option("--output", "-o", default="report.html", show_default=True,
+              help="the HTML file to write")
+@click.argument("programs", nargs=-1, required=True)
+def report(arch, profile, call_args, output, programs):
+    """Run one traced call and write it as one self-contained HTML page: the call path with
+    the instructions each stage ran, the trampoline's stack frame to scale with the values of
+    this call, the patch site in each state, the profile's switches.
+
+    Example: tramplab report --arch all fexit:bpf_fentry_test2 -o report.html
+    """
+    from .report.render import report_html
+    from .report.trace import one_function, record
+    one_function(list(programs))                  # bad specs: an error before any kernel
+    args = None
+    if call_args is not None:
+        try:
+            args = [int(a, 0) for a in call_args.split(",") if a.strip()]
+        except ValueError:
+            raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") \
+                from None
+    arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    runs = [record(_profile_kernel(a, profile), list(programs), args) for a in arches]
+    command = " ".join(["tramplab report --arch", arch, *(["--profile", profile] if profile else []),
+                        *(["--call", call_args] if call_args is not None else []), *programs,
+                        "-o", output])
+    _write_page(output, report_html(runs, command))
 
 
 @main.command()

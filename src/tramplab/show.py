@@ -185,18 +185,21 @@ ATTACH_KINDS = (
 )
 
 
+def capability(arch: str, version: str, feats) -> tuple[bool, str]:
+    """(yes?, why) for a capability that needs every timeline feature in `feats`."""
+    missing = [f for f in feats if not has(arch, f, version)]
+    if not missing:
+        return True, f"since {max((since(arch, f) for f in feats), key=_vkey)}"
+    return False, "; ".join(f"{f} " + (f"arrived in {since(arch, f)}" if since(arch, f) else
+                                       f"never on {arch}") for f in missing)
+
+
 def support(arch: str, version: str) -> list[tuple[str, bool, str]]:
     """(capability, yes?, why) for one arch and kernel version, from the timelines."""
     p = profile_for(arch, version)
     rows = []
     for title, feats in ATTACH_KINDS:
-        missing = [f for f in feats if not has(arch, f, version)]
-        if not missing:
-            rows.append((title, True, f"since {max((since(arch, f) for f in feats), key=_vkey)}"))
-        else:
-            why = "; ".join(f"{f} " + (f"arrived in {since(arch, f)}" if since(arch, f) else
-                                       f"never on {arch}") for f in missing)
-            rows.append((title, False, why))
+        rows.append((title, *capability(arch, version, feats)))
     if not p.preemption:
         rows.append(("function tracer with PREEMPTION", False,
                      f"the {p.site} patch site is rewritten under stop_machine as several "
