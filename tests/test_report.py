@@ -78,6 +78,16 @@ def test_live_ranges_are_measured_in_the_trampoline(arch):
         assert order[id(s.written)] < order[id(s.released)]
 
 
+def test_pointer_arguments_default_to_the_selftests_buffers():
+    """bpf_modify_return_test(1, &b) with b = 2: the function stores b + 1 and returns 4; the
+    fmod_ret program (returning 0) lets it run, fexit then sees 4."""
+    run = record(Kernel("arm64"), ["fmod_ret:bpf_modify_return_test",
+                                   "fexit:bpf_modify_return_test"])
+    assert run.result == 4
+    assert [r.kind for r in run.runs] == ["fmod_ret", "fexit"]
+    assert _slot(run, "retval").values[1] == 4
+
+
 def test_kernel_ranges_follow_the_timeline():
     assert kernel_ranges(presets("arm64")["v6.4"]) == [("6.4", "6.16")]
     assert kernel_ranges(presets("arm64")["latest"]) == [("6.16", None)]
@@ -110,7 +120,8 @@ def test_support_matrix_cells_come_from_the_timelines():
      "one traced call"),
     (["report", "--arch", "x86_64", "--call", "x", "fexit:bpf_fentry_test2"], "--call"),
     (["report", "--arch", "x86_64", "--call", "1", "fexit:bpf_fentry_test2"], "expected 2"),
-    (["report", "--arch", "x86_64", "fexit:bpf_fentry_test8"], "--call"),
+    (["report", "--arch", "x86_64", "fexit:bpf_fentry_test2", "fexit:synth_0"],
+     "one traced call"),
     (["report", "--arch", "x86_64", "-o", "/nonexistent/r.html", "fexit:bpf_fentry_test2"],
      "cannot write"),
     (["support"], "--arch and --kernel"),

@@ -100,14 +100,20 @@ class _JitSpy:
         return self.jit.prepare_trampoline(spec)
 
 
-def default_args(func: str) -> tuple:
-    """The selftests' arguments for FUNC when they are plain numbers (a pointer argument needs
-    a buffer: give --call then)."""
-    from ..selftests.targets import CASES
+def default_args(k, func: str) -> tuple:
+    """The selftests' arguments for FUNC (selftests/targets.CASES); a pointer argument gets a
+    fresh kernel buffer holding the case's bytes, as the selftests do."""
+    from ..selftests.targets import CASES, S32, Buf
     for case in CASES:
-        if case.func == func and all(isinstance(a, (int, tuple)) for a in case.args):
-            return case.args
+        if case.func == func:
+            return tuple(_buffer(k, a.data, S32) if isinstance(a, Buf) else a for a in case.args)
     raise UsageError(f"no default arguments for {func}: give them with --call, e.g. --call 1,2")
+
+
+def _buffer(k, data, s32) -> int:
+    if isinstance(data, s32):
+        data = k.memory.word_bytes(data.value, 4, signed=True)
+    return k.kmalloc(data)
 
 
 def one_function(specs: list[str]) -> str:
@@ -125,7 +131,7 @@ def record(k, specs: list[str], args: tuple | None = None) -> ArchRun:
     instruction by instruction and return what the report draws."""
     func = one_function(specs)
     k.function(func)                                  # unknown name: UsageError (did you mean)
-    args = tuple(args) if args is not None else default_args(func)
+    args = tuple(args) if args is not None else default_args(k, func)
     jit = arch_module(k.arch, "trampoline")
     if not isinstance(jit, FrameSlots):
         raise UsageError(f"the {k.arch.name} port's trampoline JIT has no frame_slots()")
