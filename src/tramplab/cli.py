@@ -29,8 +29,9 @@ VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
 
 
 def _console() -> Console:
-    # Piped output (CI logs, files) gets a wide page instead of rich's 80-column default.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # Piped output (CI logs, files) gets COLUMNS, or a wide page instead of rich's 80 columns.
+    from .termtable import console_width
+    return Console(highlight=False, width=console_width())
 
 
 class _Group(click.Group):
@@ -282,27 +283,25 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 def profiles(arch):
     """List the profile presets (kernel eras) per arch with their switches."""
-    from .profiles import presets
+    from .profiles import presets, version_key
+    from .termtable import print_table
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
     cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
             "bpf_max_args", "tramp_links_max")
+    con = _console()
     for a in arches:
-        t = Table(title=f"{a} profiles")
-        t.add_column("profile")
-        for c in cols:
-            t.add_column(c.replace("_", " "))
-        notes = []
-        for name, p in presets(a).items():
-            t.add_row(name + (" (bug)" if p.bug else ""),
-                      *(("y" if v is True else "-" if v is False else str(v))
-                              for v in (getattr(p, c) for c in cols)))
+        # in version order (v6.2 before v6.16), the specials after the release they modify
+        table = sorted(presets(a).items(), key=lambda item: (version_key(item[1].kernel),
+                                                             item[0] == "latest", item[0]))
+        rows = [[escape(name) + (" (bug)" if p.bug else "")]
+                + [escape("y" if v is True else "-" if v is False else str(v))
+                   for v in (getattr(p, c) for c in cols)] for name, p in table]
+        print_table(con, f"{a} profiles", ["profile"] + [c.replace("_", " ") for c in cols],
+                    rows)
+        for name, p in table:
             if p.note:
-                notes.append(f"{name}: {p.note}")
-        con = _console()
-        con.print(t)
-        for n in notes:
-            con.print(f"  {n}")
+                con.print(f"  {escape(name)}: {escape(p.note)}")
 
 
 @main.command()
@@ -323,14 +322,12 @@ def support(arch, version, as_html, output):
         raise UsageError("support needs --arch and --kernel (or --html for the whole matrix)")
     from .profiles import version_key
     from .show import support as rows
+    from .termtable import print_table
     version_key(version)
     a = _arch(arch)
-    t = Table(title=f"{a} Linux {version.lstrip('v')}")
-    for c in ("capability", "works", "why"):
-        t.add_column(c)
-    for title, ok, why in rows(a, version.lstrip("v")):
-        t.add_row(title, "[green]yes[/]" if ok else "[red]no[/]", why)
-    _console().print(t)
+    print_table(_console(), f"{a} Linux {version.lstrip('v')}", ["capability", "works", "why"],
+                [[escape(title), "[green]yes[/]" if ok else "[red]no[/]", escape(why)]
+                 for title, ok, why in rows(a, version.lstrip("v"))])
 
 
 def _support_html(arch: str | None, version: str | None, output: str) -> None:

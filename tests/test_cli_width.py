@@ -1,0 +1,59 @@
+"""Tables fit the terminal: rendered at 80, 100 and 120 columns (COLUMNS, honoured when piped),
+no line is wider, no cell is cut below a word (rich's "v6…"), and presets are in version order."""
+import pytest
+from click.testing import CliRunner
+
+from tramplab.cli import main
+from tramplab.profiles import presets, version_key
+from tramplab.show import support
+from tramplab.termtable import column_groups
+
+WIDTHS = (80, 100, 120)
+
+
+def _run(args, width):
+    r = CliRunner().invoke(main, args, env={"COLUMNS": str(width)})
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _fits(out, width, words):
+    assert all(len(line) <= width for line in out.splitlines())
+    assert "\u2026" not in out
+    text = out.replace("│", " ").replace("┃", " ")
+    tokens = set(text.split())
+    missing = [w for w in words if w not in tokens]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_profiles_fit(arch, width):
+    out = _run(["profiles", "--arch", arch], width)
+    words = {w for name, p in presets(arch).items()
+             for w in [name, p.layout, p.site, p.direct_api, p.multi_flags, p.bpf_entry]}
+    _fits(out, width, words)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_support_fits(width):
+    out = _run(["support", "--arch", "arm64", "--kernel", "6.8"], width)
+    words = {w for title, _, why in support("arm64", "6.8") for w in title.split() + why.split()}
+    _fits(out, width, words)
+
+
+def test_presets_are_listed_in_version_order():
+    out = _run(["profiles", "--arch", "x86_64"], 200)
+    first_cells = [line.split("│")[1].strip() for line in out.splitlines()
+                   if line.startswith("│") and line.split("│")[1].strip().startswith("v")]
+    versions = [c.split()[0].split("-")[0] for c in first_cells]
+    assert versions == sorted(versions, key=lambda v: version_key(v))
+    assert versions.index("v6.6") < versions.index("v6.19")
+
+
+def test_a_table_too_wide_is_split_with_its_key_column():
+    headers = ["key"] + [f"column{i}" for i in range(12)]
+    rows = [["k"] + ["word"] * 12]
+    groups = column_groups(headers, rows, 40)
+    assert len(groups) > 1 and all(g[0] == 0 for g in groups)
+    assert sorted(i for g in groups for i in g[1:]) == list(range(1, 13))
