@@ -57,3 +57,25 @@ def test_a_table_too_wide_is_split_with_its_key_column():
     groups = column_groups(headers, rows, 40)
     assert len(groups) > 1 and all(g[0] == 0 for g in groups)
     assert sorted(i for g in groups for i in g[1:]) == list(range(1, 13))
+
+
+TABLE_COMMANDS = [
+    (["layouts"], ["callops-bti", "DYNAMIC_FTRACE_WITH_REGS/ARGS", "__mcount_loc"]),
+    (["symbols", "--arch", "arm64"], ["bpf_testmod_test_struct_arg_1(struct",
+                                      "0xffff800080000008"]),
+    (["selftest", "--arch", "all", "--profile", "all", "--test", "fentry_test"],
+     ["fentry_test", "v6.16-bti", "seed001-v2"]),
+    (["scenario", "list"], ["seed000-riscv-site", "seed002-livepatch-fexit"]),
+    (["attach", "--arch", "x86_64", "--synth", "20", "fexit:synth_*"], ["synchronize_rcu"]),
+]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("args, words", TABLE_COMMANDS, ids=lambda a: a[0] if isinstance(a, list)
+                         else None)
+def test_table_commands_fit(args, words, width):
+    out = _run(args, width)
+    _fits(out, width, [])
+    joined = " ".join(out.replace("│", " ").split())
+    for w in words:
+        assert w in joined.split(), (w, out)

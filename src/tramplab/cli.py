@@ -158,18 +158,18 @@ def call(arch, layout, cpu, cpus, function, args):
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
 def symbols(arch, layout):
     """List the kernel functions with their address, prototype and patch-site layout."""
+    from .termtable import print_table
     k = _kernel(arch, layout)
-    t = Table(title=f"{k.arch.name} kernel functions, layout {k.layout_name}: "
-                    f"{k.layout.description}")
-    for col in ("address", "size", "prototype (DWARF)", "patchable entry (ftrace record)"):
-        t.add_column(col)
+    rows = []
     for fn in sorted(k.functions.values(), key=lambda f: f.addr):
         site = ", ".join(f"func{s.offset:+d}: {s.nops} x {s.nop_size}-byte nop"
                          + (f" ({s.nops_before_symbol} before the symbol)"
                             if s.nops_before_symbol else "")
                          for s in fn.sites) or "none"
-        t.add_row(f"{fn.addr:#x}", str(fn.size), fn.signature, site)
-    _console().print(t)
+        rows.append([f"{fn.addr:#x}", str(fn.size), escape(fn.signature), escape(site)])
+    print_table(_console(), f"{k.arch.name} kernel functions, layout {k.layout_name}: "
+                f"{k.layout.description}", ["address", "size", "prototype (DWARF)",
+                                            "patchable entry (ftrace record)"], rows)
 
 
 @main.command()
@@ -204,14 +204,15 @@ def layouts():
     the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
     from .profiles import get_profile
     from .targets import layouts_of
-    t = Table(title="patch-site layouts")
-    for col in ("arch", "layout", "default", "kernel", "description"):
-        t.add_column(col)
+    from .termtable import print_table
+    rows = []
     for arch in port_names():
         default = get_profile(arch, "latest").layout
         for name, lay in layouts_of(arch).items():
-            t.add_row(arch, name, "*" if name == default else "", lay.kernels, lay.description)
-    _console().print(t)
+            rows.append([arch, name, "*" if name == default else "", escape(lay.kernels),
+                         escape(lay.description)])
+    print_table(_console(), "patch-site layouts",
+                ["arch", "layout", "default", "kernel", "description"], rows, keep=2)
 
 
 @main.command()
@@ -245,33 +246,36 @@ def _print_matrix(results, arches) -> None:
     con = _console()
     profiles = list(dict.fromkeys(r.profile for r in results if not r.profile.startswith("layout:")))
     tests = list(dict.fromkeys(r.test for r in results))
+    from .termtable import print_table
     if len(profiles) <= 1:
-        t = Table(title=f"tramplab selftest ({profiles[0] if profiles else ''})")
-        t.add_column("test")
-        for a in arches:
-            t.add_column(a)
-        for test in tests:
-            t.add_row(test, *(" ".join(style[r.status] for r in results
-                                        if r.test == test and r.arch == a) or "-" for a in arches))
-        con.print(t)
+        print_table(con, f"tramplab selftest ({profiles[0] if profiles else ''})",
+                    ["test", *arches],
+                    [[test, *(" ".join(style[r.status] for r in results
+                                       if r.test == test and r.arch == a) or "-" for a in arches)]
+                     for test in tests])
     else:
         for a in arches:
-            profs = [p for p in profiles if any(r.arch == a and r.profile == p for r in results)]
-            t = Table(title=f"tramplab selftest: {a}")
-            t.add_column("test")
-            for p in profs:
-                t.add_column(p)
+            profs = _in_version_order(a, [p for p in profiles
+                                          if any(r.arch == a and r.profile == p for r in results)])
+            rows = []
             for test in tests:
                 row = [test]
                 for p in profs:
                     cell = [r for r in results if r.arch == a and r.test == test and
                             (r.profile == p or (test == "targets" and p == profs[0]))]
                     row.append(" ".join(style[r.status] for r in cell) or "-")
-                t.add_row(*row)
-            con.print(t)
+                rows.append(row)
+            print_table(con, f"tramplab selftest: {a}", ["test", *profs], rows)
     for r in results:
         if r.status == "fail":
             con.print(f"[red]FAIL[/] {r.arch}/{r.profile} {r.test}: {r.detail}")
+
+
+def _in_version_order(arch: str, names: list[str]) -> list[str]:
+    """Profile names by their kernel version (v6.2 before v6.16), 'latest' last among equals."""
+    from .profiles import get_profile, version_key
+    return sorted(names, key=lambda n: (version_key(get_profile(arch, n).kernel),
+                                        n == "latest", n))
 
 
 def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
@@ -680,14 +684,14 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
-    t = Table(title=f"{k.arch.name} {k.profile.name}: {kind} on {len(names):,} functions "
-                    f"matching {pattern!r}")
-    for col in ("", "ftrace updates", "text pokes", "sync points", "synchronize_rcu", "seconds"):
-        t.add_column(col)
-    for what, c in (("attach", attach_cost), ("detach", detach_cost)):
-        t.add_row(what, *(str(c[x]) for x in ("updates", "pokes", "syncs", "synchronize_rcu",
-                                               "seconds")))
-    _console().print(t)
+    from .termtable import print_table
+    print_table(_console(), escape(f"{k.arch.name} {k.profile.name}: {kind} on {len(names):,} "
+                                   f"functions matching {pattern!r}"),
+                ["", "ftrace updates", "text pokes", "sync points", "synchronize_rcu",
+                 "seconds"],
+                [[what, *(str(c[x]) for x in ("updates", "pokes", "syncs", "synchronize_rcu",
+                                              "seconds"))]
+                 for what, c in (("attach", attach_cost), ("detach", detach_cost))])
     if not no_calls:
         click.echo(f"called {called:,} functions once each; the program ran {runs['n']:,} times")
 
@@ -767,12 +771,10 @@ def scenario_group():
 def scenario_list():
     """List the scenarios, where they run and what they show."""
     from .check.scenarios import SCENARIOS, arches_of
-    t = Table(title="scenarios")
-    for col in ("name", "what", "arches", "from"):
-        t.add_column(col)
-    for s in SCENARIOS.values():
-        t.add_row(s.name, escape(s.title), ", ".join(arches_of(s.name)), escape(s.source))
-    _console().print(t)
+    from .termtable import print_table
+    print_table(_console(), "scenarios", ["name", "what", "arches", "from"],
+                [[escape(s.name), escape(s.title), ", ".join(arches_of(s.name)),
+                  escape(s.source)] for s in SCENARIOS.values()])
 
 
 @scenario_group.command(name="run")
@@ -794,14 +796,12 @@ def scenario_run(arch, as_json, name):
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:
-        t = Table(title="scenarios")
-        for col in ("scenario", "arch", "buggy profile: what happened",
-                    "fixed profile: what happened", "verdict"):
-            t.add_column(col)
-        for r in results:
-            t.add_row(r.scenario.name, r.arch, escape(f"{r.profiles[0]}: {r.buggy.what}"),
-                      escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL")
-        _console().print(t)
+        from .termtable import print_table
+        print_table(_console(), "scenarios", ["scenario", "arch", "buggy profile: what happened",
+                                              "fixed profile: what happened", "verdict"],
+                    [[escape(r.scenario.name), r.arch, escape(f"{r.profiles[0]}: {r.buggy.what}"),
+                      escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL"]
+                     for r in results])
         if len(names) == 1:
             click.echo(SCENARIOS[names[0]].explain)
     if not all(r.passed for r in results):
