@@ -79,3 +79,39 @@ def test_table_commands_fit(args, words, width):
     joined = " ".join(out.replace("│", " ").split())
     for w in words:
         assert w in joined.split(), (w, out)
+
+
+# ------------------------------------------------------------------------------ --json
+JSON_COMMANDS = [
+    (["call", "--arch", "arm64", "bpf_fentry_test2", "2", "3"], lambda d: d["result"] == 5),
+    (["symbols", "--arch", "x86_64"], lambda d: any(f["name"] == "bpf_fentry_test2" for f in d)),
+    (["disasm", "--arch", "riscv64", "bpf_fentry_test1"],
+     lambda d: any(i["site"] for i in d["insns"])),
+    (["layouts"], lambda d: sum(x["default"] for x in d) == 3),
+    (["profiles", "--arch", "arm64"], lambda d: [p["name"] for p in d["arm64"]][-1] == "latest"),
+    (["support", "--arch", "x86_64", "--kernel", "7.2"],
+     lambda d: any(c["works"] and "tracing_multi" in c["capability"] for c in d)),
+    (["show", "--arch", "x86_64", "site", "bpf_fentry_test1"],
+     lambda d: len(d["bpf_fentry_test1"]["states"]) >= 3),
+    (["show", "--arch", "arm64", "trampoline", "fexit:bpf_fentry_test2"],
+     lambda d: [s["kind"] for s in d["frame"]].count("retval") == 1),
+    (["trace", "--arch", "x86_64", "fexit:bpf_fentry_test2", "--call", "2,3"],
+     lambda d: d["result"] == 5 and d["path"][-1]["insn"] == "ret"),
+    (["scenario", "list"], lambda d: all(s["arches"] for s in d)),
+]
+
+
+@pytest.mark.parametrize("args, check", JSON_COMMANDS, ids=lambda a: " ".join(a[:1])
+                         if isinstance(a, list) else None)
+def test_json_output(args, check):
+    import json
+    out = _run(args + ["--json"], 80)
+    assert check(json.loads(out))
+
+
+def test_selftest_matrix_reports_progress():
+    from tramplab.selftests import run_matrix
+    seen = []
+    run_matrix(["x86_64"], "latest", ["fentry_test", "fexit_test"], with_targets=False,
+               progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]

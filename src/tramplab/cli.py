@@ -5,6 +5,7 @@ Exit codes: 0 success; 1 the model ran and something failed (an oops, a failing 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -131,9 +132,10 @@ def _format_value(value, ctype) -> str:
               help="CPU to run the call on")
 @click.option("--cpus", default=None, type=click.IntRange(1, MAX_CPUS),
               help="CPUs in the machine (default: cpu+1)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("function")
 @click.argument("args", nargs=-1)
-def call(arch, layout, cpu, cpus, function, args):
+def call(arch, layout, cpu, cpus, function, args, as_json):
     """Call FUNCTION with ARGS on an emulated CPU and print its return value.  ARGS are C
     values: integers (decimal, 0x.., negative: -5), 'c' for chars, structs as comma-separated
     64-bit words (2,3), each word within u64 or s64.
@@ -150,16 +152,32 @@ def call(arch, layout, cpu, cpus, function, args):
         raise UsageError(f"{fn.signature} takes {len(params)} argument(s), got {len(args)}")
     values = [_parse_arg(a, p) for a, p in zip(args, params)]
     result = k.call(function, *values, cpu=cpu)
+    if as_json:
+        click.echo(json.dumps({"arch": k.arch.name, "function": function, "cpu": cpu,
+                               "args": [list(v) if isinstance(v, tuple) else v for v in values],
+                               "result": result}))
+        return
     click.echo(_format_value(result, fn.proto.ret))
 
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
-def symbols(arch, layout):
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def symbols(arch, layout, as_json):
     """List the kernel functions with their address, prototype and patch-site layout."""
     from .termtable import print_table
     k = _kernel(arch, layout)
+    if as_json:
+        click.echo(json.dumps([{"name": fn.name, "address": fn.addr, "size": fn.size,
+                                "prototype": fn.signature,
+                                "sites": [{"offset": s.offset, "nops": s.nops,
+                                           "nop_size": s.nop_size,
+                                           "before_symbol": s.nops_before_symbol}
+                                          for s in fn.sites]}
+                               for fn in sorted(k.functions.values(), key=lambda f: f.addr)],
+                              indent=1))
+        return
     rows = []
     for fn in sorted(k.functions.values(), key=lambda f: f.addr):
         site = ", ".join(f"func{s.offset:+d}: {s.nops} x {s.nop_size}-byte nop"
@@ -175,8 +193,9 @@ def symbols(arch, layout):
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("function")
-def disasm(arch, layout, function):
+def disasm(arch, layout, function, as_json):
     """Annotated disassembly of FUNCTION, including the nops the compiler put before it."""
     from .machine.disasm import disassemble
     k = _kernel(arch, layout)
@@ -184,6 +203,14 @@ def disasm(arch, layout, function):
     start = min([fn.addr] + [s.addr for s in fn.sites])
     code = k.memory.read(start, fn.addr + fn.size - start)
     site_addrs = {s.addr for s in fn.sites}
+    if as_json:
+        click.echo(json.dumps({"function": fn.name, "prototype": fn.signature,
+                               "arch": k.arch.name, "layout": k.layout_name,
+                               "insns": [{"addr": i.addr, "offset": i.addr - fn.addr,
+                                          "bytes": i.raw.hex(), "insn": i.text,
+                                          "site": i.addr in site_addrs}
+                                         for i in disassemble(k.arch, code, start)]}, indent=1))
+        return
     click.echo(f"{fn.signature}   [{k.arch.name}, layout {k.layout_name}]")
     for insn in disassemble(k.arch, code, start):
         notes = []
@@ -199,18 +226,22 @@ def disasm(arch, layout, function):
 
 
 @main.command()
-def layouts():
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def layouts(as_json):
     """List the patch-site layouts (one compiled object each) per arch.  The default (*) is
     the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
     from .profiles import get_profile
     from .targets import layouts_of
     from .termtable import print_table
-    rows = []
-    for arch in port_names():
-        default = get_profile(arch, "latest").layout
-        for name, lay in layouts_of(arch).items():
-            rows.append([arch, name, "*" if name == default else "", escape(lay.kernels),
-                         escape(lay.description)])
+    found = [(arch, name, name == get_profile(arch, "latest").layout, lay)
+             for arch in port_names() for name, lay in layouts_of(arch).items()]
+    if as_json:
+        click.echo(json.dumps([{"arch": a, "layout": n, "default": d, "kernels": lay.kernels,
+                                "description": lay.description} for a, n, d, lay in found],
+                              indent=1))
+        return
+    rows = [[a, n, "*" if d else "", escape(lay.kernels), escape(lay.description)]
+            for a, n, d, lay in found]
     print_table(_console(), "patch-site layouts",
                 ["arch", "layout", "default", "kernel", "description"], rows, keep=2)
 
@@ -232,13 +263,26 @@ def selftest(arch, profile, tests, as_json):
         if t not in TESTS:
             raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
-    results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
+    with _progress_bar("selftests", as_json) as progress:
+        results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests,
+                             progress=progress)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:
         _print_matrix(results, arches)
     if any(r.status == "fail" for r in results):
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _progress_bar(what: str, quiet: bool = False):
+    """A rich progress bar on stderr for a long command, fed by progress(done, total); shown
+    only on a terminal (logs and pipes get the results alone) and never with --json."""
+    from rich.progress import Progress
+    with Progress(transient=True, disable=quiet or not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _print_matrix(results, arches) -> None:
@@ -285,7 +329,8 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
-def profiles(arch):
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def profiles(arch, as_json):
     """List the profile presets (kernel eras) per arch with their switches."""
     from .profiles import presets, version_key
     from .termtable import print_table
@@ -294,10 +339,16 @@ def profiles(arch):
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
             "bpf_max_args", "tramp_links_max")
     con = _console()
-    for a in arches:
-        # in version order (v6.2 before v6.16), the specials after the release they modify
-        table = sorted(presets(a).items(), key=lambda item: (version_key(item[1].kernel),
-                                                             item[0] == "latest", item[0]))
+    # in version order (v6.2 before v6.16), the specials after the release they modify
+    tables = {a: sorted(presets(a).items(), key=lambda item: (version_key(item[1].kernel),
+                                                              item[0] == "latest", item[0]))
+              for a in arches}
+    if as_json:
+        click.echo(json.dumps({a: [{"name": n, "kernel": p.kernel, "bug": p.bug, "note": p.note,
+                                    **p.switches()} for n, p in table]
+                               for a, table in tables.items()}, indent=1))
+        return
+    for a, table in tables.items():
         rows = [[escape(name) + (" (bug)" if p.bug else "")]
                 + [escape("y" if v is True else "-" if v is False else str(v))
                    for v in (getattr(p, c) for c in cols)] for name, p in table]
@@ -316,7 +367,8 @@ def profiles(arch):
               help="write the matrix arch x kernel version x feature as one HTML page")
 @click.option("--output", "-o", default="support.html", show_default=True,
               help="with --html: the file to write")
-def support(arch, version, as_html, output):
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def support(arch, version, as_html, output, as_json):
     """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
     and, for what does not, why.  With --html: every arch and version as a coloured grid,
     the reason in each cell's tooltip."""
@@ -329,6 +381,10 @@ def support(arch, version, as_html, output):
     from .termtable import print_table
     version_key(version)
     a = _arch(arch)
+    if as_json:
+        click.echo(json.dumps([{"capability": title, "works": ok, "why": why}
+                               for title, ok, why in rows(a, version.lstrip("v"))], indent=1))
+        return
     print_table(_console(), f"{a} Linux {version.lstrip('v')}", ["capability", "works", "why"],
                 [[escape(title), "[green]yes[/]" if ok else "[red]no[/]", escape(why)]
                  for title, ok, why in rows(a, version.lstrip("v"))])
@@ -381,7 +437,11 @@ def report(arch, profile, call_args, output, programs):
             raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") \
                 from None
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
-    runs = [record(_profile_kernel(a, profile), list(programs), args) for a in arches]
+    runs = []
+    with _progress_bar("tracing the call") as progress:
+        for a in arches:
+            runs.append(record(_profile_kernel(a, profile), list(programs), args))
+            progress(len(runs), len(arches))
     command = " ".join(["tramplab report --arch", arch, *(["--profile", profile] if profile else []),
                         *(["--call", call_args] if call_args is not None else []), *programs,
                         "-o", output])
@@ -397,8 +457,9 @@ def report(arch, profile, call_args, output, programs):
                    "what the layout fixes, e.g. x86 fentry-ibt's 9-byte skip, follows it); "
                    "without --profile: the newest preset using the layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("items", nargs=-1, required=True)
-def show(arch, profile, layout, what, items):
+def show(arch, profile, layout, what, items, as_json):
     """Show a patch site in each state (`show site FUNC`) or a generated BPF trampoline with its
     stack layout (`show trampoline fexit:bpf_fentry_test1 [fentry:...]`)."""
     from . import show as views
@@ -408,6 +469,9 @@ def show(arch, profile, layout, what, items):
             raise UsageError(f"one trampoline per function: {', '.join(funcs)} have one each; "
                              "show them one at a time")
     k = _profile_kernel(arch, profile, layout)
+    if as_json:
+        click.echo(json.dumps(_show_json(k, what, list(items)), indent=1))
+        return
     if what == "site":
         lines = []
         for func in items:
@@ -417,6 +481,28 @@ def show(arch, profile, layout, what, items):
     click.echo("\n".join(lines))
 
 
+def _show_json(k, what: str, items: list[str]) -> dict:
+    """`show` as data: each site's states with their bytes, or the trampoline's code and frame
+    (the frame slots of the spec its JIT was given, as the HTML report reads them)."""
+    from . import show as views
+    from .machine.disasm import disassemble
+    if what == "site":
+        out = {}
+        for func in items:
+            states, impossible = views.site_state_table(k, func)
+            out[func] = {"states": [{"state": title, "pieces": [{"addr": a, "bytes": d.hex()}
+                                                                for a, d in pieces]}
+                                    for title, pieces in states], "impossible": impossible}
+        return out
+    from .report.trace import attached_frame
+    im, slots, _ = attached_frame(k, items)
+    return {"flags": im.flags.name or "0", "addr": im.addr, "size": len(im.code),
+            "code": [{"addr": i.addr, "bytes": i.raw.hex(), "insn": i.text}
+                     for i in disassemble(k.arch, im.code, im.addr)],
+            "frame": [dict(base=s.base, offset=s.offset, ctx_offset=s.ctx_offset, kind=s.kind,
+                           holds=s.holds, note=s.note, size=s.size) for s in slots]}
+
+
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--profile", "-p", default=None,
@@ -424,8 +510,9 @@ def show(arch, profile, layout, what, items):
 @click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
 @click.option("--function", "-f", default=None,
               help="function to call (default: the first program's target), e.g. a caller")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("programs", nargs=-1)
-def trace(arch, profile, call_args, function, programs):
+def trace(arch, profile, call_args, function, programs, as_json):
     """Run one call instruction by instruction and print its path with symbols: patch site,
     trampoline, programs, the original function, back to the caller.
 
@@ -437,6 +524,13 @@ def trace(arch, profile, call_args, function, programs):
         args = [int(a, 0) for a in call_args.split(",") if a.strip()]
     except ValueError:
         raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") from None
+    if as_json:
+        target, path, result = views.call_path(k, list(programs), function, args)
+        click.echo(json.dumps({"arch": k.arch.name, "profile": k.profile.name,
+                               "function": target, "args": args, "result": result,
+                               "path": [{"pc": pc, "symbol": k.symbol(pc), "bytes": i.raw.hex(),
+                                         "insn": i.text} for pc, i in path]}, indent=1))
+        return
     click.echo("\n".join(views.call_trace(k, list(programs), function, args)))
 
 
@@ -768,10 +862,15 @@ def scenario_group():
 
 
 @scenario_group.command(name="list")
-def scenario_list():
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def scenario_list(as_json):
     """List the scenarios, where they run and what they show."""
     from .check.scenarios import SCENARIOS, arches_of
     from .termtable import print_table
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "what": s.title, "arches": arches_of(s.name),
+                                "from": s.source} for s in SCENARIOS.values()], indent=1))
+        return
     print_table(_console(), "scenarios", ["name", "what", "arches", "from"],
                 [[escape(s.name), escape(s.title), ", ".join(arches_of(s.name)),
                   escape(s.source)] for s in SCENARIOS.values()])

@@ -133,8 +133,9 @@ def trampoline_listing(k, specs: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[str]:
-    """Run one call instruction by instruction and print the path with symbols."""
+def call_path(k, specs: list[str], func: str | None, args: list[int]):
+    """Attach dummy programs SPECS, run one call of FUNC (default: their target) instruction
+    by instruction: (function called, [(pc, Insn)], its C result)."""
     progs = _attach_dummies(k, specs) if specs else []
     target = func or (progs[0].target if progs else None)
     if target is None:
@@ -151,6 +152,12 @@ def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[s
             break
         if len(path) > 20000:
             raise UsageError("the call did not return within 20000 instructions")
+    return target, path, k.result(task)
+
+
+def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[str]:
+    """Run one call instruction by instruction and print the path with symbols."""
+    target, path, result = call_path(k, specs, func, args)
     lines = [f"{k.arch.name} {k.profile.name}: {target}({', '.join(map(str, args))}) with "
              f"{', '.join(specs) or 'nothing attached'}: {len(path)} instructions"]
     last_sym = None
@@ -163,7 +170,7 @@ def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[s
             last_sym = name
         off = f"+{pc - sym.addr:#x}" if sym else ""
         lines.append(f"  {pc:#018x} {off:>7}  {insn.text}")
-    lines.append(f"returned {k.result(task)}")
+    lines.append(f"returned {result}")
     return lines
 
 

@@ -132,30 +132,36 @@ def record(k, specs: list[str], args: tuple | None = None) -> ArchRun:
     func = one_function(specs)
     k.function(func)                                  # unknown name: UsageError (did you mean)
     args = tuple(args) if args is not None else default_args(k, func)
-    jit = arch_module(k.arch, "trampoline")
-    if not isinstance(jit, FrameSlots):
-        raise UsageError(f"the {k.arch.name} port's trampoline JIT has no frame_slots()")
-    spy = _JitSpy(k.bpf.jit)
-    k.bpf.jit = spy
     state = {"slots": (), "runs": [], "values": []}
-    progs = [_attach(k, spec, i, state) for i, spec in enumerate(specs)]
-    im = k.bpf.trampoline_of(func).cur_image
-    state["slots"] = jit.frame_slots(spy.specs[im.addr])
+
+    def body(ctx):
+        # runs inside the call: the frame is live, ctx points at its argument slot 0
+        state["runs"].append(ProgRun(ctx.prog.name, ctx.prog.kind, ctx.addr))
+        state["values"].append([k.memory.read_u64(ctx.addr + s.ctx_offset)
+                                for s in state["slots"]])
+        return 0
+    im, state["slots"], progs = attached_frame(k, specs, body)
     task = k.task(func, *args)
     steps, writes = _step_call(k, task)
     return _assemble(k, func, args, specs, progs, im, state, steps, writes, task)
 
 
-def _attach(k, spec: str, i: int, state: dict):
-    kind, func = parse_prog_spec(spec)
-
-    def body(ctx):
-        # runs inside the call: the frame is live, ctx points at its argument slot 0
-        state["runs"].append(ProgRun(ctx.prog.name, kind, ctx.addr))
-        state["values"].append([k.memory.read_u64(ctx.addr + s.ctx_offset)
-                                for s in state["slots"]])
-        return 0
-    return getattr(k, kind)(func, name=f"{kind}_{i}")(body)
+def attached_frame(k, specs: list[str], body=None):
+    """Attach programs SPECS (bodies returning 0 unless `body` is given) and return their
+    trampoline's current image, its frame slots (from the spec the JIT was given) and the
+    programs."""
+    func = one_function(specs)
+    jit = arch_module(k.arch, "trampoline")
+    if not isinstance(jit, FrameSlots):
+        raise UsageError(f"the {k.arch.name} port's trampoline JIT has no frame_slots()")
+    spy = _JitSpy(k.bpf.jit)
+    k.bpf.jit = spy
+    progs = []
+    for i, spec in enumerate(specs):
+        kind, target = parse_prog_spec(spec)
+        progs.append(getattr(k, kind)(target, name=f"{kind}_{i}")(body or (lambda ctx: 0)))
+    im = k.bpf.trampoline_of(func).cur_image
+    return im, jit.frame_slots(spy.specs[im.addr]), progs
 
 
 def _step_call(k, task) -> tuple[list[Step], dict[int, int]]:
