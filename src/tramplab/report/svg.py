@@ -115,7 +115,10 @@ def _svg(w: float, h: float, body: str, cls: str) -> str:
 
 # ------------------------------------------------------------------------------ stack frame
 def value_text(v: int) -> str:
-    return "(not yet written)" if v == POISON_WORD else f"{v:#x}"
+    """A slot's word: hex, with the decimal value when it is a small number (args, results)."""
+    if v == POISON_WORD:
+        return "(not yet written)"
+    return f"{v:#x} ({v})" if 9 < v < 1 << 32 else f"{v:#x}"
 
 
 def slot_offset(slot) -> str:
