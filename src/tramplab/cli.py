@@ -5,6 +5,7 @@ Exit codes: 0 success; 1 the model ran and something failed (an oops, a failing 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -29,8 +30,9 @@ VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
 
 
 def _console() -> Console:
-    # Piped output (CI logs, files) gets a wide page instead of rich's 80-column default.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    # Piped output (CI logs, files) gets COLUMNS, or a wide page instead of rich's 80 columns.
+    from .termtable import console_width
+    return Console(highlight=False, width=console_width())
 
 
 class _Group(click.Group):
@@ -130,9 +132,10 @@ def _format_value(value, ctype) -> str:
               help="CPU to run the call on")
 @click.option("--cpus", default=None, type=click.IntRange(1, MAX_CPUS),
               help="CPUs in the machine (default: cpu+1)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("function")
 @click.argument("args", nargs=-1)
-def call(arch, layout, cpu, cpus, function, args):
+def call(arch, layout, cpu, cpus, function, args, as_json):
     """Call FUNCTION with ARGS on an emulated CPU and print its return value.  ARGS are C
     values: integers (decimal, 0x.., negative: -5), 'c' for chars, structs as comma-separated
     64-bit words (2,3), each word within u64 or s64.
@@ -149,33 +152,50 @@ def call(arch, layout, cpu, cpus, function, args):
         raise UsageError(f"{fn.signature} takes {len(params)} argument(s), got {len(args)}")
     values = [_parse_arg(a, p) for a, p in zip(args, params)]
     result = k.call(function, *values, cpu=cpu)
+    if as_json:
+        click.echo(json.dumps({"arch": k.arch.name, "function": function, "cpu": cpu,
+                               "args": [list(v) if isinstance(v, tuple) else v for v in values],
+                               "result": result}))
+        return
     click.echo(_format_value(result, fn.proto.ret))
 
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
-def symbols(arch, layout):
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def symbols(arch, layout, as_json):
     """List the kernel functions with their address, prototype and patch-site layout."""
+    from .termtable import print_table
     k = _kernel(arch, layout)
-    t = Table(title=f"{k.arch.name} kernel functions, layout {k.layout_name}: "
-                    f"{k.layout.description}")
-    for col in ("address", "size", "prototype (DWARF)", "patchable entry (ftrace record)"):
-        t.add_column(col)
+    if as_json:
+        click.echo(json.dumps([{"name": fn.name, "address": fn.addr, "size": fn.size,
+                                "prototype": fn.signature,
+                                "sites": [{"offset": s.offset, "nops": s.nops,
+                                           "nop_size": s.nop_size,
+                                           "before_symbol": s.nops_before_symbol}
+                                          for s in fn.sites]}
+                               for fn in sorted(k.functions.values(), key=lambda f: f.addr)],
+                              indent=1))
+        return
+    rows = []
     for fn in sorted(k.functions.values(), key=lambda f: f.addr):
         site = ", ".join(f"func{s.offset:+d}: {s.nops} x {s.nop_size}-byte nop"
                          + (f" ({s.nops_before_symbol} before the symbol)"
                             if s.nops_before_symbol else "")
                          for s in fn.sites) or "none"
-        t.add_row(f"{fn.addr:#x}", str(fn.size), fn.signature, site)
-    _console().print(t)
+        rows.append([f"{fn.addr:#x}", str(fn.size), escape(fn.signature), escape(site)])
+    print_table(_console(), f"{k.arch.name} kernel functions, layout {k.layout_name}: "
+                f"{k.layout.description}", ["address", "size", "prototype (DWARF)",
+                                            "patchable entry (ftrace record)"], rows)
 
 
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--layout", "-l", default=None, help="patch-site layout (see `tramplab layouts`)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("function")
-def disasm(arch, layout, function):
+def disasm(arch, layout, function, as_json):
     """Annotated disassembly of FUNCTION, including the nops the compiler put before it."""
     from .machine.disasm import disassemble
     k = _kernel(arch, layout)
@@ -183,6 +203,14 @@ def disasm(arch, layout, function):
     start = min([fn.addr] + [s.addr for s in fn.sites])
     code = k.memory.read(start, fn.addr + fn.size - start)
     site_addrs = {s.addr for s in fn.sites}
+    if as_json:
+        click.echo(json.dumps({"function": fn.name, "prototype": fn.signature,
+                               "arch": k.arch.name, "layout": k.layout_name,
+                               "insns": [{"addr": i.addr, "offset": i.addr - fn.addr,
+                                          "bytes": i.raw.hex(), "insn": i.text,
+                                          "site": i.addr in site_addrs}
+                                         for i in disassemble(k.arch, code, start)]}, indent=1))
+        return
     click.echo(f"{fn.signature}   [{k.arch.name}, layout {k.layout_name}]")
     for insn in disassemble(k.arch, code, start):
         notes = []
@@ -198,19 +226,24 @@ def disasm(arch, layout, function):
 
 
 @main.command()
-def layouts():
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def layouts(as_json):
     """List the patch-site layouts (one compiled object each) per arch.  The default (*) is
     the layout of the latest profile, which a Kernel without --profile/--layout is built with."""
     from .profiles import get_profile
     from .targets import layouts_of
-    t = Table(title="patch-site layouts")
-    for col in ("arch", "layout", "default", "kernel", "description"):
-        t.add_column(col)
-    for arch in port_names():
-        default = get_profile(arch, "latest").layout
-        for name, lay in layouts_of(arch).items():
-            t.add_row(arch, name, "*" if name == default else "", lay.kernels, lay.description)
-    _console().print(t)
+    from .termtable import print_table
+    found = [(arch, name, name == get_profile(arch, "latest").layout, lay)
+             for arch in port_names() for name, lay in layouts_of(arch).items()]
+    if as_json:
+        click.echo(json.dumps([{"arch": a, "layout": n, "default": d, "kernels": lay.kernels,
+                                "description": lay.description} for a, n, d, lay in found],
+                              indent=1))
+        return
+    rows = [[a, n, "*" if d else "", escape(lay.kernels), escape(lay.description)]
+            for a, n, d, lay in found]
+    print_table(_console(), "patch-site layouts",
+                ["arch", "layout", "default", "kernel", "description"], rows, keep=2)
 
 
 @main.command()
@@ -230,7 +263,9 @@ def selftest(arch, profile, tests, as_json):
         if t not in TESTS:
             raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
-    results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
+    with _progress_bar("selftests", as_json) as progress:
+        results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests,
+                             progress=progress)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:
@@ -239,38 +274,52 @@ def selftest(arch, profile, tests, as_json):
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def _progress_bar(what: str, quiet: bool = False):
+    """A rich progress bar on stderr for a long command, fed by progress(done, total); shown
+    only on a terminal (logs and pipes get the results alone) and never with --json."""
+    from rich.progress import Progress
+    with Progress(transient=True, disable=quiet or not sys.stderr.isatty(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def _print_matrix(results, arches) -> None:
     style = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "unsupported": "[yellow]n/a[/]"}
     con = _console()
     profiles = list(dict.fromkeys(r.profile for r in results if not r.profile.startswith("layout:")))
     tests = list(dict.fromkeys(r.test for r in results))
+    from .termtable import print_table
     if len(profiles) <= 1:
-        t = Table(title=f"tramplab selftest ({profiles[0] if profiles else ''})")
-        t.add_column("test")
-        for a in arches:
-            t.add_column(a)
-        for test in tests:
-            t.add_row(test, *(" ".join(style[r.status] for r in results
-                                        if r.test == test and r.arch == a) or "-" for a in arches))
-        con.print(t)
+        print_table(con, f"tramplab selftest ({profiles[0] if profiles else ''})",
+                    ["test", *arches],
+                    [[test, *(" ".join(style[r.status] for r in results
+                                       if r.test == test and r.arch == a) or "-" for a in arches)]
+                     for test in tests])
     else:
         for a in arches:
-            profs = [p for p in profiles if any(r.arch == a and r.profile == p for r in results)]
-            t = Table(title=f"tramplab selftest: {a}")
-            t.add_column("test")
-            for p in profs:
-                t.add_column(p)
+            profs = _in_version_order(a, [p for p in profiles
+                                          if any(r.arch == a and r.profile == p for r in results)])
+            rows = []
             for test in tests:
                 row = [test]
                 for p in profs:
                     cell = [r for r in results if r.arch == a and r.test == test and
                             (r.profile == p or (test == "targets" and p == profs[0]))]
                     row.append(" ".join(style[r.status] for r in cell) or "-")
-                t.add_row(*row)
-            con.print(t)
+                rows.append(row)
+            print_table(con, f"tramplab selftest: {a}", ["test", *profs], rows)
     for r in results:
         if r.status == "fail":
             con.print(f"[red]FAIL[/] {r.arch}/{r.profile} {r.test}: {r.detail}")
+
+
+def _in_version_order(arch: str, names: list[str]) -> list[str]:
+    """Profile names by their kernel version (v6.2 before v6.16), 'latest' last among equals."""
+    from .profiles import get_profile, version_key
+    return sorted(names, key=lambda n: (version_key(get_profile(arch, n).kernel),
+                                        n == "latest", n))
 
 
 def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
@@ -280,48 +329,123 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
-def profiles(arch):
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def profiles(arch, as_json):
     """List the profile presets (kernel eras) per arch with their switches."""
-    from .profiles import presets
+    from .profiles import presets, version_key
+    from .termtable import print_table
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
     cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
             "bpf_max_args", "tramp_links_max")
-    for a in arches:
-        t = Table(title=f"{a} profiles")
-        t.add_column("profile")
-        for c in cols:
-            t.add_column(c.replace("_", " "))
-        notes = []
-        for name, p in presets(a).items():
-            t.add_row(name + (" (bug)" if p.bug else ""),
-                      *(("y" if v is True else "-" if v is False else str(v))
-                              for v in (getattr(p, c) for c in cols)))
+    con = _console()
+    # in version order (v6.2 before v6.16), the specials after the release they modify
+    tables = {a: sorted(presets(a).items(), key=lambda item: (version_key(item[1].kernel),
+                                                              item[0] == "latest", item[0]))
+              for a in arches}
+    if as_json:
+        click.echo(json.dumps({a: [{"name": n, "kernel": p.kernel, "bug": p.bug, "note": p.note,
+                                    **p.switches()} for n, p in table]
+                               for a, table in tables.items()}, indent=1))
+        return
+    for a, table in tables.items():
+        rows = [[escape(name) + (" (bug)" if p.bug else "")]
+                + [escape("y" if v is True else "-" if v is False else str(v))
+                   for v in (getattr(p, c) for c in cols)] for name, p in table]
+        print_table(con, f"{a} profiles", ["profile"] + [c.replace("_", " ") for c in cols],
+                    rows)
+        for name, p in table:
             if p.note:
-                notes.append(f"{name}: {p.note}")
-        con = _console()
-        con.print(t)
-        for n in notes:
-            con.print(f"  {n}")
+                con.print(f"  {escape(name)}: {escape(p.note)}")
 
 
 @main.command()
-@click.option("--arch", "-a", required=True, help=ARCH_HELP)
-@click.option("--kernel", "-k", "version", required=True,
+@click.option("--arch", "-a", default=None, help=ARCH_HELP + " (with --html: | all, the default)")
+@click.option("--kernel", "-k", "version", default=None,
               help=f"kernel version MAJOR.MINOR[.PATCH], e.g. 5.15; {VERSIONS_HELP}")
-def support(arch, version):
+@click.option("--html", "as_html", is_flag=True,
+              help="write the matrix arch x kernel version x feature as one HTML page")
+@click.option("--output", "-o", default="support.html", show_default=True,
+              help="with --html: the file to write")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def support(arch, version, as_html, output, as_json):
     """What works on ARCH at kernel VERSION (fentry/fexit/fmod_ret, direct calls, multi ...)
-    and, for what does not, why."""
+    and, for what does not, why.  With --html: every arch and version as a coloured grid,
+    the reason in each cell's tooltip."""
+    if as_html:
+        return _support_html(arch, version, output)
+    if arch is None or version is None:
+        raise UsageError("support needs --arch and --kernel (or --html for the whole matrix)")
     from .profiles import version_key
     from .show import support as rows
+    from .termtable import print_table
     version_key(version)
     a = _arch(arch)
-    t = Table(title=f"{a} Linux {version.lstrip('v')}")
-    for c in ("capability", "works", "why"):
-        t.add_column(c)
-    for title, ok, why in rows(a, version.lstrip("v")):
-        t.add_row(title, "[green]yes[/]" if ok else "[red]no[/]", why)
-    _console().print(t)
+    if as_json:
+        click.echo(json.dumps([{"capability": title, "works": ok, "why": why}
+                               for title, ok, why in rows(a, version.lstrip("v"))], indent=1))
+        return
+    print_table(_console(), f"{a} Linux {version.lstrip('v')}", ["capability", "works", "why"],
+                [[escape(title), "[green]yes[/]" if ok else "[red]no[/]", escape(why)]
+                 for title, ok, why in rows(a, version.lstrip("v"))])
+
+
+def _support_html(arch: str | None, version: str | None, output: str) -> None:
+    from .report.render import support_html
+    from .report.support import matrix
+    if version is not None:
+        raise UsageError("--html draws every kernel version; leave out --kernel")
+    arches = list(port_names()) if arch in (None, "all") else [_arch(arch)]
+    _write_page(output, support_html(matrix(arches)))
+
+
+def _write_page(output: str, html: str) -> None:
+    import pathlib
+    path = pathlib.Path(output)
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror}") from None
+    click.echo(f"wrote {output} ({len(html.encode()) // 1024} KiB); open it in a browser: "
+               f"{path.resolve().as_uri()}")
+
+
+@main.command(cls=_NumbersCommand)
+@click.option("--arch", "-a", required=True, help=ARCH_HELP + " | all (side by side)")
+@click.option("--profile", "-p", default=None,
+              help="profile preset (default latest) or vX.Y[.Z] (see `tramplab selftest -h`)")
+@click.option("--call", "call_args", default=None,
+              help="comma-separated arguments (default: the selftests' values), e.g. 2,3")
+@click.option("--output", "-o", default="report.html", show_default=True,
+              help="the HTML file to write")
+@click.argument("programs", nargs=-1, required=True)
+def report(arch, profile, call_args, output, programs):
+    """Run one traced call and write it as one self-contained HTML page: the call path with
+    the instructions each stage ran, the trampoline's stack frame to scale with the values of
+    this call, the patch site in each state, the profile's switches.
+
+    Example: tramplab report --arch all fexit:bpf_fentry_test2 -o report.html
+    """
+    from .report.render import report_html
+    from .report.trace import one_function, record
+    one_function(list(programs))                  # bad specs: an error before any kernel
+    args = None
+    if call_args is not None:
+        try:
+            args = [int(a, 0) for a in call_args.split(",") if a.strip()]
+        except ValueError:
+            raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") \
+                from None
+    arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    runs = []
+    with _progress_bar("tracing the call") as progress:
+        for a in arches:
+            runs.append(record(_profile_kernel(a, profile), list(programs), args))
+            progress(len(runs), len(arches))
+    command = " ".join(["tramplab report --arch", arch, *(["--profile", profile] if profile else []),
+                        *(["--call", call_args] if call_args is not None else []), *programs,
+                        "-o", output])
+    _write_page(output, report_html(runs, command))
 
 
 @main.command()
@@ -333,8 +457,9 @@ def support(arch, version):
                    "what the layout fixes, e.g. x86 fentry-ibt's 9-byte skip, follows it); "
                    "without --profile: the newest preset using the layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("items", nargs=-1, required=True)
-def show(arch, profile, layout, what, items):
+def show(arch, profile, layout, what, items, as_json):
     """Show a patch site in each state (`show site FUNC`) or a generated BPF trampoline with its
     stack layout (`show trampoline fexit:bpf_fentry_test1 [fentry:...]`)."""
     from . import show as views
@@ -344,6 +469,9 @@ def show(arch, profile, layout, what, items):
             raise UsageError(f"one trampoline per function: {', '.join(funcs)} have one each; "
                              "show them one at a time")
     k = _profile_kernel(arch, profile, layout)
+    if as_json:
+        click.echo(json.dumps(_show_json(k, what, list(items)), indent=1))
+        return
     if what == "site":
         lines = []
         for func in items:
@@ -353,6 +481,28 @@ def show(arch, profile, layout, what, items):
     click.echo("\n".join(lines))
 
 
+def _show_json(k, what: str, items: list[str]) -> dict:
+    """`show` as data: each site's states with their bytes, or the trampoline's code and frame
+    (the frame slots of the spec its JIT was given, as the HTML report reads them)."""
+    from . import show as views
+    from .machine.disasm import disassemble
+    if what == "site":
+        out = {}
+        for func in items:
+            states, impossible = views.site_state_table(k, func)
+            out[func] = {"states": [{"state": title, "pieces": [{"addr": a, "bytes": d.hex()}
+                                                                for a, d in pieces]}
+                                    for title, pieces in states], "impossible": impossible}
+        return out
+    from .report.trace import attached_frame
+    im, slots, _ = attached_frame(k, items)
+    return {"flags": im.flags.name or "0", "addr": im.addr, "size": len(im.code),
+            "code": [{"addr": i.addr, "bytes": i.raw.hex(), "insn": i.text}
+                     for i in disassemble(k.arch, im.code, im.addr)],
+            "frame": [dict(base=s.base, offset=s.offset, ctx_offset=s.ctx_offset, kind=s.kind,
+                           holds=s.holds, note=s.note, size=s.size) for s in slots]}
+
+
 @main.command()
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @click.option("--profile", "-p", default=None,
@@ -360,8 +510,9 @@ def show(arch, profile, layout, what, items):
 @click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
 @click.option("--function", "-f", default=None,
               help="function to call (default: the first program's target), e.g. a caller")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("programs", nargs=-1)
-def trace(arch, profile, call_args, function, programs):
+def trace(arch, profile, call_args, function, programs, as_json):
     """Run one call instruction by instruction and print its path with symbols: patch site,
     trampoline, programs, the original function, back to the caller.
 
@@ -373,6 +524,13 @@ def trace(arch, profile, call_args, function, programs):
         args = [int(a, 0) for a in call_args.split(",") if a.strip()]
     except ValueError:
         raise UsageError(f"--call wants comma-separated integers, not {call_args!r}") from None
+    if as_json:
+        target, path, result = views.call_path(k, list(programs), function, args)
+        click.echo(json.dumps({"arch": k.arch.name, "profile": k.profile.name,
+                               "function": target, "args": args, "result": result,
+                               "path": [{"pc": pc, "symbol": k.symbol(pc), "bytes": i.raw.hex(),
+                                         "insn": i.text} for pc, i in path]}, indent=1))
+        return
     click.echo("\n".join(views.call_trace(k, list(programs), function, args)))
 
 
@@ -632,14 +790,14 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
-    t = Table(title=f"{k.arch.name} {k.profile.name}: {kind} on {len(names):,} functions "
-                    f"matching {pattern!r}")
-    for col in ("", "ftrace updates", "text pokes", "sync points", "synchronize_rcu", "seconds"):
-        t.add_column(col)
-    for what, c in (("attach", attach_cost), ("detach", detach_cost)):
-        t.add_row(what, *(str(c[x]) for x in ("updates", "pokes", "syncs", "synchronize_rcu",
-                                               "seconds")))
-    _console().print(t)
+    from .termtable import print_table
+    print_table(_console(), escape(f"{k.arch.name} {k.profile.name}: {kind} on {len(names):,} "
+                                   f"functions matching {pattern!r}"),
+                ["", "ftrace updates", "text pokes", "sync points", "synchronize_rcu",
+                 "seconds"],
+                [[what, *(str(c[x]) for x in ("updates", "pokes", "syncs", "synchronize_rcu",
+                                              "seconds"))]
+                 for what, c in (("attach", attach_cost), ("detach", detach_cost))])
     if not no_calls:
         click.echo(f"called {called:,} functions once each; the program ran {runs['n']:,} times")
 
@@ -716,15 +874,18 @@ def scenario_group():
 
 
 @scenario_group.command(name="list")
-def scenario_list():
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def scenario_list(as_json):
     """List the scenarios, where they run and what they show."""
     from .check.scenarios import SCENARIOS, arches_of
-    t = Table(title="scenarios")
-    for col in ("name", "what", "arches", "from"):
-        t.add_column(col)
-    for s in SCENARIOS.values():
-        t.add_row(s.name, escape(s.title), ", ".join(arches_of(s.name)), escape(s.source))
-    _console().print(t)
+    from .termtable import print_table
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "what": s.title, "arches": arches_of(s.name),
+                                "from": s.source} for s in SCENARIOS.values()], indent=1))
+        return
+    print_table(_console(), "scenarios", ["name", "what", "arches", "from"],
+                [[escape(s.name), escape(s.title), ", ".join(arches_of(s.name)),
+                  escape(s.source)] for s in SCENARIOS.values()])
 
 
 @scenario_group.command(name="run")
@@ -746,14 +907,12 @@ def scenario_run(arch, as_json, name):
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:
-        t = Table(title="scenarios")
-        for col in ("scenario", "arch", "buggy profile: what happened",
-                    "fixed profile: what happened", "verdict"):
-            t.add_column(col)
-        for r in results:
-            t.add_row(r.scenario.name, r.arch, escape(f"{r.profiles[0]}: {r.buggy.what}"),
-                      escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL")
-        _console().print(t)
+        from .termtable import print_table
+        print_table(_console(), "scenarios", ["scenario", "arch", "buggy profile: what happened",
+                                              "fixed profile: what happened", "verdict"],
+                    [[escape(r.scenario.name), r.arch, escape(f"{r.profiles[0]}: {r.buggy.what}"),
+                      escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL"]
+                     for r in results])
         if len(names) == 1:
             click.echo(SCENARIOS[names[0]].explain)
     if not all(r.passed for r in results):

@@ -292,3 +292,28 @@ def get_profile(arch: str, name: str | None = None) -> Profile:
         return profile_for(a, name.lstrip("v"))
     raise UsageError(f"unknown profile {name!r} for {a}; presets: {', '.join(table)} "
                      f"(or any version {earliest(a)}..{LATEST}, e.g. v6.9)")
+
+
+def kernel_ranges(p: Profile) -> list[tuple[str, str | None]]:
+    """The released kernels whose derived switches are `p`'s, as [(first, end)] with `end`
+    the first version after the range (None: up to LATEST, where the timelines end).  Switches
+    change only where a feature arrives, so the timeline's versions are the only boundaries.
+    A profile built with another layout of its era counts the switches that layout fixes as
+    its own; a bug profile usually matches no release (empty list)."""
+    port = get_port(p.arch)
+    bounds = sorted({v for v in port.timeline.values() if v is not None} | {earliest(p.arch)},
+                    key=version_key)
+    bounds = [v for v in bounds if version_key(v) <= version_key(LATEST)]
+    fixed = {"layout", *layout_switches(p.arch, p.layout)}
+    mine = {k: v for k, v in p.switches().items() if k not in fixed}
+    out: list[list] = []
+    for i, v in enumerate(bounds):
+        q = profile_for(p.arch, v)
+        same = (p.layout in layouts_for(p.arch, v)
+                and {k: x for k, x in q.switches().items() if k not in fixed} == mine)
+        nxt = bounds[i + 1] if i + 1 < len(bounds) else None
+        if same and out and out[-1][1] == v:
+            out[-1][1] = nxt
+        elif same:
+            out.append([v, nxt])
+    return [tuple(r) for r in out]

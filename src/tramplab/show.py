@@ -31,16 +31,44 @@ def _listing(k, start: int, code: bytes, notes: dict[int, str] | None = None) ->
 # ---------------------------------------------------------------------------------------------
 def site_states(k, func: str) -> list[str]:
     """The bytes of FUNC's patch site in each state the profile can put it in."""
+    rec = k.ftrace.record(func)
+    p = k.profile
+    lines = [f"{k.arch.name} {p.name} ({p.site} site, layout {p.layout}): {func}, "
+             f"rec->ip = {k.symbol(rec.ip)}"]
+    states, impossible = site_state_table(k, func)
+    lines += [f"  {note}" for note in impossible]
+    for title, pieces in states:
+        lines.append(f"-- {title}")
+        for addr, data in pieces:
+            literal = site_literal(k, rec, addr, data)
+            if literal is not None:
+                lines.append(f"  {addr:#018x}  {literal}")
+                continue
+            lines += _listing(k, addr, data)
+    return lines
+
+
+def site_literal(k, rec, addr: int, data: bytes) -> str | None:
+    """How an 8-byte literal before the function (a CALL_OPS ops pointer) reads, or None."""
+    if not (len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr):
+        return None
+    value = k.memory.word(data)
+    what = "ops literal" if k.profile.call_ops else "literal"
+    return f"{what} = {value:#x} <{k.symbol(value)}>"
+
+
+def site_state_table(k, func: str) -> tuple[list[tuple[str, list[tuple[int, bytes]]]], list[str]]:
+    """([(state title, [(address, bytes) of the site in that state])], [states impossible here,
+    with the errno]) for FUNC's patch site under the kernel's profile."""
     ft = k.ftrace
     rec = ft.record(func)
     arch = ft.arch
     p = k.profile
-    lines = [f"{k.arch.name} {p.name} ({p.site} site, layout {p.layout}): {func}, "
-             f"rec->ip = {k.symbol(rec.ip)}"]
     literal = ft.nop_ops if p.call_ops else None
     near = k.machine.bpf.start + 0x1000
     far = k.machine.kernel.start - (3 << 30)
     direct_literal = None
+    impossible = []
     if p.call_ops:                   # the literal of a direct site is the direct ops itself
         from .ftrace import FL, FtraceOps
         dops = FtraceOps(name="direct_ops", flags=FL.DIRECT, direct_call=near)
@@ -61,19 +89,11 @@ def site_states(k, func: str) -> list[str]:
             states.append((f"direct, trampoline far ({far:#x}: {how})",
                            SiteState(target, direct_literal)))
         except KernelError as e:
-            lines.append(f"  direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
+            impossible.append(f"direct far ({far:#x}): impossible here: {e.name}: {e.rule}")
         if p.jmp:
             states.append(("direct, jmp mode (address bit 0)", SiteState(near, literal, True)))
-    for title, state in states:
-        lines.append(f"-- {title}")
-        for addr, data in sorted(arch.site_bytes(rec, state).items()):
-            if len(data) == 8 and addr % 8 == 0 and addr < rec.func_addr:
-                value = k.memory.word(data)
-                what = "ops literal" if p.call_ops else "literal"
-                lines.append(f"  {addr:#018x}  {what} = {value:#x} <{k.symbol(value)}>")
-                continue
-            lines += _listing(k, addr, data)
-    return lines
+    return ([(title, sorted(arch.site_bytes(rec, state).items())) for title, state in states],
+            impossible)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +133,9 @@ def trampoline_listing(k, specs: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[str]:
-    """Run one call instruction by instruction and print the path with symbols."""
+def call_path(k, specs: list[str], func: str | None, args: list[int]):
+    """Attach dummy programs SPECS, run one call of FUNC (default: their target) instruction
+    by instruction: (function called, [(pc, Insn)], its C result)."""
     progs = _attach_dummies(k, specs) if specs else []
     target = func or (progs[0].target if progs else None)
     if target is None:
@@ -131,6 +152,12 @@ def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[s
             break
         if len(path) > 20000:
             raise UsageError("the call did not return within 20000 instructions")
+    return target, path, k.result(task)
+
+
+def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[str]:
+    """Run one call instruction by instruction and print the path with symbols."""
+    target, path, result = call_path(k, specs, func, args)
     lines = [f"{k.arch.name} {k.profile.name}: {target}({', '.join(map(str, args))}) with "
              f"{', '.join(specs) or 'nothing attached'}: {len(path)} instructions"]
     last_sym = None
@@ -143,7 +170,7 @@ def call_trace(k, specs: list[str], func: str | None, args: list[int]) -> list[s
             last_sym = name
         off = f"+{pc - sym.addr:#x}" if sym else ""
         lines.append(f"  {pc:#018x} {off:>7}  {insn.text}")
-    lines.append(f"returned {k.result(task)}")
+    lines.append(f"returned {result}")
     return lines
 
 
@@ -165,18 +192,21 @@ ATTACH_KINDS = (
 )
 
 
+def capability(arch: str, version: str, feats) -> tuple[bool, str]:
+    """(yes?, why) for a capability that needs every timeline feature in `feats`."""
+    missing = [f for f in feats if not has(arch, f, version)]
+    if not missing:
+        return True, f"since {max((since(arch, f) for f in feats), key=_vkey)}"
+    return False, "; ".join(f"{f} " + (f"arrived in {since(arch, f)}" if since(arch, f) else
+                                       f"never on {arch}") for f in missing)
+
+
 def support(arch: str, version: str) -> list[tuple[str, bool, str]]:
     """(capability, yes?, why) for one arch and kernel version, from the timelines."""
     p = profile_for(arch, version)
     rows = []
     for title, feats in ATTACH_KINDS:
-        missing = [f for f in feats if not has(arch, f, version)]
-        if not missing:
-            rows.append((title, True, f"since {max((since(arch, f) for f in feats), key=_vkey)}"))
-        else:
-            why = "; ".join(f"{f} " + (f"arrived in {since(arch, f)}" if since(arch, f) else
-                                       f"never on {arch}") for f in missing)
-            rows.append((title, False, why))
+        rows.append((title, *capability(arch, version, feats)))
     if not p.preemption:
         rows.append(("function tracer with PREEMPTION", False,
                      f"the {p.site} patch site is rewritten under stop_machine as several "

@@ -67,13 +67,24 @@ def run_bpf_test(arch: str, profile: str, name: str) -> Result:
 
 
 def run_matrix(arches: list[str], profile: str = "latest", tests: list[str] | None = None,
-               with_targets: bool = True) -> list[Result]:
+               with_targets: bool = True, progress=None) -> list[Result]:
+    """Every test on every arch and profile; `progress(done, total)` after each step (the
+    targets check of an arch counts as one)."""
     from .bpf_tests import TESTS
+    plan = [(arch, profiles_for(arch, profile)) for arch in arches]
+    total = sum(len(profs) * len(tests or TESTS) + bool(with_targets) for _, profs in plan)
     results: list[Result] = []
-    for arch in arches:
+    done = 0
+    for arch, profs in plan:
         if with_targets:
             results += _targets_results(arch)
-        for prof in profiles_for(arch, profile):
+            done += 1
+            if progress:
+                progress(done, total)
+        for prof in profs:
             for name in tests or TESTS:
                 results.append(run_bpf_test(arch, prof, name))
+                done += 1
+                if progress:
+                    progress(done, total)
     return results

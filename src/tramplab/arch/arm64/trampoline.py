@@ -21,6 +21,7 @@ from .. import check_implements
 from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
+from ..frame import FrameSlot
 from . import encode as A
 from .frames import site_entry
 
@@ -122,36 +123,49 @@ def _saves_ret(spec: TrampolineSpec) -> bool:
     return bool(spec.flags & (TrampFlag.CALL_ORIG | TrampFlag.RET_FENTRY_RET))
 
 
-def _diagram(spec: TrampolineSpec, args: ArgPlacement, frame: Frame) -> str:
-    """The frame as the kernel's comment draws it, with this spec's offsets."""
+def _rows(args: ArgPlacement, frame: Frame) -> list[tuple[int, str, str, str]]:
+    """(offset from sp, kind, content, note), top of the stack first: the kernel's comment."""
     n = args.nr_slots
-    rows = [(frame.size + STACK_ARGS_FROM_FP + 8 * k, f"caller's stack arg {k}",
+    rows = [(frame.size + STACK_ARGS_FROM_FP + 8 * k, "caller_stack_arg", f"caller's stack arg {k}",
              "<- sp at entry" if k == 0 else "")
             for k in reversed(range(args.stack_slots))]
     rows += [
-        (frame.size + 24, "parent ip (x9)", "frame record for the parent"),
-        (frame.size + 16, "FP", ""),
-        (frame.retaddr, "self ip (x30)", "return into the traced function"),
-        (frame.size, "FP", "<- x29"),
+        (frame.size + 24, "return_address", "parent ip (x9)", "frame record for the parent"),
+        (frame.size + 16, "frame_pointer", "FP", ""),
+        (frame.retaddr, "return_address", "self ip (x30)", "return into the traced function"),
+        (frame.size, "frame_pointer", "FP", "<- x29"),
     ]
     if frame.size > frame.regs + 16:
-        rows.append((frame.regs + 16, "padding", "sp stays 16-aligned"))
-    rows += [(frame.regs + 8, "x20", "callee-saved: enter's return"),
-             (frame.regs, "x19", "callee-saved: prog")]
+        rows.append((frame.regs + 16, "padding", "padding", "sp stays 16-aligned"))
+    rows += [(frame.regs + 8, "saved_reg", "x20", "callee-saved: enter's return"),
+             (frame.regs, "saved_reg", "x19", "callee-saved: prog")]
     if frame.retval is not None:
-        rows.append((frame.retval, "return value", f"ctx[{n}]"))
+        rows.append((frame.retval, "retval", "return value", f"ctx[{n}]"))
     for k in reversed(range(n)):
         note = f"ctx[{k}]" + (" <- ctx" if k == 0 else "")
-        rows.append((frame.args + 8 * k, f"arg slot {k}", note))
-    rows.append((frame.nr_args, f"nr arg slots = {n}", "ctx[-1]"))
+        rows.append((frame.args + 8 * k, "arg", f"arg slot {k}", note))
+    rows.append((frame.nr_args, "nr_args", f"nr arg slots = {n}", "ctx[-1]"))
     if frame.ip is not None:
-        rows.append((frame.ip, "traced function ip", "ctx[-2]"))
-    rows.append((frame.run_ctx + 8, "saved_run_ctx", "bpf_tramp_run_ctx"))
-    rows.append((frame.run_ctx, "bpf_cookie", ""))
+        rows.append((frame.ip, "func_ip", "traced function ip", "ctx[-2]"))
+    rows.append((frame.run_ctx + 8, "run_ctx", "saved_run_ctx", "bpf_tramp_run_ctx"))
+    rows.append((frame.run_ctx, "run_ctx", "bpf_cookie", ""))
     for k in reversed(range((frame.run_ctx - frame.oargs) // 8)):
-        rows.append((frame.oargs + 8 * k, f"stack arg {k}", "for the original function"))
+        rows.append((frame.oargs + 8 * k, "outgoing_arg", f"stack arg {k}",
+                     "for the original function"))
+    return rows
+
+
+def _slots(args: ArgPlacement, frame: Frame) -> tuple[FrameSlot, ...]:
+    # ctx = sp + frame.args, so a slot at sp + off is at ctx + off - frame.args
+    return tuple(FrameSlot("sp", off, off - frame.args, kind, what, note)
+                 for off, kind, what, note in _rows(args, frame))
+
+
+def _diagram(spec: TrampolineSpec, args: ArgPlacement, frame: Frame) -> str:
+    """The frame as the kernel's comment draws it, with this spec's offsets."""
     lines = [f"arm64 BPF trampoline frame ({frame.size} bytes below x29; offsets from sp)"]
-    lines += [f"  sp + {off:4d}  [ {what:<20} ] {note}".rstrip() for off, what, note in rows]
+    lines += [f"  sp + {s.offset:4d}  [ {s.holds:<20} ] {s.note}".rstrip()
+              for s in _slots(args, frame)]
     return "\n".join(lines)
 
 
@@ -390,6 +404,12 @@ def frame_layout(spec: TrampolineSpec) -> Frame:
 def stack_diagram(spec: TrampolineSpec) -> str:
     args = _check_spec(spec)
     return _diagram(spec, args, layout_frame(spec, args))
+
+
+def frame_slots(spec: TrampolineSpec) -> tuple[FrameSlot, ...]:
+    """The frame as arch.frame.FrameSlot rows (sp-relative), top of the stack first."""
+    args = _check_spec(spec)
+    return _slots(args, layout_frame(spec, args))
 
 
 def trampoline_size(spec: TrampolineSpec) -> int:

@@ -33,6 +33,7 @@ from .. import check_implements
 from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
+from ..frame import FrameSlot
 from . import encode as R
 
 F = TrampFlag
@@ -639,53 +640,73 @@ def stack_diagram(spec: TrampolineSpec) -> str:
 # The stack diagram (the kernel's comment block, with this spec's numbers)
 # ----------------------------------------------------------------------------------------------
 
-def _row(offset: int, what: str, note: str = "") -> str:
-    where = f"FP{offset:+d}" if offset else "FP+0"
-    return f"  {where:>8}  [ {what:<28}]  {note}".rstrip()
+def _line(s: FrameSlot) -> str:
+    where = f"FP{s.offset:+d}" if s.offset else "FP+0"
+    return f"  {where:>8}  [ {s.holds:<28}]  {s.note}".rstrip()
 
 
-def _common_rows(spec: TrampolineSpec, f: Frame) -> list[str]:
+def _common_rows(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
     rows = []
     if f.retval_off is not None:
         if f.version == V64:
-            rows.append(_row(-(f.retval_off - 8), "BPF R0 (a5)", "RET_FENTRY_RET / CALL_ORIG"))
-        rows.append(_row(-f.retval_off, "return value" + (" (a0)" if f.version == V64 else ""),
-                         f"ctx[{f.nr_arg_slots}]"))
+            rows.append((-(f.retval_off - 8), "bpf_r0", "BPF R0 (a5)",
+                         "RET_FENTRY_RET / CALL_ORIG"))
+        rows.append((-f.retval_off, "retval",
+                     "return value" + (" (a0)" if f.version == V64 else ""),
+                     f"ctx[{f.nr_arg_slots}]"))
     for i in reversed(range(f.nr_arg_slots)):
         src = f"a{i}" if i < MAX_REG_ARGS else f"caller's stack FP+{16 + 8 * (i - 8)}"
-        rows.append(_row(-f.args_off + 8 * i, f"arg slot {i} ({src})", f"ctx[{i}]"
-                         + ("  <- ctx" if i == 0 else "")))
-    rows.append(_row(-f.nregs_off, f"nr arg slots = {f.nr_arg_slots}", "ctx[-1]"))
+        rows.append((-f.args_off + 8 * i, "arg", f"arg slot {i} ({src})",
+                     f"ctx[{i}]" + ("  <- ctx" if i == 0 else "")))
+    rows.append((-f.nregs_off, "nr_args", f"nr arg slots = {f.nr_arg_slots}", "ctx[-1]"))
     if f.ip_off is not None:
-        rows.append(_row(-f.ip_off, f"func ip {spec.func_addr:#x}", "ctx[-2], IP_ARG"))
-    rows.append(_row(-f.run_ctx_off + 8, "run_ctx.saved_run_ctx"))
-    rows.append(_row(-f.run_ctx_off, "run_ctx.bpf_cookie", "&run_ctx"))
-    rows.append(_row(-f.sreg_off, "saved s1", "s1 = start across calls"))
+        rows.append((-f.ip_off, "func_ip", f"func ip {spec.func_addr:#x}", "ctx[-2], IP_ARG"))
+    rows.append((-f.run_ctx_off + 8, "run_ctx", "run_ctx.saved_run_ctx", ""))
+    rows.append((-f.run_ctx_off, "run_ctx", "run_ctx.bpf_cookie", "&run_ctx"))
+    rows.append((-f.sreg_off, "saved_reg", "saved s1", "s1 = start across calls"))
     return rows
+
+
+def _top_rows(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
+    """The frame records above the trampoline's own slots (they differ by entry)."""
+    if f.version == V63:
+        return [(-8, "return_address", "ra of the parent", "stored by the sled: sd ra, -8(sp)"),
+                (-f.retaddr_off, "return_address", "ra: return into the function", "func+12"),
+                (-f.fp_off, "frame_pointer", "fp of the parent", "")]
+    if spec.flags & F.INDIRECT:
+        return [(-8, "return_address", "ra of the caller", ""),
+                (-16, "frame_pointer", "fp of the caller", "")]
+    return [(8, "return_address", "ra: return to the parent", "parent's frame record"),
+            (0, "frame_pointer", "fp of the parent", ""),
+            (-8, "return_address", "t0: return into the function", "traced function's record"),
+            (-16, "frame_pointer", "fp (of the record above)", "")]
+
+
+def _bottom_rows(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
+    if f.stk_arg_off is not None and f.nr_stack_args and spec.flags & F.CALL_ORIG:
+        return [(-f.stk_arg_off + 8 * i, "outgoing_arg", f"outgoing stack arg {i}",
+                 "copied for the original" + ("  <- sp" if i == 0 else ""))
+                for i in reversed(range(f.nr_stack_args))]
+    if -f.stack_size != -f.sreg_off:
+        return [(-f.stack_size, "padding", "(padding to 16 bytes)", "<- sp")]
+    return []
+
+
+def _slots(spec: TrampolineSpec, f: Frame) -> tuple[FrameSlot, ...]:
+    rows = _top_rows(spec, f) + _common_rows(spec, f) + _bottom_rows(spec, f)
+    # ctx = FP - args_off, so a slot at FP + offset is at ctx + offset + args_off
+    return tuple(FrameSlot("FP", off, off + f.args_off, kind, what, note)
+                 for off, kind, what, note in rows)
+
+
+def frame_slots(spec: TrampolineSpec) -> tuple[FrameSlot, ...]:
+    """The frame as arch.frame.FrameSlot rows (FP-relative), top of the stack first."""
+    check_spec(spec)
+    return _slots(spec, frame_layout(spec))
 
 
 def _diagram(spec: TrampolineSpec, f: Frame) -> str:
     head = (f"riscv64 BPF trampoline ({f.version}, entry {spec.entry!r}, flags "
             f"{spec.flags.name or 0}), frame {f.stack_size} bytes"
             + ("" if f.version == V63 or spec.flags & F.INDIRECT else " + 16 (parent's record)"))
-    rows = [head]
-    if f.version == V63:
-        rows += [_row(-8, "ra of the parent", "stored by the sled: sd ra, -8(sp)"),
-                 _row(-f.retaddr_off, "ra: return into the function", "func+12"),
-                 _row(-f.fp_off, "fp of the parent")]
-    elif spec.flags & F.INDIRECT:
-        rows += [_row(-8, "ra of the caller"), _row(-16, "fp of the caller")]
-    else:
-        rows += [_row(8, "ra: return to the parent", "parent's frame record"),
-                 _row(0, "fp of the parent"),
-                 _row(-8, "t0: return into the function", "traced function's record"),
-                 _row(-16, "fp (of the record above)")]
-    rows += _common_rows(spec, f)
-    pad_top = -f.sreg_off
-    if f.stk_arg_off is not None and f.nr_stack_args and spec.flags & F.CALL_ORIG:
-        for i in reversed(range(f.nr_stack_args)):
-            rows.append(_row(-f.stk_arg_off + 8 * i, f"outgoing stack arg {i}",
-                             "copied for the original" + ("  <- sp" if i == 0 else "")))
-    elif -f.stack_size != pad_top:
-        rows.append(_row(-f.stack_size, "(padding to 16 bytes)", "<- sp"))
-    return "\n".join(rows)
+    return "\n".join([head] + [_line(s) for s in _slots(spec, f)])

@@ -24,6 +24,7 @@ from .. import check_implements
 from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
+from ..frame import FrameSlot
 from . import encode as X
 from .frames import leave_frame, push_rbp_frame
 
@@ -408,57 +409,71 @@ def stack_diagram(spec: TrampolineSpec) -> str:
     return _diagram(spec, frame_layout(spec))
 
 
-def _diagram(spec: TrampolineSpec, f: Frame) -> str:
+def frame_slots(spec: TrampolineSpec) -> tuple[FrameSlot, ...]:
+    """The frame as arch.frame.FrameSlot rows (rbp-relative), top of the stack first."""
+    check_spec(spec)
+    return _slots(spec, frame_layout(spec))
+
+
+def _slots(spec: TrampolineSpec, f: Frame) -> tuple[FrameSlot, ...]:
     rows = _rows_above_rbp(f) + _rows_ctx(spec, f) + _rows_below_ctx(spec, f)
+    # ctx = rbp - regs_off, so a slot at rbp + disp is at ctx + disp + regs_off
+    return tuple(FrameSlot("rbp", disp, disp + f.regs_off, kind, what, note)
+                 for disp, kind, what, note in rows)
+
+
+def _diagram(spec: TrampolineSpec, f: Frame) -> str:
     title = (f"x86-64 BPF trampoline frame, {f.entry} entry, "
              f"stack_size {f.stack_size:#x}, rsp = rbp - {f.arg_stack_off:#x}")
-    return "\n".join([title] + [f"  rbp{disp:+#06x}  [ {what:<34} ] {note}".rstrip()
-                                for disp, what, note in rows])
+    return "\n".join([title] + [f"  rbp{s.offset:+#06x}  [ {s.holds:<34} ] {s.note}".rstrip()
+                                for s in _slots(spec, f)])
 
 
-def _rows_above_rbp(f: Frame) -> list[tuple[int, str, str]]:
-    """(rbp displacement, content, note) for the caller's part of the stack."""
+def _rows_above_rbp(f: Frame) -> list[tuple[int, str, str, str]]:
+    """(rbp displacement, kind, content, note) for the caller's part of the stack."""
     rows = []
     for a in reversed(f.stack_args):
         for j in reversed(range(a.nr_stack_slots)):
             k = a.stack_slot + j
-            rows.append((f.caller_stack(k), f"caller stack arg {k}", f"arg{a.index + 1}"))
+            rows.append((f.caller_stack(k), "caller_stack_arg", f"caller stack arg {k}",
+                         f"arg{a.index + 1}"))
     if f.entry == "call":
-        rows.append((0x10, "parent return address", ""))
-        rows.append((0x08, "return into the function", "site + 5"))
+        rows.append((0x10, "return_address", "parent return address", ""))
+        rows.append((0x08, "return_address", "return into the function", "site + 5"))
     else:
-        rows.append((0x08, "parent return address", "jmp entry"))
-    rows.append((0x00, "saved rbp", "rbp"))
+        rows.append((0x08, "return_address", "parent return address", "jmp entry"))
+    rows.append((0x00, "frame_pointer", "saved rbp", "rbp"))
     return rows
 
 
-def _rows_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str]]:
+def _rows_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
     rows = []
     if f.save_ret:
-        rows.append((-RETVAL_OFF, "return value", f"ctx[{f.nr_slots}]"))
+        rows.append((-RETVAL_OFF, "retval", "return value", f"ctx[{f.nr_slots}]"))
     for a in reversed(f.args):
         nslots = max(len(a.regs), a.nr_stack_slots)
         for j in reversed(range(nslots)):
             part = f".{j}" if nslots > 1 else ""              # the 8-byte halves of a struct
             where = a.regs[j] if a.regs else "stack"
             slot = a.slot + j
-            rows.append((f.ctx(slot), f"arg{a.index + 1}{part} ({where})",
+            rows.append((f.ctx(slot), "arg", f"arg{a.index + 1}{part} ({where})",
                          f"ctx[{slot}]" + ("  <- ctx" if slot == 0 else "")))
-    rows.append((-f.nregs_off, f"nr arg slots = {f.nr_slots}", "ctx[-1]"))
+    rows.append((-f.nregs_off, "nr_args", f"nr arg slots = {f.nr_slots}", "ctx[-1]"))
     if f.ip_arg:
-        rows.append((-f.ip_off, f"func ip = {spec.func_addr:#x}", "ctx[-2]"))
+        rows.append((-f.ip_off, "func_ip", f"func ip = {spec.func_addr:#x}", "ctx[-2]"))
     return rows
 
 
-def _rows_below_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str]]:
-    rows = [(-f.rbx_off, "saved rbx", ""),
-            (-f.run_ctx_off + 8, "run_ctx.saved_run_ctx", ""),
-            (-f.run_ctx_off, "run_ctx.bpf_cookie", "&run_ctx")]
+def _rows_below_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
+    rows = [(-f.rbx_off, "saved_reg", "saved rbx", ""),
+            (-f.run_ctx_off + 8, "run_ctx", "run_ctx.saved_run_ctx", ""),
+            (-f.run_ctx_off, "run_ctx", "run_ctx.bpf_cookie", "&run_ctx")]
     if f.arg_stack_off > f.run_ctx_off + 8 * f.outgoing_slots:
-        rows.append((-f.run_ctx_off - 8, "(padding)", "16-aligns rsp at the call"))
+        rows.append((-f.run_ctx_off - 8, "padding", "(padding)", "16-aligns rsp at the call"))
     for k in reversed(range(f.outgoing_slots)):
-        rows.append((-f.arg_stack_off + 8 * k, f"stack arg {k} for the original",
+        rows.append((-f.arg_stack_off + 8 * k, "outgoing_arg", f"stack arg {k} for the original",
                      "rsp" if k == 0 else ""))
     if spec.flags & TrampFlag.TAIL_CALL_CTX:
-        rows.append((-f.stack_size - 8, "tail_call_cnt_ptr (push rax)", "TAIL_CALL_CTX"))
+        rows.append((-f.stack_size - 8, "tail_call", "tail_call_cnt_ptr (push rax)",
+                     "TAIL_CALL_CTX"))
     return rows
