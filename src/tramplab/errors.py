@@ -75,6 +75,15 @@ class ProgramError(TramplabError):
                          "and the trampoline's state unwound")
 
 
+class ObjectError(TramplabError):
+    """A BPF object (ELF) that cannot be built or loaded: truncated, not BPF, or using a construct
+    the loader does not support (named); `errno` is the kernel's/libbpf's where one applies."""
+
+    def __init__(self, what: str, errno_name: str | None = None):
+        self.errno_name = errno_name
+        super().__init__(f"{errno_name}: {what}" if errno_name else what)
+
+
 def one_line(e: BaseException) -> str:
     """An error as one line led by its class (an oops report already starts with 'Oops:')."""
     lines = str(e).splitlines()
