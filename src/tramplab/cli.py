@@ -220,17 +220,31 @@ def layouts():
                    f"({VERSIONS_HELP})")
 @click.option("--test", "-t", "tests", multiple=True, help="run only these tests (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
-def selftest(arch, profile, tests, as_json):
+@click.option("--kernel-progs", is_flag=True,
+              help="run the kernel's own selftest BPF objects (compiled from the "
+                   "linux-source-6.12 package with clang, cached) on the eBPF interpreter, "
+                   "checked with the prog_tests assertions")
+def selftest(arch, profile, tests, as_json, kernel_progs):
     """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
     exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
-    in --json's detail)."""
+    in --json's detail).  With --kernel-progs: the kernel's compiled BPF programs instead of
+    the Python transcriptions."""
     from .selftests import run_matrix
     from .selftests.bpf_tests import TESTS
+    if kernel_progs:
+        from .bpfobj.checks import TABLE
+        from .bpfobj.checks import run_matrix as run_kernel_progs
+        known = TABLE
+    else:
+        known = TESTS
     for t in tests:
-        if t not in TESTS:
-            raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
+        if t not in known:
+            raise UsageError(f"unknown test {t!r}; known: {', '.join(known)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
-    results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
+    if kernel_progs:
+        results = run_kernel_progs(arches, profile, list(tests) or None)
+    else:
+        results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:

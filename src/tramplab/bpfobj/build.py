@@ -63,7 +63,7 @@ typedef __u32 __wsum;
 typedef _Bool bool;
 enum { false = 0, true = 1 };
 #pragma clang attribute push (__attribute__((preserve_access_index)), apply_to = record)
-struct pt_regs {                          /* arch/x86/include/asm/ptrace.h (x86_64) */
+struct pt_regs {                          /* arch/x86/include/asm/ptrace.h, 64-bit */
 	unsigned long r15, r14, r13, r12, bp, bx;
 	unsigned long r11, r10, r9, r8, ax, cx, dx, si, di;
 	unsigned long orig_ax, ip, cs, flags, sp, ss;
@@ -178,6 +178,7 @@ def compile_prog(name: str, out: Path, *, srcarch: str = "x86") -> Path:
 
 def ensure(names=PROGRAMS) -> dict[str, Path]:
     """Every program's object, compiled when missing (cached under the tarball's stamp)."""
+    find_clang()                                # before the 8 s extraction, not after
     top = tree()
     objdir = top.parent / "obj"
     out = {}

@@ -242,3 +242,36 @@ def run_test(name: str, k, objects: dict) -> None:
                 lo.attach()
         else:                                       # pragma: no cover - table typo
             raise TypeError(step)
+
+
+def run_one(arch: str, profile: str, name: str, objects: dict):
+    """One table entry on a fresh kernel, as a selftests Result (pass / fail / unsupported:
+    a refusal with the errno of a feature this profile's kernel lacks)."""
+    from ..errors import ObjectError, Oops, ProgramError
+    from ..kernel import Kernel
+    from ..selftests import Result
+    from ..selftests.bpf_tests import UNSUPPORTED_ERRNOS
+    try:
+        run_test(name, Kernel(arch, profile=profile), objects)
+    except Failed as e:
+        return Result(arch, profile, name, "fail", str(e))
+    except KernelError as e:
+        if e.name in UNSUPPORTED_ERRNOS or e.feature:
+            return Result(arch, profile, name, "unsupported", f"{e.name}: {e.rule}")
+        return Result(arch, profile, name, "fail", f"{e.name}: {e.rule}")
+    except (Oops, ProgramError, ObjectError) as e:
+        return Result(arch, profile, name, "fail", f"{type(e).__name__}: {e}")
+    return Result(arch, profile, name, "pass")
+
+
+def run_matrix(arches: list[str], profile: str = "latest", tests=None) -> list:
+    """Build the objects when missing (cached), then every table entry per arch and profile."""
+    from ..selftests import profiles_for
+    from . import build
+    names = list(tests or TABLE)
+    objects = build.ensure(tuple(dict.fromkeys(TABLE[n].obj for n in names)))
+    out = []
+    for arch in arches:
+        for prof in profiles_for(arch, profile):
+            out += [run_one(arch, prof, n, objects) for n in names]
+    return out

@@ -47,6 +47,9 @@ SEC_KINDS = {"fentry": "fentry", "fexit": "fexit", "fmod_ret": "fmod_ret",
              "struct_ops": "struct_ops", "lsm": "lsm", "iter": "iter"}
 DATA_PREFIXES = (".bss", ".data", ".rodata")
 INSN = 8
+# helper id -> the profile feature that brought it (tracing programs)
+HELPER_FEATURES = {173: "func_ip", 174: "cookie", 183: "get_func_arg", 184: "get_func_arg",
+                   185: "get_func_arg"}
 STACK_BASE = 0x0000_7F00_0000_0000          # the interpreter's frames: user half, never kernel
 
 
@@ -155,7 +158,7 @@ class BpfObject:
             if hdr["sh_type"] != "SHT_REL":
                 continue
             tgt = hdr["sh_info"]
-            if tgt not in self.sections or not self._is_code(tgt):
+            if tgt not in self.sections or not self.is_code(tgt):
                 continue                        # debug info, BTF: not the programs' concern
             sec = elf.get_section(i)
             table = self.relocs.setdefault(tgt, {})
@@ -165,7 +168,7 @@ class BpfObject:
 
         self.progs: list[ObjProg] = []
         for i, (name, hdr, _b) in self.sections.items():
-            if not self._is_code(i) or name == ".text":
+            if not self.is_code(i) or name == ".text":
                 continue
             sec_name = name
             autoload = not sec_name.startswith("?")
@@ -176,7 +179,7 @@ class BpfObject:
                 self.progs.append(ObjProg(f.name, i, sec_name, f, kind, target or None,
                                           autoload))
 
-    def _is_code(self, i: int) -> bool:
+    def is_code(self, i: int) -> bool:
         _n, hdr, _b = self.sections[i]
         return hdr["sh_type"] == "SHT_PROGBITS" and bool(hdr["sh_flags"] & 0x4)   # EXECINSTR
 
@@ -347,7 +350,7 @@ class LoadedObject:
         elif isinstance(shndx, int) and o.sections[shndx][0] in (".maps", "maps"):
             raise ObjectError(f"{where}: the map {sym.name!r} (BPF maps are not supported "
                               "yet)", "EOPNOTSUPP")
-        elif isinstance(shndx, int) and o._is_code(shndx):
+        elif isinstance(shndx, int) and o.is_code(shndx):
             raise ObjectError(f"{where}: the address of function {sym.name!r} (a callback, "
                               "BPF_PSEUDO_FUNC; not supported)", "EOPNOTSUPP")
         else:
@@ -384,6 +387,12 @@ class LoadedObject:
         while name in k.bpf.progs:
             n += 1
             name = f"{p.name}_{n}"
+        # helpers this kernel's verifier does not know: the program does not load
+        for h, feature in HELPER_FEATURES.items():
+            if h in lp.helpers and not getattr(k.profile, feature):
+                raise KernelError("EINVAL", f"{p.name}: {interp.HELPERS[h]} (#{h}) does not "
+                                            "exist in this kernel (the verifier: unknown func)",
+                                  feature=feature)
         if 14 in lp.helpers:
             raise ObjectError(f"{self.obj.name}: {p.name} calls bpf_get_current_pid_tgid "
                               "(the model has no tasks with pids yet)", "EOPNOTSUPP")
