@@ -210,7 +210,8 @@ def run_raw(insns, r1=0, helper=None):
 
         def write(self, addr, data):
             raise AssertionError(f"write to {addr:#x}")
-    return interp.run(code, r1, NoMem(), helper or (lambda *a: 0), 0x7F00_0000_0000)
+    return interp.run(code, r1, NoMem(), helper or (lambda *a: 0), 0x7F00_0000_0000,
+                      interp.LITTLE)
 
 
 EXIT = I(0x95)

@@ -5,7 +5,6 @@ so a program using one is refused by name).  Layout: include/uapi/linux/btf.h an
 tools/lib/bpf/libbpf_internal.h (struct btf_ext_header)."""
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from ..errors import ObjectError
@@ -31,16 +30,26 @@ class BtfType:
     params: int = 0                                  # FUNC_PROTO: parameter count
 
 
+def _u32s(data: bytes, off: int, n: int, order: str) -> list[int]:
+    """n u32 fields from off, in the object's byte order."""
+    return [int.from_bytes(data[off + 4 * i:off + 4 * i + 4], order) for i in range(n)]
+
+
+def _header(data: bytes, order: str, where: str) -> tuple[int, int]:
+    """(magic, hdr_len) of a BTF or BTF.ext header: u16 magic, u8 version, u8 flags, u32."""
+    return int.from_bytes(data[0:2], order), _u32s(data, 4, 1, order)[0]
+
+
 class Btf:
-    def __init__(self, data: bytes, where: str = ".BTF"):
+    def __init__(self, data: bytes, where: str = ".BTF", order: str = ""):
+        self.order = order
         self.types: list[BtfType] = [BtfType(0, "UNKN", "", 0, 0)]
         if len(data) < 24:
             raise ObjectError(f"{where}: {len(data)} bytes, shorter than a BTF header", "EINVAL")
-        magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-            "<HBBIIIII", data, 0)
+        magic, hdr_len = _header(data, order, where)
+        type_off, type_len, str_off, str_len = _u32s(data, 8, 4, order)
         if magic != BTF_MAGIC:
-            raise ObjectError(f"{where}: bad magic {magic:#x} (big-endian BTF is not supported)",
-                              "EINVAL")
+            raise ObjectError(f"{where}: bad magic {magic:#x}", "EINVAL")
         tbase, sbase = hdr_len + type_off, hdr_len + str_off
         if tbase + type_len > len(data) or sbase + str_len > len(data):
             raise ObjectError(f"{where}: type or string section runs past its end (truncated)",
@@ -50,7 +59,7 @@ class Btf:
         while off < end:
             if off + 12 > end:
                 raise ObjectError(f"{where}: truncated type at {off}", "EINVAL")
-            name_off, info, st = struct.unpack_from("<III", data, off)
+            name_off, info, st = _u32s(data, off, 3, order)
             off += 12
             kind_no, vlen = (info >> 24) & 0x1F, info & 0xFFFF
             if kind_no not in KINDS or kind_no == 0:
@@ -59,7 +68,7 @@ class Btf:
             fixed, per = _TAIL.get(kind_no, (0, 0))
             t = BtfType(len(self.types), KINDS[kind_no], self.string(name_off), vlen, st)
             if kind_no == 15:
-                t.members = [struct.unpack_from("<III", data, off + 12 * i) for i in range(vlen)]
+                t.members = [tuple(_u32s(data, off + 12 * i, 3, order)) for i in range(vlen)]
             if kind_no == 13:
                 t.params = vlen
             off += fixed + per * vlen
@@ -88,22 +97,23 @@ def core_relos(data: bytes, strings: Btf) -> dict[str, int]:
     """.BTF.ext: number of CO-RE relocation records per section name."""
     if len(data) < 8:
         raise ObjectError(".BTF.ext: shorter than its header", "EINVAL")
-    magic, _v, _f, hdr_len = struct.unpack_from("<HBBI", data, 0)
+    order = strings.order
+    magic, hdr_len = _header(data, order, ".BTF.ext")
     if magic != BTF_MAGIC:
         raise ObjectError(f".BTF.ext: bad magic {magic:#x}", "EINVAL")
     if hdr_len < 32 or len(data) < 32:
         return {}
-    core_off, core_len = struct.unpack_from("<II", data, 24)
+    core_off, core_len = _u32s(data, 24, 2, order)
     if not core_len:
         return {}
     base = hdr_len + core_off
     end = base + core_len
     if end > len(data):
         raise ObjectError(".BTF.ext: CO-RE records run past its end (truncated)", "EINVAL")
-    rec_size = struct.unpack_from("<I", data, base)[0]
+    rec_size = _u32s(data, base, 1, order)[0]
     off, out = base + 4, {}
     while off + 8 <= end:
-        sec_off, n = struct.unpack_from("<II", data, off)
+        sec_off, n = _u32s(data, off, 2, order)
         out[strings.string(sec_off)] = n
         off += 8 + n * rec_size
     return out

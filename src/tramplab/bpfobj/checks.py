@@ -230,7 +230,7 @@ def run_test(name: str, k, objects: dict) -> None:
         elif isinstance(step, ExpectAllBss):
             bss = st.lo.section_bytes(".bss")
             for i in range(len(bss) // 8):
-                got = int.from_bytes(bss[8 * i:8 * i + 8], "little")
+                got = k.memory.word(bss[8 * i:8 * i + 8])
                 if got != step.value:
                     raise Failed(f".bss u64 #{i} = {got}, expected {step.value}")
         elif isinstance(step, ZeroBss):

@@ -14,7 +14,7 @@ Semantics kept from the kernel: 32-bit results are zero-extended; shift counts a
 the operand width; division by zero gives 0 and modulo by zero leaves dst (32-bit: its low
 half); a bpf2bpf call saves R6-R9 and gives the callee its own 512-byte frame (R10); loads
 through pointers that fault read 0, as BPF_PROBE_MEM loads do in a tracing program (the JIT's
-exception table).  Memory is little-endian (the objects are built -mlittle-endian).
+exception table).  Byte order is the machine's (the loader checks the object's matches).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ ALU_OPS = {0x00: "add", 0x10: "sub", 0x20: "mul", 0x30: "div", 0x40: "or", 0x50:
 JMP_OPS = {0x00: "ja", 0x10: "jeq", 0x20: "jgt", 0x30: "jge", 0x40: "jset", 0x50: "jne",
            0x60: "jsgt", 0x70: "jsge", 0x80: "call", 0x90: "exit", 0xA0: "jlt", 0xB0: "jle",
            0xC0: "jslt", 0xD0: "jsle"}
+LITTLE, BIG = "little", "big"      # byte order names, as int.from_bytes takes them
 PSEUDO_CALL = 1
 PSEUDO_KFUNC_CALL = 2
 
@@ -60,24 +61,28 @@ class Insn:
     wide: bool = False  # ld_imm64 (occupies two slots)
 
 
-def raw_insns(data: bytes) -> list[tuple[int, int, int, int, int]]:
+def raw_insns(data: bytes, order: str) -> list[tuple[int, int, int, int, int]]:
+    """8-byte instructions in the object's byte order (a big-endian object has dst in the
+    high nibble of the register byte)."""
     if len(data) % 8:
         raise ObjectError(f"program of {len(data)} bytes is not a whole number of 8-byte "
                           "instructions (truncated?)", "EINVAL")
     out = []
     for i in range(0, len(data), 8):
         op, regs = data[i], data[i + 1]
-        off = int.from_bytes(data[i + 2:i + 4], "little", signed=True)
-        imm = int.from_bytes(data[i + 4:i + 8], "little", signed=True)
-        out.append((op, regs & 0xF, regs >> 4, off, imm))
+        off = int.from_bytes(data[i + 2:i + 4], order, signed=True)
+        imm = int.from_bytes(data[i + 4:i + 8], order, signed=True)
+        lo_, hi_ = regs & 0xF, regs >> 4
+        out.append((op, lo_, hi_, off, imm) if order == LITTLE else (op, hi_, lo_, off, imm))
     return out
 
 
-def encode(insns: list[tuple[int, int, int, int, int]]) -> bytes:
+def encode(insns: list[tuple[int, int, int, int, int]], order: str) -> bytes:
     out = bytearray()
     for op, dst, src, off, imm in insns:
-        out += bytes((op, (src << 4) | dst)) + (off & 0xFFFF).to_bytes(2, "little") + \
-            (imm & MASK32).to_bytes(4, "little")
+        regs = (src << 4) | dst if order == LITTLE else (dst << 4) | src
+        out += bytes((op, regs)) + (off & 0xFFFF).to_bytes(2, order) + \
+            (imm & MASK32).to_bytes(4, order)
     return bytes(out)
 
 
@@ -188,14 +193,17 @@ class VmMem:
     """What the program (and its helpers) address: its frames, else kernel memory through
     `mem` (read -> bytes or None on a fault, write raises on a fault)."""
 
-    def __init__(self, frames: Frames, mem):
-        self.frames, self.mem = frames, mem
+    def __init__(self, frames: Frames, mem, order: str):
+        self.frames, self.mem, self.order = frames, mem, order
         self.lo, self.hi = frames.base, frames.base + len(frames.buf)
 
     def read(self, addr: int, n: int):
         if self.lo <= addr and addr + n <= self.hi:
             return bytes(self.frames.buf[addr - self.lo:addr - self.lo + n])
         return self.mem.read(addr, n)
+
+    def u64_bytes(self, value: int) -> bytes:
+        return (value & MASK64).to_bytes(8, self.order)
 
     def write(self, addr: int, data: bytes) -> None:
         if self.lo <= addr and addr + len(data) <= self.hi:
@@ -204,26 +212,28 @@ class VmMem:
             self.mem.write(addr, data)
 
 
-def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int) -> int:
+def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int,
+        order: str) -> int:
     """Run from instruction 0 with R1 = r1; returns R0.  `mem` has read(addr, n) -> bytes or
     None (fault) and write(addr, data) (raises on a fault); `call_helper(id, r1..r5, vm) -> r0`
-    where `vm` reads and writes what the program addresses (its stack included)."""
+    where `vm` reads and writes what the program addresses (its stack included).  `order`: the
+    machine's byte order (the object's: the loader refuses a mismatch)."""
     frames = Frames(stack_base)
-    vm = VmMem(frames, mem)
+    vm = VmMem(frames, mem, order)
     lo, hi = stack_base, stack_base + len(frames.buf)
     buf = frames.buf
 
     def load(addr: int, n: int) -> int:
         if lo <= addr and addr + n <= hi:
-            return int.from_bytes(buf[addr - lo:addr - lo + n], "little")
+            return int.from_bytes(buf[addr - lo:addr - lo + n], order)
         data = mem.read(addr, n)
-        return 0 if data is None else int.from_bytes(data, "little")
+        return 0 if data is None else int.from_bytes(data, order)
 
     def store(addr: int, n: int, v: int) -> None:
         if lo <= addr and addr + n <= hi:
-            buf[addr - lo:addr - lo + n] = (v & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+            buf[addr - lo:addr - lo + n] = (v & ((1 << (8 * n)) - 1)).to_bytes(n, order)
         else:
-            mem.write(addr, (v & ((1 << (8 * n)) - 1)).to_bytes(n, "little"))
+            mem.write(addr, (v & ((1 << (8 * n)) - 1)).to_bytes(n, order))
 
     r = [0] * 11
     r[1] = r1 & MASK64
@@ -275,8 +285,9 @@ def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int) -> 
             else:                                   # end: to_le / to_be, then truncate
                 w = ins.imm
                 x = r[ins.dst] & ((1 << w) - 1)
-                if op & 0x08:
-                    x = int.from_bytes(x.to_bytes(w // 8, "little"), "big")
+                want = BIG if op & 0x08 else LITTLE
+                if want != order:                   # swap when the machine's order differs
+                    x = int.from_bytes(x.to_bytes(w // 8, order), want)
                 r[ins.dst] = x
                 continue
             r[ins.dst] = v & mask

@@ -111,10 +111,10 @@ class BpfObject:
         if data[:4] != b"\x7fELF":
             raise ObjectError(f"{self.name}: not an ELF file (no \\x7fELF magic)", "EINVAL")
         elf = ELFFile(io.BytesIO(data))
-        if elf.elfclass != 64 or not elf.little_endian:
-            raise ObjectError(f"{self.name}: a {elf.elfclass}-bit "
-                              f"{'little' if elf.little_endian else 'big'}-endian ELF; BPF "
-                              "objects here are 64-bit little-endian", "EINVAL")
+        if elf.elfclass != 64:
+            raise ObjectError(f"{self.name}: a {elf.elfclass}-bit ELF; BPF objects are 64-bit",
+                              "EINVAL")
+        self.order = interp.LITTLE if elf.little_endian else interp.BIG
         machine = elf.header["e_machine"]
         if machine not in ("EM_BPF", EM_BPF):
             raise ObjectError(f"{self.name}: e_machine is {machine}, not EM_BPF (247): "
@@ -134,7 +134,7 @@ class BpfObject:
             raise ObjectError(f"{self.name}: no .symtab", "EINVAL")
         self.symbols = list(symtab.iter_symbols())
         btf_sec = elf.get_section_by_name(".BTF")
-        self.btf = Btf(btf_sec.data()) if btf_sec is not None else None
+        self.btf = Btf(btf_sec.data(), order=self.order) if btf_sec is not None else None
         ext = elf.get_section_by_name(".BTF.ext")
         self.core = core_relos(ext.data(), self.btf) if ext is not None and self.btf else {}
         self.license = ""
@@ -226,9 +226,9 @@ class LoadedObject:
 
     def __post_init__(self):
         k, o = self.kernel, self.obj
-        if k.memory.byteorder != "little":
-            raise ObjectError(f"{o.name}: a little-endian BPF object on a big-endian machine",
-                              "EINVAL")
+        if k.memory.byteorder != o.order:
+            raise ObjectError(f"{o.name}: a {o.order}-endian BPF object on a "
+                              f"{k.memory.byteorder}-endian machine", "EINVAL")
         if k.memory.region_at(STACK_BASE) is not None:
             raise ObjectError("the interpreter's stack range is kernel memory here", "EINVAL")
         wanted = self._select(self.only)
@@ -283,7 +283,7 @@ class LoadedObject:
                 continue
             placed[key] = len(out)
             body = o.sections[f.sec][2][f.off:f.off + f.size]
-            out += [list(x) for x in interp.raw_insns(body)]
+            out += [list(x) for x in interp.raw_insns(body, o.order)]
             for k in range(len(out) - placed[key]):
                 idx = placed[key] + k
                 if out[idx][0] == 0x85 and out[idx][2] == interp.PSEUDO_CALL:
@@ -425,13 +425,14 @@ class LoadedObject:
         s = self._sym(name)
         data = self.kernel.memory.read(self.data_addr[s["st_shndx"]] + s["st_value"],
                                        s["st_size"])
-        return int.from_bytes(data, "little")
+        return self.kernel.memory.word(data)
 
     def set_var(self, name: str, value: int) -> None:
         s = self._sym(name)
+        size = s["st_size"]
         self.kernel.memory.write(self.data_addr[s["st_shndx"]] + s["st_value"],
-                                 (value & ((1 << (8 * s["st_size"])) - 1)).to_bytes(
-                                     s["st_size"], "little"))
+                                 self.kernel.memory.word_bytes(value & ((1 << (8 * size)) - 1),
+                                                               size))
 
     def section_bytes(self, section: str) -> bytes:
         """A data section's current contents (the skeleton's `skel->bss`)."""
@@ -479,7 +480,7 @@ class _Body:
         def helper(h, a1, a2, a3, a4, a5, vm):
             return _helper(vm, ctx, h, a1, a2, a3)
         return interp.run(self.lp.code, ctx.addr, self.mem, helper,
-                          STACK_BASE + 0x10000 * ctx.cpu.index)
+                          STACK_BASE + 0x10000 * ctx.cpu.index, self.lo.kernel.memory.byteorder)
 
 
 def _helper(vm, ctx, h: int, a1: int, a2: int, a3: int) -> int:
@@ -494,12 +495,12 @@ def _helper(vm, ctx, h: int, a1: int, a2: int, a3: int) -> int:
     if h == 183:
         ret, v = ctx.bpf_get_func_arg(a2 & 0xFFFFFFFF)
         if ret == 0:
-            vm.write(a3, (v & interp.MASK64).to_bytes(8, "little"))
+            vm.write(a3, vm.u64_bytes(v))
         return ret
     if h == 184:
         ret, v = ctx.bpf_get_func_ret()
         if ret == 0:
-            vm.write(a2, (v & interp.MASK64).to_bytes(8, "little"))
+            vm.write(a2, vm.u64_bytes(v))
         return ret
     if h == 113:                              # probe_read_kernel(dst, size, unsafe_ptr)
         size = a2 & 0xFFFFFFFF
