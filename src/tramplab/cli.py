@@ -224,7 +224,10 @@ def layouts():
               help="run the kernel's own selftest BPF objects (compiled from the "
                    "linux-source-6.12 package with clang, cached) on the eBPF interpreter, "
                    "checked with the prog_tests assertions")
-def selftest(arch, profile, tests, as_json, kernel_progs):
+@click.option("--jit", is_flag=True,
+              help="with --kernel-progs: run the programs as machine code from the arch's "
+                   "eBPF JIT instead of the interpreter (n/a for a port without one)")
+def selftest(arch, profile, tests, as_json, kernel_progs, jit):
     """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
     exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
     in --json's detail).  With --kernel-progs: the kernel's compiled BPF programs instead of
@@ -241,8 +244,11 @@ def selftest(arch, profile, tests, as_json, kernel_progs):
         if t not in known:
             raise UsageError(f"unknown test {t!r}; known: {', '.join(known)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    if jit and not kernel_progs:
+        raise UsageError("--jit runs the kernel's compiled programs: use it with --kernel-progs")
     if kernel_progs:
-        results = run_kernel_progs(arches, profile, list(tests) or None)
+        results = run_kernel_progs(arches, profile, list(tests) or None,
+                                   "jit" if jit else "interp")
     else:
         results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests)
     if as_json:

@@ -159,6 +159,7 @@ TABLE: dict[str, KTest] = {
 class _State:
     k: object
     objects: dict
+    mode: str = "interp"
     lo: object = None
     all: list = field(default_factory=list)
 
@@ -174,7 +175,7 @@ def _retval(what: str, r: int, signed: bool) -> int:
 
 
 def _open(st: _State, obj: str, progs) -> object:
-    st.lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs)
+    st.lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode)
     st.all.append(st.lo)
     return st.lo
 
@@ -186,11 +187,12 @@ def _test_run(st: _State, prog: str) -> int:
     return st.k.call(TEST_RUN[lp.obj.kind])
 
 
-def run_test(name: str, k, objects: dict) -> None:
-    """Run one table entry on kernel `k`; raises Failed with the broken assertion (or the
+def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
+    """Run one table entry on kernel `k` (programs run by the interpreter or, mode "jit", as
+    the arch JIT's machine code); raises Failed with the broken assertion (or the
     KernelError/ObjectError that stopped it)."""
     t = TABLE[name]
-    st = _State(k, objects)
+    st = _State(k, objects, mode)
     for step in t.steps:
         if isinstance(step, Open):
             _open(st, t.obj, step.progs)
@@ -244,7 +246,7 @@ def run_test(name: str, k, objects: dict) -> None:
             raise TypeError(step)
 
 
-def run_one(arch: str, profile: str, name: str, objects: dict):
+def run_one(arch: str, profile: str, name: str, objects: dict, mode: str = "interp"):
     """One table entry on a fresh kernel, as a selftests Result (pass / fail / unsupported:
     a refusal with the errno of a feature this profile's kernel lacks)."""
     from ..errors import ObjectError, Oops, ProgramError
@@ -252,7 +254,7 @@ def run_one(arch: str, profile: str, name: str, objects: dict):
     from ..selftests import Result
     from ..selftests.bpf_tests import UNSUPPORTED_ERRNOS
     try:
-        run_test(name, Kernel(arch, profile=profile), objects)
+        run_test(name, Kernel(arch, profile=profile), objects, mode)
     except Failed as e:
         return Result(arch, profile, name, "fail", str(e))
     except KernelError as e:
@@ -264,7 +266,8 @@ def run_one(arch: str, profile: str, name: str, objects: dict):
     return Result(arch, profile, name, "pass")
 
 
-def run_matrix(arches: list[str], profile: str = "latest", tests=None) -> list:
+def run_matrix(arches: list[str], profile: str = "latest", tests=None,
+               mode: str = "interp") -> list:
     """Build the objects when missing (cached), then every table entry per arch and profile."""
     from ..selftests import profiles_for
     from . import build
@@ -273,5 +276,5 @@ def run_matrix(arches: list[str], profile: str = "latest", tests=None) -> list:
     out = []
     for arch in arches:
         for prof in profiles_for(arch, profile):
-            out += [run_one(arch, prof, n, objects) for n in names]
+            out += [run_one(arch, prof, n, objects, mode) for n in names]
     return out

@@ -27,6 +27,8 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from ..arch import arch_module
+from ..bpf.prog import Ctx
 from ..errors import KernelError, ObjectError
 from . import interp
 from .btf import Btf, core_relos
@@ -50,6 +52,7 @@ INSN = 8
 # helper id -> the profile feature that brought it (tracing programs)
 HELPER_FEATURES = {173: "func_ip", 174: "cookie", 183: "get_func_arg", 184: "get_func_arg",
                    185: "get_func_arg"}
+MODES = ("interp", "jit")
 STACK_BASE = 0x0000_7F00_0000_0000          # the interpreter's frames: user half, never kernel
 
 
@@ -201,8 +204,10 @@ class BpfObject:
                 out[i] = (name, size, body if hdr["sh_type"] != "SHT_NOBITS" else bytes(size))
         return out
 
-    def load(self, kernel, only=None) -> "LoadedObject":
-        return LoadedObject(self, kernel, only)
+    def load(self, kernel, only=None, mode: str = "interp") -> "LoadedObject":
+        """mode: "interp" (the eBPF interpreter is the program's body) or "jit" (the program
+        image is machine code from the arch's eBPF JIT, where the port has one)."""
+        return LoadedObject(self, kernel, only, mode)
 
 
 @dataclass(eq=False)
@@ -212,6 +217,7 @@ class LoadedProg:
     helpers: set
     prog: object = None            # the BpfProg
     link: object = None
+    hostcalls: list = field(default_factory=list)   # JIT: its helpers' host functions
 
 
 @dataclass(eq=False)
@@ -221,6 +227,7 @@ class LoadedObject:
     obj: BpfObject
     kernel: object
     only: object = None
+    mode: str = "interp"
     data_addr: dict = field(default_factory=dict)      # section index -> address
     progs: list = field(default_factory=list)
 
@@ -231,6 +238,7 @@ class LoadedObject:
                               f"{k.memory.byteorder}-endian machine", "EINVAL")
         if k.memory.region_at(STACK_BASE) is not None:
             raise ObjectError("the interpreter's stack range is kernel memory here", "EINVAL")
+        self._jit = jit_module(k, self.mode)
         wanted = self._select(self.only)
         for i, (name, size, body) in o.data_sections().items():
             if name in (".maps", "maps"):
@@ -378,27 +386,7 @@ class LoadedObject:
 
     # ------------------------------------------------------------------ loading
     def _load_prog(self, lp: LoadedProg) -> None:
-        k = self.kernel
-        p = lp.obj
-        if "GPL" not in self.obj.license and lp.helpers & {113, 173, 183, 184, 185}:
-            raise ObjectError(f"{self.obj.name}: {p.name} calls GPL-only helpers but the "
-                              f"license is {self.obj.license!r}", "EINVAL")
-        name, n = p.name, 1
-        while name in k.bpf.progs:
-            n += 1
-            name = f"{p.name}_{n}"
-        # helpers this kernel's verifier does not know: the program does not load
-        for h, feature in HELPER_FEATURES.items():
-            if h in lp.helpers and not getattr(k.profile, feature):
-                raise KernelError("EINVAL", f"{p.name}: {interp.HELPERS[h]} (#{h}) does not "
-                                            "exist in this kernel (the verifier: unknown func)",
-                                  feature=feature)
-        if 14 in lp.helpers:
-            raise ObjectError(f"{self.obj.name}: {p.name} calls bpf_get_current_pid_tgid "
-                              "(the model has no tasks with pids yet)", "EOPNOTSUPP")
-        body = _Body(self, lp)
-        # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
-        lp.prog = k.bpf.load(name, p.kind, body, p.target, func_ip=173 in lp.helpers)
+        load_code(self.kernel, lp, self.obj.license, self.obj.name, self._jit)
 
     def attach(self, cookie: int = 0) -> None:
         for lp in self.progs:
@@ -452,6 +440,87 @@ class LoadedObject:
                 return
         raise ObjectError(f"{self.obj.name}: no {section} section", "ENOENT")
 
+def jit_module(kernel, mode: str):
+    """The arch's eBPF JIT module for mode "jit" (None for "interp")."""
+    if mode not in MODES:
+        raise ObjectError(f"execution mode {mode!r}: one of {MODES}", "EINVAL")
+    if mode == "interp":
+        return None
+    try:
+        return arch_module(kernel.arch, "ebpf_jit")
+    except ModuleNotFoundError:
+        raise KernelError("ENOTSUPP", f"tramplab has no eBPF JIT for {kernel.arch.name} yet "
+                                      "(run with the interpreter)", feature="ebpf_jit") from None
+
+
+def load_insns(kernel, name: str, kind: str, target: str, raw: list, mode: str = "interp",
+               license: str = "GPL") -> LoadedProg:
+    """Load raw instructions ((op, dst, src, off, imm) per 8-byte slot, relocated already) as a
+    program of `kind` on `target`: the interpreter's and the JIT's common entry."""
+    code = interp.decode(raw, name)
+    func = Func(name, 0, 0, 8 * len(raw))
+    lp = LoadedProg(ObjProg(name, 0, f"{kind}/{target}", func, kind, target, True), code,
+                    interp.helpers_used(code))
+    load_code(kernel, lp, license, name, jit_module(kernel, mode))
+    return lp
+
+
+def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
+    """The verifier's load-time checks on a decoded program, then BPF_PROG_LOAD: the image is
+    the JIT's machine code (`jit`: the arch's module) or a call of the interpreter."""
+    k = kernel
+    p = lp.obj
+    if "GPL" not in license and lp.helpers & {113, 173, 183, 184, 185}:
+        raise ObjectError(f"{obj_name}: {p.name} calls GPL-only helpers but the "
+                          f"license is {license!r}", "EINVAL")
+    name, n = p.name, 1
+    while name in k.bpf.progs:
+        n += 1
+        name = f"{p.name}_{n}"
+    # helpers this kernel's verifier does not know: the program does not load
+    for h, feature in HELPER_FEATURES.items():
+        if h in lp.helpers and not getattr(k.profile, feature):
+            raise KernelError("EINVAL", f"{p.name}: {interp.HELPERS[h]} (#{h}) does not "
+                                        "exist in this kernel (the verifier: unknown func)",
+                              feature=feature)
+    if 14 in lp.helpers:
+        raise ObjectError(f"{obj_name}: {p.name} calls bpf_get_current_pid_tgid "
+                          "(the model has no tasks with pids yet)", "EOPNOTSUPP")
+    body = _Body(k, lp)
+    gen = _jit_gen(k, jit, name, lp) if jit is not None else None
+    # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
+    try:
+        lp.prog = k.bpf.load(name, p.kind, body, p.target, func_ip=173 in lp.helpers, jit=gen)
+    except BaseException:
+        for h in lp.hostcalls:
+            k.machine.hostcalls.unregister(h)
+        lp.hostcalls.clear()
+        raise
+
+
+def _jit_gen(k, jit, name: str, lp: LoadedProg):
+    """The JIT's image generator; helpers become host functions taking the BPF argument
+    registers (the arch's JIT maps R1-R5 to its C argument registers)."""
+    helpers = {}
+    for h in sorted(lp.helpers):
+        hname = f"bpf_helper:{name}:{interp.HELPERS[h]}"
+        helpers[h] = k.machine.hostcalls.register(hname, _host_helper(k, lp, h), 5)
+        lp.hostcalls.append(hname)
+    entries = sorted({i + 1 + c.imm for i, c in enumerate(lp.code)
+                      if c is not None and c.op == 0x85 and c.src == interp.PSEUDO_CALL})
+    code = lp.code
+    return lambda e: jit.gen_bpf_image(e, k, code, helpers, entries)
+
+
+def _host_helper(k, lp: LoadedProg, h: int):
+    vm = _Mem(k.memory)
+
+    def helper(cpu, a1, a2, a3, a4, a5):
+        ctx = Ctx(k.bpf, lp.prog, cpu, a1)
+        return _helper(vm, ctx, h, a1, a2, a3) & interp.MASK64
+    return helper
+
+
 class _Mem:
     """Kernel memory as the interpreter sees it: a faulting load reads as None (-> 0)."""
 
@@ -467,20 +536,23 @@ class _Mem:
     def write(self, addr: int, data: bytes) -> None:
         self.memory.write(addr, data)
 
+    def u64_bytes(self, value: int) -> bytes:
+        return self.memory.word_bytes(value & interp.MASK64)
+
 
 class _Body:
     """The body of a loaded program: the interpreter over its code, R1 = the trampoline's ctx."""
 
-    def __init__(self, lo: LoadedObject, lp: LoadedProg):
-        self.lo, self.lp = lo, lp
-        self.mem = _Mem(lo.kernel.memory)
+    def __init__(self, kernel, lp: LoadedProg):
+        self.kernel, self.lp = kernel, lp
+        self.mem = _Mem(kernel.memory)
         self.__name__ = lp.obj.name
 
     def __call__(self, ctx):
         def helper(h, a1, a2, a3, a4, a5, vm):
             return _helper(vm, ctx, h, a1, a2, a3)
         return interp.run(self.lp.code, ctx.addr, self.mem, helper,
-                          STACK_BASE + 0x10000 * ctx.cpu.index, self.lo.kernel.memory.byteorder)
+                          STACK_BASE + 0x10000 * ctx.cpu.index, self.kernel.memory.byteorder)
 
 
 def _helper(vm, ctx, h: int, a1: int, a2: int, a3: int) -> int:
