@@ -161,7 +161,8 @@ def decode(raw: list[tuple[int, int, int, int, int]], name: str = "") -> list[In
                     raise _refuse(i, f"atomic operation {imm:#x}")
                 if op & 0xE0 != 0x60:
                     raise _refuse(i, f"store opcode {op:#04x}")
-            code.append(Insn(op, dst, src, off, imm))
+            # imm and off are signed fields (raw tuples may carry them as unsigned)
+            code.append(Insn(op, dst, src, _s(off, 16), _s(imm, 32)))
             i += 1
     except ObjectError as e:
         raise ObjectError(where + str(e).split(": ", 1)[1], "EINVAL") from None
