@@ -179,9 +179,9 @@ def test_jit_matches_interpreter(arch, seed):
     assert any(interp_bytes[8 * i:8 * i + 8] != bytes(8) for i in range(1, n))
 
 
-def test_a_wrong_jit_is_caught(monkeypatch):
-    """The differential test can fail: a JIT whose 64-bit sub is an add differs."""
-    arch = JIT_ARCHES[0]
+@pytest.mark.parametrize("arch", JIT_ARCHES)
+def test_a_wrong_jit_is_caught(monkeypatch, arch):
+    """The differential test can fail: a JIT whose register sub is an add differs."""
     jit = loader.jit_module(Kernel(arch), "jit")
     table = dict(getattr(jit, "ALU_RR"))
     table[0x10] = table[0x00]

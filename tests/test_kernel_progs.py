@@ -37,6 +37,23 @@ def test_kernel_prog_passes(objects, arch, name):
     checks.run_test(name, Kernel(arch), objects)
 
 
+@pytest.mark.parametrize("name", list(checks.TABLE))
+def test_kernel_prog_passes_jited(objects, name):
+    """The same checks with the programs as machine code, on every port with an eBPF JIT;
+    a port without one refuses with ENOTSUPP (the table's n/a)."""
+    jited = 0
+    for arch in ARCHES:
+        k = Kernel(arch)
+        try:
+            loader.jit_module(k, "jit")
+        except KernelError as e:
+            assert e.name == "ENOTSUPP"
+            continue
+        checks.run_test(name, k, objects, "jit")
+        jited += 1
+    assert jited
+
+
 def test_every_table_entry_cites_its_userspace_file(objects):
     pt = build.prog_tests_dir()
     for name, t in checks.TABLE.items():

@@ -37,18 +37,19 @@ SELFTESTS = "tools/testing/selftests/bpf"
 # The programs of this slice (tools/testing/selftests/bpf/progs/<name>.c).
 PROGRAMS = ("fentry_test", "fexit_test", "modify_return", "get_func_args_test",
             "get_func_ip_test", "test_trampoline_count", "fentry_many_args",
-            "fexit_many_args")
+            "fexit_many_args", "tracing_struct")
 
 EXTRACT = (f"{SELFTESTS}/progs/*", f"{SELFTESTS}/prog_tests/*", f"{SELFTESTS}/*.h",
            f"{SELFTESTS}/Makefile", "tools/lib/bpf/*", "tools/include/*", "scripts/bpf_doc.py")
 
-# A vmlinux.h for the programs above that include it (get_func_ip_test): the kernel types they
+# A vmlinux.h for the programs above that include it (get_func_ip_test, tracing_struct): the
+# kernel types they
 # name, written here (bpftool would dump them from a kernel's BTF).  The record attribute is
 # what bpftool's dump adds, so field accesses carry CO-RE relocations as they would.
 VMLINUX_H = """\
 #ifndef __VMLINUX_H__
 #define __VMLINUX_H__
-/* tramplab: the types tools/testing/selftests/bpf/progs/get_func_ip_test.c uses */
+/* tramplab: the types progs/get_func_ip_test.c and progs/tracing_struct.c use */
 typedef signed char __s8;
 typedef unsigned char __u8;
 typedef short __s16;

@@ -64,7 +64,11 @@ class TestRun:
 
 @dataclass(frozen=True)
 class Trigger:
-    what: str                     # a key of TRIGGERS; ASSERT_OK(its return)
+    """A userspace trigger (ASSERT_OK(its return)); `model`: the model's compiled caller of
+    the functions this test's programs trace (bpf_testmod's read calls them all; the model has
+    one caller per group), else TRIGGERS[what]."""
+    what: str
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,16 @@ TABLE: dict[str, KTest] = {
                                *(Expect(f"test{i}_result", 1) for i in (1, 2, 5))),
                               omits="test3/test4 (kprobe, kretprobe) and test7/test8 (uprobe): "
                                     "tramplab runs only the trampoline program kinds"),
+    "tracing_struct": KTest("tracing_struct", "prog_tests/tracing_struct.c: "
+                            "test_struct_args()",
+                            (Open(("test_struct_arg_1", "test_struct_arg_2")), Attach(),
+                             Trigger("trigger_module_test_read", "tramplab_test_run_struct_arg"),
+                             *(Expect(v, want) for v, want in (
+                                 ("t1_a_a", 2), ("t1_a_b", 3), ("t1_b", 1), ("t1_c", 4),
+                                 ("t1_nregs", 4), ("t1_reg0", 2), ("t1_reg1", 3),
+                                 ("t1_reg2", 1), ("t1_reg3", 4), ("t1_ret", 10)))),
+                            omits="t2..t6 (bpf_testmod_test_struct_arg_2..6 and their "
+                                  "programs): the model's bpf_testmod has struct_arg_1 only"),
     "trampoline_count": KTest("test_trampoline_count", "prog_tests/trampoline_count.c: "
                               "serial_test_trampoline_count()",
                               (FillLinks(("fentry_test", "fmod_ret_test", "fexit_test")),
@@ -222,7 +236,7 @@ def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
                 if got != want:
                     raise Failed(f"test_run({step.prog}): {what} = {got}, expected {want}")
         elif isinstance(step, Trigger):
-            r = k.call(TRIGGERS[step.what])
+            r = k.call(step.model or TRIGGERS[step.what])
             if r != 0:
                 raise Failed(f"{step.what}: returned {r}, expected 0")
         elif isinstance(step, Expect):
