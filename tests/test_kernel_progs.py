@@ -290,3 +290,48 @@ def test_v4_and_unknown_constructs_are_refused(insn, what):
 def test_falling_off_the_end_is_refused():
     with pytest.raises(ObjectError, match="last instruction"):
         interp.decode([I(0xB7, 0, imm=1)])
+
+
+# ------------------------------------------------------------------------- ctx access checks
+def _ctx_prog(off, store=False, via_copy=False):
+    body = []
+    base = 1
+    if via_copy:                                   # r6 = r1; r6 += 8; load at off - 8
+        body += [I(0xBF, 6, 1), I(0x07, 6, imm=8)]
+        base, off = 6, off - 8
+    body.append(I(0x7B, base, 2, off=off) if store else I(0x79, 2, base, off=off))
+    return body + [I(0xB7, 0, imm=0), EXIT]
+
+
+@pytest.mark.parametrize("kind,off,ok", [
+    ("fentry", 0, True),      # bpf_fentry_test2(int a, u64 b): slots 0, 1
+    ("fentry", 8, True),
+    ("fentry", 16, False),    # the return value: not for fentry
+    ("fexit", 16, True),
+    ("fexit", 24, False),
+    ("fentry", 4, False),     # not a multiple of 8
+    ("fentry", -8, False),    # nr_args: only through the helpers
+])
+@pytest.mark.parametrize("via_copy", [False, True])
+def test_ctx_loads_beyond_the_arguments_are_refused(kind, off, ok, via_copy):
+    k = Kernel("x86_64")
+    raw = _ctx_prog(off, via_copy=via_copy)
+    if ok:
+        loader.load_insns(k, "ctxprog", kind, "bpf_fentry_test2", raw)
+    else:
+        with pytest.raises(KernelError) as e:
+            loader.load_insns(k, "ctxprog", kind, "bpf_fentry_test2", raw)
+        assert e.value.name == "EACCES"
+
+
+def test_ctx_is_read_only():
+    with pytest.raises(KernelError, match="writes into ctx"):
+        loader.load_insns(Kernel("arm64"), "w", "fexit", "bpf_fentry_test2",
+                          _ctx_prog(0, store=True))
+
+
+def test_ctx_loads_of_the_kernel_objects_are_found(objects):
+    o = BpfObject.open(objects["fexit_test"])
+    lo = o.load(Kernel("riscv64"), only=("test6",))
+    loads = sorted(off for what, _pc, off, _n in interp.ctx_loads(lo.progs[0].code))
+    assert loads == [0, 8, 16, 24, 32, 40, 48]     # six arguments and the return value

@@ -12,6 +12,7 @@ import errno as _errno
 ERRNO = {
     "EPERM": _errno.EPERM,
     "ENOENT": _errno.ENOENT,
+    "EACCES": _errno.EACCES,
     "EFAULT": _errno.EFAULT,
     "EBUSY": _errno.EBUSY,
     "EEXIST": _errno.EEXIST,

@@ -349,3 +349,70 @@ def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int,
                      sa < sb if code_ == 0xC0 else sa <= sb)
             if t:
                 pc += ins.off
+
+
+def ctx_loads(code: list[Insn | None]):
+    """Every load through the ctx pointer (R1 at entry, followed through register copies and
+    constant adds, into bpf2bpf callees): yields (insn index, byte offset into ctx, size) and
+    ("store", index, offset) for a store into ctx.  A small forward dataflow, as far as the
+    verifier's PTR_TO_CTX tracking needs to go for these programs; a pointer it loses track
+    of (variable arithmetic, spills) is not checked."""
+    n = len(code)
+    start = (None, 0) + (None,) * 9                 # r1 = ctx + 0
+    states: dict[int, tuple] = {0: start}
+    work = [0]
+    seen_out: list = []
+    while work:
+        pc = work.pop()
+        st = list(states[pc])
+        ins = code[pc]
+        succ: list[tuple[int, tuple]] = []
+        cls = ins.op & 7
+        nxt = pc + (2 if ins.wide else 1)
+        if cls in (ALU, ALU64):
+            code_ = ins.op & 0xF0
+            d = ins.dst
+            if cls == ALU64 and code_ == 0xB0 and ins.op & 0x08:
+                st[d] = st[ins.src]
+            elif cls == ALU64 and code_ in (0x00, 0x10) and not ins.op & 0x08 and \
+                    st[d] is not None:
+                st[d] = st[d] + (ins.imm if code_ == 0x00 else -ins.imm)
+            else:
+                st[d] = None
+            succ.append((nxt, tuple(st)))
+        elif cls == LDX:
+            if st[ins.src] is not None:
+                seen_out.append(("load", pc, st[ins.src] + ins.off, SIZES[ins.op & 0x18]))
+            st[ins.dst] = None
+            succ.append((nxt, tuple(st)))
+        elif cls in (ST, STX):
+            if st[ins.dst] is not None:
+                seen_out.append(("store", pc, st[ins.dst] + ins.off, SIZES[ins.op & 0x18]))
+            succ.append((nxt, tuple(st)))
+        elif cls == LD:
+            st[ins.dst] = None
+            succ.append((nxt, tuple(st)))
+        else:
+            code_ = ins.op & 0xF0
+            if code_ == 0x80:
+                if ins.src == PSEUDO_CALL:           # the callee starts with our R1-R5
+                    succ.append((pc + 1 + ins.imm, (None,) + tuple(st[1:6]) + (None,) * 5))
+                for r in range(6):
+                    st[r] = None
+                succ.append((nxt, tuple(st)))
+            elif code_ == 0x90:
+                pass
+            elif code_ == 0x00:
+                succ.append((pc + 1 + ins.off, tuple(st)))
+            else:
+                succ += [(nxt, tuple(st)), (pc + 1 + ins.off, tuple(st))]
+        for to, new in succ:
+            if not 0 <= to < n:
+                continue
+            old = states.get(to)
+            merged = new if old is None else tuple(a if a == b else None
+                                                   for a, b in zip(old, new))
+            if merged != old:
+                states[to] = merged
+                work.append(to)
+    return seen_out

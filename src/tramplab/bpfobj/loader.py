@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 
 from ..arch import arch_module
 from ..bpf.prog import Ctx
-from ..errors import KernelError, ObjectError
+from ..errors import KernelError, ObjectError, UsageError
 from . import interp
 from .btf import Btf, core_relos
 
@@ -483,6 +483,7 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
             raise KernelError("EINVAL", f"{p.name}: {interp.HELPERS[h]} (#{h}) does not "
                                         "exist in this kernel (the verifier: unknown func)",
                               feature=feature)
+    _check_ctx(k, p, lp.code)
     if 14 in lp.helpers:
         raise ObjectError(f"{obj_name}: {p.name} calls bpf_get_current_pid_tgid "
                           "(the model has no tasks with pids yet)", "EOPNOTSUPP")
@@ -496,6 +497,28 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
             k.machine.hostcalls.unregister(h)
         lp.hostcalls.clear()
         raise
+
+
+def _check_ctx(k, p: ObjProg, code) -> None:
+    """The verifier's btf_ctx_access for tracing programs: ctx is read-only, 8-byte slots,
+    one per argument slot of the target, plus the return value for fexit/fmod_ret."""
+    try:
+        proto = k.function(p.target).proto
+    except UsageError:
+        return                                   # no such function: the attach refuses it
+    slots = sum((q.size + 7) // 8 if q.kind == "struct" else 1 for q in proto.params)
+    allowed = slots + (1 if p.kind in ("fexit", "fmod_ret") else 0)
+    for what, pc, off, _size in interp.ctx_loads(code):
+        if what == "store":
+            raise KernelError("EACCES", f"{p.name}: instruction {pc} writes into ctx (a "
+                                        "tracing program's ctx is read-only)")
+        if off < 0 or off % 8:
+            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{p.target}' "
+                                        f"offset {off} is not a multiple of 8 in ctx")
+        if off // 8 >= allowed:
+            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{p.target}' "
+                                        f"doesn't have {off // 8}-th argument ({slots} "
+                                        f"argument slots{', + the return value' if allowed > slots else ''})")
 
 
 def _jit_gen(k, jit, name: str, lp: LoadedProg):
