@@ -128,8 +128,7 @@ def decode(raw: list[tuple[int, int, int, int, int]], name: str = "") -> list[In
                         raise _refuse(i, "bswap (cpu v4)")
                     if imm not in (16, 32, 64):
                         raise _refuse(i, f"byte swap of width {imm}")
-                dst_write = True
-                if dst == 10 and dst_write:
+                if dst == 10:
                     raise _refuse(i, "a write to the frame pointer r10")
             elif cls in (JMP, JMP32):
                 name_ = JMP_OPS.get(op & 0xF0)

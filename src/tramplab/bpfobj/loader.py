@@ -244,13 +244,11 @@ class LoadedObject:
             if name in (".maps", "maps"):
                 continue                       # refused below only if a program uses it
             self.data_addr[i] = k.kmalloc(body if size else 1)
-        kconfig = {}
         for p in wanted:
             raw = self._link(p)
             code = interp.decode(raw, p.name)
             lp = LoadedProg(p, code, interp.helpers_used(code))
             self.progs.append(lp)
-        self._kconfig = kconfig
         for lp in self.progs:
             self._load_prog(lp)
 

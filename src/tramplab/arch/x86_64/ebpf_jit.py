@@ -120,8 +120,7 @@ def _alu(e, ins, lab) -> None:
         return
     else:
         raise ObjectError(f"the x86-64 JIT has no ALU op {op:#04x}", "EINVAL")
-    if not w and code not in SHIFT:
-        pass                                             # 32-bit ops zero-extend already
+    # 32-bit x86 operations zero-extend into the full register, as ALU32 requires
 
 
 def _divmod(e, ins, lab, w: bool, use_x: bool) -> None:
