@@ -335,3 +335,20 @@ def test_ctx_loads_of_the_kernel_objects_are_found(objects):
     lo = o.load(Kernel("riscv64"), only=("test6",))
     loads = sorted(off for what, _pc, off, _n in interp.ctx_loads(lo.progs[0].code))
     assert loads == [0, 8, 16, 24, 32, 40, 48]     # six arguments and the return value
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("mode", ["interp", "jit"])
+def test_fentry_and_fexit_on_a_loaded_program(objects, arch, mode):
+    """fentry/fexit on BPF: the trampoline on the program's own patch site saves its one
+    argument (ctx, from its BTF prototype) and gives it back, so the program still passes."""
+    k = Kernel(arch)
+    lo = BpfObject.open(objects["fentry_test"]).load(k, only=("test1",), mode=mode)
+    lo.attach()
+    prog = lo.progs[0].prog
+    seen = []
+    k.fentry(prog, name="on_prog")(lambda ctx: seen.append(ctx.arg(0)))
+    k.fexit(prog, name="on_prog_exit")(lambda ctx: seen.append(ctx.slot(1)))
+    assert k.call("tramplab_test_run_tracing") == 0
+    assert lo.var("test1_result") == 1
+    assert len(seen) == 2 and seen[0] != 0 and seen[1] == 0     # ctx pointer; returned 0

@@ -489,7 +489,10 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
     gen = _jit_gen(k, jit, name, lp) if jit is not None else None
     # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
     try:
-        lp.prog = k.bpf.load(name, p.kind, body, p.target, func_ip=173 in lp.helpers, jit=gen)
+        # nargs 1: its BTF prototype is `int prog(u64 *ctx)` -- what a trampoline attached to
+        # the program itself (fentry/fexit on BPF) saves and passes back
+        lp.prog = k.bpf.load(name, p.kind, body, p.target, func_ip=173 in lp.helpers, jit=gen,
+                             nargs=1)
     except BaseException:
         for h in lp.hostcalls:
             k.machine.hostcalls.unregister(h)
