@@ -352,3 +352,16 @@ def test_fentry_and_fexit_on_a_loaded_program(objects, arch, mode):
     assert k.call("tramplab_test_run_tracing") == 0
     assert lo.var("test1_result") == 1
     assert len(seen) == 2 and seen[0] != 0 and seen[1] == 0     # ctx pointer; returned 0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_fentry_on_a_python_body_tracing_program_keeps_its_ctx(arch):
+    """The same rule for Python-body programs: a tracing program's prototype has one argument,
+    so an fentry program on it no longer hands it a poisoned ctx."""
+    k = Kernel(arch)
+    seen = {}
+    inner = k.fentry("bpf_fentry_test1", name="inner")(
+        lambda ctx: seen.__setitem__("a", ctx.arg(0)))
+    k.fentry(inner, name="outer")(lambda ctx: seen.__setitem__("outer", True))
+    assert k.call("bpf_fentry_test1", 1) == 2
+    assert seen == {"a": 1, "outer": True}

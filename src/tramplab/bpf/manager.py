@@ -177,6 +177,8 @@ class BpfManager(MultiAttach):
         if multi and (kind not in BPF_TRAMP_KINDS or target is not None):
             raise UsageError("a multi program is fentry/fexit/fmod_ret with no single target "
                              "(its functions come at attach_multi)")
+        if kind in BPF_TRAMP_KINDS and not nargs:
+            nargs = 1           # its BTF prototype is `int prog(u64 *ctx)`: fentry on it saves ctx
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
                        id=next(_ids), multi=multi, jit=jit)
         undo: list = []
