@@ -253,19 +253,39 @@ def layouts(as_json):
                    f"({VERSIONS_HELP})")
 @click.option("--test", "-t", "tests", multiple=True, help="run only these tests (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list of results")
-def selftest(arch, profile, tests, as_json):
+@click.option("--kernel-progs", is_flag=True,
+              help="run the kernel's own selftest BPF objects (compiled from the "
+                   "linux-source-6.12 package with clang, cached) on the eBPF interpreter, "
+                   "checked with the prog_tests assertions")
+@click.option("--jit", is_flag=True,
+              help="with --kernel-progs: run the programs as machine code from the arch's "
+                   "eBPF JIT instead of the interpreter (n/a for a port without one)")
+def selftest(arch, profile, tests, as_json, kernel_progs, jit):
     """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
     exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
-    in --json's detail)."""
+    in --json's detail).  With --kernel-progs: the kernel's compiled BPF programs instead of
+    the Python transcriptions."""
     from .selftests import run_matrix
     from .selftests.bpf_tests import TESTS
+    if kernel_progs:
+        from .bpfobj.checks import TABLE
+        from .bpfobj.checks import run_matrix as run_kernel_progs
+        known = TABLE
+    else:
+        known = TESTS
     for t in tests:
-        if t not in TESTS:
-            raise UsageError(f"unknown test {t!r}; known: {', '.join(TESTS)}")
+        if t not in known:
+            raise UsageError(f"unknown test {t!r}; known: {', '.join(known)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    if jit and not kernel_progs:
+        raise UsageError("--jit runs the kernel's compiled programs: use it with --kernel-progs")
     with _progress_bar("selftests", as_json) as progress:
-        results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests,
-                             progress=progress)
+        if kernel_progs:
+            results = run_kernel_progs(arches, profile, list(tests) or None,
+                                       "jit" if jit else "interp")
+        else:
+            results = run_matrix(arches, profile, list(tests) or None, with_targets=not tests,
+                                 progress=progress)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in results], indent=1))
     else:

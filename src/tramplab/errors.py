@@ -12,6 +12,7 @@ import errno as _errno
 ERRNO = {
     "EPERM": _errno.EPERM,
     "ENOENT": _errno.ENOENT,
+    "EACCES": _errno.EACCES,
     "EFAULT": _errno.EFAULT,
     "EBUSY": _errno.EBUSY,
     "EEXIST": _errno.EEXIST,
@@ -74,6 +75,15 @@ class ProgramError(TramplabError):
         self.cpu = cpu
         super().__init__(f"BPF program {prog!r} on CPU {cpu}: {what}; the call was abandoned "
                          "and the trampoline's state unwound")
+
+
+class ObjectError(TramplabError):
+    """A BPF object (ELF) that cannot be built or loaded: truncated, not BPF, or using a construct
+    the loader does not support (named); `errno` is the kernel's/libbpf's where one applies."""
+
+    def __init__(self, what: str, errno_name: str | None = None):
+        self.errno_name = errno_name
+        super().__init__(f"{errno_name}: {what}" if errno_name else what)
 
 
 def one_line(e: BaseException) -> str:

@@ -155,7 +155,8 @@ class BpfManager(MultiAttach):
 
     # ================================================================== programs
     def load(self, name: str, kind: str, body, target, *, func_ip: bool = False,
-             nargs: int = 0, calls: str | None = None, multi: bool = False) -> BpfProg:
+             nargs: int = 0, calls: str | None = None, multi: bool = False,
+             jit=None) -> BpfProg:
         """Load a program: give it a struct bpf_prog and a JITed image (prologue with its
         patchable entry, then a call of `body`)."""
         if name in self.progs:
@@ -176,8 +177,10 @@ class BpfManager(MultiAttach):
         if multi and (kind not in BPF_TRAMP_KINDS or target is not None):
             raise UsageError("a multi program is fentry/fexit/fmod_ret with no single target "
                              "(its functions come at attach_multi)")
+        if kind in BPF_TRAMP_KINDS and not nargs:
+            nargs = 1           # its BTF prototype is `int prog(u64 *ctx)`: fentry on it saves ctx
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
-                       id=next(_ids), multi=multi)
+                       id=next(_ids), multi=multi, jit=jit)
         undo: list = []
         try:
             self._load_steps(prog, undo)
@@ -209,7 +212,10 @@ class BpfManager(MultiAttach):
     def _place_image(self, prog: BpfProg, host: int, calls: int | None, undo: list) -> None:
         """JIT the program's image into the BPF area (the arch emits it; label "site" is its
         patchable entry, and site_skip is where its body starts after the site)."""
-        gen = lambda e: self.progjit.gen_prog_image(e, self.kernel, host, calls)   # noqa: E731
+        if prog.jit is not None:                 # JITed eBPF: the image is the program
+            gen = prog.jit
+        else:
+            gen = lambda e: self.progjit.gen_prog_image(e, self.kernel, host, calls)  # noqa: E731
         what = f"program {prog.name}"
         size = len(_jit(what, lambda: assemble(gen, self.machine.bpf.start)).code)
         addr = self.machine.bpf_arena.alloc(size, 8)

@@ -53,6 +53,9 @@ class BpfProg:
     site: int = 0                         # its patchable entry (fentry-on-BPF, freplace)
     site_skip: int = 0                    # bytes from image to the first insn after the site
     id: int = 0
+    # the image's machine code when the program is JITed eBPF (bpfobj): gen(e) emits the whole
+    # image (patch site labelled "site"); None: the image calls `body` as a host function
+    jit: Callable | None = field(default=None, repr=False)
     # prog->active: per-CPU depth of runs, kept by __bpf_prog_enter/exit_recur (the manager)
     active: dict = field(default_factory=dict, repr=False)
 

@@ -1,0 +1,207 @@
+"""The eBPF instruction JIT for arm64, after arch/arm64/net/bpf_jit_comp.c (build_insn).
+
+Register mapping (the kernel's bpf2a64 table): R0 x7, R1-R5 x0-x4 (the AAPCS argument
+registers, so a helper call is `bl` then `mov x7, x0`), R6-R9 x19-x22 (callee-saved), R10 x25
+(the BPF frame pointer); x10-x12 are the JIT's temporaries.  Immediates are moved into a
+temporary (movz/movn + movk, the kernel's emit_a64_mov_i64) and the register form used.
+A64 `udiv` gives 0 for a zero divisor and `msub` then leaves dst -- the BPF semantics, as the
+kernel relies on too.  32-bit (w-register) results are zero-extended by the ISA.
+
+Each function of the linked program has the kernel's frame: [bti jc] mov x9, x30; nop (the patch
+site, main program only); stp x29, x30; stp x19, x20; stp x21, x22; stp x25, x26; mov x25, sp;
+sub sp, sp, #512 -- and every exit branches to its epilogue (mov x0, x7; ret).  The stack is
+MAX_BPF_STACK for every function (no verifier computes stack_depth here).  Faulting probe-mem
+loads oops (no exception table yet).
+"""
+from __future__ import annotations
+
+from ...errors import EncodeError, ObjectError
+from . import encode as A
+from .frames import pop_frame, push_frame
+
+REG = {0: 7, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 19, 7: 20, 8: 21, 9: 22, 10: 25}
+T1, T2, T3 = 10, 11, 12
+STACK = 512
+XZR = 31
+SIZES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
+# data-processing (register) base words, 64-bit form; the 32-bit form clears bit 31 (sf)
+ALU_RR = {0x00: 0x8B000000, 0x10: 0xCB000000, 0x40: 0xAA000000, 0x50: 0x8A000000,
+      0xA0: 0xCA000000}
+SHIFTV = {0x60: 0x9AC02000, 0x70: 0x9AC02400, 0xC0: 0x9AC02800}
+LDR = {8: 0xF8606800, 4: 0xB8606800, 2: 0x78606800, 1: 0x38606800}
+STR = {8: 0xF8206800, 4: 0xB8206800, 2: 0x78206800, 1: 0x38206800}
+COND = {0x10: "eq", 0x50: "ne", 0x20: "hi", 0x30: "hs", 0xA0: "lo", 0xB0: "ls",
+        0x60: "gt", 0x70: "ge", 0xC0: "lt", 0xD0: "le", 0x40: "ne"}
+
+
+def _w(word: int) -> bytes:
+    return (word & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _sf(word: int, wide: bool) -> int:
+    return word if wide else word & ~(1 << 31)
+
+
+def _rrr(base: int, d: int, n: int, m: int, wide: bool) -> bytes:
+    return _w(_sf(base, wide) | m << 16 | n << 5 | d)
+
+
+def _mov(d: int, m: int, wide: bool) -> bytes:                 # orr d, zr, m
+    return _w(_sf(0xAA0003E0, wide) | m << 16 | d)
+
+
+def _imm(e, reg: int, value: int) -> None:
+    e.emit(A.mov_imm64(f"x{reg}", value & ((1 << 64) - 1)))
+
+
+def _call(e, target: int) -> None:
+    try:
+        e.emit(A.bl(e.pc, target))                             # bl target
+    except EncodeError:
+        e.emit(A.mov_imm64(f"x{T1}", target))                  # mov x10, #target
+        e.emit(A.blr(f"x{T1}"))                                # blr x10
+
+
+def _alu(e, ins) -> None:
+    op = ins.op
+    wide = (op & 7) == 7
+    code = op & 0xF0
+    d = REG[ins.dst]
+    if op & 0x08:
+        s = REG[ins.src]
+    elif code not in (0x80, 0xD0):
+        s = T1
+        imm = ins.imm if wide else ins.imm & 0xFFFFFFFF       # sign-extended for ALU64
+        if code == 0xB0:
+            _imm(e, d, imm)
+            if not wide:
+                e.emit(_mov(d, d, False))
+            return
+        _imm(e, T1, imm)
+    if code in ALU_RR:
+        e.emit(_rrr(ALU_RR[code], d, d, s, wide))
+    elif code == 0xB0:
+        e.emit(_mov(d, s, wide))
+    elif code == 0x20:
+        e.emit(_rrr(0x9B007C00, d, d, s, wide))                # mul (madd d, d, s, zr)
+    elif code == 0x30:
+        e.emit(_rrr(0x9AC00800, d, d, s, wide))                # udiv
+    elif code == 0x90:
+        e.emit(_rrr(0x9AC00800, T2, d, s, wide))               # udiv t2, d, s
+        e.emit(_w(_sf(0x9B008000, wide) | s << 16 | d << 10 | T2 << 5 | d))  # msub d, t2, s, d
+    elif code in SHIFTV:
+        e.emit(_rrr(SHIFTV[code], d, d, s, wide))              # lslv/lsrv/asrv
+    elif code == 0x80:
+        e.emit(_w(_sf(0xCB0003E0, wide) | d << 16 | d))        # neg
+    elif code == 0xD0:
+        width, to_be = ins.imm, bool(op & 0x08)
+        if to_be:
+            if width == 16:
+                e.emit(_w(0x5AC00400 | d << 5 | d))            # rev16 wd
+                e.emit(_w(0x53003C00 | d << 5 | d))            # uxth
+            elif width == 32:
+                e.emit(_w(0x5AC00800 | d << 5 | d))            # rev wd
+            else:
+                e.emit(_w(0xDAC00C00 | d << 5 | d))            # rev xd
+        elif width == 16:
+            e.emit(_w(0x53003C00 | d << 5 | d))                # uxth
+        elif width == 32:
+            e.emit(_mov(d, d, False))                          # mov wd, wd
+    else:
+        raise ObjectError(f"the arm64 JIT has no ALU op {op:#04x}", "EINVAL")
+
+
+def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
+    op, code = ins.op, ins.op & 0xF0
+    if code == 0x80:
+        if ins.src == 1:
+            e.emit(A.bl(e.pc, e.label_addr(f"insn{i + 1 + ins.imm}")))
+        else:
+            _call(e, helpers[ins.imm])
+        e.emit(_mov(REG[0], 0, True))                          # mov x7, x0
+        return
+    if code == 0x90:
+        e.emit(A.b(e.pc, e.label_addr(exit_label)))
+        return
+    target = e.label_addr(f"insn{i + 1 + ins.off}")
+    if code == 0x00:
+        e.emit(A.b(e.pc, target))
+        return
+    wide = (op & 7) == 5
+    d = REG[ins.dst]
+    if op & 0x08:
+        s = REG[ins.src]
+    else:
+        s = T1
+        _imm(e, T1, ins.imm if wide else ins.imm & 0xFFFFFFFF)
+    if code == 0x40:
+        e.emit(_w(_sf(0xEA00001F, wide) | s << 16 | d << 5))   # tst d, s
+    else:
+        e.emit(_w(_sf(0xEB00001F, wide) | s << 16 | d << 5))   # cmp d, s
+    e.emit(A.b_cond(COND[code], e.pc, target))
+
+
+def _prologue(e, first: bool) -> None:
+    push_frame(e, 16)                                          # stp x29, x30; mov x29, sp
+    if first:
+        e.label("fp_start")
+    for a, b in ((19, 20), (21, 22), (25, 26)):
+        e.emit(A.stp_pre(f"x{a}", f"x{b}", "sp", -16))         # stp xa, xb, [sp, #-16]!
+    e.emit(A.add_imm(f"x{REG[10]}", "sp", 0))                  # mov x25, sp (BPF FP)
+    e.emit(A.sub_imm("sp", "sp", STACK))                       # sub sp, sp, #512
+
+
+def _epilogue(e) -> None:
+    e.emit(A.add_imm("sp", "sp", STACK))                       # add sp, sp, #512
+    for a, b in ((25, 26), (21, 22), (19, 20)):
+        e.emit(A.ldp_post(f"x{a}", f"x{b}", "sp", 16))         # ldp xa, xb, [sp], #16
+    pop_frame(e, 16)                                           # ldp x29, x30, [sp], #16
+    e.emit(_mov(0, REG[0], True))                              # mov x0, x7
+    e.emit(A.ret())                                            # ret
+
+
+def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
+    """The JITed image of a linked program (see x86_64's twin for the arguments)."""
+    bti = kernel.layout.entry.landing_pad_name == "bti c"
+    starts = sorted(set(entries) | {0})
+    ends = starts[1:] + [len(code)]
+    for fn, (lo, hi) in enumerate(zip(starts, ends)):
+        if fn == 0:
+            if bti:
+                e.emit(A.bti("jc"))                            # bti jc
+            e.emit(A.mov("x9", "x30"))                         # mov x9, x30
+            e.label("site")
+            e.emit(A.nop())                                    # nop  (patch site)
+        e.label(f"insn{lo}")
+        if fn and bti:
+            e.emit(A.bti("c"))                                 # bti c (a bl target)
+        _prologue(e, fn == 0)
+        for i in range(lo, hi):
+            ins = code[i]
+            if i != lo:
+                e.label(f"insn{i}")
+            if ins is None:
+                continue
+            cls = ins.op & 7
+            if cls in (4, 7):
+                _alu(e, ins)
+            elif cls in (5, 6):
+                _jmp(e, ins, i, helpers, f"exit{lo}")
+            elif cls == 1:                                     # ldx: base + (t1 = off)
+                _imm(e, T1, ins.off)
+                e.emit(_w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
+                          REG[ins.dst]))
+            elif cls == 3:                                     # stx
+                _imm(e, T1, ins.off)
+                e.emit(_w(STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5 |
+                          REG[ins.src]))
+            elif cls == 2:                                     # st imm
+                _imm(e, T1, ins.off)
+                _imm(e, T2, ins.imm)
+                e.emit(_w(STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5 | T2))
+            elif cls == 0:                                     # ld_imm64
+                _imm(e, REG[ins.dst], ins.imm)
+        e.label(f"exit{lo}")
+        _epilogue(e)
+        if fn == 0:
+            e.label("fp_end")

@@ -1,0 +1,240 @@
+"""The eBPF instruction JIT for riscv64, after arch/riscv/net/bpf_jit_comp64.c (bpf_jit_emit_insn).
+
+Register mapping (the kernel's regmap): R0 a5, R1-R5 a0-a4 (the argument registers: a helper
+call is `auipc ra; jalr ra` then `mv a5, a0`), R6-R9 s1-s4, R10 s5 (BPF frame pointer);
+t0-t2 are the JIT's temporaries.  ALU32 results are zero-extended (slli/srli 32, the kernel's
+emit_zext_32); JMP32 compares zero-extended (unsigned) or sign-extended (signed) copies.  The
+verifier's rewrite of a division by a zero register is emitted (quotient 0, remainder dst):
+riscv's divu by zero would give all ones.  Byte swaps are the base-ISA shift/mask sequence
+(no Zbb assumed).  Every conditional branch is an inverted short branch over a `jal`, so a
+target is always in reach (the kernel picks forms by distance).
+
+Each function: the patch site's nops (main program only, as the profile's prog entry wants),
+addi sp, sp, -576; sd ra/s0/s1-s5; addi s0, sp, 576; addi s5, sp, 512 -- 512 bytes of BPF
+stack for every function (no verifier computes stack_depth here); the epilogue moves a5 to a0.
+Faulting probe-mem loads oops (no exception table yet).
+"""
+from __future__ import annotations
+
+from ...errors import ObjectError
+from . import encode as R
+from .bpfjit import site_bytes
+
+REG = {0: "a5", 1: "a0", 2: "a1", 3: "a2", 4: "a3", 5: "a4", 6: "s1", 7: "s2", 8: "s3",
+       9: "s4", 10: "s5"}
+NUM = {"zero": 0, "t0": 5, "t1": 6, "t2": 7, "a0": 10, "a1": 11, "a2": 12, "a3": 13,
+       "a4": 14, "a5": 15, "s1": 9, "s2": 18, "s3": 19, "s4": 20, "s5": 21}
+T0, T1, T2 = "t0", "t1", "t2"
+STACK = 512
+SAVED = ("ra", "s0", "s1", "s2", "s3", "s4", "s5")
+FRAME = STACK + 64
+SIZES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
+LOADS = {8: R.ld, 4: R.lwu, 2: R.lhu, 1: R.lbu}
+STORES = {8: R.sd, 4: R.sw, 2: R.sh, 1: R.sb}
+ALU_RR = {0x00: R.add, 0x10: R.sub, 0x40: R.or_, 0x50: R.and_, 0xA0: R.xor,
+          0x60: R.sll, 0x70: R.srl, 0xC0: R.sra}
+# OP / OP-32 with funct7 1 (M extension) and the 32-bit shifts: (funct3, funct7)
+M_OPS = {0x20: (0, 1), 0x30: (5, 1), 0x90: (7, 1)}            # mul, divu, remu
+W_SHIFTS = {0x60: (1, 0), 0x70: (5, 0), 0xC0: (5, 0x20)}      # sllw, srlw, sraw
+
+
+def _r(opcode: int, f3: int, f7: int, rd: str, rs1: str, rs2: str) -> bytes:
+    word = f7 << 25 | NUM[rs2] << 20 | NUM[rs1] << 15 | f3 << 12 | NUM[rd] << 7 | opcode
+    return word.to_bytes(4, "little")
+
+
+def _zext32(e, r: str) -> None:
+    e.emit(R.slli(r, r, 32))
+    e.emit(R.srli(r, r, 32))
+
+
+def _alu(e, ins, lab) -> None:
+    op = ins.op
+    wide = (op & 7) == 7
+    code = op & 0xF0
+    d = REG[ins.dst]
+    if op & 0x08:
+        s = REG[ins.src]
+    elif code not in (0x80, 0xD0):
+        if code == 0xB0:
+            e.emit(R.li(d, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+            return
+        s = T1
+        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+    if code == 0xB0:
+        e.emit(R.mv(d, s))
+    elif code in (0x30, 0x90):                              # divu / remu, zero check first
+        n = lab()
+        if not wide:
+            s = _operand32(e, s, T2, False)                 # the divisor is its low half
+        e.emit(R.bne(s, "zero", e.pc, e.label_addr(f"{n}nz")))
+        if code == 0x30:
+            e.emit(R.li(d, 0))                              # x / 0 = 0
+        e.emit(R.jal("zero", e.pc, e.label_addr(f"{n}d")))
+        e.label(f"{n}nz")
+        f3, f7 = M_OPS[code]
+        e.emit(_r(0x33 if wide else 0x3B, f3, f7, d, d, s))
+        e.label(f"{n}d")
+    elif code == 0x20:
+        f3, f7 = M_OPS[code]
+        e.emit(_r(0x33 if wide else 0x3B, f3, f7, d, d, s))
+    elif code in W_SHIFTS and not wide:
+        f3, f7 = W_SHIFTS[code]
+        e.emit(_r(0x3B, f3, f7, d, d, s))                   # sllw/srlw/sraw
+    elif code in ALU_RR:
+        e.emit(ALU_RR[code](d, d, s))
+    elif code == 0x80:
+        e.emit(R.neg(d, d))
+    elif code == 0xD0:
+        _end(e, d, ins.imm, bool(op & 0x08))
+        return
+    else:
+        raise ObjectError(f"the riscv64 JIT has no ALU op {op:#04x}", "EINVAL")
+    if not wide:
+        _zext32(e, d)
+
+
+def _end(e, d: str, width: int, to_be: bool) -> None:
+    if to_be:                                               # t0 = bytes of d reversed
+        e.emit(R.li(T0, 0))
+        for i in range(width // 8):
+            e.emit(R.srli(T1, d, 8 * i))
+            e.emit(R.andi(T1, T1, 0xFF))
+            e.emit(R.slli(T0, T0, 8))
+            e.emit(R.or_(T0, T0, T1))
+        e.emit(R.mv(d, T0))
+    elif width < 64:
+        e.emit(R.slli(d, d, 64 - width))
+        e.emit(R.srli(d, d, 64 - width))
+
+
+def _operand32(e, r: str, tmp: str, signed: bool) -> str:
+    if signed:
+        e.emit(R.addiw(tmp, r, 0))                          # sext.w
+    else:
+        e.emit(R.slli(tmp, r, 32))
+        e.emit(R.srli(tmp, tmp, 32))
+    return tmp
+
+
+# cond -> (inverted branch encoder, swap operands)
+INVERT = {0x10: (R.bne, False), 0x50: (R.beq, False), 0x20: (R.bgeu, True),
+          0x30: (R.bltu, False), 0xA0: (R.bgeu, False), 0xB0: (R.bltu, True),
+          0x60: (R.bge, True), 0x70: (R.blt, False), 0xC0: (R.bge, False),
+          0xD0: (R.blt, True)}
+
+
+def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
+    op, code = ins.op, ins.op & 0xF0
+    if code == 0x80:
+        target = (e.label_addr(f"insn{i + 1 + ins.imm}") if ins.src == 1
+                  else helpers[ins.imm])
+        e.emit(R.auipc_jalr("ra", "ra", e.pc, target))      # call
+        e.emit(R.mv(REG[0], "a0"))                          # mv a5, a0
+        return
+    if code == 0x90:
+        e.emit(R.jal("zero", e.pc, e.label_addr(exit_label)))
+        return
+    target = e.label_addr(f"insn{i + 1 + ins.off}")
+    if code == 0x00:
+        e.emit(R.jal("zero", e.pc, target))
+        return
+    wide = (op & 7) == 5
+    a = REG[ins.dst]
+    if op & 0x08:
+        b = REG[ins.src]
+    else:
+        b = T1
+        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+    if not wide:
+        signed = code in (0x60, 0x70, 0xC0, 0xD0)
+        a = _operand32(e, a, T0, signed)
+        b = _operand32(e, b, T2, signed)
+    if code == 0x40:                                        # jset: t0 = a & b; beqz skips
+        e.emit(R.and_(T0, a, b))
+        e.emit(R.beq(T0, "zero", e.pc, e.pc + 8))
+    else:
+        br, swap = INVERT[code]
+        x, y = (b, a) if swap else (a, b)
+        e.emit(br(x, y, e.pc, e.pc + 8))                    # skip the jump unless taken
+    e.emit(R.jal("zero", e.pc, target))
+
+
+def _prologue(e, first: bool) -> None:
+    e.emit(R.addi("sp", "sp", -FRAME))                      # addi sp, sp, -576
+    e.cfi_adjust_cfa_offset(FRAME)
+    for k, r in enumerate(SAVED):
+        e.emit(R.sd(r, "sp", FRAME - 8 * (k + 1)))          # sd r, off(sp)
+        if r == "ra":
+            e.cfi_offset("pc", -8)
+        e.cfi_offset(r, -8 * (k + 1))
+    e.emit(R.addi("s0", "sp", FRAME))                       # addi s0, sp, 576
+    e.cfi_def_cfa("s0", 0)
+    if first:
+        e.label("fp_start")
+    e.emit(R.addi(REG[10], "sp", STACK))                    # addi s5, sp, 512 (BPF FP)
+
+
+def _epilogue(e) -> None:
+    e.emit(R.mv("a0", REG[0]))                              # mv a0, a5
+    for k, r in enumerate(SAVED):
+        e.emit(R.ld(r, "sp", FRAME - 8 * (k + 1)))          # ld r, off(sp)
+        if r in ("ra", "s0"):
+            e.cfi_restore(r)
+    e.cfi_register("pc", "ra")
+    e.cfi_def_cfa("sp", FRAME)
+    e.emit(R.addi("sp", "sp", FRAME))                       # addi sp, sp, 576
+    e.cfi_def_cfa_offset(0)
+    e.emit(R.ret())                                         # ret
+
+
+def _mem_base(e, base: str, off: int) -> tuple[str, int]:
+    if -2048 <= off < 2048:
+        return base, off
+    e.emit(R.li(T2, off))
+    e.emit(R.add(T2, T2, base))
+    return T2, 0
+
+
+def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
+    """The JITed image of a linked program (see x86_64's twin for the arguments)."""
+    counter = [0]
+
+    def lab() -> str:
+        counter[0] += 1
+        return f"t{counter[0]}"
+    starts = sorted(set(entries) | {0})
+    ends = starts[1:] + [len(code)]
+    for fn, (lo, hi) in enumerate(zip(starts, ends)):
+        if fn == 0:
+            e.label("site")
+            e.emit(site_bytes(kernel, e.pc, None))          # nops  (patch site)
+        e.label(f"insn{lo}")
+        _prologue(e, fn == 0)
+        for i in range(lo, hi):
+            ins = code[i]
+            if i != lo:
+                e.label(f"insn{i}")
+            if ins is None:
+                continue
+            cls = ins.op & 7
+            if cls in (4, 7):
+                _alu(e, ins, lab)
+            elif cls in (5, 6):
+                _jmp(e, ins, i, helpers, f"exit{lo}")
+            elif cls == 1:
+                base, off = _mem_base(e, REG[ins.src], ins.off)
+                e.emit(LOADS[SIZES[ins.op & 0x18]](REG[ins.dst], base, off))
+            elif cls == 3:
+                base, off = _mem_base(e, REG[ins.dst], ins.off)
+                e.emit(STORES[SIZES[ins.op & 0x18]](REG[ins.src], base, off))
+            elif cls == 2:
+                e.emit(R.li(T1, ins.imm))
+                base, off = _mem_base(e, REG[ins.dst], ins.off)
+                e.emit(STORES[SIZES[ins.op & 0x18]](T1, base, off))
+            elif cls == 0:
+                e.emit(R.li(REG[ins.dst], ins.imm))
+        e.label(f"exit{lo}")
+        _epilogue(e)
+        if fn == 0:
+            e.label("fp_end")

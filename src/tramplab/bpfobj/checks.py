@@ -1,0 +1,294 @@
+"""The kernel's userspace assertions for its selftest BPF objects, re-stated as a table.
+
+Each entry runs one compiled object (built by build.py from tools/testing/selftests/bpf/progs/)
+the way its tools/testing/selftests/bpf/prog_tests/<file>.c does -- open and load the skeleton,
+attach, BPF_PROG_TEST_RUN or trigger, then compare globals -- with the programs' bodies run by
+the eBPF interpreter from the real trampolines.  `cite` names the userspace file and function the
+steps follow.  What the table leaves out of a kernel test is said in `omits`.
+
+BPF_PROG_TEST_RUN of a tracing program (net/bpf/test_run.c bpf_prog_test_run_tracing) calls
+bpf_fentry_test1..8 for fentry/fexit programs and bpf_modify_return_test(2) for fmod_ret ones;
+the model's compiled callers of the same functions are TEST_RUN below.  trigger_module_test_read
+(bpf_testmod's read) is the model's tramplab_test_run_many_args.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import KernelError
+from .loader import BpfObject
+
+TEST_RUN = {"fentry": "tramplab_test_run_tracing", "fexit": "tramplab_test_run_tracing",
+            "fmod_ret": "tramplab_test_run_modify_return"}
+TRIGGERS = {"trigger_module_test_read": "tramplab_test_run_many_args"}
+
+
+class Failed(AssertionError):
+    pass
+
+
+# ----------------------------------------------------------------------------- steps
+@dataclass(frozen=True)
+class Open:
+    """skel = X__open_and_load() (a fresh instance; `progs`: the ones autoloaded)."""
+    progs: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Attach:
+    """X__attach(skel), or one program's attach; `errno`: the attach must fail with it."""
+    prog: str | None = None
+    errno: str | None = None
+    fails: bool = False           # must fail, whatever errno (ASSERT_LT(link_fd, 0))
+
+
+@dataclass(frozen=True)
+class Detach:
+    pass
+
+
+@dataclass(frozen=True)
+class Set:
+    var: str
+    value: int
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """bpf_prog_test_run_opts(prog): retval checks as (what, want); what is one of 'retval',
+    'retval>>16', 'retval&0xffff' (as the test's type: s16 when `signed`)."""
+    prog: str
+    checks: tuple = ()
+    signed: bool = False
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A userspace trigger (ASSERT_OK(its return)); `model`: the model's compiled caller of
+    the functions this test's programs trace (bpf_testmod's read calls them all; the model has
+    one caller per group), else TRIGGERS[what]."""
+    what: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Expect:
+    var: str
+    value: int
+
+
+@dataclass(frozen=True)
+class ExpectAllBss:
+    """for (i = 0; i < sizeof(*skel->bss) / sizeof(__u64); i++) ASSERT_EQ(result[i], value)"""
+    value: int
+
+
+@dataclass(frozen=True)
+class ZeroBss:
+    pass
+
+
+@dataclass(frozen=True)
+class FillLinks:
+    """trampoline_count: BPF_MAX_TRAMP_LINKS instances, each attaching progs[i % n]."""
+    progs: tuple
+
+
+@dataclass(frozen=True)
+class KTest:
+    obj: str
+    cite: str
+    steps: tuple
+    omits: str = ""
+
+
+def _tracing(obj: str, cite: str, reattach: bool) -> KTest:
+    common = (Attach(), Attach(prog="test1", fails=True),
+              TestRun("test1", (("retval", 0),)), ExpectAllBss(1), Detach(), ZeroBss())
+    return KTest(obj, cite, (Open(),) + common + (common if reattach else ()))
+
+
+def _many(obj: str, cite: str) -> KTest:
+    return KTest(obj, cite, (Open(), Attach(), Trigger("trigger_module_test_read"),
+                             Expect("test1_result", 1), Expect("test2_result", 1),
+                             Expect("test3_result", 1)))
+
+
+def _modify_return(input_retval: int, side: int, ret: int) -> tuple:
+    return (Open(), Attach(), Set("input_retval", input_retval),
+            TestRun("fmod_ret_test", (("retval&0xffff", ret), ("retval>>16", side)),
+                    signed=True),
+            *(Expect(v, 1) for v in ("fentry_result", "fexit_result", "fmod_ret_result",
+                                     "fentry_result2", "fexit_result2", "fmod_ret_result2")),
+            Detach())
+
+
+EINVAL = 22
+TABLE: dict[str, KTest] = {
+    "fentry_test": _tracing("fentry_test", "prog_tests/fentry_test.c: fentry_test(), "
+                            "fentry_test_common() twice (attach, re-attach)", True),
+    "fexit_test": _tracing("fexit_test", "prog_tests/fexit_test.c: fexit_test(), "
+                           "fexit_test_common() twice", True),
+    "fentry_many_args": _many("fentry_many_args", "prog_tests/fentry_test.c: "
+                              "fentry_many_args()"),
+    "fexit_many_args": _many("fexit_many_args", "prog_tests/fexit_test.c: fexit_many_args()"),
+    "modify_return": KTest("modify_return", "prog_tests/modify_return.c: "
+                           "serial_test_modify_return(), run_test(0, 2, 33) and "
+                           "run_test(-EINVAL, 0, -EINVAL * 2)",
+                           _modify_return(0, 2, 33) + _modify_return(-EINVAL, 0, -EINVAL * 2)),
+    "get_func_args_test": KTest("get_func_args_test", "prog_tests/get_func_args_test.c: "
+                                "test_get_func_args_test()",
+                                (Open(), Attach(), TestRun("test1", (("retval", 0),)),
+                                 TestRun("fmod_ret_test", (("retval>>16", 1),
+                                                           ("retval&0xffff", 1234 + 29))),
+                                 *(Expect(f"test{i}_result", 1) for i in range(1, 5)))),
+    "get_func_ip_test": KTest("get_func_ip_test", "prog_tests/get_func_ip_test.c: "
+                              "test_function_entry()",
+                              (Open(("test1", "test2", "test5")), Attach(),
+                               TestRun("test1", (("retval", 0),)), TestRun("test5"),
+                               *(Expect(f"test{i}_result", 1) for i in (1, 2, 5))),
+                              omits="test3/test4 (kprobe, kretprobe) and test7/test8 (uprobe): "
+                                    "tramplab runs only the trampoline program kinds"),
+    "tracing_struct": KTest("tracing_struct", "prog_tests/tracing_struct.c: "
+                            "test_struct_args()",
+                            (Open(("test_struct_arg_1", "test_struct_arg_2")), Attach(),
+                             Trigger("trigger_module_test_read", "tramplab_test_run_struct_arg"),
+                             *(Expect(v, want) for v, want in (
+                                 ("t1_a_a", 2), ("t1_a_b", 3), ("t1_b", 1), ("t1_c", 4),
+                                 ("t1_nregs", 4), ("t1_reg0", 2), ("t1_reg1", 3),
+                                 ("t1_reg2", 1), ("t1_reg3", 4), ("t1_ret", 10)))),
+                            omits="t2..t6 (bpf_testmod_test_struct_arg_2..6 and their "
+                                  "programs): the model's bpf_testmod has struct_arg_1 only"),
+    "trampoline_count": KTest("test_trampoline_count", "prog_tests/trampoline_count.c: "
+                              "serial_test_trampoline_count()",
+                              (FillLinks(("fentry_test", "fmod_ret_test", "fexit_test")),
+                               Open(("fmod_ret_test",)), Attach("fmod_ret_test", errno="E2BIG"),
+                               TestRun("fmod_ret_test", (("retval&0xffff", 33),
+                                                         ("retval>>16", 2))))),
+}
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class _State:
+    k: object
+    objects: dict
+    mode: str = "interp"
+    lo: object = None
+    all: list = field(default_factory=list)
+
+
+def _retval(what: str, r: int, signed: bool) -> int:
+    r &= 0xFFFFFFFF
+    if what == "retval":
+        return r - (1 << 32) if signed and r >> 31 else r
+    if what == "retval>>16":
+        return r >> 16
+    low = r & 0xFFFF
+    return low - 0x10000 if signed and low & 0x8000 else low
+
+
+def _open(st: _State, obj: str, progs) -> object:
+    st.lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode)
+    st.all.append(st.lo)
+    return st.lo
+
+
+def _test_run(st: _State, prog: str) -> int:
+    lp = next((p for p in st.lo.progs if p.obj.name == prog), None)
+    if lp is None:
+        raise Failed(f"no loaded program {prog}")
+    return st.k.call(TEST_RUN[lp.obj.kind])
+
+
+def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
+    """Run one table entry on kernel `k` (programs run by the interpreter or, mode "jit", as
+    the arch JIT's machine code); raises Failed with the broken assertion (or the
+    KernelError/ObjectError that stopped it)."""
+    t = TABLE[name]
+    st = _State(k, objects, mode)
+    for step in t.steps:
+        if isinstance(step, Open):
+            _open(st, t.obj, step.progs)
+        elif isinstance(step, Attach):
+            targets = [lp for lp in st.lo.progs if step.prog in (None, lp.obj.name)]
+            if step.errno or step.fails:
+                try:
+                    for lp in targets:
+                        k.bpf.attach(lp.prog)
+                except KernelError as e:
+                    if step.errno and e.name != step.errno:
+                        raise Failed(f"attach of {step.prog} failed with {e.name}, expected "
+                                     f"{step.errno}") from None
+                else:
+                    raise Failed(f"attach of {step.prog or 'the skeleton'} succeeded; the "
+                                 f"kernel test expects {step.errno or 'a failure'}")
+            else:
+                st.lo.attach()
+        elif isinstance(step, Detach):
+            st.lo.detach()
+        elif isinstance(step, Set):
+            st.lo.set_var(step.var, step.value)
+        elif isinstance(step, TestRun):
+            r = _test_run(st, step.prog)
+            for what, want in step.checks:
+                got = _retval(what, r, step.signed)
+                if got != want:
+                    raise Failed(f"test_run({step.prog}): {what} = {got}, expected {want}")
+        elif isinstance(step, Trigger):
+            r = k.call(step.model or TRIGGERS[step.what])
+            if r != 0:
+                raise Failed(f"{step.what}: returned {r}, expected 0")
+        elif isinstance(step, Expect):
+            got = st.lo.var(step.var)
+            if got != step.value & ((1 << 64) - 1):
+                raise Failed(f"{step.var} = {got}, expected {step.value}")
+        elif isinstance(step, ExpectAllBss):
+            bss = st.lo.section_bytes(".bss")
+            for i in range(len(bss) // 8):
+                got = k.memory.word(bss[8 * i:8 * i + 8])
+                if got != step.value:
+                    raise Failed(f".bss u64 #{i} = {got}, expected {step.value}")
+        elif isinstance(step, ZeroBss):
+            bss = st.lo.section_bytes(".bss")
+            st.lo.write_section(".bss", bytes(len(bss)))
+        elif isinstance(step, FillLinks):
+            for i in range(k.profile.tramp_links_max):
+                lo = _open(st, t.obj, (step.progs[i % len(step.progs)],))
+                lo.attach()
+        else:                                       # pragma: no cover - table typo
+            raise TypeError(step)
+
+
+def run_one(arch: str, profile: str, name: str, objects: dict, mode: str = "interp"):
+    """One table entry on a fresh kernel, as a selftests Result (pass / fail / unsupported:
+    a refusal with the errno of a feature this profile's kernel lacks)."""
+    from ..errors import ObjectError, Oops, ProgramError
+    from ..kernel import Kernel
+    from ..selftests import Result
+    from ..selftests.bpf_tests import UNSUPPORTED_ERRNOS
+    try:
+        run_test(name, Kernel(arch, profile=profile), objects, mode)
+    except Failed as e:
+        return Result(arch, profile, name, "fail", str(e))
+    except KernelError as e:
+        if e.name in UNSUPPORTED_ERRNOS or e.feature:
+            return Result(arch, profile, name, "unsupported", f"{e.name}: {e.rule}")
+        return Result(arch, profile, name, "fail", f"{e.name}: {e.rule}")
+    except (Oops, ProgramError, ObjectError) as e:
+        return Result(arch, profile, name, "fail", f"{type(e).__name__}: {e}")
+    return Result(arch, profile, name, "pass")
+
+
+def run_matrix(arches: list[str], profile: str = "latest", tests=None,
+               mode: str = "interp") -> list:
+    """Build the objects when missing (cached), then every table entry per arch and profile."""
+    from ..selftests import profiles_for
+    from . import build
+    names = list(tests or TABLE)
+    objects = build.ensure(tuple(dict.fromkeys(TABLE[n].obj for n in names)))
+    out = []
+    for arch in arches:
+        for prof in profiles_for(arch, profile):
+            out += [run_one(arch, prof, n, objects, mode) for n in names]
+    return out
