@@ -67,6 +67,10 @@ TABLE_COMMANDS = [
      ["fentry_test", "v6.16-bti", "seed001-v2"]),
     (["scenario", "list"], ["seed000-riscv-site", "seed002-livepatch-fexit"]),
     (["attach", "--arch", "x86_64", "--synth", "20", "fexit:synth_*"], ["synchronize_rcu"]),
+    (["explore", "--arch", "riscv64", "-n", "1", "--no-bounded"], ["riscv64:latest@weak",
+                                                                  "stop_machine,"]),
+    (["stress", "--era", "riscv64:latest", "--schedules", "1"], ["riscv64:latest",
+                                                                 "CALL_OPS,"]),
 ]
 
 

@@ -599,11 +599,12 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
                                              for f in r.failures]} for n, r, t in out],
                               indent=1))
     else:
-        table = Table("era", "what it exercises", "schedules", "failing", "steps", "seconds")
-        for name, report, secs in out:
-            table.add_row(name, ERAS[name].note, str(len(report.results)),
-                          str(len(report.failures)), str(report.steps), f"{secs:.1f}")
-        _console().print(table)
+        from .termtable import print_table
+        print_table(_console(), "stress", ["era", "what it exercises", "schedules", "failing",
+                                          "steps", "seconds"],
+                    [[name, escape(ERAS[name].note), str(len(report.results)),
+                      str(len(report.failures)), str(report.steps), f"{secs:.1f}"]
+                     for name, report, secs in out])
         for name, report, _ in out:
             for f in report.failures[:5]:
                 weak = f" --ifetch {ifetch}" if ifetch != "coherent" else ""
@@ -710,14 +711,14 @@ def explore_cmd(arch, target_names, faults, schedules, seed, cpus, calls, ops, a
                                                          for f in t.findings]}
                                            for t in report.targets]}, indent=1))
     else:
-        table = Table("target", "what it exercises", "schedules (bounded)", "calls checked",
-                      "ops", "steps", "violations", "first")
-        for t in report.targets:
-            first = t.findings[0].violations[0][:60] if t.findings else ""
-            table.add_row(t.target.name, escape(t.target.era.note), f"{t.schedules} ({t.bounded})",
-                          str(t.calls), str(t.ops), str(t.steps), str(len(t.findings)),
-                          escape(first))
-        _console().print(table)
+        from .termtable import print_table
+        print_table(_console(), "explore", ["target", "what it exercises", "schedules (bounded)",
+                                           "calls checked", "ops", "steps", "violations",
+                                           "first"],
+                    [[t.target.name, escape(t.target.era.note), f"{t.schedules} ({t.bounded})",
+                      str(t.calls), str(t.ops), str(t.steps), str(len(t.findings)),
+                      escape(t.findings[0].violations[0][:60] if t.findings else "")]
+                     for t in report.targets])
         rate = report.steps / total if total else 0
         click.echo(f"{report.schedules} schedules, {report.steps} steps in {total:.1f} s "
                    f"({rate:,.0f} steps/s), {len(report.findings)} violation(s)")
