@@ -27,7 +27,7 @@ from tramplab.check.stress import ERAS
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="x86_64:latest")
-    ap.add_argument("--schedules", type=int, default=60)
+    ap.add_argument("--schedules", type=int, default=200)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--ops", type=int, default=10)
     a = ap.parse_args()
