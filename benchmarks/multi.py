@@ -3,6 +3,10 @@
 tracing_multi link, per arch, and N single attaches next to it (up to --single-max).
 
     python benchmarks/multi.py [--sizes 1000,10000,50000] [--single-max 1000] [--arch A ...]
+                               [--profile ARCH=PROFILE ...]
+
+(`--profile arm64=single-ops --profile riscv64=single-ops`: the single direct ops design on the
+arches whose kernels lack it, profiles.SINGLE_OPS_DESIGNS.)
 
 For attach and for detach: ftrace updates (batches), text pokes, sync points (x86 sync_core
 IPI rounds, riscv stop_machine), synchronize_rcu calls, wall time; and the process's peak
@@ -107,9 +111,15 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,50000")
     ap.add_argument("--single-max", type=int, default=1000)
     ap.add_argument("--arch", action="append")
+    ap.add_argument("--profile", action="append", default=[], metavar="ARCH=PROFILE")
     args = ap.parse_args()
+    for item in args.profile:
+        arch, _, name = item.partition("=")
+        if arch not in PROFILES or not name:
+            ap.error(f"--profile wants ARCH=PROFILE with ARCH one of {', '.join(PROFILES)}")
+        PROFILES[arch] = name
     sizes = [int(x) for x in args.sizes.split(",")]
-    table = Table("arch", "how", "N", "attach: updates / pokes / syncs / rcu", "attach s",
+    table = Table("arch", "profile", "how", "N", "attach: updates / pokes / syncs / rcu", "attach s",
                   "detach: updates / pokes / syncs / rcu", "detach s")
     for arch in args.arch or list(PROFILES):
         for n in sizes:
@@ -117,19 +127,20 @@ def main() -> None:
                 if mode == "single" and n > args.single_max:
                     continue
                 got, a, d = run(arch, n, mode)
-                table.add_row(arch, mode, f"{got:,}", " / ".join(map(str, a[:4])),
+                table.add_row(arch, PROFILES[arch], mode, f"{got:,}", " / ".join(map(str, a[:4])),
                               f"{a[4]:.2f}", " / ".join(map(str, d[:4])), f"{d[4]:.2f}")
     Console(width=140).print(table)
     dt = Table("arch", "design", "bytes (test2)", "insns per call (test2)", "N",
                "image bytes for N", "attach: updates / pokes / syncs / rcu", "attach s")
-    for arch in args.arch or list(PROFILES):
+    for arch in (args.arch or list(PROFILES)) if args.single_max > 0 else ():
         for profile, b, insns, got, total, c in designs(arch, args.single_max):
             dt.add_row(arch, {"latest": "per-function (merged)",
                               "multi-2021": "max-args 2021 (one image)",
                               "multi-2025": "by arg count 2025 (one per count)"}[profile],
                        str(b), str(insns),
                        f"{got:,}", f"{total:,}", " / ".join(map(str, c[:4])), f"{c[4]:.2f}")
-    Console(width=140).print(dt)
+    if dt.row_count:
+        Console(width=140).print(dt)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of this process: {peak:,.0f} MiB")
 

@@ -28,7 +28,7 @@ from tramplab.machine.scheduler import Scheduler
 from tramplab.profiles import presets, profile_for
 
 FAR = ARCH.memory.kernel_text - (1 << 30)        # a BPF area 1 GiB below text: out of bl range
-PRESETS = list(presets("arm64"))                 # v6.0 v6.4 v6.16 v6.16-bti latest
+PRESETS = [n for n, p in presets("arm64").items() if not p.bug]   # v6.0 v6.4 v6.16 v6.16-bti latest
 # Every caller variant: WITH_REGS (v6.0), WITH_ARGS (v6.2), + CALL_OPS (v6.3), + DIRECT (v6.4+).
 ALL_PROFILES = PRESETS + ["v6.2", "v6.3"]
 DIRECT_PROFILES = [n for n in PRESETS if presets("arm64")[n].direct_calls]

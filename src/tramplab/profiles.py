@@ -275,7 +275,19 @@ def presets(arch: str) -> dict[str, Profile]:
         name="multi-2025", multi_design="by-arg-count-2025", bug=True,
         note="Menglong Dong's 2025 tracing multi-link: one global caller per argument count "
              "(functions grouped by it), register arguments only; not merged")
+    if not out["latest"].single_direct_ops:
+        out["single-ops"] = out["latest"].with_(
+            name="single-ops", single_direct_ops=True, direct_api="single", bug=True,
+            note=get_port(a).design_notes.get("single-ops", SINGLE_OPS_NOTE))
     return out
+
+
+# HAVE_SINGLE_FTRACE_DIRECT_OPS where the arch does not select it: one direct ftrace_ops for every
+# BPF trampoline, so a multi link attaches and detaches in one ftrace update (x86 v7.0's design).
+# A port with a kernel proposal for it says so (Port.design_notes).
+SINGLE_OPS_NOTE = ("v7.0's single direct ops on this arch (no kernel proposal known): one "
+                   "direct ops for every BPF trampoline, batched updates; a tramplab design, "
+                   "not a kernel")
 
 
 def get_profile(arch: str, name: str | None = None) -> Profile:

@@ -158,6 +158,9 @@ class Port:
     stress_eras: Mapping[str, StressEra] = field(default_factory=dict)
     # known-bad protocols of this arch (faults.py): name -> what the fault does
     faults: Mapping[str, str] = field(default_factory=dict)
+    # designs the arch's kernels lack, offered as named profiles (profiles.presets): profile
+    # name -> what it stands for (a proposal, with its title), replacing the generic note
+    design_notes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -43,7 +43,9 @@ def violations(p: Profile) -> list[str]:
         out.append(f"DYNAMIC_FTRACE_WITH_JMP depends on DYNAMIC_FTRACE_WITH_DIRECT_CALLS && "
                    f"HAVE_DYNAMIC_FTRACE_WITH_JMP (which {port.name} "
                    f"{'selects' if port.timeline.get('jmp') else 'does not select'})")
-    if p.single_direct_ops and (port.timeline.get("single_direct_ops") is None
+    # (a design profile -- bug=True, chosen only by name: profiles.SINGLE_OPS_NOTE,
+    # Port.design_notes -- may select it on an arch that does not)
+    if p.single_direct_ops and (port.timeline.get("single_direct_ops") is None and not p.bug
                                 or not p.direct_calls):
         out.append(f"HAVE_SINGLE_FTRACE_DIRECT_OPS needs DYNAMIC_FTRACE_WITH_DIRECT_CALLS and an "
                    f"arch that selects it ({port.name} "

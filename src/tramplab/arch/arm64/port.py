@@ -103,6 +103,9 @@ STRESS = {
     "near": StressEra("latest", "CALL_OPS, bl to the trampoline"),
     "far": StressEra("latest", "trampolines out of bl range: through ftrace_caller and x17",
                      (("bpf_area", ARCH.memory.kernel_text - (1 << 30)),)),
+    "single-ops": StressEra("single-ops", "the 2026 single direct ops proposal, trampolines "
+                                          "out of bl range: ftrace_caller, call_direct_funcs "
+                                          "by ip", (("bpf_area", ARCH.memory.kernel_text - (1 << 30)),)),
     "seed001-v2": StressEra("seed001-v2", "seed 001's v2 (v6.1, WITH_REGS): bl to the "
                                           "trampoline, the shared path through orig_x0"),
     "seed001-v2-far": StressEra("seed001-v2", "seed 001's v2, trampolines out of bl range: "
@@ -120,6 +123,9 @@ PORT = register_port(Port(
     scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
                "seed003-multi-clobber": ("multi-2021", "latest")},
     relocations=RELOCATIONS, stress_eras=STRESS,
+    design_notes={"single-ops": "the 2026 proposal 'arm64: ftrace: enable single ftrace_ops for "
+                                "direct calls' (not merged): one direct ops for every BPF "
+                                "trampoline, batched updates"},
     faults={"bl-before-literal": "CALL_OPS sites: the bl (ftrace_make_call, ftrace_modify_call) "
                                  "is written before the ops literal, instead of after it"},
 ))

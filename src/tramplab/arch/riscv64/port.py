@@ -96,6 +96,8 @@ KCONFIG = (
 STRESS = {
     "v6.8": StressEra("v6.8", "auipc+jalr sites, stop_machine, !PREEMPTION"),
     "latest": StressEra("latest", "CALL_OPS, jalr-only atomic patching"),
+    "single-ops": StressEra("single-ops", "one direct ops for every BPF trampoline (a tramplab "
+                                          "design): batched updates, call_direct_funcs by ip"),
 }
 
 PORT = register_port(Port(
