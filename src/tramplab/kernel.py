@@ -258,6 +258,25 @@ class Kernel:
         task = self.machine.call(prog.image, list(args), cpu=cpu, name=prog.name)
         return task.result
 
+    def load_object(self, path, *, programs=None, mode: str = "interp", attach: bool = False):
+        """Load a clang-built BPF object (`clang -target bpf`), as libbpf's
+        bpf_object__open_file + bpf_object__load: its .bss/.data/.rodata placed in kernel
+        memory, its autoloaded fentry/fexit/fmod_ret programs (or the names in `programs`)
+        linked, checked and loaded; `mode` "jit" runs them as the arch JIT's machine code.
+        Returns the LoadedObject: `.programs` (name -> loaded program, `.prog` the BpfProg),
+        `.var(name)` / `.variables()` (its globals read from kernel memory), `.attach()`.
+        Unsupported constructs raise ObjectError (or KernelError with the errno) naming them."""
+        from .bpfobj.loader import BpfObject
+        if not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+            raise UsageError(f"load_object wants a path to a BPF object, not {path!r}")
+        if programs is not None and (isinstance(programs, str) or not all(
+                isinstance(n, str) for n in programs)):
+            raise UsageError(f"programs: a list of program names, not {programs!r}")
+        lo = BpfObject.open(path).load(self, only=programs, mode=mode)
+        if attach:
+            lo.attach()
+        return lo
+
     # ------------------------------------------------------------------ loading
     @staticmethod
     def _image_end(obj) -> int:

@@ -397,6 +397,28 @@ class LoadedObject:
                 lp.link.detach()
                 lp.link = None
 
+    @property
+    def programs(self) -> dict:
+        """name -> LoadedProg (a name in two sections, as fexit_many_args has: name@section
+        index for the second)."""
+        out = {}
+        for lp in self.progs:
+            key = lp.obj.name if lp.obj.name not in out else f"{lp.obj.name}@{lp.obj.sec}"
+            out[key] = lp
+        return out
+
+    def variables(self) -> dict:
+        """Every global of .bss/.data/.rodata -> its value now (unsigned, its own size; an
+        array or struct larger than 8 bytes as its bytes)."""
+        out = {}
+        for s in self.obj.symbols:
+            if s["st_info"]["type"] == "STT_OBJECT" and s["st_shndx"] in self.data_addr \
+                    and s.name:
+                data = self.kernel.memory.read(self.data_addr[s["st_shndx"]] + s["st_value"],
+                                               s["st_size"])
+                out[s.name] = self.kernel.memory.word(data) if s["st_size"] <= 8 else data
+        return out
+
     # ------------------------------------------------------------------ globals
     def _sym(self, name: str):
         for s in self.obj.symbols:
