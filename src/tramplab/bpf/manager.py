@@ -36,6 +36,7 @@ from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
 from ..faults import fault
 from ..profiles import has
+from . import extable
 from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .multi import MultiAttach
@@ -229,6 +230,10 @@ class BpfManager(MultiAttach):
             unwind=code_table(self.machine.arch, addr, len(code.code), code.cfi),
             frame_facts={n: code.labels[n] - addr for n in ("fp_start", "fp_end")
                          if n in code.labels})
+        fixups = extable.entries(code.labels)
+        if fixups:
+            self.machine.add_extable(fixups)
+            undo.append(lambda: self.machine.remove_extable(pc for pc, _c, _r in fixups))
         site = code.labels["site"]
         prog.image, prog.site = addr, site
         prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))
