@@ -274,3 +274,35 @@ def test_extable_entries_are_checked_and_dropped_with_a_failed_load():
         k.machine.add_extable([(0x1000, 0x1008, next(iter(k.arch.gpr)))])
     k.machine.remove_extable([0x1000])
     assert 0x1000 not in k.machine.extable
+
+
+@pytest.mark.parametrize("arch", JIT_ARCHES)
+def test_get_current_pid_tgid_is_the_calling_task(arch):
+    """Helper 14: current->tgid << 32 | current->pid, the same in the interpreter and the JIT;
+    the default is this process's thread."""
+    import os
+    import threading
+    k = Kernel(arch)
+    bufs = {}
+    for mode in ("interp", "jit"):
+        buf = k.kmalloc(8)
+        raw = [(0x85, 0, 0, 0, 14)] + ld64(1, buf) + [(0x7B, 1, 0, 0, 0), (0xB7, 0, 0, 0, 0),
+                                                      (0x95, 0, 0, 0, 0)]
+        k.bpf.attach(loader.load_insns(k, f"pid_{mode}", "fentry", "bpf_fentry_test1", raw,
+                                       mode).prog)
+        bufs[mode] = buf
+    k.call("bpf_fentry_test1", 1, pid=1234, tgid=77)
+    assert [k.memory.read_u64(b) for b in bufs.values()] == [77 << 32 | 1234] * 2
+    k.call("bpf_fentry_test1", 1)
+    want = os.getpid() << 32 | threading.get_native_id()
+    assert [k.memory.read_u64(b) for b in bufs.values()] == [want] * 2
+
+
+def test_pid_and_tgid_are_checked():
+    from tramplab.errors import UsageError
+    k = Kernel(JIT_ARCHES[0])
+    for bad in (0, -1, 1 << 31, "7", True):
+        with pytest.raises(UsageError, match="pid"):
+            k.call("bpf_fentry_test1", 1, pid=bad)
+    with pytest.raises(UsageError, match="tgid"):
+        k.call("bpf_fentry_test1", 1, tgid=0)

@@ -351,9 +351,24 @@ class Kernel:
                 raise UsageError(f"{ctype.name}: word {i} ({word}) does not fit in {bits // 8} "
                                  f"bytes (u{bits} or s{bits})")
 
-    def task(self, name: str, *args, cpu: int = 0) -> CallTask:
+    @staticmethod
+    def _check_ids(pid, tgid) -> dict:
+        out = {}
+        for what, v in (("pid", pid), ("tgid", tgid)):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < (1 << 31):
+                raise UsageError(f"{what} must be a positive pid_t (1..2^31-1), not {v!r}")
+            out[what] = v
+        return out
+
+    def task(self, name: str, *args, cpu: int = 0, pid: int | None = None,
+             tgid: int | None = None) -> CallTask:
+        """A call of `name` ready to run; `pid`/`tgid`: the calling task's identity (`current`,
+        what bpf_get_current_pid_tgid reports; default this process's thread and process)."""
         fn = self.function(name)
         self._cpu(cpu)
+        ids = self._check_ids(pid, tgid)
         if fn.proto is None:
             raise UsageError(f"{name} has no prototype (no DWARF)")
         try:
@@ -363,15 +378,17 @@ class Kernel:
             regs, stack = assign(self.arch, fn.proto.params, list(args))
         except UsageError as e:
             raise UsageError(f"{fn.signature}: {e}") from None
-        return CallTask(cpu, fn.addr, regs, stack, name)
+        return CallTask(cpu, fn.addr, regs, stack, name, **ids)
 
     def result(self, task: CallTask):
         fn = self.function(task.name)
         return from_ret(fn.proto.ret, task.result, task.result2)
 
-    def call(self, name: str, *args, cpu: int = 0):
-        """Call a kernel function on an emulated CPU and return its C value."""
-        task = self.task(name, *args, cpu=cpu)
+    def call(self, name: str, *args, cpu: int = 0, pid: int | None = None,
+             tgid: int | None = None):
+        """Call a kernel function on an emulated CPU and return its C value (as task `pid` of
+        process `tgid`, default this process's thread: see task())."""
+        task = self.task(name, *args, cpu=cpu, pid=pid, tgid=tgid)
         self.machine.start(task)
         self.machine.finish(self.machine.cpus[cpu])
         return self.result(task)

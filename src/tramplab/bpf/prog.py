@@ -164,6 +164,14 @@ class Ctx:
     def bpf_get_func_ip(self) -> int:
         return self.func_ip
 
+    def bpf_get_current_pid_tgid(self) -> int:
+        """kernel/bpf/helpers.c: current->tgid << 32 | current->pid, `current` being the task
+        whose call this CPU runs (CallTask.pid/tgid)."""
+        task = self.cpu.task
+        if task is None:
+            raise UsageError("bpf_get_current_pid_tgid: no task is running on this CPU")
+        return (task.tgid & 0xFFFFFFFF) << 32 | (task.pid & 0xFFFFFFFF)
+
     @property
     def cookie(self) -> int:
         """bpf_get_attach_cookie: the cookie in the run_ctx that current->bpf_ctx points at."""

@@ -13,6 +13,7 @@ the model's compiled callers of the same functions are TEST_RUN below.  trigger_
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ..errors import KernelError
@@ -36,10 +37,19 @@ class Open:
 
 @dataclass(frozen=True)
 class Attach:
-    """X__attach(skel), or one program's attach; `errno`: the attach must fail with it."""
+    """X__attach(skel), or one program's attach; `errno`: the attach must fail with it;
+    `cookie`: bpf_link_create with link_opts.tracing.cookie."""
     prog: str | None = None
     errno: str | None = None
     fails: bool = False           # must fail, whatever errno (ASSERT_LT(link_fd, 0))
+    cookie: int = 0
+
+
+@dataclass(frozen=True)
+class SetTid:
+    """skel->bss->VAR = sys_gettid(): the runner's thread id, which the model's calls run as
+    (CallTask.pid; BPF_PROG_TEST_RUN runs in the calling thread)."""
+    var: str
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,20 @@ TABLE: dict[str, KTest] = {
                                  ("t1_reg2", 1), ("t1_reg3", 4), ("t1_ret", 10)))),
                             omits="t2..t6 (bpf_testmod_test_struct_arg_2..6 and their "
                                   "programs): the model's bpf_testmod has struct_arg_1 only"),
+    "bpf_cookie": KTest("test_bpf_cookie", "prog_tests/bpf_cookie.c: test_bpf_cookie(), "
+                        "its trampoline subtest tracing_subtest()",
+                        (Open(("fentry_test1", "fexit_test1", "fmod_ret_test")),
+                         SetTid("my_tid"), Set("fentry_res", 0), Set("fexit_res", 0),
+                         Attach("fentry_test1", cookie=0x10000000000000),
+                         Attach("fexit_test1", cookie=0x20000000000000),
+                         Attach("fmod_ret_test", cookie=0x30000000000000),
+                         TestRun("fentry_test1"), TestRun("fmod_ret_test"),
+                         Expect("fentry_res", 0x10000000000000),
+                         Expect("fexit_res", 0x20000000000000),
+                         Expect("fmod_ret_res", 0x30000000000000)),
+                        omits="the kprobe, kprobe_multi, uprobe, uprobe_multi, tracepoint, "
+                              "perf_event, lsm, tp_btf and raw_tp subtests: tramplab runs only "
+                              "the trampoline program kinds"),
     "trampoline_count": KTest("test_trampoline_count", "prog_tests/trampoline_count.c: "
                               "serial_test_trampoline_count()",
                               (FillLinks(("fentry_test", "fmod_ret_test", "fexit_test")),
@@ -223,12 +247,17 @@ def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
                 else:
                     raise Failed(f"attach of {step.prog or 'the skeleton'} succeeded; the "
                                  f"kernel test expects {step.errno or 'a failure'}")
+            elif step.prog is not None:
+                for lp in targets:
+                    lp.link = k.bpf.attach(lp.prog, step.cookie)
             else:
-                st.lo.attach()
+                st.lo.attach(step.cookie)
         elif isinstance(step, Detach):
             st.lo.detach()
         elif isinstance(step, Set):
             st.lo.set_var(step.var, step.value)
+        elif isinstance(step, SetTid):
+            st.lo.set_var(step.var, threading.get_native_id())
         elif isinstance(step, TestRun):
             r = _test_run(st, step.prog)
             for what, want in step.checks:

@@ -504,9 +504,6 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
                                         "exist in this kernel (the verifier: unknown func)",
                               feature=feature)
     _check_ctx(k, p, lp.code)
-    if 14 in lp.helpers:
-        raise ObjectError(f"{obj_name}: {p.name} calls bpf_get_current_pid_tgid "
-                          "(the model has no tasks with pids yet)", "EOPNOTSUPP")
     body = _Body(k, lp)
     gen = _jit_gen(k, jit, name, lp) if jit is not None else None
     # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
@@ -608,6 +605,8 @@ def _helper(vm, ctx, h: int, a1: int, a2: int, a3: int) -> int:
         return ctx.bpf_get_func_ip()
     if h == 174:
         return ctx.cookie
+    if h == 14:
+        return ctx.bpf_get_current_pid_tgid()
     if h == 185:
         return ctx.bpf_get_func_arg_cnt()
     if h == 183:

@@ -45,7 +45,9 @@ of translated blocks: the bytes it fetched, decoded once.
 """
 from __future__ import annotations
 
+import os
 import random
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, ClassVar, Generator
 
@@ -210,6 +212,11 @@ class CallTask:
     steps: int = 0
     start_sp: int = 0              # sp at the first instruction (the return address pushed)
     end_sp: int = 0                # sp once it returned: balanced = start_sp + what ret pops
+    # the task making the call (`current`): by default the process running the model, as a
+    # selftest's BPF_PROG_TEST_RUN runs in the test runner's thread -- pid is the thread id
+    # (gettid()), tgid the process id (getpid()), as the kernel's task_struct has them
+    pid: int = field(default_factory=threading.get_native_id)
+    tgid: int = field(default_factory=os.getpid)
 
 
 class Machine:
