@@ -258,13 +258,16 @@ class Kernel:
         task = self.machine.call(prog.image, list(args), cpu=cpu, name=prog.name)
         return task.result
 
-    def load_object(self, path, *, programs=None, mode: str = "interp", attach: bool = False):
+    def load_object(self, path, *, programs=None, mode: str = "interp", attach: bool = False,
+                    targets=None):
         """Load a clang-built BPF object (`clang -target bpf`), as libbpf's
         bpf_object__open_file + bpf_object__load: its .bss/.data/.rodata placed in kernel
         memory, its autoloaded fentry/fexit/fmod_ret programs (or the names in `programs`)
         linked, checked and loaded; `mode` "jit" runs them as the arch JIT's machine code.
         Returns the LoadedObject: `.programs` (name -> loaded program, `.prog` the BpfProg),
         `.var(name)` / `.variables()` (its globals read from kernel memory), `.attach()`.
+        `targets`: program name -> (a loaded program, its function name), to trace a BPF
+        program (libbpf's bpf_program__set_attach_target).
         Unsupported constructs raise ObjectError (or KernelError with the errno) naming them."""
         from .bpfobj.loader import BpfObject
         if not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
@@ -272,7 +275,10 @@ class Kernel:
         if programs is not None and (isinstance(programs, str) or not all(
                 isinstance(n, str) for n in programs)):
             raise UsageError(f"programs: a list of program names, not {programs!r}")
-        lo = BpfObject.open(path).load(self, only=programs, mode=mode)
+        if targets is not None and not isinstance(targets, dict):
+            raise UsageError(f"targets: a dict of program name -> (program, function name), "
+                             f"not {targets!r}")
+        lo = BpfObject.open(path).load(self, only=programs, mode=mode, targets=targets)
         if attach:
             lo.attach()
         return lo

@@ -56,6 +56,8 @@ class BpfProg:
     # the image's machine code when the program is JITed eBPF (bpfobj): gen(e) emits the whole
     # image (patch site labelled "site"); None: the image calls `body` as a host function
     jit: Callable | None = field(default=None, repr=False)
+    # prog->aux->attach_tracing_prog: a tracing program loaded on a tracing program
+    attach_tracing_prog: bool = False
     # prog->active: per-CPU depth of runs, kept by __bpf_prog_enter/exit_recur (the manager)
     active: dict = field(default_factory=dict, repr=False)
 

@@ -37,7 +37,8 @@ SELFTESTS = "tools/testing/selftests/bpf"
 # The programs of this slice (tools/testing/selftests/bpf/progs/<name>.c).
 PROGRAMS = ("fentry_test", "fexit_test", "modify_return", "get_func_args_test",
             "get_func_ip_test", "test_trampoline_count", "fentry_many_args",
-            "fexit_many_args", "tracing_struct", "test_bpf_cookie")
+            "fexit_many_args", "tracing_struct", "test_bpf_cookie", "fentry_recursive",
+            "fentry_recursive_target")
 
 EXTRACT = (f"{SELFTESTS}/progs/*", f"{SELFTESTS}/prog_tests/*", f"{SELFTESTS}/*.h",
            f"{SELFTESTS}/Makefile", "tools/lib/bpf/*", "tools/include/*", "scripts/bpf_doc.py")

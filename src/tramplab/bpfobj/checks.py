@@ -31,8 +31,15 @@ class Failed(AssertionError):
 # ----------------------------------------------------------------------------- steps
 @dataclass(frozen=True)
 class Open:
-    """skel = X__open_and_load() (a fresh instance; `progs`: the ones autoloaded)."""
+    """skel = X__open_and_load() (a fresh instance; `progs`: the ones autoloaded).  `obj`: a
+    skeleton of another object than the test's; `as_`: a name for the instance; `target`:
+    (program, instance, program there) -- bpf_program__set_attach_target(prog, that program's
+    fd, its name) between open and load; `errno`: the load must fail with it (ASSERT_ERR)."""
     progs: tuple | None = None
+    obj: str | None = None
+    as_: str | None = None
+    target: tuple | None = None
+    errno: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,17 @@ class KTest:
     cite: str
     steps: tuple
     omits: str = ""
+    also: tuple = ()              # other objects its steps open
+
+
+def _recursive_chain(attach: bool, detach: bool) -> tuple:
+    """prog_tests/recursive_attach.c test_recursive_fentry_chain(attach, detach)."""
+    return ((Open(("test1",), obj="fentry_recursive_target", as_="target"),
+             Open(("recursive_attach",), as_="chain0",
+                  target=("recursive_attach", "target", "test1")))
+            + ((Attach(),) if attach else ()) + ((Detach(),) if detach else ())
+            + (Open(("recursive_attach",), as_="chain1",
+                    target=("recursive_attach", "chain0", "recursive_attach"), errno="EINVAL"),))
 
 
 def _tracing(obj: str, cite: str, reattach: bool) -> KTest:
@@ -183,6 +201,14 @@ TABLE: dict[str, KTest] = {
                         omits="the kprobe, kprobe_multi, uprobe, uprobe_multi, tracepoint, "
                               "perf_event, lsm, tp_btf and raw_tp subtests: tramplab runs only "
                               "the trampoline program kinds"),
+    "fentry_recursive": KTest("fentry_recursive", "prog_tests/recursive_attach.c: "
+                              "test_recursive_fentry(), its subtests attach, load and detach",
+                              _recursive_chain(True, False) + _recursive_chain(False, False)
+                              + _recursive_chain(True, True),
+                              omits="fentry_recursive_target's raw_tp program fentry_target "
+                                    "(not loaded: a raw_tp program) and so "
+                                    "test_fentry_attach_btf_presence(), which traces it",
+                              also=("fentry_recursive_target",)),
     "trampoline_count": KTest("test_trampoline_count", "prog_tests/trampoline_count.c: "
                               "serial_test_trampoline_count()",
                               (FillLinks(("fentry_test", "fmod_ret_test", "fexit_test")),
@@ -200,6 +226,7 @@ class _State:
     mode: str = "interp"
     lo: object = None
     all: list = field(default_factory=list)
+    named: dict = field(default_factory=dict)
 
 
 def _retval(what: str, r: int, signed: bool) -> int:
@@ -212,10 +239,31 @@ def _retval(what: str, r: int, signed: bool) -> int:
     return low - 0x10000 if signed and low & 0x8000 else low
 
 
-def _open(st: _State, obj: str, progs) -> object:
-    st.lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode)
-    st.all.append(st.lo)
-    return st.lo
+def _open(st: _State, obj: str, progs, step: Open | None = None) -> object:
+    targets = {}
+    if step is not None and step.target is not None:
+        prog, inst, tprog = step.target
+        lp = next((p for p in st.named[inst].progs if p.obj.name == tprog), None)
+        if lp is None:
+            raise Failed(f"no program {tprog} in {inst}")
+        targets[prog] = (lp, tprog)
+    try:
+        lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode,
+                                                   targets=targets)
+    except KernelError as e:
+        if step is None or step.errno is None or e.feature:
+            raise
+        if e.name != step.errno:
+            raise Failed(f"load of {obj} failed with {e.name}, expected {step.errno}") from None
+        return None
+    if step is not None and step.errno is not None:
+        raise Failed(f"load of {obj} ({step.as_ or 'the skeleton'}) succeeded; the kernel "
+                     f"test expects {step.errno}")
+    st.lo = lo
+    st.all.append(lo)
+    if step is not None and step.as_:
+        st.named[step.as_] = lo
+    return lo
 
 
 def _test_run(st: _State, prog: str) -> int:
@@ -233,7 +281,7 @@ def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
     st = _State(k, objects, mode)
     for step in t.steps:
         if isinstance(step, Open):
-            _open(st, t.obj, step.progs)
+            _open(st, step.obj or t.obj, step.progs, step)
         elif isinstance(step, Attach):
             targets = [lp for lp in st.lo.progs if step.prog in (None, lp.obj.name)]
             if step.errno or step.fails:
@@ -315,7 +363,8 @@ def run_matrix(arches: list[str], profile: str = "latest", tests=None,
     from ..selftests import profiles_for
     from . import build
     names = list(tests or TABLE)
-    objects = build.ensure(tuple(dict.fromkeys(TABLE[n].obj for n in names)))
+    objects = build.ensure(tuple(dict.fromkeys(o for n in names
+                                               for o in (TABLE[n].obj, *TABLE[n].also))))
     out = []
     for arch in arches:
         for prof in profiles_for(arch, profile):
