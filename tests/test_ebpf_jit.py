@@ -188,3 +188,121 @@ def test_a_wrong_jit_is_caught(monkeypatch, arch):
     monkeypatch.setattr(jit, "ALU_RR", table)
     a, b, _ = run_both(arch, 0)
     assert a != b
+
+
+# ------------------------------------------------------------------ faulting probe-mem loads
+def _fault_addrs(k) -> list[int]:
+    """Addresses no region maps: NULL + 16, a user address, the first kernel-half address."""
+    out = [16, 0x1000, k.arch.kernel_space]
+    assert all(k.memory.region_at(a) is None for a in out)
+    return out
+
+
+def faulting_program(k, buf: int) -> tuple[list, int]:
+    """Loads of every size from unmapped addresses into registers holding garbage (also the
+    base register itself as destination), each result stored, then a marker stored to show
+    execution went on after the load; last a good load from ctx (arg 0)."""
+    out, slot = [], 0
+    rb = 9                                                # holds buf addresses
+    for addr in _fault_addrs(k):
+        for size_bits, n in ((0x18, 8), (0x00, 4), (0x08, 2), (0x10, 1)):
+            for dst, src in ((0, 2), (3, 3)):
+                out += ld64(dst, 0x5A5A5A5A5A5A5A5A) + ld64(src, addr - 8)
+                out += [(0x61 | size_bits, dst, src, 8, 0)]          # dst = *(size *)(src + 8)
+                out += ld64(rb, buf + 8 * slot) + [(0x7B, rb, dst, 0, 0)]
+                out += ld64(4, 0x1111 * (slot + 1)) + ld64(rb, buf + 8 * (slot + 1))
+                out += [(0x7B, rb, 4, 0, 0)]
+                slot += 2
+    out += [(0x79, 5, 1, 0, 0)] + ld64(rb, buf + 8 * slot) + [(0x7B, rb, 5, 0, 0)]
+    slot += 1
+    out += [(0xB7, 0, 0, 0, 0), (0x95, 0, 0, 0, 0)]
+    return out, slot
+
+
+@pytest.mark.parametrize("arch", JIT_ARCHES)
+def test_faulting_loads_read_zero_in_the_jit_as_in_the_interpreter(arch):
+    k = Kernel(arch, cpus=2)
+    bufs = {}
+    for mode in ("interp", "jit"):
+        _raw, n = faulting_program(k, 0)
+        buf = k.kmalloc(8 * n)
+        raw, _ = faulting_program(k, buf)
+        lp = loader.load_insns(k, f"fault_{mode}", "fentry", "bpf_fentry_test1", raw, mode)
+        k.bpf.attach(lp.prog)
+        bufs[mode] = (buf, n)
+    before = k.machine.stats.extable_fixups
+    assert k.call("bpf_fentry_test1", 41) == 42
+    loads = len(_fault_addrs(k)) * 4 * 2
+    assert k.machine.stats.extable_fixups - before == loads      # the JIT's, once each
+    words = {}
+    for mode, (buf, n) in bufs.items():
+        data = k.memory.read(buf, 8 * n)
+        words[mode] = [k.memory.word(data[8 * i:8 * i + 8]) for i in range(n)]
+    assert words["interp"] == words["jit"]
+    w = words["jit"]
+    for i in range(loads):
+        assert w[2 * i] == 0, f"faulting load {i} left {w[2 * i]:#x}"
+        assert w[2 * i + 1] == 0x1111 * (2 * i + 1)               # went on after the load
+    assert w[-1] == 41                                            # a good load still loads
+    # the same under a scheduler stepping one instruction at a time, on two CPUs
+    assert k.call_many([("bpf_fentry_test1", (1,)), ("bpf_fentry_test1", (2,))],
+                       quantum=1) == [2, 3]
+    assert k.machine.stats.extable_fixups - before == 3 * loads
+
+
+@pytest.mark.parametrize("arch", JIT_ARCHES)
+def test_a_faulting_load_without_its_extable_entry_oopses(monkeypatch, arch):
+    """The test above can fail: with no exception-table entries the JIT's load oopses."""
+    from tramplab.bpf import extable
+    from tramplab.errors import Oops
+    monkeypatch.setattr(extable, "probe_load", lambda e, dst, emit: emit())
+    k = Kernel(arch)
+    raw, _ = faulting_program(k, k.kmalloc(8 * 64))
+    k.bpf.attach(loader.load_insns(k, "fault_jit", "fentry", "bpf_fentry_test1", raw,
+                                   "jit").prog)
+    with pytest.raises(Oops, match="read from unmapped"):
+        k.call("bpf_fentry_test1", 1)
+
+
+def test_extable_entries_are_checked_and_dropped_with_a_failed_load():
+    k = Kernel(JIT_ARCHES[0])
+    from tramplab.errors import UsageError
+    with pytest.raises(UsageError, match="no register"):
+        k.machine.add_extable([(0x1000, 0x1004, "nosuchreg")])
+    k.machine.add_extable([(0x1000, 0x1004, next(iter(k.arch.gpr)))])
+    with pytest.raises(UsageError, match="exists already"):
+        k.machine.add_extable([(0x1000, 0x1008, next(iter(k.arch.gpr)))])
+    k.machine.remove_extable([0x1000])
+    assert 0x1000 not in k.machine.extable
+
+
+@pytest.mark.parametrize("arch", JIT_ARCHES)
+def test_get_current_pid_tgid_is_the_calling_task(arch):
+    """Helper 14: current->tgid << 32 | current->pid, the same in the interpreter and the JIT;
+    the default is this process's thread."""
+    import os
+    import threading
+    k = Kernel(arch)
+    bufs = {}
+    for mode in ("interp", "jit"):
+        buf = k.kmalloc(8)
+        raw = [(0x85, 0, 0, 0, 14)] + ld64(1, buf) + [(0x7B, 1, 0, 0, 0), (0xB7, 0, 0, 0, 0),
+                                                      (0x95, 0, 0, 0, 0)]
+        k.bpf.attach(loader.load_insns(k, f"pid_{mode}", "fentry", "bpf_fentry_test1", raw,
+                                       mode).prog)
+        bufs[mode] = buf
+    k.call("bpf_fentry_test1", 1, pid=1234, tgid=77)
+    assert [k.memory.read_u64(b) for b in bufs.values()] == [77 << 32 | 1234] * 2
+    k.call("bpf_fentry_test1", 1)
+    want = os.getpid() << 32 | threading.get_native_id()
+    assert [k.memory.read_u64(b) for b in bufs.values()] == [want] * 2
+
+
+def test_pid_and_tgid_are_checked():
+    from tramplab.errors import UsageError
+    k = Kernel(JIT_ARCHES[0])
+    for bad in (0, -1, 1 << 31, "7", True):
+        with pytest.raises(UsageError, match="pid"):
+            k.call("bpf_fentry_test1", 1, pid=bad)
+    with pytest.raises(UsageError, match="tgid"):
+        k.call("bpf_fentry_test1", 1, tgid=0)

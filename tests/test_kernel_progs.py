@@ -56,13 +56,28 @@ def test_every_table_entry_cites_its_userspace_file(objects):
 def test_statuses_agree_with_the_python_transcriptions_in_every_profile(objects):
     """For every arch and profile the compiled programs pass, fail or are refused exactly as
     the Python transcriptions of the same tests (selftests/bpf_tests.py) are."""
-    from tramplab.profiles import get_profile
+    from tramplab.profiles import get_profile, version_key
     from tramplab.selftests import run_matrix
+    from tramplab.selftests.bpf_tests import TESTS
+    common = [n for n in checks.TABLE if n in TESTS]
     for arch in ARCHES:
         ours = {(r.profile, r.test): r.status for r in checks.run_matrix([arch], "all")}
         interpreted = dict(ours)
         theirs = {(r.profile, r.test): r.status
-                  for r in run_matrix([arch], "all", list(checks.TABLE), with_targets=False)}
+                  for r in run_matrix([arch], "all", common, with_targets=False)}
+        # bpf_cookie and fentry_recursive have no transcription: they pass exactly where
+        # fentry/fexit programs run (the transcriptions of fentry_test and fexit_test pass) and
+        # the kernel has what they need -- fmod_ret and bpf_get_attach_cookie for tracing
+        # programs; tracing programs on tracing programs (6.9) -- and are refused elsewhere
+        needs = {"bpf_cookie": lambda p: p.fmod_ret and p.cookie,
+                 "fentry_recursive": lambda p: version_key(p.kernel) >= version_key("6.9")}
+        for (prof, test), status in list(ours.items()):
+            if test not in TESTS:
+                p = get_profile(arch, prof)
+                runs = all(theirs[(prof, t)] == "pass" for t in ("fentry_test", "fexit_test"))
+                want = "pass" if runs and needs[test](p) else "unsupported"
+                assert status == want, (arch, prof, test, status)
+                del ours[(prof, test)]
         # One intended difference: the transcription of trampoline_count drops fmod_ret on a
         # kernel without it; the 6.12 object always has fmod_ret_test, so it cannot load there.
         for (prof, test), status in list(theirs.items()):
@@ -365,3 +380,67 @@ def test_fentry_on_a_python_body_tracing_program_keeps_its_ctx(arch):
     k.fentry(inner, name="outer")(lambda ctx: seen.__setitem__("outer", True))
     assert k.call("bpf_fentry_test1", 1) == 2
     assert seen == {"a": 1, "outer": True}
+
+
+def test_bpf_cookie_sees_only_the_tid_it_was_given(objects):
+    """test_bpf_cookie's programs do nothing for another thread: called as another pid the
+    results stay 0 (the check can fail), then as the runner's thread they get the cookies."""
+    import threading
+    for mode in ("interp", "jit"):
+        k = Kernel("arm64")
+        lo = k.load_object(objects["test_bpf_cookie"], mode=mode,
+                           programs=["fentry_test1", "fexit_test1", "fmod_ret_test"])
+        lo.set_var("my_tid", threading.get_native_id())
+        for lp, cookie in zip(lo.progs, (1 << 52, 2 << 52, 3 << 52)):
+            lp.link = k.bpf.attach(lp.prog, cookie)
+        other = threading.get_native_id() + 1
+        k.call("tramplab_test_run_tracing", pid=other)
+        assert lo.var("fentry_res") == 0 and lo.var("fexit_res") == 0
+        k.call("tramplab_test_run_tracing")
+        k.call("tramplab_test_run_modify_return", tgid=4242)      # the tgid is not compared
+        assert (lo.var("fentry_res"), lo.var("fexit_res"), lo.var("fmod_ret_res")) == \
+            (1 << 52, 2 << 52, 3 << 52)
+
+
+def test_fentry_recursive_fails_without_the_nesting_rule(objects, monkeypatch):
+    """The table entry can fail: a kernel that let a tracing program nest twice loads the
+    second link of the chain, which the kernel test asserts is refused."""
+    from tramplab.bpf.manager import BpfManager
+    real = BpfManager._check_tracing_on_tracing
+
+    def only_the_version_rule(self, name, target):
+        if target.attach_tracing_prog:
+            return
+        real(self, name, target)
+    monkeypatch.setattr(BpfManager, "_check_tracing_on_tracing", only_the_version_rule)
+    with pytest.raises(checks.Failed, match="chain1.*succeeded.*EINVAL"):
+        checks.run_test("fentry_recursive", Kernel("riscv64"), objects)
+
+
+@pytest.mark.parametrize("mode", ["interp", "jit"])
+def test_tracing_on_tracing_runs_one_level_and_not_before_6_9(objects, mode):
+    """fentry on an fentry program (6.9+): the chain's first link runs when its target runs;
+    a 6.8 kernel refuses it at load (Cannot recursively attach), as the verifier did."""
+    k = Kernel("x86_64")
+    target = k.load_object(objects["fentry_test"], programs=["test1"], mode=mode, attach=True)
+    seen = []
+    tp = target.programs["test1"]
+    k.fentry(tp.prog, name="on_test1")(lambda ctx: seen.append(ctx.arg(0)))
+    chain0 = k.load_object(objects["fentry_recursive"], mode=mode,
+                           targets={"recursive_attach": (tp, "test1")}, attach=True)
+    assert chain0.programs["recursive_attach"].prog.attach_tracing_prog
+    k.call("tramplab_test_run_tracing")
+    assert target.var("test1_result") == 1 and len(seen) == 1
+    if mode == "interp":                         # (runs counts interpreted bodies only)
+        assert chain0.programs["recursive_attach"].prog.runs == 1
+    with pytest.raises(KernelError, match="Cannot nest tracing program attach more than once"):
+        k.fentry(chain0.programs["recursive_attach"].prog, name="third")(lambda ctx: 0)
+    with pytest.raises(KernelError, match="Subprog nope doesn't exist"):
+        k.load_object(objects["fentry_recursive"], mode=mode,
+                      targets={"recursive_attach": (tp, "nope")})
+    old = Kernel("x86_64", profile="v6.8")
+    t8 = old.load_object(objects["fentry_test"], programs=["test1"], mode=mode)
+    with pytest.raises(KernelError, match="Cannot recursively attach") as e:
+        old.load_object(objects["fentry_recursive"], mode=mode,
+                        targets={"recursive_attach": (t8.programs["test1"], "test1")})
+    assert e.value.feature

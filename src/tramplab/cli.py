@@ -768,8 +768,15 @@ def _explore_replay(ex, target, seed: int, script=None) -> None:
                    "0-12 arguments of varied types, results known)")
 @click.option("--no-calls", is_flag=True, help="attach and detach only; call nothing")
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
-@click.argument("spec")
-def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
+@click.option("--object", "-o", "obj", default=None, metavar="PROG.bpf.o",
+              help="instead of SPEC: a clang-built BPF object (-target bpf); attach every "
+                   "fentry/fexit/fmod_ret program in it, call each target once and print the "
+                   "object's globals")
+@click.option("--jit", is_flag=True,
+              help="with --object: run the programs as the arch eBPF JIT's machine code "
+                   "(default: the eBPF interpreter)")
+@click.argument("spec", required=False)
+def attach_cmd(arch, profile, synth, no_calls, as_json, obj, jit, spec):
     """Attach one counting program to every function SPEC matches with the tracing_multi link,
     call each of them once, report how many runs the program saw and what attaching and
     detaching cost (ftrace updates, text pokes, sync points, synchronize_rcu calls, time).
@@ -777,9 +784,21 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
     SPEC is KIND:PATTERN, KIND one of fentry, fexit, fmod_ret, e.g. 'fexit:synth_*' or
     'fentry:bpf_fentry_test*'.
 
+    With --object PROG.bpf.o instead of SPEC: the programs of a user's BPF object, each
+    target called once with zero arguments (a pointer argument: a zeroed buffer).
+
     Example: tramplab attach --arch x86_64 --synth 10000 'fexit:synth_*'
+
+    Example: tramplab attach --arch arm64 --object prog.bpf.o --jit
     """
     import time
+    if (obj is None) == (spec is None):
+        raise UsageError("give either SPEC (KIND:PATTERN) or --object PROG.bpf.o")
+    if jit and obj is None:
+        raise UsageError("--jit runs the programs of an --object")
+    if obj is not None:
+        _attach_object(arch, profile, synth, no_calls, as_json, obj, jit)
+        return
     kind, _, pattern = spec.partition(":")
     if kind not in ("fentry", "fexit", "fmod_ret") or not pattern:
         raise UsageError(f"SPEC must be fentry|fexit|fmod_ret:PATTERN, not {spec!r}")
@@ -821,6 +840,42 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, spec):
                  for what, c in (("attach", attach_cost), ("detach", detach_cost))])
     if not no_calls:
         click.echo(f"called {called:,} functions once each; the program ran {runs['n']:,} times")
+
+
+def _attach_object(arch, profile, synth, no_calls, as_json, path, jit) -> None:
+    """tramplab attach --object: load a user's object, attach its programs, call each target
+    once, print what each program's globals hold."""
+    k = _profile_kernel_synth(arch, profile, synth)
+    lo = k.load_object(path, mode="jit" if jit else "interp")
+    if not lo.progs:
+        raise UsageError(f"{path}: no autoloaded fentry/fexit/fmod_ret program to attach")
+    lo.attach()
+    targets = list(dict.fromkeys(lp.obj.target for lp in lo.progs))
+    called = 0 if no_calls else _call_each(k, targets, quiet=True)
+    vals = lo.variables()
+
+    def show(v):
+        return v.hex() if isinstance(v, bytes) else v
+    progs = [{"name": name, "section": lp.obj.section, "kind": lp.obj.kind,
+              "target": lp.obj.target} for name, lp in lo.programs.items()]
+    out = {"arch": k.arch.name, "profile": k.profile.name, "object": str(path),
+           "mode": "jit" if jit else "interp", "programs": progs, "called": called,
+           "globals": {n: show(v) for n, v in vals.items()}}
+    lo.detach()
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    from .termtable import print_table
+    print_table(_console(), escape(f"{k.arch.name} {k.profile.name}: {lo.obj.name} "
+                                   f"({out['mode']})"),
+                ["program", "section", "kind", "target"],
+                [[escape(str(p[c])) for c in ("name", "section", "kind", "target")]
+                 for p in progs])
+    if not no_calls:
+        click.echo(f"called {called} target function(s) once each")
+    print_table(_console(), "globals after the calls", ["global", "value"],
+                [[escape(n), escape(str(show(v)) if isinstance(v, bytes)
+                                    else f"{v} ({v:#x})")] for n, v in vals.items()])
 
 
 def _profile_kernel_synth(arch: str, profile: str | None, synth: int):

@@ -258,6 +258,31 @@ class Kernel:
         task = self.machine.call(prog.image, list(args), cpu=cpu, name=prog.name)
         return task.result
 
+    def load_object(self, path, *, programs=None, mode: str = "interp", attach: bool = False,
+                    targets=None):
+        """Load a clang-built BPF object (`clang -target bpf`), as libbpf's
+        bpf_object__open_file + bpf_object__load: its .bss/.data/.rodata placed in kernel
+        memory, its autoloaded fentry/fexit/fmod_ret programs (or the names in `programs`)
+        linked, checked and loaded; `mode` "jit" runs them as the arch JIT's machine code.
+        Returns the LoadedObject: `.programs` (name -> loaded program, `.prog` the BpfProg),
+        `.var(name)` / `.variables()` (its globals read from kernel memory), `.attach()`.
+        `targets`: program name -> (a loaded program, its function name), to trace a BPF
+        program (libbpf's bpf_program__set_attach_target).
+        Unsupported constructs raise ObjectError (or KernelError with the errno) naming them."""
+        from .bpfobj.loader import BpfObject
+        if not isinstance(path, (str, bytes)) and not hasattr(path, "__fspath__"):
+            raise UsageError(f"load_object wants a path to a BPF object, not {path!r}")
+        if programs is not None and (isinstance(programs, str) or not all(
+                isinstance(n, str) for n in programs)):
+            raise UsageError(f"programs: a list of program names, not {programs!r}")
+        if targets is not None and not isinstance(targets, dict):
+            raise UsageError(f"targets: a dict of program name -> (program, function name), "
+                             f"not {targets!r}")
+        lo = BpfObject.open(path).load(self, only=programs, mode=mode, targets=targets)
+        if attach:
+            lo.attach()
+        return lo
+
     # ------------------------------------------------------------------ loading
     @staticmethod
     def _image_end(obj) -> int:
@@ -332,9 +357,24 @@ class Kernel:
                 raise UsageError(f"{ctype.name}: word {i} ({word}) does not fit in {bits // 8} "
                                  f"bytes (u{bits} or s{bits})")
 
-    def task(self, name: str, *args, cpu: int = 0) -> CallTask:
+    @staticmethod
+    def _check_ids(pid, tgid) -> dict:
+        out = {}
+        for what, v in (("pid", pid), ("tgid", tgid)):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < (1 << 31):
+                raise UsageError(f"{what} must be a positive pid_t (1..2^31-1), not {v!r}")
+            out[what] = v
+        return out
+
+    def task(self, name: str, *args, cpu: int = 0, pid: int | None = None,
+             tgid: int | None = None) -> CallTask:
+        """A call of `name` ready to run; `pid`/`tgid`: the calling task's identity (`current`,
+        what bpf_get_current_pid_tgid reports; default this process's thread and process)."""
         fn = self.function(name)
         self._cpu(cpu)
+        ids = self._check_ids(pid, tgid)
         if fn.proto is None:
             raise UsageError(f"{name} has no prototype (no DWARF)")
         try:
@@ -344,15 +384,17 @@ class Kernel:
             regs, stack = assign(self.arch, fn.proto.params, list(args))
         except UsageError as e:
             raise UsageError(f"{fn.signature}: {e}") from None
-        return CallTask(cpu, fn.addr, regs, stack, name)
+        return CallTask(cpu, fn.addr, regs, stack, name, **ids)
 
     def result(self, task: CallTask):
         fn = self.function(task.name)
         return from_ret(fn.proto.ret, task.result, task.result2)
 
-    def call(self, name: str, *args, cpu: int = 0):
-        """Call a kernel function on an emulated CPU and return its C value."""
-        task = self.task(name, *args, cpu=cpu)
+    def call(self, name: str, *args, cpu: int = 0, pid: int | None = None,
+             tgid: int | None = None):
+        """Call a kernel function on an emulated CPU and return its C value (as task `pid` of
+        process `tgid`, default this process's thread: see task())."""
+        task = self.task(name, *args, cpu=cpu, pid=pid, tgid=tgid)
         self.machine.start(task)
         self.machine.finish(self.machine.cpus[cpu])
         return self.result(task)

@@ -35,7 +35,8 @@ from ..ftrace.arch_api import TextWrite
 from ..jit import assemble
 from ..machine.memory import PAGE_SIZE
 from ..faults import fault
-from ..profiles import has
+from ..profiles import has, version_key
+from . import extable
 from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .multi import MultiAttach
@@ -44,6 +45,7 @@ from ..unwind import code_table
 from . import ksym
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
+TRACING_ON_TRACING = "6.9"     # fentry/fexit on an fentry/fexit program (one level): 19bfcdf9498a
 # ALLOW_ERROR_INJECTION / the fmodret BTF id sets of the selftest targets (net/bpf/test_run.c,
 # bpf_testmod): the only functions fmod_ret may attach to here.
 FMOD_RET_ALLOWED = frozenset({"bpf_modify_return_test", "bpf_modify_return_test2",
@@ -179,8 +181,14 @@ class BpfManager(MultiAttach):
                              "(its functions come at attach_multi)")
         if kind in BPF_TRAMP_KINDS and not nargs:
             nargs = 1           # its BTF prototype is `int prog(u64 *ctx)`: fentry on it saves ctx
+        on_tracing = isinstance(target, BpfProg) and target.kind in BPF_TRAMP_KINDS
+        if on_tracing and kind in BPF_TRAMP_KINDS:
+            self._check_tracing_on_tracing(name, target)
         prog = BpfProg(name, kind, body, target, func_ip=func_ip, nargs=nargs, calls=calls,
                        id=next(_ids), multi=multi, jit=jit)
+        # kernel/bpf/syscall.c bpf_prog_load: set for the program's whole life (never cleared
+        # at detach), so loading first and attaching later cannot build a longer chain
+        prog.attach_tracing_prog = on_tracing and kind in BPF_TRAMP_KINDS
         undo: list = []
         try:
             self._load_steps(prog, undo)
@@ -191,6 +199,20 @@ class BpfManager(MultiAttach):
         self.progs[name] = prog
         self._prog_mem[prog.mem] = prog
         return prog
+
+    def _check_tracing_on_tracing(self, name: str, target: BpfProg) -> None:
+        """bpf_check_attach_target (kernel/bpf/verifier.c) for a tracing program whose target
+        is a tracing program.  Before 6.9 any such pair was refused ("Cannot recursively
+        attach": tgt_prog->type == prog->type); 19bfcdf9498a 'bpf: Relax tracing prog
+        recursive attach rules' (v6.9) allows one level: refused only when the target itself
+        targets a tracing program (aux->attach_tracing_prog)."""
+        if version_key(self.profile.kernel) < version_key(TRACING_ON_TRACING):
+            raise KernelError("EINVAL", f"{name} on {target.name}: Cannot recursively attach "
+                                        f"(a tracing program on a tracing program needs "
+                                        f"{TRACING_ON_TRACING})", feature="tracing_on_tracing")
+        if target.attach_tracing_prog:
+            raise KernelError("EINVAL", f"{name} on {target.name}: Cannot nest tracing program "
+                                        "attach more than once")
 
     def _load_steps(self, prog: BpfProg, undo: list) -> None:
         """Give the program its struct, body and image; every step leaves its undo (a refusal
@@ -229,6 +251,10 @@ class BpfManager(MultiAttach):
             unwind=code_table(self.machine.arch, addr, len(code.code), code.cfi),
             frame_facts={n: code.labels[n] - addr for n in ("fp_start", "fp_end")
                          if n in code.labels})
+        fixups = extable.entries(code.labels)
+        if fixups:
+            self.machine.add_extable(fixups)
+            undo.append(lambda: self.machine.remove_extable(pc for pc, _c, _r in fixups))
         site = code.labels["site"]
         prog.image, prog.site = addr, site
         prog.site_skip = site - addr + len(self.progjit.site_bytes(self.kernel, site, None))

@@ -56,6 +56,8 @@ class BpfProg:
     # the image's machine code when the program is JITed eBPF (bpfobj): gen(e) emits the whole
     # image (patch site labelled "site"); None: the image calls `body` as a host function
     jit: Callable | None = field(default=None, repr=False)
+    # prog->aux->attach_tracing_prog: a tracing program loaded on a tracing program
+    attach_tracing_prog: bool = False
     # prog->active: per-CPU depth of runs, kept by __bpf_prog_enter/exit_recur (the manager)
     active: dict = field(default_factory=dict, repr=False)
 
@@ -163,6 +165,14 @@ class Ctx:
 
     def bpf_get_func_ip(self) -> int:
         return self.func_ip
+
+    def bpf_get_current_pid_tgid(self) -> int:
+        """kernel/bpf/helpers.c: current->tgid << 32 | current->pid, `current` being the task
+        whose call this CPU runs (CallTask.pid/tgid)."""
+        task = self.cpu.task
+        if task is None:
+            raise UsageError("bpf_get_current_pid_tgid: no task is running on this CPU")
+        return (task.tgid & 0xFFFFFFFF) << 32 | (task.pid & 0xFFFFFFFF)
 
     @property
     def cookie(self) -> int:

@@ -37,19 +37,21 @@ SELFTESTS = "tools/testing/selftests/bpf"
 # The programs of this slice (tools/testing/selftests/bpf/progs/<name>.c).
 PROGRAMS = ("fentry_test", "fexit_test", "modify_return", "get_func_args_test",
             "get_func_ip_test", "test_trampoline_count", "fentry_many_args",
-            "fexit_many_args", "tracing_struct")
+            "fexit_many_args", "tracing_struct", "test_bpf_cookie", "fentry_recursive",
+            "fentry_recursive_target")
 
 EXTRACT = (f"{SELFTESTS}/progs/*", f"{SELFTESTS}/prog_tests/*", f"{SELFTESTS}/*.h",
            f"{SELFTESTS}/Makefile", "tools/lib/bpf/*", "tools/include/*", "scripts/bpf_doc.py")
 
-# A vmlinux.h for the programs above that include it (get_func_ip_test, tracing_struct): the
+# A vmlinux.h for the programs above that include it (get_func_ip_test, tracing_struct,
+# test_bpf_cookie): the
 # kernel types they
 # name, written here (bpftool would dump them from a kernel's BTF).  The record attribute is
 # what bpftool's dump adds, so field accesses carry CO-RE relocations as they would.
 VMLINUX_H = """\
 #ifndef __VMLINUX_H__
 #define __VMLINUX_H__
-/* tramplab: the types progs/get_func_ip_test.c and progs/tracing_struct.c use */
+/* tramplab: the types progs/get_func_ip_test.c, tracing_struct.c, test_bpf_cookie.c use */
 typedef signed char __s8;
 typedef unsigned char __u8;
 typedef short __s16;
@@ -58,6 +60,7 @@ typedef int __s32;
 typedef unsigned int __u32;
 typedef long long __s64;
 typedef unsigned long long __u64;
+typedef __u32 u32;                        /* test_bpf_cookie: (u32)bpf_get_current_pid_tgid() */
 typedef __u16 __be16;
 typedef __u32 __be32;
 typedef __u32 __wsum;
@@ -69,6 +72,7 @@ struct pt_regs {                          /* arch/x86/include/asm/ptrace.h, 64-b
 	unsigned long r11, r10, r9, r8, ax, cx, dx, si, di;
 	unsigned long orig_ax, ip, cs, flags, sp, ss;
 };
+struct vm_area_struct;                    /* test_bpf_cookie's lsm program: a pointer only */
 #pragma clang attribute pop
 #endif
 """
@@ -123,6 +127,7 @@ def tree() -> Path:
     top = root / TOP
     done = root / ".extracted"
     if done.is_file():
+        _write_vmlinux_h(root)
         return top
     if root.exists():
         shutil.rmtree(root)
@@ -133,11 +138,19 @@ def tree() -> Path:
     out = _run([sys.executable, str(top / "scripts/bpf_doc.py"), "--header", "--file",
                 str(top / "tools/include/uapi/linux/bpf.h")], "scripts/bpf_doc.py --header")
     (top / "tools/lib/bpf/bpf_helper_defs.h").write_text(out.stdout)
-    vm = root / "vmlinux"
-    vm.mkdir()
-    (vm / "vmlinux.h").write_text(VMLINUX_H)
+    _write_vmlinux_h(root)
     done.write_text(str(tarball) + "\n")
     return top
+
+
+def _write_vmlinux_h(root: Path) -> None:
+    """The small vmlinux.h, rewritten when this version of it differs from the cached one (an
+    object built with the older header is kept: the header only gains types)."""
+    vm = root / "vmlinux"
+    vm.mkdir(exist_ok=True)
+    path = vm / "vmlinux.h"
+    if not path.is_file() or path.read_text() != VMLINUX_H:
+        path.write_text(VMLINUX_H)
 
 
 def sys_includes(clang: str) -> list[str]:

@@ -13,6 +13,7 @@ the model's compiled callers of the same functions are TEST_RUN below.  trigger_
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from ..errors import KernelError
@@ -30,16 +31,32 @@ class Failed(AssertionError):
 # ----------------------------------------------------------------------------- steps
 @dataclass(frozen=True)
 class Open:
-    """skel = X__open_and_load() (a fresh instance; `progs`: the ones autoloaded)."""
+    """skel = X__open_and_load() (a fresh instance; `progs`: the ones autoloaded).  `obj`: a
+    skeleton of another object than the test's; `as_`: a name for the instance; `target`:
+    (program, instance, program there) -- bpf_program__set_attach_target(prog, that program's
+    fd, its name) between open and load; `errno`: the load must fail with it (ASSERT_ERR)."""
     progs: tuple | None = None
+    obj: str | None = None
+    as_: str | None = None
+    target: tuple | None = None
+    errno: str | None = None
 
 
 @dataclass(frozen=True)
 class Attach:
-    """X__attach(skel), or one program's attach; `errno`: the attach must fail with it."""
+    """X__attach(skel), or one program's attach; `errno`: the attach must fail with it;
+    `cookie`: bpf_link_create with link_opts.tracing.cookie."""
     prog: str | None = None
     errno: str | None = None
     fails: bool = False           # must fail, whatever errno (ASSERT_LT(link_fd, 0))
+    cookie: int = 0
+
+
+@dataclass(frozen=True)
+class SetTid:
+    """skel->bss->VAR = sys_gettid(): the runner's thread id, which the model's calls run as
+    (CallTask.pid; BPF_PROG_TEST_RUN runs in the calling thread)."""
+    var: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,17 @@ class KTest:
     cite: str
     steps: tuple
     omits: str = ""
+    also: tuple = ()              # other objects its steps open
+
+
+def _recursive_chain(attach: bool, detach: bool) -> tuple:
+    """prog_tests/recursive_attach.c test_recursive_fentry_chain(attach, detach)."""
+    return ((Open(("test1",), obj="fentry_recursive_target", as_="target"),
+             Open(("recursive_attach",), as_="chain0",
+                  target=("recursive_attach", "target", "test1")))
+            + ((Attach(),) if attach else ()) + ((Detach(),) if detach else ())
+            + (Open(("recursive_attach",), as_="chain1",
+                    target=("recursive_attach", "chain0", "recursive_attach"), errno="EINVAL"),))
 
 
 def _tracing(obj: str, cite: str, reattach: bool) -> KTest:
@@ -159,6 +187,28 @@ TABLE: dict[str, KTest] = {
                                  ("t1_reg2", 1), ("t1_reg3", 4), ("t1_ret", 10)))),
                             omits="t2..t6 (bpf_testmod_test_struct_arg_2..6 and their "
                                   "programs): the model's bpf_testmod has struct_arg_1 only"),
+    "bpf_cookie": KTest("test_bpf_cookie", "prog_tests/bpf_cookie.c: test_bpf_cookie(), "
+                        "its trampoline subtest tracing_subtest()",
+                        (Open(("fentry_test1", "fexit_test1", "fmod_ret_test")),
+                         SetTid("my_tid"), Set("fentry_res", 0), Set("fexit_res", 0),
+                         Attach("fentry_test1", cookie=0x10000000000000),
+                         Attach("fexit_test1", cookie=0x20000000000000),
+                         Attach("fmod_ret_test", cookie=0x30000000000000),
+                         TestRun("fentry_test1"), TestRun("fmod_ret_test"),
+                         Expect("fentry_res", 0x10000000000000),
+                         Expect("fexit_res", 0x20000000000000),
+                         Expect("fmod_ret_res", 0x30000000000000)),
+                        omits="the kprobe, kprobe_multi, uprobe, uprobe_multi, tracepoint, "
+                              "perf_event, lsm, tp_btf and raw_tp subtests: tramplab runs only "
+                              "the trampoline program kinds"),
+    "fentry_recursive": KTest("fentry_recursive", "prog_tests/recursive_attach.c: "
+                              "test_recursive_fentry(), its subtests attach, load and detach",
+                              _recursive_chain(True, False) + _recursive_chain(False, False)
+                              + _recursive_chain(True, True),
+                              omits="fentry_recursive_target's raw_tp program fentry_target "
+                                    "(not loaded: a raw_tp program) and so "
+                                    "test_fentry_attach_btf_presence(), which traces it",
+                              also=("fentry_recursive_target",)),
     "trampoline_count": KTest("test_trampoline_count", "prog_tests/trampoline_count.c: "
                               "serial_test_trampoline_count()",
                               (FillLinks(("fentry_test", "fmod_ret_test", "fexit_test")),
@@ -176,6 +226,7 @@ class _State:
     mode: str = "interp"
     lo: object = None
     all: list = field(default_factory=list)
+    named: dict = field(default_factory=dict)
 
 
 def _retval(what: str, r: int, signed: bool) -> int:
@@ -188,10 +239,31 @@ def _retval(what: str, r: int, signed: bool) -> int:
     return low - 0x10000 if signed and low & 0x8000 else low
 
 
-def _open(st: _State, obj: str, progs) -> object:
-    st.lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode)
-    st.all.append(st.lo)
-    return st.lo
+def _open(st: _State, obj: str, progs, step: Open | None = None) -> object:
+    targets = {}
+    if step is not None and step.target is not None:
+        prog, inst, tprog = step.target
+        lp = next((p for p in st.named[inst].progs if p.obj.name == tprog), None)
+        if lp is None:
+            raise Failed(f"no program {tprog} in {inst}")
+        targets[prog] = (lp, tprog)
+    try:
+        lo = BpfObject.open(st.objects[obj]).load(st.k, only=progs, mode=st.mode,
+                                                   targets=targets)
+    except KernelError as e:
+        if step is None or step.errno is None or e.feature:
+            raise
+        if e.name != step.errno:
+            raise Failed(f"load of {obj} failed with {e.name}, expected {step.errno}") from None
+        return None
+    if step is not None and step.errno is not None:
+        raise Failed(f"load of {obj} ({step.as_ or 'the skeleton'}) succeeded; the kernel "
+                     f"test expects {step.errno}")
+    st.lo = lo
+    st.all.append(lo)
+    if step is not None and step.as_:
+        st.named[step.as_] = lo
+    return lo
 
 
 def _test_run(st: _State, prog: str) -> int:
@@ -209,7 +281,7 @@ def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
     st = _State(k, objects, mode)
     for step in t.steps:
         if isinstance(step, Open):
-            _open(st, t.obj, step.progs)
+            _open(st, step.obj or t.obj, step.progs, step)
         elif isinstance(step, Attach):
             targets = [lp for lp in st.lo.progs if step.prog in (None, lp.obj.name)]
             if step.errno or step.fails:
@@ -223,12 +295,17 @@ def run_test(name: str, k, objects: dict, mode: str = "interp") -> None:
                 else:
                     raise Failed(f"attach of {step.prog or 'the skeleton'} succeeded; the "
                                  f"kernel test expects {step.errno or 'a failure'}")
+            elif step.prog is not None:
+                for lp in targets:
+                    lp.link = k.bpf.attach(lp.prog, step.cookie)
             else:
-                st.lo.attach()
+                st.lo.attach(step.cookie)
         elif isinstance(step, Detach):
             st.lo.detach()
         elif isinstance(step, Set):
             st.lo.set_var(step.var, step.value)
+        elif isinstance(step, SetTid):
+            st.lo.set_var(step.var, threading.get_native_id())
         elif isinstance(step, TestRun):
             r = _test_run(st, step.prog)
             for what, want in step.checks:
@@ -286,7 +363,8 @@ def run_matrix(arches: list[str], profile: str = "latest", tests=None,
     from ..selftests import profiles_for
     from . import build
     names = list(tests or TABLE)
-    objects = build.ensure(tuple(dict.fromkeys(TABLE[n].obj for n in names)))
+    objects = build.ensure(tuple(dict.fromkeys(o for n in names
+                                               for o in (TABLE[n].obj, *TABLE[n].also))))
     out = []
     for arch in arches:
         for prof in profiles_for(arch, profile):

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import errno
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from ..arch import arch_module
-from ..bpf.prog import Ctx
+from ..bpf.prog import BpfProg, Ctx
 from ..errors import KernelError, ObjectError, UsageError
 from . import interp
 from .btf import Btf, core_relos
@@ -71,7 +71,7 @@ class ObjProg:
     section: str
     func: Func
     kind: str          # libbpf program kind (see SEC_KINDS), or the unknown prefix itself
-    target: str | None
+    target: object     # the function name (str), a BpfProg (set_attach_target), or None
     autoload: bool
 
     @property
@@ -204,10 +204,12 @@ class BpfObject:
                 out[i] = (name, size, body if hdr["sh_type"] != "SHT_NOBITS" else bytes(size))
         return out
 
-    def load(self, kernel, only=None, mode: str = "interp") -> "LoadedObject":
+    def load(self, kernel, only=None, mode: str = "interp", targets=None) -> "LoadedObject":
         """mode: "interp" (the eBPF interpreter is the program's body) or "jit" (the program
-        image is machine code from the arch's eBPF JIT, where the port has one)."""
-        return LoadedObject(self, kernel, only, mode)
+        image is machine code from the arch's eBPF JIT, where the port has one).  `targets`:
+        program name -> (a loaded program, its function name), libbpf's
+        bpf_program__set_attach_target(prog, that program's fd, name) before the load."""
+        return LoadedObject(self, kernel, only, mode, targets=targets or {})
 
 
 @dataclass(eq=False)
@@ -230,6 +232,7 @@ class LoadedObject:
     mode: str = "interp"
     data_addr: dict = field(default_factory=dict)      # section index -> address
     progs: list = field(default_factory=list)
+    targets: dict = field(default_factory=dict)        # prog name -> (loaded prog, func name)
 
     def __post_init__(self):
         k, o = self.kernel, self.obj
@@ -239,7 +242,11 @@ class LoadedObject:
         if k.memory.region_at(STACK_BASE) is not None:
             raise ObjectError("the interpreter's stack range is kernel memory here", "EINVAL")
         self._jit = jit_module(k, self.mode)
-        wanted = self._select(self.only)
+        wanted = [self._retarget(p) for p in self._select(self.only)]
+        unknown = set(self.targets) - {p.name for p in wanted}
+        if unknown:
+            raise ObjectError(f"{o.name}: attach target set for {', '.join(sorted(unknown))}, "
+                              "which is not a program being loaded", "ENOENT")
         for i, (name, size, body) in o.data_sections().items():
             if name in (".maps", "maps"):
                 continue                       # refused below only if a program uses it
@@ -273,6 +280,27 @@ class LoadedObject:
                 raise ObjectError(f"{o.name}: {p.name} uses {o.core[p.section]} CO-RE "
                                   "relocation(s) (not supported yet)", "EOPNOTSUPP")
         return chosen
+
+    def _retarget(self, p: ObjProg) -> ObjProg:
+        """bpf_program__set_attach_target: the program's target becomes a loaded BPF program
+        (attach_prog_fd); the name must be that program's function (bpf_check_attach_target:
+        "Subprog %s doesn't exist" otherwise -- a subprogram is no target here)."""
+        if p.name not in self.targets:
+            return p
+        spec = self.targets[p.name]
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], str)):
+            raise UsageError(f"targets[{p.name!r}]: (a loaded program, its function name), "
+                             f"not {spec!r}")
+        tgt, func = spec
+        prog = getattr(tgt, "prog", tgt)          # a LoadedProg, or a BpfProg itself
+        if not isinstance(prog, BpfProg) or self.kernel.bpf.progs.get(prog.name) is not prog:
+            raise UsageError(f"targets[{p.name!r}]: {tgt!r} is not a program loaded in this "
+                             "kernel")
+        own = tgt.obj.name if isinstance(tgt, LoadedProg) else prog.name
+        if func != own:
+            raise KernelError("EINVAL", f"{p.name}: Subprog {func} doesn't exist in "
+                                        f"{prog.name} (its function is {own})")
+        return replace(p, target=prog)
 
     # ------------------------------------------------------------------ linking
     def _link(self, p: ObjProg) -> list:
@@ -397,6 +425,28 @@ class LoadedObject:
                 lp.link.detach()
                 lp.link = None
 
+    @property
+    def programs(self) -> dict:
+        """name -> LoadedProg (a name in two sections, as fexit_many_args has: name@section
+        index for the second)."""
+        out = {}
+        for lp in self.progs:
+            key = lp.obj.name if lp.obj.name not in out else f"{lp.obj.name}@{lp.obj.sec}"
+            out[key] = lp
+        return out
+
+    def variables(self) -> dict:
+        """Every global of .bss/.data/.rodata -> its value now (unsigned, its own size; an
+        array or struct larger than 8 bytes as its bytes)."""
+        out = {}
+        for s in self.obj.symbols:
+            if s["st_info"]["type"] == "STT_OBJECT" and s["st_shndx"] in self.data_addr \
+                    and s.name:
+                data = self.kernel.memory.read(self.data_addr[s["st_shndx"]] + s["st_value"],
+                                               s["st_size"])
+                out[s.name] = self.kernel.memory.word(data) if s["st_size"] <= 8 else data
+        return out
+
     # ------------------------------------------------------------------ globals
     def _sym(self, name: str):
         for s in self.obj.symbols:
@@ -482,9 +532,6 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
                                         "exist in this kernel (the verifier: unknown func)",
                               feature=feature)
     _check_ctx(k, p, lp.code)
-    if 14 in lp.helpers:
-        raise ObjectError(f"{obj_name}: {p.name} calls bpf_get_current_pid_tgid "
-                          "(the model has no tasks with pids yet)", "EOPNOTSUPP")
     body = _Body(k, lp)
     gen = _jit_gen(k, jit, name, lp) if jit is not None else None
     # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
@@ -503,21 +550,25 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
 def _check_ctx(k, p: ObjProg, code) -> None:
     """The verifier's btf_ctx_access for tracing programs: ctx is read-only, 8-byte slots,
     one per argument slot of the target, plus the return value for fexit/fmod_ret."""
-    try:
-        proto = k.function(p.target).proto
-    except UsageError:
-        return                                   # no such function: the attach refuses it
-    slots = sum((q.size + 7) // 8 if q.kind == "struct" else 1 for q in proto.params)
+    if isinstance(p.target, BpfProg):
+        slots = p.target.nargs                   # a program's own BTF prototype
+    else:
+        try:
+            proto = k.function(p.target).proto
+        except UsageError:
+            return                               # no such function: the attach refuses it
+        slots = sum((q.size + 7) // 8 if q.kind == "struct" else 1 for q in proto.params)
     allowed = slots + (1 if p.kind in ("fexit", "fmod_ret") else 0)
+    tname = p.target.name if isinstance(p.target, BpfProg) else p.target
     for what, pc, off, _size in interp.ctx_loads(code):
         if what == "store":
             raise KernelError("EACCES", f"{p.name}: instruction {pc} writes into ctx (a "
                                         "tracing program's ctx is read-only)")
         if off < 0 or off % 8:
-            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{p.target}' "
+            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{tname}' "
                                         f"offset {off} is not a multiple of 8 in ctx")
         if off // 8 >= allowed:
-            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{p.target}' "
+            raise KernelError("EACCES", f"{p.name}: instruction {pc}: func '{tname}' "
                                         f"doesn't have {off // 8}-th argument ({slots} "
                                         f"argument slots{', + the return value' if allowed > slots else ''})")
 
@@ -586,6 +637,8 @@ def _helper(vm, ctx, h: int, a1: int, a2: int, a3: int) -> int:
         return ctx.bpf_get_func_ip()
     if h == 174:
         return ctx.cookie
+    if h == 14:
+        return ctx.bpf_get_current_pid_tgid()
     if h == 185:
         return ctx.bpf_get_func_arg_cnt()
     if h == 183:

@@ -45,7 +45,9 @@ of translated blocks: the bytes it fetched, decoded once.
 """
 from __future__ import annotations
 
+import os
 import random
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, ClassVar, Generator
 
@@ -192,6 +194,7 @@ class Stats:
     text_bytes: int = 0
     invalidations: int = 0
     icache_syncs: int = 0          # weak mode: CPUs made to see the text written (per CPU)
+    extable_fixups: int = 0        # faults fixed up by an exception-table entry
 
 
 @dataclass
@@ -209,6 +212,11 @@ class CallTask:
     steps: int = 0
     start_sp: int = 0              # sp at the first instruction (the return address pushed)
     end_sp: int = 0                # sp once it returned: balanced = start_sp + what ret pops
+    # the task making the call (`current`): by default the process running the model, as a
+    # selftest's BPF_PROG_TEST_RUN runs in the test runner's thread -- pid is the thread id
+    # (gettid()), tgid the process id (getpid()), as the kernel's task_struct has them
+    pid: int = field(default_factory=threading.get_native_id)
+    tgid: int = field(default_factory=os.getpid)
 
 
 class Machine:
@@ -226,6 +234,9 @@ class Machine:
         self.stopping = 0                    # stop_machine waiting: CPUs start no new call
         self.current_actor = None            # the HostTask a scheduler is stepping (locks.py)
         self.abort_hooks: list[Callable] = []    # f(cpu): a call was abandoned mid-way
+        # exception tables (the kernel's __ex_table entries of JITed BPF code): faulting pc ->
+        # (pc to continue at, register to zero), as ex_handler_bpf applies them
+        self.extable: dict[int, tuple[int, str]] = {}
         m = self.memory
         ksize = self.config.kernel_size or lay.kernel_size
         self.kernel = m.add_region("kernel", lay.kernel_text, ksize, "text", True)
@@ -431,7 +442,7 @@ class Machine:
             if cpu.last_task is not None and cpu.last_task.done:
                 return cpu.last_task
             raise UsageError(f"CPU {cpu.index} is not running a call")
-        self._execute(cpu, self.config.max_insns)
+        self._execute(cpu, self.config.max_insns, resume=True)
         if not self._finish_if_returned(cpu):
             raise make_oops(self, cpu, f"soft lockup: {task.name or 'call'} did not return "
                                        f"within {self.config.max_insns} instructions")
@@ -443,13 +454,53 @@ class Machine:
         self.start(CallTask(cpu, entry, list(reg_args), list(stack_args or []), name))
         return self.finish(self.cpus[cpu])
 
-    def _execute(self, cpu: Cpu, count: int) -> None:
-        try:
-            err = cpu.run(cpu.pc, self.hostcalls.return_trap, count)
-        except BaseException:
-            self._abort(cpu)       # a Python exception from a hook ends the call
-            raise
+    def _execute(self, cpu: Cpu, count: int, resume: bool = False) -> None:
+        """Run up to `count` instructions.  A memory fault at a pc with an exception-table
+        entry is fixed up and the call goes on: to the end of `count` when `resume` (a call run
+        to completion), else the fixed-up load ends this slice (a scheduler's step)."""
+        while True:
+            try:
+                err = cpu.run(cpu.pc, self.hostcalls.return_trap, count)
+            except BaseException:
+                self._abort(cpu)       # a Python exception from a hook ends the call
+                raise
+            if not self._fixup(cpu):
+                break
+            if not resume:
+                return
         self._check(cpu, err)
+
+    # ------------------------------------------------------------------ exception tables
+    def add_extable(self, entries) -> None:
+        """Register exception-table entries: (faulting pc, continuation pc, register)."""
+        for pc, cont, reg in entries:
+            if reg not in self.arch.gpr:
+                raise UsageError(f"exception-table entry at {pc:#x}: {self.arch.name} has no "
+                                 f"register {reg!r}")
+            if pc in self.extable:
+                raise UsageError(f"an exception-table entry for {pc:#x} exists already")
+            self.extable[pc] = (cont, reg)
+
+    def remove_extable(self, pcs) -> None:
+        for pc in pcs:
+            self.extable.pop(pc, None)
+
+    def _fixup(self, cpu: Cpu) -> bool:
+        """fixup_exception -> ex_handler_bpf: a read fault at a pc the table lists zeroes the
+        load's destination register and continues after the load (x86 regs->ip += the insn
+        length, arm64/riscv pc = the entry's continuation).  Anything else is not fixed up."""
+        fault = cpu.fault
+        if fault is None or fault.kind != "memory" or not fault.what.startswith("read"):
+            return False
+        entry = self.extable.get(cpu.pc)
+        if entry is None:
+            return False
+        cont, reg = entry
+        cpu.set_reg(reg, 0)
+        cpu.pc = cont
+        cpu.fault = None
+        self.stats.extable_fixups += 1
+        return True
 
     def _abort(self, cpu: Cpu) -> None:
         if cpu.task is not None:

@@ -10,11 +10,14 @@ kernel relies on too.  32-bit (w-register) results are zero-extended by the ISA.
 Each function of the linked program has the kernel's frame: [bti jc] mov x9, x30; nop (the patch
 site, main program only); stp x29, x30; stp x19, x20; stp x21, x22; stp x25, x26; mov x25, sp;
 sub sp, sp, #512 -- and every exit branches to its epilogue (mov x0, x7; ret).  The stack is
-MAX_BPF_STACK for every function (no verifier computes stack_depth here).  Faulting probe-mem
-loads oops (no exception table yet).
+MAX_BPF_STACK for every function (no verifier computes stack_depth here).  Every load not
+from the BPF stack is a BPF_PROBE_MEM load with an exception-table entry (bpf/extable.py; the
+kernel's add_exception_handler: on a fault ex_handler_bpf zeroes dst and continues at the next
+instruction).
 """
 from __future__ import annotations
 
+from ...bpf import extable
 from ...errors import EncodeError, ObjectError
 from . import encode as A
 from .frames import pop_frame, push_frame
@@ -189,8 +192,12 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
                 _jmp(e, ins, i, helpers, f"exit{lo}")
             elif cls == 1:                                     # ldx: base + (t1 = off)
                 _imm(e, T1, ins.off)
-                e.emit(_w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
-                          REG[ins.dst]))
+                load = _w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
+                          REG[ins.dst])
+                if ins.src == 10:                              # the BPF stack: BPF_MEM
+                    e.emit(load)
+                else:                                          # BPF_PROBE_MEM: extable entry
+                    extable.probe_load(e, f"x{REG[ins.dst]}", lambda: e.emit(load))
             elif cls == 3:                                     # stx
                 _imm(e, T1, ins.off)
                 e.emit(_w(STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5 |

@@ -12,10 +12,13 @@ target is always in reach (the kernel picks forms by distance).
 Each function: the patch site's nops (main program only, as the profile's prog entry wants),
 addi sp, sp, -576; sd ra/s0/s1-s5; addi s0, sp, 576; addi s5, sp, 512 -- 512 bytes of BPF
 stack for every function (no verifier computes stack_depth here); the epilogue moves a5 to a0.
-Faulting probe-mem loads oops (no exception table yet).
+Every load not from the BPF stack is a BPF_PROBE_MEM load with an exception-table entry
+(bpf/extable.py; the kernel's add_exception_handler: ex_handler_bpf zeroes dst and continues at
+the next instruction).
 """
 from __future__ import annotations
 
+from ...bpf import extable
 from ...errors import ObjectError
 from . import encode as R
 from .bpfjit import site_bytes
@@ -224,7 +227,11 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
                 _jmp(e, ins, i, helpers, f"exit{lo}")
             elif cls == 1:
                 base, off = _mem_base(e, REG[ins.src], ins.off)
-                e.emit(LOADS[SIZES[ins.op & 0x18]](REG[ins.dst], base, off))
+                load = LOADS[SIZES[ins.op & 0x18]](REG[ins.dst], base, off)
+                if ins.src == 10:                  # the BPF stack: BPF_MEM, cannot fault
+                    e.emit(load)
+                else:                              # BPF_PROBE_MEM: an extable entry
+                    extable.probe_load(e, REG[ins.dst], lambda: e.emit(load))
             elif cls == 3:
                 base, off = _mem_base(e, REG[ins.dst], ins.off)
                 e.emit(STORES[SIZES[ins.op & 0x18]](REG[ins.src], base, off))

@@ -8,16 +8,24 @@ Each function of the linked program (the program, then the bpf2bpf callees) gets
 prologue -- [endbr64] nop5 (the patch site, main program only) push rbp; mov rbp, rsp;
 sub rsp, 512; push rbx, r13, r14, r15 -- and every exit jumps to its epilogue.  The stack is
 MAX_BPF_STACK (512) for every function: there is no verifier here to compute stack_depth.
-Division by zero follows the verifier's rewrite (quotient 0, remainder = dst).  Loads are
-plain loads: a faulting BPF_PROBE_MEM load oopses (no exception table yet).
+Division by zero follows the verifier's rewrite (quotient 0, remainder = dst).  Every load not
+from the BPF stack (R10) is treated as BPF_PROBE_MEM (no verifier tells pointer kinds apart
+here; a load the verifier proves safe cannot fault, so the entry never fires for it): it gets
+an exception-table entry (bpf/extable.py; the kernel's add_exception_handler / ex_handler_bpf),
+so a fault zeroes dst and execution goes on after the load.  The kernel's extra check that
+src + off is above TASK_SIZE_MAX (a user address is never loaded) is not emitted: user
+addresses are unmapped here, so such a load faults and reads 0 all the same.
 """
 from __future__ import annotations
 
+from ...bpf import extable
 from ...errors import ObjectError
 from . import encode as X
 from .frames import leave_frame, push_rbp_frame
 
 REG = {0: 0, 1: 7, 2: 6, 3: 2, 4: 1, 5: 8, 6: 3, 7: 13, 8: 14, 9: 15, 10: 5}
+NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+         "r12", "r13", "r14", "r15")                # hardware number -> name
 R10, R11 = 10, 11                       # scratch (hardware numbers)
 RAX, RCX, RDX = 0, 1, 2
 CALLEE_SAVED = ("rbx", "r13", "r14", "r15")
@@ -239,7 +247,11 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
             elif cls == 1:                               # LDX
                 n = SIZES[ins.op & 0x18]
                 opb, w = LD_OPS[n]
-                e.emit(_mem(opb, REG[ins.dst], REG[ins.src], ins.off, w))
+                load = _mem(opb, REG[ins.dst], REG[ins.src], ins.off, w)
+                if ins.src == 10:                        # the BPF stack: BPF_MEM, cannot fault
+                    e.emit(load)
+                else:                                    # BPF_PROBE_MEM: an extable entry
+                    extable.probe_load(e, NAMES[REG[ins.dst]], lambda: e.emit(load))
             elif cls == 3:                               # STX
                 n = SIZES[ins.op & 0x18]
                 s, b = REG[ins.src], REG[ins.dst]
