@@ -252,3 +252,16 @@ def test_riscv_return_value_reload_order_follows_the_kernel_version(profile, a5_
     lds = [t.split(",")[0] for t in texts if t.startswith("ld a0") or t.startswith("ld a5")]
     # restore_args reloads a0 before the call; the epilogue's pair is the last two
     assert lds[-2:] == (["ld a5", "ld a0"] if a5_first else ["ld a0", "ld a5"])
+
+
+@pytest.mark.parametrize("profile, direct", [
+    ("v6.4", False), ("v6.11", False), ("v6.12", True), ("v6.16", True), ("latest", True),
+])
+def test_arm64_calls_are_bl_from_v6_12(profile, direct):
+    """emit_call: `bl` in range from "bpf, arm64: Jit BPF_CALL to direct call when possible"
+    (v6.12); before it movn/movk/movk x10 + `blr x10` for every call (enter, prog, exit)."""
+    got = words("arm64", trampoline("arm64", profile=profile, target="bpf_fentry_test1",
+                                    kind="fentry"))
+    bls = [t for w, _, t in got if w & 0xFC000000 == 0x94000000]
+    blrs = [t for _, _, t in got if t == "blr x10"]
+    assert (len(bls), len(blrs)) == ((3, 0) if direct else (0, 3))

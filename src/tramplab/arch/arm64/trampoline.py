@@ -15,7 +15,8 @@ A64_MOV is an add-immediate of 0 (`add xd, xn, #0`), never the orr alias, also b
 registers; `im` and a non-zero cookie are built by emit_a64_mov_i64 (encode.mov_imm64: top halfword
 first); prog, func_addr and far call targets by emit_addr_mov_i64 (encode.mov_addr: movn/movk/movk
 from the low halfword up); emit_call is `bl` within +/-128 MiB of the final image, else
-emit_addr_mov_i64 + `blr x10` (always the long form in the size pass, which has no image yet).
+emit_addr_mov_i64 + `blr x10` (always the long form in the size pass, which has no image yet,
+and in every pass before v6.12: options.has_direct_calls).
 
     image = prepare_trampoline(spec)      # code for spec.image
     size = trampoline_size(spec)          # worst case, before the image address is known
@@ -31,6 +32,7 @@ from ...jit import Emitter, assemble
 from ..frame import FrameSlot
 from . import encode as A
 from .frames import site_entry
+from .options import direct_calls
 
 INSN = 4
 MAX_REG_SLOTS = 8                 # x0-x7 carry arguments (AAPCS64)
@@ -189,8 +191,10 @@ class _Jit:
 
     # -- building blocks ---------------------------------------------------------------------
     def call(self, e: Emitter, target: int) -> None:
-        """bl when the target is in range of this instruction, else a 64-bit address load."""
-        if not self.sizing and -BL_RANGE <= target - e.pc < BL_RANGE:
+        """emit_call: bl when the target is in range of this instruction (v6.12+), else a
+        64-bit address load and blr (always, before v6.12)."""
+        near = -BL_RANGE <= target - e.pc < BL_RANGE
+        if not self.sizing and near and direct_calls(self.spec.options):
             e.emit(A.bl(e.pc, target))                       # bl target
         else:
             e.emit(A.mov_addr(TMP, target))                  # movn/movk/movk x10, #target
