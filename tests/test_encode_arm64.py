@@ -383,16 +383,25 @@ def run_unicorn(code: bytes, reg: str, start: int = 0xDEADBEEFCAFEF00D) -> int:
     return _uc.reg_read(ucreg)
 
 
-def min_len(value: int, bits: int = 64) -> int:
-    """Fewest movz/movn + movk: one per halfword that differs from the better fill (0 or 0xffff),
-    at least 1; a 64-bit value with a zero top half may use the 32-bit (w) forms instead."""
-    def count(v, n):
-        hw = [(v >> (16 * i)) & 0xFFFF for i in range(n)]
-        return max(1, n - max(hw.count(0), hw.count(0xFFFF)))
-    n = count(value, bits // 16)
-    if bits == 64 and value >> 32 == 0:
-        n = min(n, count(value, 2))
-    return n
+def kernel_len(value: int, bits: int = 64) -> int:
+    """How many instructions arch/arm64/net/bpf_jit_comp.c emits for `value`:
+    emit_a64_mov_i(is64=0) for a value that fits 32 bits (1, or 2 when the upper halfword needs
+    its own instruction: non-zero with bit 15 clear, or bit 15 set, not 0xffff, and a low
+    halfword other than 0xffff); emit_a64_mov_i64 otherwise: one per halfword that differs from
+    the better fill (0 or 0xffff, ties to 0), at least 1."""
+    if bits == 32 or value >> 32 == 0:
+        hi, lo = value >> 16, value & 0xFFFF
+        if hi & 0x8000:
+            return 1 if hi == 0xFFFF or lo == 0xFFFF else 2
+        return 2 if hi else 1
+    hw = [(value >> (16 * i)) & 0xFFFF for i in range(4)]
+    return max(1, 4 - max(hw.count(0), hw.count(0xFFFF)))
+
+
+def shifts(code: bytes) -> list[int]:
+    """The lsl #n of each movz/movn/movk (hw field * 16), in emission order."""
+    return [((int.from_bytes(code[k:k + 4], "little") >> 21) & 3) * 16
+            for k in range(0, len(code), 4)]
 
 
 _rng = random.Random(0x7A3B)
@@ -409,8 +418,8 @@ IMM64_VALUES = [
 ]
 
 IMM64_EXPECT_LEN = {
-    0: 1, 1: 1, 0xFFFF: 1, 0x10000: 1, M64: 1, M64 - 1: 1, 0xFFFFFFFF: 1, 0xFFFF1234: 1,
-    0x1234FFFF: 1, 0x8000000000000000: 1, 0x123456789ABCDEF0: 4, 0xFFFF800080123456: 3,
+    0: 1, 1: 1, 0xFFFF: 1, 0x10000: 2, M64: 1, M64 - 1: 1, 0xFFFFFFFF: 1, 0xFFFF1234: 1,
+    0x1234FFFF: 2, 0x80000000: 2, 0x8000FFFF: 1, 0x8000000000000000: 1, 0x123456789ABCDEF0: 4, 0xFFFF800080123456: 3,
     KTEXT: 3, 0xFFFFFFFF00000000: 2, 0xFFFFFFFF80000000: 2, 0x0000FFFF0000FFFF: 2,
 }
 
@@ -420,7 +429,15 @@ def test_mov_imm64_values(reg):
     for value in IMM64_VALUES:
         code = E.mov_imm64(reg, value)
         n = len(code) // 4
-        assert n == min_len(value), hex(value)
+        assert n == kernel_len(value), hex(value)
+        # emit_a64_mov_i64 goes top down: each instruction writes a lower halfword than the one
+        # before it (emit_a64_mov_i's movz path, for 32-bit values, goes low then high)
+        if value >> 32:
+            assert shifts(code) == sorted(shifts(code), reverse=True) \
+                and len(set(shifts(code))) == n, hex(value)
+        # a value that fits 32 bits is written through the w register (sf = 0)
+        assert all((int.from_bytes(code[k:k + 4], "little") >> 31) == (value >> 32 != 0)
+                   for k in range(0, len(code), 4)), hex(value)
         if value in IMM64_EXPECT_LEN:
             assert n == IMM64_EXPECT_LEN[value], hex(value)
         assert interpret(code, reg) == value, hex(value)
@@ -440,10 +457,40 @@ def test_mov_imm64_unicorn():
 def test_mov_imm64_negative_and_shape():
     assert E.mov_imm64("x0", -1) == E.mov_imm64("x0", M64) == E.movn("x0", 0)
     assert E.mov_imm64("x0", -(1 << 63)) == E.movz("x0", 0x8000, 48)
-    assert E.mov_imm64("x0", 0) == E.movz("x0", 0)
+    assert E.mov_imm64("x0", 0) == E.movz("w0", 0)
     assert E.mov_imm64("x0", 0xFFFF1234) == E.movn("w0", 0xEDCB)          # w form zero-extends
-    assert E.mov_imm64("x1", 0xFFFF800080123456) == (
-        E.movn("x1", 0x3456 ^ 0xFFFF) + E.movk("x1", 0x8012, 16) + E.movk("x1", 0x8000, 32))
+
+
+# The kernel's exact sequences (arch/arm64/net/bpf_jit_comp.c, v6.12: emit_a64_mov_i64 and, for a
+# value that fits 32 bits, emit_a64_mov_i(is64=0)): which of movz/movn, which halfwords, in which
+# order.  The trampoline loads `im` and non-zero cookies this way.
+KERNEL_MOV_I64 = [
+    # value, instructions
+    (0x0, [("movz", "w1", 0x0, 0)]),
+    (0x10000, [("movz", "w1", 0x0, 0), ("movk", "w1", 0x1, 16)]),       # not movz #1, lsl #16
+    (0x1234FFFF, [("movz", "w1", 0xFFFF, 0), ("movk", "w1", 0x1234, 16)]),
+    (0x80000000, [("movn", "w1", 0x7FFF, 16), ("movk", "w1", 0x0, 0)]),  # movk of a zero
+    (0x8000FFFF, [("movn", "w1", 0x7FFF, 16)]),
+    (0xFFFF1234, [("movn", "w1", 0xEDCB, 0)]),
+    (0xFFFF800080123456, [("movn", "x1", 0x7FFF, 32), ("movk", "x1", 0x8012, 16),
+                          ("movk", "x1", 0x3456, 0)]),
+    (0xFFFF000012345678, [("movz", "x1", 0xFFFF, 48), ("movk", "x1", 0x1234, 16),   # tie
+                          ("movk", "x1", 0x5678, 0)]),
+    (0x123456789ABCDEF0, [("movz", "x1", 0x1234, 48), ("movk", "x1", 0x5678, 32),
+                          ("movk", "x1", 0x9ABC, 16), ("movk", "x1", 0xDEF0, 0)]),
+    (0x0000FFFF0000FFFF, [("movz", "x1", 0xFFFF, 32), ("movk", "x1", 0xFFFF, 0)]),  # tie: movz
+    (0xFFFF0000FFFF0000, [("movz", "x1", 0xFFFF, 48), ("movk", "x1", 0xFFFF, 16)]),
+    (0x0000000100000000, [("movz", "x1", 0x1, 32)]),
+    (M64 - 1, [("movn", "x1", 0x1, 0)]),
+]
+
+
+@pytest.mark.parametrize("value, insns", KERNEL_MOV_I64)
+def test_mov_imm64_is_the_kernels_sequence(value, insns):
+    encoders = {"movz": E.movz, "movn": E.movn, "movk": E.movk}
+    want = b"".join(encoders[op](reg, imm, sh) for op, reg, imm, sh in insns)
+    assert E.mov_imm64("x1", value) == want
+    assert interpret(want, "x1") == value
 
 
 @pytest.mark.parametrize("value", [
@@ -451,7 +498,7 @@ def test_mov_imm64_negative_and_shape():
 ] + [random.Random(5).getrandbits(32) for _ in range(40)])
 def test_mov_imm64_w(value):
     code = E.mov_imm64("w7", value)
-    assert len(code) // 4 == min_len(value & 0xFFFFFFFF, 32)
+    assert len(code) // 4 == kernel_len(value & 0xFFFFFFFF, 32)
     assert interpret(code, "w7") == value & 0xFFFFFFFF
     assert run_unicorn(code, "x7") == value & 0xFFFFFFFF
 

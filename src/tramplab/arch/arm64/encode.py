@@ -306,20 +306,41 @@ def _halves(value: int, n: int) -> list[int]:
     return [(value >> (16 * i)) & 0xFFFF for i in range(n)]
 
 
-def _wide_seq(reg: str, value: int, n: int) -> list[bytes]:
-    """movz/movn + movk over the low n halfwords of `reg` (an n*16-bit register view)."""
-    hw = _halves(value, n)
-    # movn starts from all-ones, movz from all-zeros: pick whichever leaves fewer halfwords to
-    # patch with movk (ties go to movz, as the kernel does).
+def _mov_i32(reg: str, value: int) -> list[bytes]:
+    """The kernel's emit_a64_mov_i(is64=0): the upper halfword decides between movz (bit 15
+    clear: low halfword first, then movk of the upper one if non-zero) and movn (bit 15 set: one
+    movn of the low halfword when the upper is 0xffff, else movn of the upper halfword and a movk
+    of the low one unless it is 0xffff)."""
+    hi, lo = value >> 16, value & 0xFFFF
+    if hi & 0x8000:
+        if hi == 0xFFFF:
+            return [movn(reg, lo ^ 0xFFFF, 0)]
+        seq = [movn(reg, hi ^ 0xFFFF, 16)]
+        if lo != 0xFFFF:
+            seq.append(movk(reg, lo, 0))
+        return seq
+    seq = [movz(reg, lo, 0)]
+    if hi:
+        seq.append(movk(reg, hi, 16))
+    return seq
+
+
+def _mov_i64(reg: str, value: int) -> list[bytes]:
+    """The kernel's emit_a64_mov_i64 for a value with bits set above bit 31: movn when fewer
+    halfwords differ from 0xffff than from 0 (ties: movz), starting at the highest halfword that
+    differs from that fill, then movk of every lower halfword that differs, top down."""
+    hw = _halves(value, 4)
     inverse = hw.count(0xFFFF) > hw.count(0)
     fill = 0xFFFF if inverse else 0
-    todo = [i for i in range(n) if hw[i] != fill] or [0]
-    first, rest = todo[0], todo[1:]
+    lead = (value ^ _MASK64) if inverse else value
+    shift = max((lead.bit_length() - 1) // 16 * 16, 0)
     if inverse:
-        seq = [movn(reg, hw[first] ^ 0xFFFF, 16 * first)]
+        seq = [movn(reg, (lead >> shift) & 0xFFFF, shift)]
     else:
-        seq = [movz(reg, hw[first], 16 * first)]
-    seq += [movk(reg, hw[i], 16 * i) for i in rest]
+        seq = [movz(reg, (lead >> shift) & 0xFFFF, shift)]
+    for s in range(shift - 16, -1, -16):
+        if hw[s // 16] != fill:
+            seq.append(movk(reg, hw[s // 16], s))
     return seq
 
 
@@ -329,30 +350,30 @@ def _w_of(reg: str) -> str:
 
 
 def mov_imm64(reg: str, value: int) -> bytes:
-    """mov xd, #value  as the shortest movz/movn + movk sequence (1 to 4 instructions).
+    """mov xd, #value  as the kernel's BPF JIT builds it (arch/arm64/net/bpf_jit_comp.c
+    emit_a64_mov_i64 / emit_a64_mov_i), 1 to 4 movz/movn + movk, exactly its choice and order:
 
-    Like the kernel's emit_a64_mov_i64: start with movn when more halfwords are 0xffff than
-    0x0000, else movz, then movk only the halfwords that differ from that fill.  A value whose
-    top 32 bits are zero is built through the w view of the register instead (a 32-bit write
-    zero-extends), which lets `movn w` make 0x0000_0000_ffff_xxxx in one instruction.
-    With a w register the value is 32-bit and the w form is used directly.  Logical-immediate
-    (orr #bitmask) forms are not considered.
+    - a value whose top 32 bits are zero goes through the w view of the register (a 32-bit
+      write zero-extends) with emit_a64_mov_i(is64=0): `movz wd, #lo` [+ `movk wd, #hi, lsl
+      #16`] when bit 31 is clear, else `movn wd, #~lo` (upper halfword 0xffff) or `movn wd,
+      #~hi, lsl #16` [+ `movk wd, #lo`] -- not always the shortest (0x10000 takes two);
+    - any other value: movn if fewer halfwords differ from 0xffff than from 0 (ties: movz),
+      at the highest halfword that differs from that fill, then a movk for each lower halfword
+      that differs, top down.
+
+    With a w register the value is 32-bit and emit_a64_mov_i(is64=0) is used directly.
     """
-    rd, is64 = _reg("mov_imm64", "rd", reg, zr=True)
+    _, is64 = _reg("mov_imm64", "rd", reg, zr=True)
     value = _int("mov_imm64", "value", value)
     bits = 64 if is64 else 32
     if not -(1 << (bits - 1)) <= value < (1 << bits):
         raise EncodeError(f"mov_imm64: value {value:#x} does not fit {bits} bits")
     value &= (1 << bits) - 1
-    if is64:
-        seq = _wide_seq(reg, value, 4)
-        if value >> 32 == 0:
-            seq32 = _wide_seq(_w_of(reg), value, 2)
-            if len(seq32) < len(seq):
-                seq = seq32
-    else:
-        seq = _wide_seq(reg, value, 2)
-    return b"".join(seq)
+    if not is64:
+        return b"".join(_mov_i32(reg, value))
+    if value >> 32 == 0:
+        return b"".join(_mov_i32(_w_of(reg), value))
+    return b"".join(_mov_i64(reg, value))
 
 
 def mov_addr(reg: str, value: int) -> bytes:

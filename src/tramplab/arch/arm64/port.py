@@ -10,6 +10,7 @@ from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
+from .options import Arm64JitOptions, has_direct_calls
 from .relocs import RELOCATIONS
 
 TIMELINE = {
@@ -61,8 +62,10 @@ def layout_switches(layout) -> dict:
 
 
 def jit_options(profile, layout, h) -> JitOptions:
-    """A BTI kernel (bti c at every function) starts its trampolines with `bti jc`."""
-    return JitOptions(bti=layout.entry.landing_pad_name == "bti c")
+    """A BTI kernel (bti c at every function) starts its trampolines with `bti jc`; from v6.12
+    the JIT calls with `bl` where it reaches (options.has_direct_calls)."""
+    return Arm64JitOptions(bti=layout.entry.landing_pad_name == "bti c",
+                           direct_calls=has_direct_calls(profile.kernel))
 
 
 def special_presets(profile_for, with_layout) -> dict:

@@ -10,6 +10,14 @@ through __bpf_prog_enter/exit, and (CALL_ORIG) calls the original function itsel
 State that must survive the C calls (enter/exit/programs clobber x0-x17) lives in the frame and
 in x19/x20, which the trampoline saves and restores like any callee.
 
+Instruction choice is the kernel's (v6.12 source, arch/arm64/net/bpf_jit.h and bpf_jit_comp.c):
+A64_MOV is an add-immediate of 0 (`add xd, xn, #0`), never the orr alias, also between general
+registers; `im` and a non-zero cookie are built by emit_a64_mov_i64 (encode.mov_imm64: top halfword
+first); prog, func_addr and far call targets by emit_addr_mov_i64 (encode.mov_addr: movn/movk/movk
+from the low halfword up); emit_call is `bl` within +/-128 MiB of the final image, else
+emit_addr_mov_i64 + `blr x10` (always the long form in the size pass, which has no image yet,
+and in every pass before v6.12: options.has_direct_calls).
+
     image = prepare_trampoline(spec)      # code for spec.image
     size = trampoline_size(spec)          # worst case, before the image address is known
 """
@@ -24,6 +32,7 @@ from ...jit import Emitter, assemble
 from ..frame import FrameSlot
 from . import encode as A
 from .frames import site_entry
+from .options import direct_calls
 
 INSN = 4
 MAX_REG_SLOTS = 8                 # x0-x7 carry arguments (AAPCS64)
@@ -182,8 +191,10 @@ class _Jit:
 
     # -- building blocks ---------------------------------------------------------------------
     def call(self, e: Emitter, target: int) -> None:
-        """bl when the target is in range of this instruction, else a 64-bit address load."""
-        if not self.sizing and -BL_RANGE <= target - e.pc < BL_RANGE:
+        """emit_call: bl when the target is in range of this instruction (v6.12+), else a
+        64-bit address load and blr (always, before v6.12)."""
+        near = -BL_RANGE <= target - e.pc < BL_RANGE
+        if not self.sizing and near and direct_calls(self.spec.options):
             e.emit(A.bl(e.pc, target))                       # bl target
         else:
             e.emit(A.mov_addr(TMP, target))                  # movn/movk/movk x10, #target
@@ -209,10 +220,10 @@ class _Jit:
         f = self.frame
         self.store_cookie(e, link.cookie)
         e.emit(A.mov_addr(PROG_REG, link.prog))              # movn/movk/movk x19, #prog
-        e.emit(A.mov("x0", PROG_REG))                        # mov x0, x19
+        e.emit(A.add_imm("x0", PROG_REG, 0))                 # add x0, x19, #0   (mov x0, x19)
         e.emit(A.add_imm("x1", "sp", f.run_ctx))             # add x1, sp, #run_ctx
         self.call(e, link.enter)                             # call __bpf_prog_enter
-        e.emit(A.mov(START_REG, "x0"))                       # mov x20, x0
+        e.emit(A.add_imm(START_REG, "x0", 0))                # add x20, x0, #0   (mov x20, x0)
         # enter returns 0 when the prog is already running on this CPU (recursion): skip it.
         e.emit(A.cbz("x0", e.pc, e.label_addr(skip)))        # cbz x0, skip
         e.emit(A.add_imm("x0", "sp", f.args))                # add x0, sp, #ctx
@@ -222,8 +233,8 @@ class _Jit:
         if save_ret:
             e.emit(A.str_("x0", "sp", f.retval))             # str x0, [sp, #retval]
         e.label(skip)
-        e.emit(A.mov("x0", PROG_REG))                        # mov x0, x19
-        e.emit(A.mov("x1", START_REG))                       # mov x1, x20
+        e.emit(A.add_imm("x0", PROG_REG, 0))                 # add x0, x19, #0   (mov x0, x19)
+        e.emit(A.add_imm("x1", START_REG, 0))                # add x1, x20, #0   (mov x1, x20)
         e.emit(A.add_imm("x2", "sp", f.run_ctx))             # add x2, sp, #run_ctx
         self.call(e, link.exit)                              # call __bpf_prog_exit
 
@@ -262,11 +273,11 @@ class _Jit:
         e.cfi_def_cfa_offset(16)
         e.cfi_offset("x29", -16)                             # the parent's record: the
         e.cfi_offset("x30", -8)                              #   function's x29 and x30
-        e.emit(A.mov("x29", "sp"))                           # mov x29, sp
+        e.emit(A.add_imm("x29", "sp", 0))                    # mov x29, sp  (add x29, sp, #0)
         e.emit(A.stp_pre("x29", "x30", "sp", -16))           # stp x29, x30, [sp, #-16]!
         e.cfi_def_cfa_offset(32)
         e.cfi_offset("pc", -24)                              # ours: the return into the function
-        e.emit(A.mov("x29", "sp"))                           # mov x29, sp
+        e.emit(A.add_imm("x29", "sp", 0))                    # mov x29, sp  (add x29, sp, #0)
         e.cfi_def_cfa("x29", 32)
         e.emit(A.sub_imm("sp", "sp", f.size))                # sub sp, sp, #size
         if f.ip is not None:
@@ -310,7 +321,7 @@ class _Jit:
         e.emit(A.ldr(START_REG, "sp", f.regs + 8))           # ldr x20, [sp, #regs + 8]
         if f.retval is not None:
             e.emit(A.ldr("x0", "sp", f.retval))              # ldr x0, [sp, #retval]
-        e.emit(A.mov("sp", "x29"))                           # mov sp, x29
+        e.emit(A.add_imm("sp", "x29", 0))                    # mov sp, x29  (add sp, x29, #0)
         e.emit(A.ldp_post("x29", "x30", "sp", 16))           # ldp x29, x30, [sp], #16
         e.cfi_def_cfa("sp", 16)
         e.cfi_register("pc", "x30")
@@ -319,15 +330,15 @@ class _Jit:
         e.cfi_restore("x29")
         e.cfi_register("x30", "x9")
         if spec.flags & TrampFlag.SKIP_FRAME:
-            e.emit(A.mov("x30", "x9"))                       # mov x30, x9
+            e.emit(A.add_imm("x30", "x9", 0))                # add x30, x9, #0   (mov x30, x9)
             # the return into the function is gone: our frame has become the function's
             # (its return address, the parent's, in x30 and x9)
             e.cfi_register("pc", "x9")
             e.cfi_restore("x30")
             e.emit(A.ret("x9"))                              # ret x9  (to the parent)
         else:
-            e.emit(A.mov(TMP, "x30"))                        # mov x10, x30
-            e.emit(A.mov("x30", "x9"))                       # mov x30, x9
+            e.emit(A.add_imm(TMP, "x30", 0))                 # add x10, x30, #0  (mov x10, x30)
+            e.emit(A.add_imm("x30", "x9", 0))                # add x30, x9, #0   (mov x30, x9)
             e.cfi_register("pc", TMP)
             e.cfi_restore("x30")
             e.emit(A.ret(TMP))                               # ret x10  (into the function)

@@ -9,6 +9,7 @@ from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
+from .options import RiscvJitOptions, reloads_a5_first
 from .relocs import PCREL_HI20, RELOCATIONS
 
 TIMELINE = {
@@ -59,8 +60,11 @@ def layouts_for(h, version: str) -> tuple[str, ...]:
 
 def jit_options(profile, layout, h) -> JitOptions:
     """Compressed instructions where the kernel is built with C (CONFIG_RISCV_ISA_C): its
-    compiler pads functions with 2-byte c.nop."""
-    return JitOptions(rvc=len(layout.entry.nop) == 2, skip_site_on=profile.bpf_skip_site_on)
+    compiler pads functions with 2-byte c.nop.  The order of the epilogue's return-value reloads
+    follows the profile's kernel version (options.reloads_a5_first)."""
+    return RiscvJitOptions(rvc=len(layout.entry.nop) == 2,
+                           skip_site_on=profile.bpf_skip_site_on,
+                           ret_a5_first=reloads_a5_first(profile.kernel))
 
 
 def special_presets(profile_for, with_layout) -> dict:

@@ -35,6 +35,7 @@ from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from ..frame import FrameSlot
 from . import encode as R
+from .options import ret_a5_first
 
 F = TrampFlag
 MAX_REG_ARGS = 8                   # RV_MAX_REG_ARGS: a0-a7
@@ -420,6 +421,21 @@ class _Jit:
         self.imm("a0", im)                                  # li a0, im
         self.call(helper)                                   # call __bpf_tramp_enter/exit
 
+    def reload_return_value(self) -> None:
+        """The epilogue's `if (save_ret)`: a0 (the function's return value) and a5 (BPF R0).
+        v6.4 to v6.17 load a0 then a5; fd2e08128944 (v6.18; 6.17.3, 6.12.53) loads a5 first
+        (options.RiscvJitOptions).  Its struct_ops case (INDIRECT: a0 sign-extended from a5 by
+        the return type) is not modelled: INDIRECT reloads a0 from its slot."""
+        f = self.f
+        if f.version == V63:
+            self.ld("a0", "fp", -f.retval_off)              # ld a0, retval
+        elif ret_a5_first(self.spec.options):
+            self.ld("a5", "fp", -(f.retval_off - 8))        # ld a5, retval+8
+            self.ld("a0", "fp", -f.retval_off)              # ld a0, retval
+        else:
+            self.ld("a0", "fp", -f.retval_off)              # ld a0, retval
+            self.ld("a5", "fp", -(f.retval_off - 8))        # ld a5, retval+8
+
     # -- frames ---------------------------------------------------------------------------------
     def enter_frames(self) -> None:
         if self.f.version == V63:
@@ -607,9 +623,7 @@ class _Jit:
             e.note("reload the argument registers for the function")
             self.restore_args()                             # ld a0..a7, ctx[0..7]
         if _saves_ret(flags):
-            self.ld("a0", "fp", -f.retval_off)              # ld a0, retval
-            if f.version == V64:
-                self.ld("a5", "fp", -(f.retval_off - 8))    # ld a5, retval+8
+            self.reload_return_value()
         self.ld("s1", "fp", -f.sreg_off)                    # ld s1, -sreg_off(fp)
         self.leave_frames()
 
