@@ -225,3 +225,23 @@ def test_the_old_frame_runs_every_selftest_shape_with_small_args():
     assert got["bpf_fentry_test2"][1] == 5
     assert got["bpf_fentry_test4"][1] == 34
     assert got["bpf_fentry_test6"][1] == 111
+
+
+# ORIG_STACK (a function shared with a livepatch): `mov rax, [rbp+8]; call rax` (48 8b 45 08,
+# ff d0) until "bpf, x64: Fix tailcall infinite loop" (v6.6; 6.1.72) made it rbx (48 8b 5d 08,
+# ff d3), so rax can carry the tail call counter.
+ORIG_STACK = [("v6.1", "488b4508", "ffd0"), ("v6.1.72", "488b5d08", "ffd3"),
+              ("v6.6", "488b5d08", "ffd3")]
+
+
+@pytest.mark.parametrize("profile,load,call", ORIG_STACK, ids=[p for p, *_ in ORIG_STACK])
+def test_orig_stack_register_per_version(profile, load, call):
+    from tramp_harness import Harness
+    from tramplab.bpf.spec import TrampFlag
+    h = Harness("x86_64", "fentry", profile=profile)
+    att = h.attach("bpf_fentry_test1", [], [h.prog("x")], share_ipmodify=True)
+    assert att.spec.flags & TrampFlag.ORIG_STACK
+    raw = [i.raw.hex() for i in disassemble(h.m.arch, att.image.code, att.addr)]
+    at = raw.index(load)
+    assert raw[at + 1] == call
+    assert h.k.call("bpf_fentry_test1", 1) == 2

@@ -88,6 +88,8 @@ class JitOptions:
     push_rbx: bool = False         # x86: the caller's rbx pushed below the frame (before v6.6)
     sized_arg_moves: bool = False  # x86: args saved/restored at their own size (before v6.6 /
                                    # 6.1.72), not as 8-byte slots
+    orig_stack_rax: bool = False   # x86: ORIG_STACK calls through rax, not rbx (before v6.6 /
+                                   # 6.1.72)
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,14 @@ TIMELINE = {
     # 02a6dfa8ff43 "bpf, x86: save/restore regs with BPF_DW size" (v6.6; 6.1.y: 6.1.72):
     # trampoline arguments saved as 8-byte slots instead of at their own size
     "tramp_args_dw": "6.6",
+    # "bpf, x64: Fix tailcall infinite loop" (Leon Hwang, v6.6; 6.1.y: 6.1.72): ORIG_STACK calls
+    # the original through rbx instead of rax
+    "tramp_orig_stack_rbx": "6.6",
 }
 # Stable backports of trampoline changes: feature -> point releases of older branches with it
-# (the 6.1.72 announcement lists "bpf, x86: save/restore regs with BPF_DW size").
-BACKPORTS = {"tramp_args_dw": ("6.1.72",)}
+# (the 6.1.72 announcement lists "bpf, x86: save/restore regs with BPF_DW size" and "bpf, x64:
+# Fix tailcall infinite loop").
+BACKPORTS = {"tramp_args_dw": ("6.1.72",), "tramp_orig_stack_rbx": ("6.1.72",)}
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site
 ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
@@ -84,7 +88,9 @@ def jit_options(profile, layout, h) -> JitOptions:
     ibt = layout.entry.landing_pad_name == "endbr64"
     return JitOptions(endbr=ibt and not h("tramp_endbr_indirect_only"),
                       push_rbx=not h("stack_args"),
-                      sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel))
+                      sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel),
+                      orig_stack_rax=not _has_backported(h, "tramp_orig_stack_rbx",
+                                                         profile.kernel))
 
 
 def special_presets(profile_for, with_layout) -> dict:

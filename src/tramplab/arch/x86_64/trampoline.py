@@ -19,6 +19,10 @@ the profile and its layout; the defaults are today's):
                  TRACING" (v6.6): `push rbx` after `sub rsp`, `pop rbx` before `leave`, no rbx
                  slot in the frame (nothing may sit between the frame and the original's stack
                  arguments since then, so rbx moved into a slot)
+  orig_stack_rax ORIG_STACK (a livepatched function) calls the original through rax
+                 (`mov rax, [rbp+8]; call rax`) before "bpf, x64: Fix tailcall
+                 infinite loop" (v6.6; 6.1.y: 6.1.72) moved it to rbx (rax holds the tail call
+                 counter pointer since)
   sized_arg_moves  arguments saved and restored at their own size (`mov [rbp-x], edi` for an
                  int) before 02a6dfa8ff43 "bpf, x86: save/restore regs with BPF_DW size" (v6.6;
                  6.1.y from 6.1.72): loads of 1/2 bytes are `movzx r64`, 4 bytes `mov r32`
@@ -407,8 +411,9 @@ class _Jit:
             self.load_tail_call_cnt_ptr(e)
         if self.has(TrampFlag.ORIG_STACK):
             # the return address the site pushed: a livepatch (IPMODIFY) may have redirected it
-            e.emit(X.mov_load("rbx", "rbp", 8))                         # mov rbx, [rbp+8]
-            e.emit(X.call_reg("rbx"))                                   # call rbx
+            reg = "rax" if self.spec.options.orig_stack_rax else "rbx"
+            e.emit(X.mov_load(reg, "rbp", 8))                           # mov reg, [rbp+8]
+            e.emit(X.call_reg(reg))                                     # call reg
         else:
             self.call(e, orig_call(self.spec))                          # call orig_call
         e.emit(X.mov_store("rbp", -RETVAL_OFF, "rax"))                  # mov [rbp-8], rax
