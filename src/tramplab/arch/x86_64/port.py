@@ -41,7 +41,6 @@ TIMELINE = {
 BACKPORTS = {"tramp_args_dw": ("6.1.72",), "tramp_orig_stack_rbx": ("6.1.72",)}
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site
-ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
 
 
 def derive(h, version: str) -> dict:
