@@ -139,11 +139,12 @@ def test_extra_units_link_a_thousand_more_traceable_functions(arch):
 LAYOUT_OUTCOMES = {
     ("x86_64", "fentry", None): "ok:latest",
     ("x86_64", "fentry", "latest"): "ok:latest",
-    ("x86_64", "fentry-ibt", None): "ok:v6.6-ibt",
-    ("x86_64", "fentry-ibt", "latest"): "ok:latest",          # skip 9 derived from the layout
+    ("x86_64", "fentry-ibt", None): "ok:v6.12-ibt",
+    ("x86_64", "fentry-ibt", "latest"): "ok:latest",          # endbr64 read at the function
+    ("x86_64", "fentry-ibt", "v6.12"): "ok:v6.12",            # issue 13: called func+5 before
     ("x86_64", "fentry-ibt", "v6.6"): "ok:v6.6",
     ("x86_64", "fentry-ibt", "v5.5"): "usage:v5.5 kernels are built with layout fentry;",
-    ("x86_64", "fentry", "v6.6-ibt"): "ok:v6.6-ibt",          # and back to 5
+    ("x86_64", "fentry", "v6.6-ibt"): "ok:v6.6-ibt",          # no endbr64: func+5
     ("arm64", "pfe2", None): "ENOTSUPP",                      # v6.0: no direct calls yet
     ("arm64", "pfe2", "latest"): "usage:built with layout callops or callops-bti",
     ("arm64", "callops", None): "ok:latest",
@@ -191,12 +192,16 @@ def test_every_layout_works_or_is_refused(arch, layout, profile):
 
 
 def test_a_profile_contradicting_its_layout_needs_bug_true():
+    """x86's skip is X86_PATCH_SIZE on every layout (the endbr64 is read from the function's
+    bytes): a profile believing in a 9-byte patch contradicts its era."""
     from tramplab.profiles import get_profile
-    wrong = get_profile("x86_64").with_(layout="fentry-ibt")           # keeps the 5-byte skip
-    with pytest.raises(UsageError, match="bpf_site_skip = 9, the profile says 5"):
+    ibt = get_profile("x86_64").with_(layout="fentry-ibt")            # an IBT build: fine
+    assert Kernel("x86_64", profile=ibt).profile.bpf_site_skip == 5
+    wrong = ibt.with_(bpf_site_skip=9)
+    with pytest.raises(UsageError, match="bpf_site_skip = 5, the profile says 9"):
         Kernel("x86_64", profile=wrong)
     k = Kernel("x86_64", profile=wrong.with_(bug=True))               # on purpose: allowed
-    assert k.profile.bpf_site_skip == 5
+    assert k.profile.bpf_site_skip == 9
     assert Kernel("riscv64", profile="seed000-mismatch").profile.bug  # bug presets by name
 
 

@@ -18,8 +18,9 @@ from tramp_harness import Harness, c_value
 from unicorn import unicorn_const as ucc
 
 from tramplab.arch.x86_64 import encode as X
-from tramplab.arch.x86_64.trampoline import (BPF_INSN_SAFETY, frame_layout, prepare_trampoline,
-                                              stack_diagram, trampoline_size)
+from tramplab.arch.x86_64.trampoline import (BPF_INSN_SAFETY, frame_layout, orig_call,
+                                              prepare_trampoline, stack_diagram,
+                                              trampoline_size)
 from tramplab.bpf.spec import FuncModel, JitOptions, TrampFlag
 from tramplab.errors import EncodeError, KernelError, UsageError
 from tramplab.machine.disasm import disassemble
@@ -95,7 +96,8 @@ def test_orig_stack_calls_the_redirected_function(orig_stack, expected):
     att = h.attach("bpf_fentry_test1", [], [x], share_ipmodify=orig_stack)
     assert bool(att.spec.flags & TrampFlag.ORIG_STACK) == orig_stack
     replacement = h.k.function("bpf_fentry_test7")
-    stub = redirect_stub(h, att.addr, replacement.addr + att.spec.site_skip)
+    stub = redirect_stub(h, att.addr,
+                         replacement.addr + orig_call(att.spec) - att.spec.func_addr)
     h.site_call("bpf_fentry_test1", stub)
     assert h.k.call("bpf_fentry_test1", 1) == expected
     assert h.c_ret("bpf_fentry_test1", x.last.ret) == expected
@@ -249,7 +251,7 @@ def test_programs_run_with_poisoned_scratch_registers():
 
 def orig_call_site(h, att):
     """Address of the `call func+site_skip` to the original inside the image."""
-    target = hex(att.spec.func_addr + att.spec.site_skip)
+    target = hex(orig_call(att.spec))
     return next(i.addr for i in disassemble(h.m.arch, att.image.code, att.addr)
                 if i.mnemonic == "call" and i.op_str == target)
 
@@ -287,7 +289,7 @@ def test_tail_call_ctx_reaches_the_original_in_rax():
     h = x86()
     att = h.attach("bpf_fentry_test1", [], [h.prog("x")],
                    flags=TrampFlag.CALL_ORIG | TrampFlag.SKIP_FRAME | TrampFlag.TAIL_CALL_CTX)
-    body = att.spec.func_addr + att.spec.site_skip
+    body = orig_call(att.spec)
     seen = []
     cpu = h.m.cpus[0]
     hook = cpu.uc.hook_add(ucc.UC_HOOK_CODE, lambda uc, a, s, d: seen.append(cpu.reg("rax")),

@@ -255,8 +255,8 @@ class Harness:
             arch=self.port.name, model=model or FuncModel.from_prototype(fn.proto), flags=flags,
             fentry=tuple(x.link for x in fentry), fexit=tuple(x.link for x in fexit),
             fmod_ret=tuple(x.link for x in fmod_ret), func_addr=fn.addr,
-            site_skip=p.bpf_site_skip, im=self.im, tramp_enter=self.tramp_enter,
-            tramp_exit=self.tramp_exit, entry=entry, max_args=p.bpf_max_args,
+            site_skip=p.bpf_site_skip, func_insn=self.k.memory.read(fn.addr, 16), im=self.im,
+            tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit, entry=entry, max_args=p.bpf_max_args,
             reg_args_only=p.bpf_reg_args_only, options=options or self.options)
         values.update(fields)
         return TrampolineSpec(**values)

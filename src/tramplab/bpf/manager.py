@@ -51,6 +51,7 @@ TRACING_ON_TRACING = "6.9"     # fentry/fexit on an fentry/fexit program (one le
 FMOD_RET_ALLOWED = frozenset({"bpf_modify_return_test", "bpf_modify_return_test2",
                               "bpf_testmod_trampoline_count_test"})
 IM_SIZE = 64
+FUNC_INSN_BYTES = 16          # what a JIT may read at the traced function (x86: 4, is_endbr)
 _ids = itertools.count(1)
 
 
@@ -585,8 +586,9 @@ class BpfManager(MultiAttach):
                           for l in tr.links[k]) for k in BPF_TRAMP_KINDS}
         if tr.ftrace_managed:
             entry, skip = p.bpf_entry, p.bpf_site_skip
+            insn = self.machine.memory.read(tr.func_addr, FUNC_INSN_BYTES)
         else:
-            entry, skip = self.progjit.prog_entry(p), tr.target.site_skip
+            entry, skip, insn = self.progjit.prog_entry(p), tr.target.site_skip, b""
         if self._jmp_mode(tr):                 # only profiles with DYNAMIC_FTRACE_WITH_JMP get here
             entry = "jmp"
         port = get_port(self.arch)
@@ -598,7 +600,7 @@ class BpfManager(MultiAttach):
             arch=self.arch.name, model=self.model_for(tr), flags=tr.flags,
             fentry=links["fentry"],
             fexit=links["fexit"], fmod_ret=links["fmod_ret"], func_addr=tr.func_addr,
-            site_skip=skip, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
+            site_skip=skip, func_insn=insn, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
             image=image, entry=entry, max_args=p.bpf_max_args, reg_args_only=p.bpf_reg_args_only,
             options=options)
 

@@ -85,6 +85,11 @@ class JitOptions:
     rvc: bool = True               # riscv: compressed instructions (CONFIG_RISCV_ISA_C)
     skip_site_on: str = "call_orig"   # call the original past its site: "call_orig" (always)
                                       # | "orig_stack" (only then: riscv v6.19-rc, Profile)
+    push_rbx: bool = False         # x86: the caller's rbx pushed below the frame (before v6.6)
+    sized_arg_moves: bool = False  # x86: args saved/restored at their own size (before v6.6 /
+                                   # 6.1.72), not as 8-byte slots
+    orig_stack_rax: bool = False   # x86: ORIG_STACK calls through rax, not rbx (before v6.6 /
+                                   # 6.1.72)
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,11 @@ class TrampolineSpec:
     fmod_ret: tuple[ProgLink, ...] = ()
     func_addr: int = 0        # the traced function's symbol address (the IP_ARG value)
     site_skip: int = 0        # bytes from func_addr to the first instruction after the patch
-                              # site, as the BPF side believes it (x86 5, or 9 with endbr; riscv
-                              # 8, or 16 with the old sled); orig_call = func_addr + site_skip
+                              # site, as the BPF side believes it (x86 5: the landing pad is
+                              # read from func_insn; riscv 8, or 16 with the old sled)
+    func_insn: bytes = b""    # the bytes at func_addr when the JIT runs, for a JIT that reads
+                              # them as the kernel does (x86 is_endbr); empty when site_skip
+                              # already counts the landing pad (a BPF program's own image)
     im: int = 0               # address of the bpf_tramp_image (arg of __bpf_tramp_enter/exit)
     tramp_enter: int = 0      # __bpf_tramp_enter(im)
     tramp_exit: int = 0       # __bpf_tramp_exit(im)

@@ -195,6 +195,17 @@ def endbr64() -> bytes:
     return b"\xf3\x0f\x1e\xfa"
 
 
+def endbr32() -> bytes:
+    """endbr32"""
+    return b"\xf3\x0f\x1e\xfb"
+
+
+def nopl_osp_rax() -> bytes:
+    """osp nopl (%rax): a 4-byte nop that is not the canonical nop4, so a sealed endbr64 stays
+    recognisable (the kernel's gen_endbr_poison(), arch/x86/include/asm/ibt.h, v5.18-v6.16)"""
+    return b"\x66\x0f\x1f\x00"
+
+
 def int3() -> bytes:
     """int3"""
     return b"\xcc"
@@ -342,6 +353,15 @@ def mov_load(dst: str, base: str, disp: int, size: int = 8) -> bytes:
     r = _reg(insn[size], dst, allow32=size != 8)
     opcode = {8: b"\x8b", 4: b"\x8b", 2: b"\x0f\xb7", 1: b"\x0f\xb6"}[size]
     return _mem_insn(insn[size], opcode, r, base, disp, w=size == 8)
+
+
+def movzx_r64(dst: str, base: str, disp: int, size: int) -> bytes:
+    """movzx r64, byte/word [base+disp] (REX.W, as the kernel's emit_ldx for BPF_B / BPF_H)"""
+    insn = {2: "movzx r64, m16", 1: "movzx r64, m8"}
+    size = _size("movzx r64", size, (2, 1))
+    r = _reg(insn[size], dst)
+    opcode = {2: b"\x0f\xb7", 1: b"\x0f\xb6"}[size]
+    return _mem_insn(insn[size], opcode, r, base, disp, w=True)
 
 
 def mov_store(base: str, disp: int, src: str, size: int = 8) -> bytes:

@@ -5,6 +5,7 @@ Timeline facts: kernel-anchors.md §0 and §7; Kconfig: arch/x86/Kconfig, kernel
 from __future__ import annotations
 
 from ...bpf.spec import JitOptions
+from ...profiles import version_key
 from ..base import KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
@@ -27,10 +28,19 @@ TIMELINE = {
     "reliable_stacktrace": "4.6", "orc": "4.14", "orc_bpf_fp": "6.19",
     # kprobe.multi's get_entry_ip() (c09eb2e578eb, v6.1): the fprobe's ip minus endbr64
     "kprobe_multi_entry_ip": "6.1",
+    # 02a6dfa8ff43 "bpf, x86: save/restore regs with BPF_DW size" (v6.6; 6.1.y: 6.1.72):
+    # trampoline arguments saved as 8-byte slots instead of at their own size
+    "tramp_args_dw": "6.6",
+    # "bpf, x64: Fix tailcall infinite loop" (Leon Hwang, v6.6; 6.1.y: 6.1.72): ORIG_STACK calls
+    # the original through rbx instead of rax
+    "tramp_orig_stack_rbx": "6.6",
 }
+# Stable backports of trampoline changes: feature -> point releases of older branches with it
+# (the 6.1.72 announcement lists "bpf, x86: save/restore regs with BPF_DW size" and "bpf, x64:
+# Fix tailcall infinite loop").
+BACKPORTS = {"tramp_args_dw": ("6.1.72",), "tramp_orig_stack_rbx": ("6.1.72",)}
 
 X86_PATCH_SIZE = 5                 # the call/nop5 at the site
-ENDBR_INSN_SIZE = 4                # endbr64 before it on IBT kernels
 
 
 def derive(h, version: str) -> dict:
@@ -51,17 +61,35 @@ def layouts_for(h, version: str) -> tuple[str, ...]:
 
 
 def layout_switches(layout) -> dict:
-    """The BPF trampoline calls func + X86_PATCH_SIZE, + ENDBR_INSN_SIZE when the function
-    starts with endbr64 (is_endbr() in arch_prepare_bpf_trampoline)."""
-    return {"bpf_site_skip": layout.entry.landing_pad_size + X86_PATCH_SIZE}
+    """Nothing: the BPF trampoline's skip is X86_PATCH_SIZE on every layout, and the endbr64
+    before the site is found where the kernel finds it, in the bytes at the function
+    (arch_prepare_bpf_trampoline: `if (is_endbr(*(u32 *)orig_call)) orig_call +=
+    ENDBR_INSN_SIZE; orig_call += X86_PATCH_SIZE;`, trampoline.orig_call)."""
+    return {}
+
+
+def _has_backported(h, feature: str, version: str) -> bool:
+    """`feature` in mainline since its timeline version, or in a stable point release at or
+    after its backport on that branch."""
+    if h(feature):
+        return True
+    v = version_key(version)
+    return any(v[:2] == version_key(b)[:2] and v >= version_key(b)
+               for b in BACKPORTS.get(feature, ()))
 
 
 def jit_options(profile, layout, h) -> JitOptions:
     """IBT kernels (endbr64 at every function) before v6.8 start every trampoline with endbr64.
+    Before v6.6 the frame pushes rbx (473e3150e30a, the commit that brought stack arguments),
+    and before v6.6 / 6.1.72 the arguments move at their own size (02a6dfa8ff43).
     (ASM_NOP_MAX went from 8 to 11 with "x86_64: Longer NOPs", 2023; its release is not pinned,
     so every profile uses 11.)"""
     ibt = layout.entry.landing_pad_name == "endbr64"
-    return JitOptions(endbr=ibt and not h("tramp_endbr_indirect_only"))
+    return JitOptions(endbr=ibt and not h("tramp_endbr_indirect_only"),
+                      push_rbx=not h("stack_args"),
+                      sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel),
+                      orig_stack_rax=not _has_backported(h, "tramp_orig_stack_rbx",
+                                                         profile.kernel))
 
 
 def special_presets(profile_for, with_layout) -> dict:
@@ -72,6 +100,9 @@ def special_presets(profile_for, with_layout) -> dict:
             multi_flags="SAVE_REGS", note="6.6.y IBT kernel: endbr64 before the site"),
         "v6.0-ibt": with_layout(profile_for("6.0", "v6.0-ibt"), "fentry-ibt").with_(
             note="an IBT kernel before kprobe.multi's entry-ip fix (v5.18-v6.0)"),
+        "v6.12-ibt": with_layout(profile_for("6.12", "v6.12-ibt"), "fentry-ibt").with_(
+            note="Debian 13's 6.12 (CONFIG_X86_KERNEL_IBT=y): endbr64 before the site, "
+                 "trampolines call the original at func+9"),
         "v6.4": profile_for("6.4").with_(
             bug=True, note="MULTI_FLAGS lost SAVE_REGS (v6.4-v6.7): a direct ops sharing a site "
                            "with another ops goes through ftrace_caller, which ignores orig_ax"),
@@ -88,6 +119,10 @@ KCONFIG = (
                 lambda p, v, lay: p.call_ops),
     KconfigRule("x86-64 has DYNAMIC_FTRACE_WITH_REGS from v3.7 (HAVE_DYNAMIC_FTRACE_WITH_REGS)",
                 lambda p, v, lay: not p.with_regs and v >= (3, 7)),
+    KconfigRule("X86_KERNEL_IBT (endbr64 at every function: layout fentry-ibt) exists from "
+                "v5.18 ('x86: Add IBT build support', arch/x86/Kconfig)",
+                lambda p, v, lay: (lay is not None and lay.entry.landing_pad_name == "endbr64"
+                                   and v < (5, 18))),
 )
 
 STRESS = {
@@ -100,7 +135,7 @@ PORT = register_port(Port(
     info=ARCH, package=__package__, order=0, timeline=TIMELINE, derive=derive,
     layouts_for=layouts_for, preset_versions=("5.5", "6.6", "6.19", "7.0"),
     special_presets=special_presets, layout_switches=layout_switches, jit_options=jit_options,
-    kconfig_rules=KCONFIG, layouts=LAYOUTS,
+    kconfig_rules=KCONFIG, layouts=LAYOUTS, era_switches=("bpf_site_skip",),
     entry_kinds=("call", "jmp"),    # [rsp] = return into function (call) / parent (jmp)
     scenarios={
         "seed002-livepatch-fexit": ("v5.5", "latest"),

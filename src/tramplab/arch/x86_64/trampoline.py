@@ -15,6 +15,22 @@ the profile and its layout; the defaults are today's):
                  (INDIRECT struct_ops trampolines always get it: they are called through a pointer)
   nop_max        longest padding nop: 11 on 64-bit since "x86_64: Longer NOPs" (2023, ≈v6.5), 8
                  before; only changes how the 16-byte alignment of do_fexit is filled
+  push_rbx       the frame before 473e3150e30a "bpf, x86: allow function arguments up to 12 for
+                 TRACING" (v6.6): `push rbx` after `sub rsp`, `pop rbx` before `leave`, no rbx
+                 slot in the frame (nothing may sit between the frame and the original's stack
+                 arguments since then, so rbx moved into a slot)
+  orig_stack_rax ORIG_STACK (a livepatched function) calls the original through rax
+                 (`mov rax, [rbp+8]; call rax`) before "bpf, x64: Fix tailcall
+                 infinite loop" (v6.6; 6.1.y: 6.1.72) moved it to rbx (rax holds the tail call
+                 counter pointer since)
+  sized_arg_moves  arguments saved and restored at their own size (`mov [rbp-x], edi` for an
+                 int) before 02a6dfa8ff43 "bpf, x86: save/restore regs with BPF_DW size" (v6.6;
+                 6.1.y from 6.1.72): loads of 1/2 bytes are `movzx r64`, 4 bytes `mov r32`
+
+Where the original continues is the kernel's arithmetic, from the bytes at the function
+(arch_prepare_bpf_trampoline, v5.18+): `if (is_endbr(*(u32 *)orig_call)) orig_call +=
+ENDBR_INSN_SIZE; orig_call += X86_PATCH_SIZE;` -- spec.func_insn holds those bytes and
+spec.site_skip the patch size the BPF side believes in (X86_PATCH_SIZE).
 """
 from __future__ import annotations
 
@@ -38,6 +54,23 @@ RETVAL_OFF = 8               # the return value slot is always [rbp - 8] (= ctx[
 #   call entry: rbp+8 return into the function, rbp+16 parent return address -> args at rbp+0x18
 #   jmp entry:  rbp+8 parent return address                                 -> args at rbp+0x10
 STACK_ARGS_AT = {"call": 0x18, "jmp": 0x10}
+
+ENDBR_INSN_SIZE = 4
+
+
+def is_endbr(insn: bytes) -> bool:
+    """arch/x86/include/asm/ibt.h is_endbr(): the 4 bytes are endbr64 or endbr32, or the poison
+    a sealed endbr64 was overwritten with at boot (apply_seal_endbr -> poison_endbr writes
+    gen_endbr_poison(), `osp nopl (%rax)`), so a sealed function is still skipped past."""
+    word = bytes(insn[:ENDBR_INSN_SIZE])
+    return word in (X.endbr64(), X.endbr32(), X.nopl_osp_rax())
+
+
+def orig_call(spec: TrampolineSpec) -> int:
+    """Where the trampoline calls the original: the function, past an endbr64 (or its sealed
+    poison) found at it, past the patch site."""
+    landing = ENDBR_INSN_SIZE if is_endbr(spec.func_insn) else 0
+    return spec.func_addr + landing + spec.site_skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +120,7 @@ class Frame:
     stack_size: int                 # `sub rsp, stack_size`
     ip_arg: bool
     outgoing_slots: int             # stack slots passed to the original (0 unless CALL_ORIG)
+    push_rbx: bool = False          # before v6.6: rbx pushed at rbp - rbx_off (below the frame)
 
     @property
     def stack_args(self) -> tuple[ArgPlace, ...]:
@@ -123,17 +157,21 @@ def frame_layout(spec: TrampolineSpec) -> Frame:
     ip_arg = bool(flags & TrampFlag.IP_ARG)
     size += 8 if ip_arg else 0
     ip_off = size
-    size += 8
-    rbx_off = size
+    push_rbx = spec.options.push_rbx
+    if not push_rbx:
+        size += 8
+        rbx_off = size
     size += RUN_CTX_SIZE
     run_ctx_off = size
+    if push_rbx:
+        rbx_off = size + 8           # `push rbx` right after `sub rsp, stack_size`
     outgoing = 0
     if nr_slots > len(ARG_REGS) and flags & TrampFlag.CALL_ORIG:
         outgoing = sum(a.nr_stack_slots for a in args)
         size += 8 * outgoing
         size += _call_alignment_pad(size, entry_kind(spec))
     return Frame(entry_kind(spec), nr_slots, args, save_ret, regs_off, nregs_off, ip_off,
-                 rbx_off, run_ctx_off, size, size, ip_arg, outgoing)
+                 rbx_off, run_ctx_off, size, size, ip_arg, outgoing, push_rbx)
 
 
 def _call_alignment_pad(size: int, entry: str) -> int:
@@ -159,6 +197,11 @@ def check_spec(spec: TrampolineSpec) -> None:
     if spec.reg_args_only and any(a.stack_slot is not None for a in place_args(model)):
         raise KernelError("ENOTSUPP", f"{model.nr_arg_slots} argument slots do not fit the "
                                       f"{len(ARG_REGS)} argument registers (no stack args)")
+    if spec.options.push_rbx and not spec.reg_args_only:
+        raise UsageError("the pre-v6.6 x86 trampoline frame (push rbx) takes register "
+                         "arguments only: stack arguments arrived with the rbx slot (v6.6)")
+    if spec.options.push_rbx and flags & TrampFlag.TAIL_CALL_CTX:
+        raise UsageError("TAIL_CALL_CTX with the pre-v6.6 x86 frame (push rbx) is not modelled")
     entry = entry_kind(spec)
     if entry not in STACK_ARGS_AT:
         raise UsageError(f"x86_64 trampoline entry {spec.entry!r} not one of call, jmp")
@@ -216,8 +259,10 @@ class _Jit:
         #   rbp - regs_off   [ arg slot 0           ]   ctx: the prog's r1
         #   rbp - nregs_off  [ nr arg slots         ]   ctx[-1]
         #   rbp - ip_off     [ traced function ip   ]   IP_ARG                      = ctx[-2]
-        #   rbp - rbx_off    [ caller's rbx         ]
+        #   rbp - rbx_off    [ caller's rbx         ]   v6.6+ (mov; before: pushed, below)
         #   rbp - run_ctx_off[ bpf_tramp_run_ctx    ]   cookie +0, saved_run_ctx +8
+        #   rbp - rbx_off    [ caller's rbx         ]   before v6.6: `push rbx` = rsp; no
+        #                                               stack args (6 register args at most)
         #                    [ stack arg k of orig  ]   CALL_ORIG with stack args, padded so
         #   rbp - arg_stack_off = rsp [ stack arg 0 ]   rsp is 16-aligned at `call orig`
         #   rsp - 8          [ tail_call_cnt_ptr    ]   TAIL_CALL_CTX (pushed)
@@ -254,7 +299,10 @@ class _Jit:
         if self.has(TrampFlag.TAIL_CALL_CTX):
             e.emit(X.push("rax"))                                       # push rax (tcc ptr)
         e.note("rbx holds each prog's start time across the C calls; save the caller's")
-        e.emit(X.mov_store("rbp", -f.rbx_off, "rbx"))                   # mov [rbp-rbx_off], rbx
+        if f.push_rbx:
+            e.emit(X.push("rbx"))                                       # push rbx
+        else:
+            e.emit(X.mov_store("rbp", -f.rbx_off, "rbx"))               # mov [rbp-rbx_off], rbx
         e.note("ctx[-1] = number of argument slots")
         e.emit(X.mov_imm64("rax", f.nr_slots))                          # mov eax, nr_slots
         e.emit(X.mov_store("rbp", -f.nregs_off, "rax"))                 # mov [rbp-nregs_off], rax
@@ -269,7 +317,9 @@ class _Jit:
         e.note("ctx[0..n-1] = the arguments")
         for arg in f.args:
             for j, reg in enumerate(arg.regs):
-                e.emit(X.mov_store("rbp", f.ctx(arg.slot + j), reg))    # mov [rbp+ctx_j], reg
+                size = self.move_size(arg)
+                e.emit(X.mov_store("rbp", f.ctx(arg.slot + j), reg, size))
+                #                                                         mov [rbp+ctx_j], reg
             for j in range(arg.nr_stack_slots):
                 self.copy_slot(e, f.caller_stack(arg.stack_slot + j), f.ctx(arg.slot + j))
         self.clean_stack_garbage(e, lambda k: f.ctx(f.stack_args[0].slot + k))
@@ -285,11 +335,27 @@ class _Jit:
         if self.f.nr_stack_slots == 1 and stack_args[0].size <= 4:
             e.emit(X.mov_store_imm32("rbp", slot_disp(0) + 4, 0, size=4))  # mov dword [..+4], 0
 
+    def move_size(self, arg: ArgPlace) -> int:
+        """Bytes moved per register of `arg`: 8, or before v6.6 (6.1.72) its own size, a
+        struct's 8-byte halves as 8 (save_regs/restore_regs: bytes_to_bpf_size(arg_size))."""
+        if not self.spec.options.sized_arg_moves or arg.size > 8:
+            return 8
+        if arg.size not in (1, 2, 4, 8):
+            raise KernelError("EINVAL", f"argument {arg.index + 1} of {arg.size} bytes has no "
+                                        "BPF size (bytes_to_bpf_size)")
+        return arg.size
+
     def restore_regs(self, e: Emitter) -> None:
         f = self.f
         for arg in f.args:
+            size = self.move_size(arg)
             for j, reg in enumerate(arg.regs):
-                e.emit(X.mov_load(reg, "rbp", f.ctx(arg.slot + j)))     # mov reg, [rbp+ctx_j]
+                disp = f.ctx(arg.slot + j)
+                if size in (1, 2):
+                    e.emit(X.movzx_r64(reg, "rbp", disp, size))         # movzx reg, [rbp+ctx_j]
+                else:
+                    e.emit(X.mov_load(reg, "rbp", disp, size))
+                    #                                                     mov reg, [rbp+ctx_j]
 
     def tramp_enter(self, e: Emitter) -> None:
         e.note("__bpf_tramp_enter(im): the image stays alive while we are inside it")
@@ -345,10 +411,11 @@ class _Jit:
             self.load_tail_call_cnt_ptr(e)
         if self.has(TrampFlag.ORIG_STACK):
             # the return address the site pushed: a livepatch (IPMODIFY) may have redirected it
-            e.emit(X.mov_load("rbx", "rbp", 8))                         # mov rbx, [rbp+8]
-            e.emit(X.call_reg("rbx"))                                   # call rbx
+            reg = "rax" if self.spec.options.orig_stack_rax else "rbx"
+            e.emit(X.mov_load(reg, "rbp", 8))                           # mov reg, [rbp+8]
+            e.emit(X.call_reg(reg))                                     # call reg
         else:
-            self.call(e, self.spec.func_addr + self.spec.site_skip)     # call func+site_skip
+            self.call(e, orig_call(self.spec))                          # call orig_call
         e.emit(X.mov_store("rbp", -RETVAL_OFF, "rax"))                  # mov [rbp-8], rax
         e.note("ip_after_call: becomes `jmp ip_epilogue` when the image is put")
         e.label("ip_after_call")
@@ -368,7 +435,10 @@ class _Jit:
             self.load_tail_call_cnt_ptr(e)
         if f.save_ret:
             e.emit(X.mov_load("rax", "rbp", -RETVAL_OFF))               # mov rax, [rbp-8]
-        e.emit(X.mov_load("rbx", "rbp", -f.rbx_off))                    # mov rbx, [rbp-rbx_off]
+        if f.push_rbx:
+            e.emit(X.pop("rbx"))                                        # pop rbx
+        else:
+            e.emit(X.mov_load("rbx", "rbp", -f.rbx_off))                # mov rbx, [rbp-rbx_off]
         leave_frame(e)                                                  # leave
         e.label("fp_end")            # v6.19 ksym.fp_end
         if self.has(TrampFlag.SKIP_FRAME):
@@ -423,8 +493,10 @@ def _slots(spec: TrampolineSpec, f: Frame) -> tuple[FrameSlot, ...]:
 
 
 def _diagram(spec: TrampolineSpec, f: Frame) -> str:
+    rsp = f.rbx_off if f.push_rbx else f.arg_stack_off
     title = (f"x86-64 BPF trampoline frame, {f.entry} entry, "
-             f"stack_size {f.stack_size:#x}, rsp = rbp - {f.arg_stack_off:#x}")
+             f"stack_size {f.stack_size:#x}, rsp = rbp - {rsp:#x}"
+             + (" (push rbx, before v6.6)" if f.push_rbx else ""))
     return "\n".join([title] + [f"  rbp{s.offset:+#06x}  [ {s.holds:<34} ] {s.note}".rstrip()
                                 for s in _slots(spec, f)])
 
@@ -465,9 +537,11 @@ def _rows_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]
 
 
 def _rows_below_ctx(spec: TrampolineSpec, f: Frame) -> list[tuple[int, str, str, str]]:
-    rows = [(-f.rbx_off, "saved_reg", "saved rbx", ""),
-            (-f.run_ctx_off + 8, "run_ctx", "run_ctx.saved_run_ctx", ""),
-            (-f.run_ctx_off, "run_ctx", "run_ctx.bpf_cookie", "&run_ctx")]
+    rows = [] if f.push_rbx else [(-f.rbx_off, "saved_reg", "saved rbx", "")]
+    rows += [(-f.run_ctx_off + 8, "run_ctx", "run_ctx.saved_run_ctx", ""),
+             (-f.run_ctx_off, "run_ctx", "run_ctx.bpf_cookie", "&run_ctx")]
+    if f.push_rbx:
+        rows.append((-f.rbx_off, "saved_reg", "saved rbx (push rbx)", "rsp, before v6.6"))
     if f.arg_stack_off > f.run_ctx_off + 8 * f.outgoing_slots:
         rows.append((-f.run_ctx_off - 8, "padding", "(padding)", "16-aligns rsp at the call"))
     for k in reversed(range(f.outgoing_slots)):
