@@ -119,3 +119,10 @@ def test_selftest_matrix_reports_progress():
     run_matrix(["x86_64"], "latest", ["fentry_test", "fexit_test"], with_targets=False,
                progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 2), (2, 2)]
+
+
+def test_stress_reports_progress():
+    from tramplab.check.stress import ERAS, stress
+    seen = []
+    report = stress(ERAS["x86_64:latest"], 3, progress=seen.append)
+    assert seen == [1, 2, 3] and len(report.results) == 3

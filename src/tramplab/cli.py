@@ -585,13 +585,17 @@ def stress(eras, schedules, seed, calls, ops, ifetch, as_json):
         if e not in ERAS:
             raise UsageError(f"unknown era {e!r}; known: {', '.join(ERAS)}")
     out, failed = [], False
-    for name in eras or ERAS:
-        start = time.perf_counter()
-        report = run(ERAS[name].with_ifetch(ifetch), schedules, first_seed=seed, calls=calls,
-                     ops=ops)
-        secs = time.perf_counter() - start
-        failed |= bool(report.failures)
-        out.append((name, report, secs))
+    names = list(eras or ERAS)
+    with _progress_bar("stress", as_json) as progress:
+        for k, name in enumerate(names):
+            start = time.perf_counter()
+            report = run(ERAS[name].with_ifetch(ifetch), schedules, first_seed=seed,
+                         calls=calls, ops=ops,
+                         progress=lambda done, k=k: progress(k * schedules + done,
+                                                             len(names) * schedules))
+            secs = time.perf_counter() - start
+            failed |= bool(report.failures)
+            out.append((name, report, secs))
     if as_json:
         click.echo(json.dumps([{"era": n, "schedules": len(r.results), "steps": r.steps,
                                 "seconds": round(t, 3),

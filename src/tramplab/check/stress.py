@@ -453,6 +453,12 @@ def run_schedule(era: Era, seed: int, *, cpus: int = 2, calls: int = 3,
     return _Schedule(era, seed, cpus, calls, ops, actors, script, on_step, stickiness).run()
 
 
-def stress(era: Era, schedules: int, *, first_seed: int = 0, **kw) -> StressReport:
-    return StressReport(era, [run_schedule(era, s, **kw)
-                              for s in range(first_seed, first_seed + schedules)])
+def stress(era: Era, schedules: int, *, first_seed: int = 0, progress=None,
+           **kw) -> StressReport:
+    """`schedules` seeded schedules from `first_seed`; `progress(done)` is told after each."""
+    results = []
+    for s in range(first_seed, first_seed + schedules):
+        results.append(run_schedule(era, s, **kw))
+        if progress is not None:
+            progress(len(results))
+    return StressReport(era, results)
