@@ -275,8 +275,10 @@ def annotate(finding: Finding, script=None, last: int = 60) -> list[str]:
             pc = cpu.pc if cpu.task is not None else task.calls[task.index].entry
             code = k.memory.read(pc, k.arch.insn_max_size)
             insn = disassemble(k.arch, code, pc, count=1)[0]
+            # a sticky shape runs a CPU's run as one step: its first instruction is shown
+            run = f"  (+{n - 1} more: a run of {n})" if n > 1 else ""
             lines.append(f"{len(lines):5d} cpu{task.cpu} {k.symbol(pc):<44} "
-                         f"{insn.raw.hex():<16} {insn.text}")
+                         f"{insn.raw.hex():<16} {insn.text}{run}")
         else:
             lines.append(f"{len(lines):5d} host  {task.name} step {task.steps + 1}")
 
