@@ -591,11 +591,7 @@ class BpfManager(MultiAttach):
             entry, skip, insn = self.progjit.prog_entry(p), tr.target.site_skip, b""
         if self._jmp_mode(tr):                 # only profiles with DYNAMIC_FTRACE_WITH_JMP get here
             entry = "jmp"
-        port = get_port(self.arch)
-        options = JitOptions()
-        if port.jit_options is not None:
-            options = port.jit_options(p, self.kernel.layout,
-                                       lambda f: has(port.name, f, p.kernel))
+        options = self._jit_options()
         return TrampolineSpec(
             arch=self.arch.name, model=self.model_for(tr), flags=tr.flags,
             fentry=links["fentry"],
@@ -603,6 +599,19 @@ class BpfManager(MultiAttach):
             site_skip=skip, func_insn=insn, im=im, tramp_enter=self.tramp_enter, tramp_exit=self.tramp_exit,
             image=image, entry=entry, max_args=p.bpf_max_args, reg_args_only=p.bpf_reg_args_only,
             options=options)
+
+    def _jit_options(self) -> JitOptions:
+        """The port's JIT options for this kernel (its profile and layout never change):
+        computed once, not per trampoline."""
+        options = getattr(self, "_options", None)
+        if options is None:
+            p, port = self.profile, get_port(self.arch)
+            options = JitOptions()
+            if port.jit_options is not None:
+                options = port.jit_options(p, self.kernel.layout,
+                                           lambda f: has(port.name, f, p.kernel))
+            self._options = options
+        return options
 
     def _build_image(self, tr: Trampoline) -> TrampImage:
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
@@ -837,10 +846,11 @@ class BpfManager(MultiAttach):
 
 
 def _shape(spec: TrampolineSpec) -> TrampolineSpec:
-    """The spec without its addresses (what the size pass depends on)."""
+    """The spec without its addresses (what the size pass depends on; the bytes at the
+    function only move the address the original is called at)."""
     def bare(links):
         return tuple(replace(link, prog=0, bpf_func=0, enter=0, exit=0) for link in links)
-    return replace(spec, func_addr=0, im=0, image=0, tramp_enter=0, tramp_exit=0,
+    return replace(spec, func_addr=0, im=0, image=0, tramp_enter=0, tramp_exit=0, func_insn=b"",
                    fentry=bare(spec.fentry), fexit=bare(spec.fexit),
                    fmod_ret=bare(spec.fmod_ret))
 

@@ -7,6 +7,7 @@ the trampoline is entered all come from the manager (and the profile behind it).
 """
 from __future__ import annotations
 
+from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from enum import IntFlag
@@ -41,11 +42,11 @@ class FuncModel:
     ret_size: int                 # 0 for void
     ret_struct: bool = False
 
-    @property
+    @cached_property          # (frozen: computed once; every JIT pass asks many times)
     def arg_slots(self) -> tuple[int, ...]:
         return tuple((s + 7) // 8 if st else 1 for s, st in zip(self.arg_size, self.arg_struct))
 
-    @property
+    @cached_property
     def nr_arg_slots(self) -> int:
         return sum(self.arg_slots)
 
