@@ -173,11 +173,11 @@ def from_kconfig(path, version: str | None = None) -> ConfigProfile:
     cfg = read_config(path)
     arch = _arch_of(cfg)
     facts = get_port(arch).config
-    version = _version(cfg, version)
     missing = [s for s in REQUIRED if cfg(s) != "y"]
     if missing:
         raise UsageError(f"{cfg.path}: {', '.join(cfg.line(s) for s in missing)}: the kernel has "
                          "no dynamic ftrace, nothing for tramplab to patch")
+    version = _version(cfg, version)
     name = f"config:{Path(cfg.path).name}@v{version}"
     base = profile_for(arch, version, name)            # check_version: a UsageError
     era = base.switches()
