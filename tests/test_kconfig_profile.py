@@ -100,7 +100,7 @@ def test_the_derived_profiles_are_the_presets_of_that_kernel():
     """x86: Debian's IBT kernel is the v6.12-ibt preset; arm64 and riscv64: the v6.12 profile,
     arm64 with the config's voluntary preemption."""
     def same(p, q):
-        return {k: v for k, v in p.switches().items()} == q.switches()
+        return p.switches() == q.switches()
     assert same(from_kconfig(DEBIAN["x86_64"], "6.12").profile, presets("x86_64")["v6.12-ibt"])
     assert same(from_kconfig(DEBIAN["arm64"], "6.12").profile,
                 profile_for("arm64", "6.12").with_(preemption=False))
@@ -182,6 +182,15 @@ def test_hand_made_configs_decide_their_switches(tmp_path):
         ("callops", "callops-jalr", True)
     assert [a.split(":")[0] for a in rv.approximated] == \
         ["CONFIG_PGTABLE_LEVELS=4", "CONFIG_RISCV_ISA_C is not set"]
+    old_bti = from_kconfig(write_config(
+        tmp_path, "arm64", "6.1", ARM64_BTI_KERNEL="y", DYNAMIC_FTRACE_WITH_REGS="y",
+        DYNAMIC_FTRACE_WITH_ARGS=None, DYNAMIC_FTRACE_WITH_CALL_OPS=None,
+        DYNAMIC_FTRACE_WITH_DIRECT_CALLS=None))
+    assert (old_bti.profile.layout, old_bti.profile.with_regs, old_bti.profile.direct_calls) == \
+        ("pfe2", True, False)
+    assert [a.split(":")[0] for a in old_bti.approximated] == \
+        ["CONFIG_ARM64_BTI_KERNEL=y without DYNAMIC_FTRACE_WITH_CALL_OPS"]
+    assert run_bpf_test("arm64", old_bti.profile, "fentry_test").status == "unsupported"
     no_jit = from_kconfig(write_config(tmp_path, "riscv64", "6.12", BPF_JIT=None)).profile
     assert not no_jit.bpf_trampoline
     assert run_bpf_test("riscv64", no_jit, "fentry_test").status == "unsupported"
@@ -210,6 +219,9 @@ CONTRADICTIONS = [
     ("x86_64", "6.12", {"DYNAMIC_FTRACE_WITH_JMP": "y"},
      "CONFIG_DYNAMIC_FTRACE_WITH_JMP=y, but x86_64 has it from v6.19",
      "CONFIG_DYNAMIC_FTRACE_WITH_JMP=y"),
+    ("riscv64", "6.16", {"DYNAMIC_FTRACE_WITH_DIRECT_CALLS": None},
+     "tramplab models riscv64 v6.16 kernels built with callops only",
+     "CONFIG_DYNAMIC_FTRACE_WITH_CALL_OPS is not set"),
     ("x86_64", "6.12", {"DYNAMIC_FTRACE_WITH_REGS": None},
      "x86-64 has DYNAMIC_FTRACE_WITH_REGS from v3.7", "CONFIG_DYNAMIC_FTRACE_WITH_REGS is not set"),
 ]

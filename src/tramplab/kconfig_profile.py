@@ -26,8 +26,8 @@ from .arch import get_port, ports
 from .errors import UsageError
 from .ftrace.kconfig import ConfigError, violations
 from .machine.memory import PAGE_SIZE
-from .profiles import (Profile, layout_switches, layout_violations, multi_flags, profile_for,
-                       version_key)
+from .profiles import (Profile, layout_switches, layout_violations, layouts_for, multi_flags,
+                       profile_for, version_key)
 
 # switch -> the CONFIG_ symbol that decides it (kernel/trace/Kconfig, kernel/Kconfig.preempt)
 SWITCH_SYMBOLS = {
@@ -222,6 +222,12 @@ def from_kconfig(path, version: str | None = None) -> ConfigProfile:
             + ("; approximated: " + "; ".join(approximated) if approximated else ""))
     profile = base.with_(**decided, **fixed, note=note)
     rules = broken + violations(profile) + layout_violations(profile)
+    allowed = layouts_for(arch, version)
+    if layout not in allowed:
+        rules.append(f"the config's compiler flags give layout {layout!r}; tramplab models "
+                     f"{arch} v{version} kernels built with {' or '.join(allowed)} only (a "
+                     f"kernel built otherwise, e.g. without CALL_OPS because of CFI_CLANG, is "
+                     f"not represented)")
     if rules:
         symbols = [*SWITCH_SYMBOLS.values(), *facts.layout_symbols]
         named = [s for s in dict.fromkeys(symbols)
