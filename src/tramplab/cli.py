@@ -260,7 +260,12 @@ def layouts(as_json):
 @click.option("--jit", is_flag=True,
               help="with --kernel-progs: run the programs as machine code from the arch's "
                    "eBPF JIT instead of the interpreter (n/a for a port without one)")
-def selftest(arch, profile, tests, as_json, kernel_progs, jit):
+@click.option("--from-config", "config", default=None, metavar="FILE",
+              help="run on the profile derived from this kernel .config (see `tramplab "
+                   "profiles --from-config`); its arch is the config's")
+@click.option("--kernel", "-k", "version", default=None,
+              help="with --from-config: the kernel version (default: the config's header)")
+def selftest(arch, profile, tests, as_json, kernel_progs, jit, config, version):
     """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
     exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
     in --json's detail).  With --kernel-progs: the kernel's compiled BPF programs instead of
@@ -277,6 +282,19 @@ def selftest(arch, profile, tests, as_json, kernel_progs, jit):
         if t not in known:
             raise UsageError(f"unknown test {t!r}; known: {', '.join(known)}")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    if config is not None:
+        from .kconfig_profile import from_kconfig
+        if kernel_progs:
+            raise UsageError("--from-config runs the Python selftests; not with --kernel-progs")
+        if profile != "latest":
+            raise UsageError("--from-config gives the profile: not with --profile")
+        profile = from_kconfig(config, version).profile
+        if arch != "all" and _arch(arch) != profile.arch:
+            raise UsageError(f"{config} is the config of a {profile.arch} kernel, not "
+                             f"{_arch(arch)}")
+        arches = [profile.arch]
+    elif version is not None:
+        raise UsageError("--kernel goes with --from-config (otherwise: --profile vX.Y)")
     if jit and not kernel_progs:
         raise UsageError("--jit runs the kernel's compiled programs: use it with --kernel-progs")
     with _progress_bar("selftests", as_json) as progress:
@@ -350,10 +368,22 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 @main.command()
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def profiles(arch, as_json):
-    """List the profile presets (kernel eras) per arch with their switches."""
+@click.option("--from-config", "config", default=None, metavar="FILE",
+              help="derive the profile of the kernel built with this .config (plain, .xz or "
+                   ".gz, e.g. /boot/config-*) instead of listing the presets")
+@click.option("--kernel", "-k", "version", default=None,
+              help="with --from-config: the kernel version MAJOR.MINOR[.PATCH] (default: the "
+                   "one in the config's header)")
+def profiles(arch, as_json, config, version):
+    """List the profile presets (kernel eras) per arch with their switches.  With
+    --from-config: the profile a kernel's .config gives, each switch with where it came from
+    (the config or the version's timeline), and what the model approximates."""
     from .profiles import presets, version_key
     from .termtable import print_table
+    if config is not None:
+        return _profile_from_config(arch, config, version, as_json)
+    if version is not None:
+        raise UsageError("--kernel goes with --from-config (the presets list every version)")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
     cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
@@ -377,6 +407,33 @@ def profiles(arch, as_json):
         for name, p in table:
             if p.note:
                 con.print(f"  {escape(name)}: {escape(p.note)}")
+
+
+def _profile_from_config(arch: str, config: str, version: str | None, as_json: bool) -> None:
+    from .kconfig_profile import from_kconfig
+    from .termtable import print_table
+    derived = from_kconfig(config, version)
+    p = derived.profile
+    if arch != "all" and _arch(arch) != p.arch:
+        raise UsageError(f"{config} is the config of a {p.arch} kernel, not {_arch(arch)}")
+    if as_json:
+        click.echo(json.dumps(derived.as_dict(), indent=1))
+        return
+    con = _console()
+    rows = [[escape(switch), escape("y" if v is True else "-" if v is False else str(v)),
+             escape(derived.from_config.get(switch, "timeline"))]
+            for switch, v in p.switches().items()]
+    print_table(con, escape(f"{p.arch} v{p.kernel} from {config}"
+                            + (f" (its header: {derived.config.version})"
+                               if derived.config.version else "")),
+                ["switch", "value", "from"], rows)
+    con.print(f"layout: {escape(p.layout)}; profile name: {escape(p.name)}")
+    if derived.approximated:
+        con.print("approximated (the model does not represent these):")
+        for line in derived.approximated:
+            con.print(f"  - {escape(line)}")
+    else:
+        con.print("approximated: nothing")
 
 
 @main.command()

@@ -154,6 +154,14 @@ class Profile:
             raise UsageError(f"unknown profile switch(es): {', '.join(sorted(unknown))}")
         return replace(self, **switches)
 
+    @classmethod
+    def from_kconfig(cls, path, version: str | None = None) -> "Profile":
+        """The profile of the kernel built with the .config at `path` (plain, .xz or .gz) at
+        kernel `version` (default: the version in the config's header); what was taken from
+        where and what the model approximates: kconfig_profile.from_kconfig."""
+        from .kconfig_profile import from_kconfig
+        return from_kconfig(path, version).profile
+
     def switches(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("name", "arch", "kernel", "note", "bug")}
@@ -222,6 +230,16 @@ def with_layout(p: Profile, layout: str) -> Profile:
     return p.with_(layout=layout, **layout_switches(p.arch, layout))
 
 
+def multi_flags(arch: str, version: str, with_regs: bool) -> str:
+    """What a direct ops asks for (MULTI_FLAGS in kernel/trace/ftrace.c) on `arch` at
+    `version`, given whether the kernel has DYNAMIC_FTRACE_WITH_REGS."""
+    if not has(arch, "multi_flags_save_args", version):
+        return "SAVE_REGS"         # v5.5-v6.3: DIRECT | SAVE_REGS (| IPMODIFY before v6.0)
+    if not has(arch, "multi_flags_regs_fix", version):
+        return "SAVE_ARGS"         # v6.4-v6.7: "ftrace: Make DIRECT_CALLS work WITH_ARGS and !WITH_REGS"
+    return "SAVE_REGS" if with_regs else "SAVE_ARGS"   # v6.8: if HAVE_DYNAMIC_FTRACE_WITH_REGS
+
+
 def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
     """The profile of `arch` at kernel `version`, from the timeline."""
     a = get_arch(arch).name
@@ -234,14 +252,9 @@ def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
         api = "ops"
     else:
         api = "ip"
-    if not h("multi_flags_save_args"):
-        multi = "SAVE_REGS"        # v5.5-v6.3: DIRECT | SAVE_REGS (| IPMODIFY before v6.0)
-    elif not h("multi_flags_regs_fix"):
-        multi = "SAVE_ARGS"        # v6.4-v6.7: "ftrace: Make DIRECT_CALLS work WITH_ARGS and !WITH_REGS"
-    else:                          # v6.8: SAVE_REGS if CONFIG_HAVE_DYNAMIC_FTRACE_WITH_REGS
-        multi = "SAVE_REGS" if base["with_regs"] else "SAVE_ARGS"
     return Profile(
-        name=name or f"v{version}", arch=a, kernel=version, direct_api=api, multi_flags=multi,
+        name=name or f"v{version}", arch=a, kernel=version, direct_api=api,
+        multi_flags=multi_flags(a, version, base["with_regs"]),
         ops_func=h("ops_func"), bpf_trampoline=h("bpf_trampoline"),
         tramp_links_max=38 if h("links_38") else 40, fmod_ret=h("fmod_ret"),
         freplace=h("freplace"), func_ip=h("func_ip"), get_func_arg=h("get_func_arg"),

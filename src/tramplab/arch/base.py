@@ -117,6 +117,29 @@ class KconfigRule:
 
 
 @dataclass(frozen=True)
+class ConfigFacts:
+    """How a kernel `.config` shows this arch, for profiles derived from one
+    (kconfig_profile.py).  `cfg(symbol)` below is the config's value of CONFIG_<symbol> as a
+    string ("y", "m", "52"), or None where it is not set.
+
+    `arch_symbols`: all set on a config of this arch (e.g. the arch's 64-bit symbol).
+    `layout(cfg, switches)`: the patch-site layout (targets/layouts.py) the config's compiler
+    flags give, the profile's switches so far in hand (call_ops, the era's layout...);
+    `layout_symbols`: the symbols it reads, for the report.  `approximated(cfg, switches)`:
+    what the config implies that the model does not represent (paging mode, padding...), each
+    as one sentence naming its symbols.
+    `page_symbols`: older configs' page-size choices (symbol -> bytes) where CONFIG_PAGE_SHIFT
+    is absent."""
+
+    arch_symbols: tuple[str, ...]
+    layout: Callable[[Callable[[str], str | None], dict], str]
+    layout_symbols: tuple[str, ...]
+    approximated: Callable[[Callable[[str], str | None], dict], list[str]] = \
+        lambda cfg, switches: []
+    page_symbols: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StressEra:
     """A patching protocol worth stressing on this arch: a profile and machine options."""
 
@@ -161,6 +184,8 @@ class Port:
     # designs the arch's kernels lack, offered as named profiles (profiles.presets): profile
     # name -> what it stands for (a proposal, with its title), replacing the generic note
     design_notes: Mapping[str, str] = field(default_factory=dict)
+    # how a kernel .config names this arch and its layouts (profiles from a config)
+    config: ConfigFacts | None = None
 
     @property
     def name(self) -> str:

@@ -38,20 +38,26 @@ def _targets_results(arch: str) -> list[Result]:
     return out
 
 
-def profiles_for(arch: str, which: str) -> list[str]:
-    """'latest', 'all' (every preset except the deliberate bug profiles), or one name."""
-    from ..profiles import get_profile, presets
+def profiles_for(arch: str, which) -> list:
+    """'latest', 'all' (every preset except the deliberate bug profiles), one name, or a
+    Profile object (e.g. one derived from a kernel's .config)."""
+    from ..profiles import Profile, get_profile, presets
+    if isinstance(which, Profile):
+        return [which]
     if which == "all":
         return [n for n, p in presets(arch).items() if not p.bug]
     get_profile(arch, which)
     return [which]
 
 
-def run_bpf_test(arch: str, profile: str, name: str) -> Result:
+def run_bpf_test(arch: str, profile, name: str) -> Result:
+    """One test on a kernel built with `profile` (a name, or a Profile: recorded by its name)."""
     from ..kernel import Kernel
     from .bpf_tests import TESTS, UNSUPPORTED_ERRNOS, Failed
+    built_with = profile
+    profile = getattr(profile, "name", profile)
     try:
-        k = Kernel(arch, profile=profile)
+        k = Kernel(arch, profile=built_with)
         TESTS[name](k)
     except Failed as e:
         return Result(arch, profile, name, "fail", str(e))
@@ -66,7 +72,7 @@ def run_bpf_test(arch: str, profile: str, name: str) -> Result:
     return Result(arch, profile, name, "pass")
 
 
-def run_matrix(arches: list[str], profile: str = "latest", tests: list[str] | None = None,
+def run_matrix(arches: list[str], profile="latest", tests: list[str] | None = None,
                with_targets: bool = True, progress=None) -> list[Result]:
     """Every test on every arch and profile; `progress(done, total)` after each step (the
     targets check of an arch counts as one)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...bpf.spec import JitOptions
 from ...profiles import version_key
-from ..base import KconfigRule, Port, StressEra
+from ..base import ConfigFacts, KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
@@ -102,6 +102,41 @@ KCONFIG = (
                 and (v[:2] != SEED001_KERNEL or not p.with_regs or p.call_ops)),
 )
 
+MODEL_VA_BITS = 48           # abi.py's memory map and address encoder: VA_BITS=48
+
+
+def _config_layout(cfg, switches) -> str:
+    """CALL_OPS: -fpatchable-function-entry=4,2 (callops); CONFIG_ARM64_BTI_KERNEL adds
+    -mbranch-protection=bti (bti c at func+0).  Without CALL_OPS: pfe2.  (ARM64_BTI_KERNEL
+    depends on !CC_IS_GCC in 6.x, so gcc-built kernels such as Debian's have none, whatever
+    CONFIG_ARM64_BTI, the user-space BTI, says.)"""
+    if switches["call_ops"]:
+        return "callops-bti" if cfg("ARM64_BTI_KERNEL") == "y" else "callops"
+    return "pfe2"
+
+
+def _config_approximated(cfg, switches) -> list[str]:
+    out = []
+    va = cfg("ARM64_VA_BITS")
+    if va is not None and va.isdigit() and int(va) != MODEL_VA_BITS:
+        more = (f" on a CPU with {'LPA2' if cfg('ARM64_LPA2') == 'y' else 'LVA'} (48 "
+                f"otherwise)" if int(va) > MODEL_VA_BITS else "")
+        out.append(f"CONFIG_ARM64_VA_BITS={va}: the kernel uses {va}-bit virtual addresses"
+                   f"{more}; the model's memory map and address encoder are VA_BITS="
+                   f"{MODEL_VA_BITS}")
+    if cfg("ARM64_BTI_KERNEL") == "y" and not switches["call_ops"]:
+        out.append("CONFIG_ARM64_BTI_KERNEL=y without DYNAMIC_FTRACE_WITH_CALL_OPS: functions "
+                   "start with bti c before the two nops; the model has no such layout and "
+                   "uses pfe2 (no bti c)")
+    return out
+
+
+CONFIG = ConfigFacts(arch_symbols=("ARM64",), layout=_config_layout,
+                     layout_symbols=("DYNAMIC_FTRACE_WITH_CALL_OPS", "ARM64_BTI_KERNEL"),
+                     approximated=_config_approximated,
+                     page_symbols={"ARM64_4K_PAGES": 4096, "ARM64_16K_PAGES": 16384,
+                                   "ARM64_64K_PAGES": 65536})
+
 STRESS = {
     "near": StressEra("latest", "CALL_OPS, bl to the trampoline"),
     "far": StressEra("latest", "trampolines out of bl range: through ftrace_caller and x17",
@@ -125,7 +160,7 @@ PORT = register_port(Port(
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
     scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
                "seed003-multi-clobber": ("multi-2021", "latest")},
-    relocations=RELOCATIONS, stress_eras=STRESS,
+    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG,
     design_notes={"single-ops": "the 2026 proposal 'arm64: ftrace: enable single ftrace_ops for "
                                 "direct calls' (not merged): one direct ops for every BPF "
                                 "trampoline, batched updates"},

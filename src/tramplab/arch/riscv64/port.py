@@ -5,7 +5,7 @@ Timeline facts: kernel-anchors.md §0, §1.3 and §7; Kconfig: arch/riscv/Kconfi
 from __future__ import annotations
 
 from ...bpf.spec import JitOptions
-from ..base import KconfigRule, Port, StressEra
+from ..base import ConfigFacts, KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
@@ -97,6 +97,38 @@ KCONFIG = (
                 and lay.entry.align < 4),
 )
 
+SATP_MODES = {3: "sv39", 4: "sv48", 5: "sv57"}   # CONFIG_PGTABLE_LEVELS -> the largest mode
+MODEL_SATP_MODE = "sv39"                           # abi.py's memory map
+
+
+def _config_layout(cfg, switches) -> str:
+    """CALL_OPS: -fpatchable-function-entry=8,4 (callops); otherwise the era's own layout
+    (pfe8 before v6.3, pfe4 after), which is pfe4 on a v6.16+ kernel without CALL_OPS."""
+    if switches["call_ops"]:
+        return "callops"
+    return "pfe4" if switches["layout"] == "callops" else switches["layout"]
+
+
+def _config_approximated(cfg, switches) -> list[str]:
+    out = []
+    levels = cfg("PGTABLE_LEVELS")
+    mode = SATP_MODES.get(int(levels)) if levels is not None and levels.isdigit() else None
+    if mode is not None and mode != MODEL_SATP_MODE:
+        out.append(f"CONFIG_PGTABLE_LEVELS={levels}: a 64-bit riscv kernel picks at boot the "
+                   f"largest paging mode the hart supports, up to {mode} ({mode} on QEMU "
+                   f"virt; the no5lvl/no4lvl command-line options lower it), which moves the "
+                   f"kernel's regions; the model assumes {MODEL_SATP_MODE} and its memory map")
+    if cfg("RISCV_ISA_C") != "y":
+        out.append("CONFIG_RISCV_ISA_C is not set: functions are padded with 4-byte nops; the "
+                   "model's compiled objects are RVC (2-byte c.nop) and its JIT emits "
+                   "compressed instructions")
+    return out
+
+
+CONFIG = ConfigFacts(arch_symbols=("RISCV", "64BIT"), layout=_config_layout,
+                     layout_symbols=("DYNAMIC_FTRACE_WITH_CALL_OPS",),
+                     approximated=_config_approximated)
+
 STRESS = {
     "v6.8": StressEra("v6.8", "auipc+jalr sites, stop_machine, !PREEMPTION"),
     "latest": StressEra("latest", "CALL_OPS, jalr-only atomic patching"),
@@ -117,7 +149,7 @@ PORT = register_port(Port(
         "seed003-multi-clobber": ("multi-2021", "latest"),
         "riscv-orig-stack-copy-paste": ("v6.19-rc1", "latest"),
     },
-    relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS,
+    relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS, config=CONFIG,
     faults={
         "pair-no-stop-machine": "pre-v6.16 sites (auipc+jalr pair, 16-byte sled): ftrace "
                                 "changes them one 4-byte word at a time, other CPUs running "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...bpf.spec import JitOptions
 from ...profiles import version_key
-from ..base import KconfigRule, Port, StressEra
+from ..base import ConfigFacts, KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
@@ -125,6 +125,27 @@ KCONFIG = (
                                    and v < (5, 18))),
 )
 
+def _config_layout(cfg, switches) -> str:
+    """CONFIG_X86_KERNEL_IBT builds with -fcf-protection=branch: endbr64 at func+0."""
+    return "fentry-ibt" if cfg("X86_KERNEL_IBT") == "y" else "fentry"
+
+
+def _config_approximated(cfg, switches) -> list[str]:
+    out = []
+    if cfg("X86_5LEVEL") == "y":
+        out.append("CONFIG_X86_5LEVEL=y: the kernel uses 5-level paging (57-bit virtual "
+                   "addresses) on a CPU with LA57 and 4-level paging otherwise; the model's "
+                   "memory map is the 4-level one (48-bit)")
+    if cfg("CALL_PADDING") == "y":
+        out.append(f"CONFIG_CALL_PADDING=y: {cfg('FUNCTION_PADDING_BYTES') or 'some'} bytes "
+                   "of padding before each function (-fpatchable-function-entry=N,N, for "
+                   "FineIBT and call depth tracking) are not in the model's compiled objects")
+    return out
+
+
+CONFIG = ConfigFacts(arch_symbols=("X86_64",), layout=_config_layout,
+                     layout_symbols=("X86_KERNEL_IBT",), approximated=_config_approximated)
+
 STRESS = {
     "v5.5": StressEra("v5.5", "direct by ip, int3 poke, SAVE_REGS direct ops"),
     "v6.6": StressEra("v6.6", "ops per trampoline, modify through a stub ops"),
@@ -148,7 +169,7 @@ PORT = register_port(Port(
         "livepatch-fentry-fexit-bypass": ("v6.12.59", "v6.12.62"),
         "ibt-kprobe-multi-func-ip": ("v6.0-ibt", "v6.6-ibt"),
     },
-    relocations=RELOCATIONS, stress_eras=STRESS,
+    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG,
     faults={
         "no-int3": "each patched instruction's bytes are written in place (text_poke without "
                    "the int3 protocol), other CPUs running meanwhile and never serialised: "
