@@ -30,7 +30,7 @@ from elftools.elf.elffile import ELFFile
 from ..arch import arch_module
 from ..bpf.prog import BpfProg, Ctx
 from ..errors import KernelError, ObjectError, UsageError
-from . import interp
+from . import interp, stackdepth
 from .btf import Btf, core_relos
 
 EM_BPF = 247
@@ -220,6 +220,9 @@ class LoadedProg:
     prog: object = None            # the BpfProg
     link: object = None
     hostcalls: list = field(default_factory=list)   # JIT: its helpers' host functions
+    # first instruction of each function (0: the program) -> the verifier's stack_depth
+    # (stackdepth.py), what the JIT's prologues reserve
+    stack_depths: dict = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -532,6 +535,8 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
                                         "exist in this kernel (the verifier: unknown func)",
                               feature=feature)
     _check_ctx(k, p, lp.code)
+    lp.stack_depths = stackdepth.stack_depths(lp.code, _entries(lp.code),
+                                              f"{obj_name}: {p.name}")
     body = _Body(k, lp)
     gen = _jit_gen(k, jit, name, lp) if jit is not None else None
     # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
@@ -581,10 +586,14 @@ def _jit_gen(k, jit, name: str, lp: LoadedProg):
         hname = f"bpf_helper:{name}:{interp.HELPERS[h]}"
         helpers[h] = k.machine.hostcalls.register(hname, _host_helper(k, lp, h), 5)
         lp.hostcalls.append(hname)
-    entries = sorted({i + 1 + c.imm for i, c in enumerate(lp.code)
-                      if c is not None and c.op == 0x85 and c.src == interp.PSEUDO_CALL})
-    code = lp.code
-    return lambda e: jit.gen_bpf_image(e, k, code, helpers, entries)
+    code, depths = lp.code, dict(lp.stack_depths)
+    return lambda e: jit.gen_bpf_image(e, k, code, helpers, sorted(depths), depths)
+
+
+def _entries(code) -> list[int]:
+    """The first instruction of every bpf2bpf callee (pseudo calls' targets)."""
+    return sorted({i + 1 + c.imm for i, c in enumerate(code)
+                   if c is not None and c.op == 0x85 and c.src == interp.PSEUDO_CALL})
 
 
 def _host_helper(k, lp: LoadedProg, h: int):
