@@ -337,6 +337,27 @@ EXPECTED_PROTOTYPES = {
     "tramplab_test_run_trampoline_count": "int tramplab_test_run_trampoline_count(void)",
     "livepatch_bpf_fentry_test1": "int livepatch_bpf_fentry_test1(int a)",
     "livepatch_bpf_fentry_test2": "int livepatch_bpf_fentry_test2(int a, u64 b)",
+    # bpf_testmod_struct.c: bpf_testmod.c of 6.12, its prototypes
+    "bpf_testmod_test_struct_arg_2":
+        "int bpf_testmod_test_struct_arg_2(int a, struct bpf_testmod_struct_arg_2 b, int c)",
+    "bpf_testmod_test_struct_arg_3":
+        "int bpf_testmod_test_struct_arg_3(int a, int b, struct bpf_testmod_struct_arg_2 c)",
+    "bpf_testmod_test_struct_arg_4":
+        "int bpf_testmod_test_struct_arg_4(struct bpf_testmod_struct_arg_1 a, int b, int c, "
+        "int d, struct bpf_testmod_struct_arg_2 e)",
+    "bpf_testmod_test_struct_arg_5": "int bpf_testmod_test_struct_arg_5(void)",
+    "bpf_testmod_test_struct_arg_6":
+        "int bpf_testmod_test_struct_arg_6(struct bpf_testmod_struct_arg_3 *a)",
+    "bpf_testmod_test_struct_arg_7":
+        "int bpf_testmod_test_struct_arg_7(u64 a, void *b, short c, int d, void *e, "
+        "struct bpf_testmod_struct_arg_4 f)",
+    "bpf_testmod_test_struct_arg_8":
+        "int bpf_testmod_test_struct_arg_8(u64 a, void *b, short c, int d, void *e, "
+        "struct bpf_testmod_struct_arg_4 f, int g)",
+    "bpf_testmod_test_struct_arg_9":
+        "int bpf_testmod_test_struct_arg_9(u64 a, void *b, short c, int d, void *e, char f, "
+        "short g, struct bpf_testmod_struct_arg_5 h, long i)",
+    "tramplab_test_run_struct_args": "int tramplab_test_run_struct_args(void)",
 }
 
 # C spelling -> (size, signed, kind); chars are unsigned (-funsigned-char, as the kernel).
@@ -356,6 +377,10 @@ EXPECTED_TYPES = {
     "u32 *": (8, False, "ptr"),
     "struct bpf_fentry_test_t *": (8, False, "ptr"),
     "struct bpf_testmod_struct_arg_2": (16, False, "struct"),
+    "struct bpf_testmod_struct_arg_1": (4, False, "struct"),        # {int a}
+    "struct bpf_testmod_struct_arg_3 *": (8, False, "ptr"),
+    "struct bpf_testmod_struct_arg_4": (16, False, "struct"),       # {u64 a; int b} + padding
+    "struct bpf_testmod_struct_arg_5": (16, False, "struct"),       # {char; short; int; long}
 }
 
 
@@ -376,12 +401,14 @@ def test_prototypes(loaded):
 # ---------------------------------------------------------------------------------------------
 # Relocations seen
 
+# bpf_testmod_struct.c adds 9 functions (9 more patchable-entry table words: R_*_64/ABS64),
+# 9 calls (its caller's) and 8 stores to bpf_testmod_test_struct_arg_result (pc-relative).
 EXPECTED_RELOCS = {
-    "x86_64": {"R_X86_64_64": 25, "R_X86_64_PC32": 1, "R_X86_64_PLT32": 17},
-    "arm64": {"R_AARCH64_ABS64": 25, "R_AARCH64_ADR_PREL_PG_HI21": 1, "R_AARCH64_CALL26": 17,
-              "R_AARCH64_LDST64_ABS_LO12_NC": 1},
-    "riscv64": {"R_RISCV_64": 25, "R_RISCV_CALL_PLT": 17, "R_RISCV_PCREL_HI20": 1,
-                "R_RISCV_PCREL_LO12_S": 1},
+    "x86_64": {"R_X86_64_64": 25 + 9, "R_X86_64_PC32": 1 + 8, "R_X86_64_PLT32": 17 + 9},
+    "arm64": {"R_AARCH64_ABS64": 25 + 9, "R_AARCH64_ADR_PREL_PG_HI21": 1 + 8,
+              "R_AARCH64_CALL26": 17 + 9, "R_AARCH64_LDST64_ABS_LO12_NC": 1 + 8},
+    "riscv64": {"R_RISCV_64": 25 + 9, "R_RISCV_CALL_PLT": 17 + 9, "R_RISCV_PCREL_HI20": 1 + 8,
+                "R_RISCV_PCREL_LO12_S": 1 + 8},
 }
 
 

@@ -28,6 +28,8 @@ class BtfType:
     size_or_type: int
     members: list = field(default_factory=list)      # DATASEC: (type id, offset, size)
     params: int = 0                                  # FUNC_PROTO: parameter count
+    int_encoding: int = 0                            # INT: BTF_INT_SIGNED 1, CHAR 2, BOOL 4
+    array: tuple = ()                                # ARRAY: (elem type, index type, nelems)
 
 
 def _u32s(data: bytes, off: int, n: int, order: str) -> list[int]:
@@ -71,6 +73,10 @@ class Btf:
                 t.members = [tuple(_u32s(data, off + 12 * i, 3, order)) for i in range(vlen)]
             if kind_no == 13:
                 t.params = vlen
+            if kind_no == 1:
+                t.int_encoding = (_u32s(data, off, 1, order)[0] >> 24) & 0xF
+            if kind_no == 3:
+                t.array = tuple(_u32s(data, off, 3, order))
             off += fixed + per * vlen
             self.types.append(t)
 
@@ -85,6 +91,31 @@ class Btf:
             if t.kind == "DATASEC" and t.name == section:
                 out |= {self.types[m[0]].name for m in t.members}
         return out
+
+    def datasec_vars(self, section: str) -> list[tuple[str, int]]:
+        """(name, type id) of each VAR a DATASEC holds, in its order."""
+        out = []
+        for t in self.types:
+            if t.kind == "DATASEC" and t.name == section:
+                for m in t.members:
+                    v = self.type(m[0])
+                    if v.kind == "VAR":
+                        out.append((v.name, v.size_or_type))
+        return out
+
+    def type(self, type_id: int) -> BtfType:
+        if not 0 <= type_id < len(self.types):
+            raise ObjectError(f".BTF: type id {type_id} out of range (truncated?)", "EINVAL")
+        return self.types[type_id]
+
+    def skip_mods_and_typedefs(self, type_id: int) -> BtfType:
+        """libbpf's skip_mods_and_typedefs: through TYPEDEF/CONST/VOLATILE/RESTRICT/TYPE_TAG."""
+        t = self.type(type_id)
+        for _ in range(len(self.types)):
+            if t.kind not in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
+                return t
+            t = self.type(t.size_or_type)
+        raise ObjectError(".BTF: a loop of typedefs or modifiers", "EINVAL")
 
     def func_params(self, name: str) -> int | None:
         for t in self.types:

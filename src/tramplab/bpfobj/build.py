@@ -37,13 +37,13 @@ SELFTESTS = "tools/testing/selftests/bpf"
 # The programs of this slice (tools/testing/selftests/bpf/progs/<name>.c).
 PROGRAMS = ("fentry_test", "fexit_test", "modify_return", "get_func_args_test",
             "get_func_ip_test", "test_trampoline_count", "fentry_many_args",
-            "fexit_many_args", "tracing_struct", "test_bpf_cookie", "fentry_recursive",
-            "fentry_recursive_target")
+            "fexit_many_args", "tracing_struct", "tracing_struct_many_args", "test_bpf_cookie",
+            "fentry_recursive", "fentry_recursive_target")
 
 EXTRACT = (f"{SELFTESTS}/progs/*", f"{SELFTESTS}/prog_tests/*", f"{SELFTESTS}/*.h",
            f"{SELFTESTS}/Makefile", "tools/lib/bpf/*", "tools/include/*", "scripts/bpf_doc.py")
 
-# A vmlinux.h for the programs above that include it (get_func_ip_test, tracing_struct,
+# A vmlinux.h for the programs above that include it (get_func_ip_test, tracing_struct(_many_args),
 # test_bpf_cookie): the
 # kernel types they
 # name, written here (bpftool would dump them from a kernel's BTF).  The record attribute is
@@ -51,7 +51,7 @@ EXTRACT = (f"{SELFTESTS}/progs/*", f"{SELFTESTS}/prog_tests/*", f"{SELFTESTS}/*.
 VMLINUX_H = """\
 #ifndef __VMLINUX_H__
 #define __VMLINUX_H__
-/* tramplab: the types progs/get_func_ip_test.c, tracing_struct.c, test_bpf_cookie.c use */
+/* tramplab: the types progs/get_func_ip_test.c, tracing_struct*.c, test_bpf_cookie.c use */
 typedef signed char __s8;
 typedef unsigned char __u8;
 typedef short __s16;
@@ -61,6 +61,7 @@ typedef unsigned int __u32;
 typedef long long __s64;
 typedef unsigned long long __u64;
 typedef __u32 u32;                        /* test_bpf_cookie: (u32)bpf_get_current_pid_tgid() */
+typedef __u64 u64;                        /* tracing_struct_many_args: struct_arg_4's member */
 typedef __u16 __be16;
 typedef __u32 __be32;
 typedef __u32 __wsum;

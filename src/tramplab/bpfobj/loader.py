@@ -12,8 +12,10 @@ freplace, sleepable `.s`, ...) are parsed and listed but refused by name if aske
 prefix means not autoloaded.  `.bss`/`.data`/`.rodata*` become array-map values in kernel memory
 (kmalloc'd) with their initial bytes, and every `ld_imm64` relocated against them gets the
 value's address (+ the symbol's offset + the instruction's addend, as libbpf computes it);
-`__ksym` externs (BTF DATASEC `.ksyms`) get their kallsyms address; `__kconfig` externs are
-weak-zero unless the profile knows them; bpf2bpf calls pull the called `.text` functions into
+`__ksym` externs (BTF DATASEC `.ksyms`) get their kallsyms address; `__kconfig` externs point
+into a `.kconfig` map laid out and filled as libbpf does, from the profile (kcfg.py: the
+CONFIG_* symbols the model knows, LINUX_KERNEL_VERSION, LINUX_HAS_BPF_COOKIE; any other
+CONFIG_* is refused by name); bpf2bpf calls pull the called `.text` functions into
 the program (and fix the call offsets).  Anything else -- map definitions, CO-RE relocations,
 callbacks, other relocation types -- is refused naming the construct.
 """
@@ -30,7 +32,7 @@ from elftools.elf.elffile import ELFFile
 from ..arch import arch_module
 from ..bpf.prog import BpfProg, Ctx
 from ..errors import KernelError, ObjectError, UsageError
-from . import interp
+from . import interp, kcfg, stackdepth
 from .btf import Btf, core_relos
 
 EM_BPF = 247
@@ -220,6 +222,9 @@ class LoadedProg:
     prog: object = None            # the BpfProg
     link: object = None
     hostcalls: list = field(default_factory=list)   # JIT: its helpers' host functions
+    # first instruction of each function (0: the program) -> the verifier's stack_depth
+    # (stackdepth.py), what the JIT's prologues reserve
+    stack_depths: dict = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -233,6 +238,10 @@ class LoadedObject:
     data_addr: dict = field(default_factory=dict)      # section index -> address
     progs: list = field(default_factory=list)
     targets: dict = field(default_factory=dict)        # prog name -> (loaded prog, func name)
+    # __kconfig externs: name -> (offset in the .kconfig map, value: "y", an int, or None for
+    # not set), and the map's address (kcfg.py)
+    kconfig: dict = field(default_factory=dict)
+    kconfig_addr: int = 0
 
     def __post_init__(self):
         k, o = self.kernel, self.obj
@@ -251,6 +260,7 @@ class LoadedObject:
             if name in (".maps", "maps"):
                 continue                       # refused below only if a program uses it
             self.data_addr[i] = k.kmalloc(body if size else 1)
+        self._kconfig_map()
         for p in wanted:
             raw = self._link(p)
             code = interp.decode(raw, p.name)
@@ -258,6 +268,21 @@ class LoadedObject:
             self.progs.append(lp)
         for lp in self.progs:
             self._load_prog(lp)
+
+    def _kconfig_map(self) -> None:
+        """libbpf's .kconfig map: every undefined symbol the BTF DATASEC .kconfig names, laid
+        out and filled from the profile (kcfg.py); a value the model cannot give refuses the
+        whole object, as libbpf's bpf_object__resolve_externs fails its load."""
+        o = self.obj
+        if o.btf is None:
+            return
+        names = o.btf.datasec_names(".kconfig")
+        externs = {s.name: s["st_info"]["bind"] == "STB_WEAK" for s in o.symbols
+                   if s.name in names and s["st_shndx"] == "SHN_UNDEF"}
+        if not externs:
+            return
+        data, self.kconfig = kcfg.build(o.btf, externs, self.kernel.profile, o.order, o.name)
+        self.kconfig_addr = self.kernel.kmalloc(data or bytes(1))
 
     # ------------------------------------------------------------------ selection
     def _select(self, only) -> list[ObjProg]:
@@ -404,9 +429,12 @@ class LoadedObject:
             if weak:
                 return 0
             raise ObjectError(f"{where}: __ksym {sym.name!r} is not in kallsyms", "ENOENT")
-        if btf is not None and sym.name in btf.datasec_names(".kconfig"):
-            raise ObjectError(f"{where}: __kconfig {sym.name!r} (a .kconfig map: not "
-                              "supported yet)", "EOPNOTSUPP")
+        if sym.name in self.kconfig:              # RELO_EXTERN_LD64: map value + data_off
+            off, value = self.kconfig[sym.name]
+            if isinstance(value, kcfg.Unknown):
+                raise ObjectError(f"{where}: {str(value).split(': ', 1)[1]}",
+                                  value.errno_name)
+            return self.kconfig_addr + off
         raise ObjectError(f"{where}: extern {sym.name!r} is neither __ksym nor __kconfig",
                           "EINVAL")
 
@@ -532,6 +560,8 @@ def load_code(kernel, lp: LoadedProg, license: str, obj_name: str, jit) -> None:
                                         "exist in this kernel (the verifier: unknown func)",
                               feature=feature)
     _check_ctx(k, p, lp.code)
+    lp.stack_depths = stackdepth.stack_depths(lp.code, _entries(lp.code),
+                                              f"{obj_name}: {p.name}")
     body = _Body(k, lp)
     gen = _jit_gen(k, jit, name, lp) if jit is not None else None
     # the verifier sets prog->call_get_func_ip when the program calls bpf_get_func_ip
@@ -581,10 +611,14 @@ def _jit_gen(k, jit, name: str, lp: LoadedProg):
         hname = f"bpf_helper:{name}:{interp.HELPERS[h]}"
         helpers[h] = k.machine.hostcalls.register(hname, _host_helper(k, lp, h), 5)
         lp.hostcalls.append(hname)
-    entries = sorted({i + 1 + c.imm for i, c in enumerate(lp.code)
-                      if c is not None and c.op == 0x85 and c.src == interp.PSEUDO_CALL})
-    code = lp.code
-    return lambda e: jit.gen_bpf_image(e, k, code, helpers, entries)
+    code, depths = lp.code, dict(lp.stack_depths)
+    return lambda e: jit.gen_bpf_image(e, k, code, helpers, sorted(depths), depths)
+
+
+def _entries(code) -> list[int]:
+    """The first instruction of every bpf2bpf callee (pseudo calls' targets)."""
+    return sorted({i + 1 + c.imm for i, c in enumerate(code)
+                   if c is not None and c.op == 0x85 and c.src == interp.PSEUDO_CALL})
 
 
 def _host_helper(k, lp: LoadedProg, h: int):

@@ -285,16 +285,72 @@ def fexit_many_args(k) -> None:
     expect(bss == {0: True, 1: True}, f"fexit saw wrong arguments or return: {bss}")
 
 
+def _struct_words(k, value) -> tuple:
+    """What ctx holds for a struct argument: a Fields value as the words of its bytes (a
+    doubleword load each, as the trampoline saved the registers), a tuple of words as is."""
+    from .targets import Fields, _raw
+    if not isinstance(value, Fields):
+        return tuple(value)
+    data = _raw(k, value)
+    data += bytes(-len(data) % 8)
+    return tuple(k.memory.word(data[i:i + 8]) for i in range(0, len(data), 8))
+
+
+def _trace_struct_calls(k, calls: dict, fentry_on, fexit_on, trigger: str, tag: str) -> None:
+    """fentry on `fentry_on`, fexit on `fexit_on` (function -> (args, ret)); run `trigger`,
+    then every program must have seen its call's arguments (and return value)."""
+    seen: dict = {}
+    want = {fn: ([a if isinstance(a, int) else _struct_words(k, a) for a in args], ret)
+            for fn, (args, ret) in calls.items()}
+    for fn in fentry_on:
+        k.fentry(fn, name=f"{tag}_fentry_{fn[-1]}")(
+            lambda ctx, fn=fn: seen.__setitem__(("fentry", fn), [
+                tuple(a) if isinstance(a, (list, tuple)) else a for a in ctx.args]))
+    for fn in fexit_on:
+        k.fexit(fn, name=f"{tag}_fexit_{fn[-1]}")(
+            lambda ctx, fn=fn: seen.__setitem__(("fexit", fn), ([
+                tuple(a) if isinstance(a, (list, tuple)) else a for a in ctx.args], ctx.ret)))
+    retval = k.call(trigger)
+    expect(retval == 0, f"{trigger} returned {retval}")
+    for fn in fentry_on:
+        expect(seen.get(("fentry", fn)) == want[fn][0],
+               f"fentry on {fn} saw {seen.get(('fentry', fn))}, expected {want[fn][0]}")
+    for fn in fexit_on:
+        expect(seen.get(("fexit", fn)) == tuple(want[fn]),
+               f"fexit on {fn} saw {seen.get(('fexit', fn))}, expected {tuple(want[fn])}")
+
+
 def tracing_struct(k) -> None:
-    """prog_tests/tracing_struct.c (struct_arg_1 part): a 16-byte struct by value."""
-    seen = {}
-    fn = "bpf_testmod_test_struct_arg_1"
-    k.fentry(fn, name="struct_fentry")(lambda ctx: seen.__setitem__("fentry", ctx.args))
-    k.fexit(fn, name="struct_fexit")(lambda ctx: seen.__setitem__("fexit", (ctx.args, ctx.ret)))
-    retval = k.call("tramplab_test_run_struct_arg")
-    expect(retval == 0, f"struct_arg trigger returned {retval}")
-    expect(seen.get("fentry") == [(2, 3), 1, 4], f"fentry saw {seen.get('fentry')}")
-    expect(seen.get("fexit") == ([(2, 3), 1, 4], 10), f"fexit saw {seen.get('fexit')}")
+    """prog_tests/tracing_struct.c test_struct_args(): structs by value of 4 and 16 bytes in
+    any argument position (bpf_testmod_test_struct_arg_1..5: fentry and fexit) and a pointer
+    to a struct with a flexible array (struct_arg_6: fentry reads a->b[0])."""
+    from .targets import STRUCT_ARG1
+    calls = {"bpf_testmod_test_struct_arg_1": (((2, 3), 1, 4), 10),
+             "bpf_testmod_test_struct_arg_2": ((1, (2, 3), 4), 10),
+             "bpf_testmod_test_struct_arg_3": ((1, 4, (2, 3)), 10),
+             "bpf_testmod_test_struct_arg_4": ((STRUCT_ARG1, 1, 2, 3, (2, 3)), 21),
+             "bpf_testmod_test_struct_arg_5": ((), 1)}
+    b0: dict = {}
+    k.fentry("bpf_testmod_test_struct_arg_6", name="struct_fentry_6")(
+        lambda ctx: b0.__setitem__("t6", k.memory.word(k.memory.read(ctx.args[0] + 4, 4),
+                                                       signed=True)))
+    _trace_struct_calls(k, calls, list(calls), list(calls), "tramplab_test_run_struct_args",
+                        "struct")
+    expect(b0.get("t6") == 1, f"fentry on bpf_testmod_test_struct_arg_6 read a->b[0] = "
+                              f"{b0.get('t6')}, expected 1")
+
+
+def tracing_struct_many_args(k) -> None:
+    """prog_tests/tracing_struct.c test_struct_many_args(): 16-byte structs after five or
+    seven scalars (bpf_testmod_test_struct_arg_7..9), so on the stack or split by some ABIs;
+    fentry and fexit on each.  Arm64 trampolines refuse a struct on the stack (ENOTSUPP)."""
+    from .targets import STRUCT_ARG4, STRUCT_ARG5
+    calls = {"bpf_testmod_test_struct_arg_7": ((16, 17, 18, 19, 20, STRUCT_ARG4), 133),
+             "bpf_testmod_test_struct_arg_8": ((16, 17, 18, 19, 20, STRUCT_ARG4, 23), 156),
+             "bpf_testmod_test_struct_arg_9": ((16, 17, 18, 19, 20, 21, 22, STRUCT_ARG5, 27),
+                                               258)}
+    _trace_struct_calls(k, calls, list(calls), list(calls), "tramplab_test_run_struct_args",
+                        "struct_many")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +397,7 @@ TESTS = {
     "fentry_many_args": fentry_many_args,
     "fexit_many_args": fexit_many_args,
     "tracing_struct": tracing_struct,
+    "tracing_struct_many_args": tracing_struct_many_args,
     "fexit_bpf2bpf": fexit_bpf2bpf,
 }
 

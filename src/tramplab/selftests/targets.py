@@ -19,11 +19,37 @@ class Buf:
     data: bytes | S32
 
 
-def _raw(kernel, data: bytes | S32) -> bytes:
+@dataclass(frozen=True)
+class Fields:
+    """A C struct's bytes from its members, each (value, size) at its natural alignment, in
+    the arch's byte order; `size`: sizeof the struct (trailing padding zeroed).  Passed by
+    value as that struct, or inside a Buf for a pointer to it."""
+    members: tuple[tuple[int, int], ...]
+    size: int
+
+
+def _raw(kernel, data: bytes | S32 | Fields) -> bytes:
     """The bytes of `data` in this kernel's memory (a table of cases serves every arch)."""
     if isinstance(data, S32):
         return kernel.memory.word_bytes(data.value, 4, signed=True)
+    if isinstance(data, Fields):
+        out = bytearray()
+        for value, size in data.members:
+            out += bytes(-len(out) % size)
+            out += kernel.memory.word_bytes(value, size, signed=value < 0)
+        if len(out) > data.size:
+            raise ValueError(f"{data}: members take {len(out)} bytes, more than its size")
+        return bytes(out) + bytes(data.size - len(out))
     return data
+
+
+# bpf_testmod_test_read()'s struct values (bpf_testmod.c): struct_arg1 = {10},
+# struct_arg4 = {21, 22} ({u64 a; int b}), struct_arg5 = {23, 24, 25, 26} ({char; short; int;
+# long}), struct_arg3 = {.a = 0, .b[0] = 1} (kmalloc'd there).
+STRUCT_ARG1 = Fields(((10, 4),), 4)
+STRUCT_ARG3 = Fields(((0, 4), (1, 4)), 8)
+STRUCT_ARG4 = Fields(((21, 8), (22, 4)), 16)
+STRUCT_ARG5 = Fields(((23, 1), (24, 2), (25, 4), (26, 8)), 16)
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,14 @@ CASES: tuple[Case, ...] = (
     Case("bpf_testmod_fentry_test7", (16, 17, 18, 19, 20, 21, 22), 133),
     Case("bpf_testmod_fentry_test11", tuple(range(16, 27)), 231),
     Case("bpf_testmod_test_struct_arg_1", ((2, 3), 1, 4), 10),
+    Case("bpf_testmod_test_struct_arg_2", (1, (2, 3), 4), 10),
+    Case("bpf_testmod_test_struct_arg_3", (1, 4, (2, 3)), 10),
+    Case("bpf_testmod_test_struct_arg_4", (STRUCT_ARG1, 1, 2, 3, (2, 3)), 21),
+    Case("bpf_testmod_test_struct_arg_5", (), 1),
+    Case("bpf_testmod_test_struct_arg_6", (Buf(STRUCT_ARG3),), 1),
+    Case("bpf_testmod_test_struct_arg_7", (16, 17, 18, 19, 20, STRUCT_ARG4), 133),
+    Case("bpf_testmod_test_struct_arg_8", (16, 17, 18, 19, 20, STRUCT_ARG4, 23), 156),
+    Case("bpf_testmod_test_struct_arg_9", (16, 17, 18, 19, 20, 21, 22, STRUCT_ARG5, 27), 258),
     Case("bpf_testmod_trampoline_count_test", (), 0),
     Case("tramplab_calls_test1", (1,), 4),
     # the real callers: 0 means every callee returned its expected value
@@ -61,6 +95,7 @@ CASES: tuple[Case, ...] = (
     Case("tramplab_test_run_many_args", (), 0),
     Case("tramplab_test_run_struct_arg", (), 0),
     Case("tramplab_test_run_trampoline_count", (), 0),
+    Case("tramplab_test_run_struct_args", (), 0),
 )
 
 
@@ -71,6 +106,8 @@ def materialize(kernel, case: Case) -> tuple[list, dict[int, int]]:
         if isinstance(a, Buf):
             bufs[i] = kernel.kmalloc(_raw(kernel, a.data))
             args.append(bufs[i])
+        elif isinstance(a, Fields):
+            args.append(_raw(kernel, a))
         else:
             args.append(a)
     return args, bufs

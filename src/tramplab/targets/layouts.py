@@ -109,6 +109,7 @@ TRACED_FUNCTIONS: tuple[str, ...] = (
     "bpf_testmod_test_struct_arg_1",
     "bpf_testmod_trampoline_count_test",
     "tramplab_calls_test1",
+    *(f"bpf_testmod_test_struct_arg_{i}" for i in range(2, 10)),
 )
 
 # Caller -> the functions it calls (in call order), and its untraced return value (None: it
@@ -121,6 +122,9 @@ CALLERS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "tramplab_test_run_struct_arg": (("bpf_testmod_test_struct_arg_1",), 0),
     "tramplab_test_run_trampoline_count": (("bpf_testmod_trampoline_count_test",), 0),
     "tramplab_calls_test1": (("bpf_fentry_test1",), None),
+    # bpf_testmod_test_read()'s struct-arg calls, in its order (6 last: after the kmalloc)
+    "tramplab_test_run_struct_args": (tuple(f"bpf_testmod_test_struct_arg_{i}"
+                                            for i in (1, 2, 3, 4, 5, 7, 8, 9, 6)), 0),
 }
 
 

@@ -9,8 +9,9 @@ kernel relies on too.  32-bit (w-register) results are zero-extended by the ISA.
 
 Each function of the linked program has the kernel's frame: [bti jc] mov x9, x30; nop (the patch
 site, main program only); stp x29, x30; stp x19, x20; stp x21, x22; stp x25, x26; mov x25, sp;
-sub sp, sp, #512 -- and every exit branches to its epilogue (mov x0, x7; ret).  The stack is
-MAX_BPF_STACK for every function (no verifier computes stack_depth here).  Every load not
+sub sp, sp, #round_up(stack_depth, 16) (none when 0: build_prologue's ctx->stack_size) -- and
+every exit branches to its epilogue (add sp back, mov x0, x7; ret).  stack_depth is each
+function's own, as the verifier computes it (bpfobj/stackdepth.py).  Every load not
 from the BPF stack is a BPF_PROBE_MEM load with an exception-table entry (bpf/extable.py; the
 kernel's add_exception_handler: on a fault ex_handler_bpf zeroes dst and continues at the next
 instruction).
@@ -24,7 +25,6 @@ from .frames import pop_frame, push_frame
 
 REG = {0: 7, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 19, 7: 20, 8: 21, 9: 22, 10: 25}
 T1, T2, T3 = 10, 11, 12
-STACK = 512
 XZR = 31
 SIZES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
 # data-processing (register) base words, 64-bit form; the 32-bit form clears bit 31 (sf)
@@ -144,18 +144,25 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
     e.emit(A.b_cond(COND[code], e.pc, target))
 
 
-def _prologue(e, first: bool) -> None:
+def _stack_size(stack_depth: int) -> int:
+    """ctx->stack_size = round_up(prog->aux->stack_depth, 16): sp stays 16-byte aligned."""
+    return (stack_depth + 15) // 16 * 16
+
+
+def _prologue(e, first: bool, stack_depth: int) -> None:
     push_frame(e, 16)                                          # stp x29, x30; mov x29, sp
     if first:
         e.label("fp_start")
     for a, b in ((19, 20), (21, 22), (25, 26)):
         e.emit(A.stp_pre(f"x{a}", f"x{b}", "sp", -16))         # stp xa, xb, [sp, #-16]!
     e.emit(A.add_imm(f"x{REG[10]}", "sp", 0))                  # mov x25, sp (BPF FP)
-    e.emit(A.sub_imm("sp", "sp", STACK))                       # sub sp, sp, #512
+    if stack_depth:
+        e.emit(A.sub_imm("sp", "sp", _stack_size(stack_depth)))   # sub sp, sp, #size
 
 
-def _epilogue(e) -> None:
-    e.emit(A.add_imm("sp", "sp", STACK))                       # add sp, sp, #512
+def _epilogue(e, stack_depth: int) -> None:
+    if stack_depth:
+        e.emit(A.add_imm("sp", "sp", _stack_size(stack_depth)))   # add sp, sp, #size
     for a, b in ((25, 26), (21, 22), (19, 20)):
         e.emit(A.ldp_post(f"x{a}", f"x{b}", "sp", 16))         # ldp xa, xb, [sp], #16
     pop_frame(e, 16)                                           # ldp x29, x30, [sp], #16
@@ -163,7 +170,8 @@ def _epilogue(e) -> None:
     e.emit(A.ret())                                            # ret
 
 
-def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
+def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
+                  depths: dict[int, int]) -> None:
     """The JITed image of a linked program (see x86_64's twin for the arguments)."""
     bti = kernel.layout.entry.landing_pad_name == "bti c"
     starts = sorted(set(entries) | {0})
@@ -178,7 +186,7 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
         e.label(f"insn{lo}")
         if fn and bti:
             e.emit(A.bti("c"))                                 # bti c (a bl target)
-        _prologue(e, fn == 0)
+        _prologue(e, fn == 0, depths[lo])
         for i in range(lo, hi):
             ins = code[i]
             if i != lo:
@@ -209,6 +217,6 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
             elif cls == 0:                                     # ld_imm64
                 _imm(e, REG[ins.dst], ins.imm)
         e.label(f"exit{lo}")
-        _epilogue(e)
+        _epilogue(e, depths[lo])
         if fn == 0:
             e.label("fp_end")

@@ -10,8 +10,11 @@ riscv's divu by zero would give all ones.  Byte swaps are the base-ISA shift/mas
 target is always in reach (the kernel picks forms by distance).
 
 Each function: the patch site's nops (main program only, as the profile's prog entry wants),
-addi sp, sp, -576; sd ra/s0/s1-s5; addi s0, sp, 576; addi s5, sp, 512 -- 512 bytes of BPF
-stack for every function (no verifier computes stack_depth here); the epilogue moves a5 to a0.
+addi sp, sp, -(64 + adjust); sd ra/s0/s1-s5; addi s0, sp, 64 + adjust; addi s5, sp, adjust
+-- adjust = round_up(stack_depth, STACK_ALIGN = 16), the function's own stack_depth as the
+verifier computes it (bpfobj/stackdepth.py; bpf_jit_build_prologue's bpf_stack_adjust, and no
+s5 when it is 0); all seven registers are saved whether used or not (the kernel saves the ones
+it saw); the epilogue moves a5 to a0.
 Every load not from the BPF stack is a BPF_PROBE_MEM load with an exception-table entry
 (bpf/extable.py; the kernel's add_exception_handler: ex_handler_bpf zeroes dst and continues at
 the next instruction).
@@ -28,9 +31,8 @@ REG = {0: "a5", 1: "a0", 2: "a1", 3: "a2", 4: "a3", 5: "a4", 6: "s1", 7: "s2", 8
 NUM = {"zero": 0, "t0": 5, "t1": 6, "t2": 7, "a0": 10, "a1": 11, "a2": 12, "a3": 13,
        "a4": 14, "a5": 15, "s1": 9, "s2": 18, "s3": 19, "s4": 20, "s5": 21}
 T0, T1, T2 = "t0", "t1", "t2"
-STACK = 512
 SAVED = ("ra", "s0", "s1", "s2", "s3", "s4", "s5")
-FRAME = STACK + 64
+SAVE_AREA = 64                  # round_up(8 * len(SAVED), STACK_ALIGN)
 SIZES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
 LOADS = {8: R.ld, 4: R.lwu, 2: R.lhu, 1: R.lbu}
 STORES = {8: R.sd, 4: R.sw, 2: R.sh, 1: R.sb}
@@ -163,30 +165,39 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
     e.emit(R.jal("zero", e.pc, target))
 
 
-def _prologue(e, first: bool) -> None:
-    e.emit(R.addi("sp", "sp", -FRAME))                      # addi sp, sp, -576
-    e.cfi_adjust_cfa_offset(FRAME)
+def _bpf_stack_adjust(stack_depth: int) -> int:
+    """round_up(prog->aux->stack_depth, STACK_ALIGN)."""
+    return (stack_depth + 15) // 16 * 16
+
+
+def _prologue(e, first: bool, stack_depth: int) -> None:
+    adjust = _bpf_stack_adjust(stack_depth)
+    frame = SAVE_AREA + adjust
+    e.emit(R.addi("sp", "sp", -frame))                      # addi sp, sp, -frame
+    e.cfi_adjust_cfa_offset(frame)
     for k, r in enumerate(SAVED):
-        e.emit(R.sd(r, "sp", FRAME - 8 * (k + 1)))          # sd r, off(sp)
+        e.emit(R.sd(r, "sp", frame - 8 * (k + 1)))          # sd r, off(sp)
         if r == "ra":
             e.cfi_offset("pc", -8)
         e.cfi_offset(r, -8 * (k + 1))
-    e.emit(R.addi("s0", "sp", FRAME))                       # addi s0, sp, 576
+    e.emit(R.addi("s0", "sp", frame))                       # addi s0, sp, frame
     e.cfi_def_cfa("s0", 0)
     if first:
         e.label("fp_start")
-    e.emit(R.addi(REG[10], "sp", STACK))                    # addi s5, sp, 512 (BPF FP)
+    if adjust:
+        e.emit(R.addi(REG[10], "sp", adjust))               # addi s5, sp, adjust (BPF FP)
 
 
-def _epilogue(e) -> None:
+def _epilogue(e, stack_depth: int) -> None:
+    frame = SAVE_AREA + _bpf_stack_adjust(stack_depth)
     e.emit(R.mv("a0", REG[0]))                              # mv a0, a5
     for k, r in enumerate(SAVED):
-        e.emit(R.ld(r, "sp", FRAME - 8 * (k + 1)))          # ld r, off(sp)
+        e.emit(R.ld(r, "sp", frame - 8 * (k + 1)))          # ld r, off(sp)
         if r in ("ra", "s0"):
             e.cfi_restore(r)
     e.cfi_register("pc", "ra")
-    e.cfi_def_cfa("sp", FRAME)
-    e.emit(R.addi("sp", "sp", FRAME))                       # addi sp, sp, 576
+    e.cfi_def_cfa("sp", frame)
+    e.emit(R.addi("sp", "sp", frame))                       # addi sp, sp, frame
     e.cfi_def_cfa_offset(0)
     e.emit(R.ret())                                         # ret
 
@@ -199,7 +210,8 @@ def _mem_base(e, base: str, off: int) -> tuple[str, int]:
     return T2, 0
 
 
-def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
+def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
+                  depths: dict[int, int]) -> None:
     """The JITed image of a linked program (see x86_64's twin for the arguments)."""
     counter = [0]
 
@@ -213,7 +225,7 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
             e.label("site")
             e.emit(site_bytes(kernel, e.pc, None))          # nops  (patch site)
         e.label(f"insn{lo}")
-        _prologue(e, fn == 0)
+        _prologue(e, fn == 0, depths[lo])
         for i in range(lo, hi):
             ins = code[i]
             if i != lo:
@@ -242,6 +254,6 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
             elif cls == 0:
                 e.emit(R.li(REG[ins.dst], ins.imm))
         e.label(f"exit{lo}")
-        _epilogue(e)
+        _epilogue(e, depths[lo])
         if fn == 0:
             e.label("fp_end")

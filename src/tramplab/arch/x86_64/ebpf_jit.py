@@ -6,8 +6,9 @@ R9 r15 (callee-saved), R10 rbp (the frame pointer); r10/r11 are the JIT's scratc
 
 Each function of the linked program (the program, then the bpf2bpf callees) gets the kernel's
 prologue -- [endbr64] nop5 (the patch site, main program only) push rbp; mov rbp, rsp;
-sub rsp, 512; push rbx, r13, r14, r15 -- and every exit jumps to its epilogue.  The stack is
-MAX_BPF_STACK (512) for every function: there is no verifier here to compute stack_depth.
+sub rsp, round_up(stack_depth, 8) (emit_prologue; none when the function uses no stack);
+push rbx, r13, r14, r15 -- and every exit jumps to its epilogue.  stack_depth is each
+function's own, as the verifier computes it (bpfobj/stackdepth.py).
 Division by zero follows the verifier's rewrite (quotient 0, remainder = dst).  Every load not
 from the BPF stack (R10) is treated as BPF_PROBE_MEM (no verifier tells pointer kinds apart
 here; a load the verifier proves safe cannot fault, so the entry never fires for it): it gets
@@ -29,7 +30,6 @@ NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r1
 R10, R11 = 10, 11                       # scratch (hardware numbers)
 RAX, RCX, RDX = 0, 1, 2
 CALLEE_SAVED = ("rbx", "r13", "r14", "r15")
-STACK = 512
 
 
 def _rex(w: bool, r: int = 0, b: int = 0, force: bool = False) -> bytes:
@@ -200,11 +200,12 @@ class _Labels:
         return f"t{self.n}"
 
 
-def _prologue(e, first: bool) -> None:
+def _prologue(e, first: bool, stack_depth: int) -> None:
     push_rbp_frame(e)                                    # push rbp; mov rbp, rsp
     if first:
         e.label("fp_start")
-    e.emit(_digit(b"\x81", 5, 4, True) + _imm32(STACK))  # sub rsp, 512
+    if stack_depth:                                      # sub rsp, round_up(depth, 8)
+        e.emit(_digit(b"\x81", 5, 4, True) + _imm32((stack_depth + 7) // 8 * 8))
     for r in CALLEE_SAVED:
         e.emit(X.push(r))
 
@@ -216,10 +217,12 @@ def _epilogue(e) -> None:
     e.emit(X.ret())                                      # ret
 
 
-def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
+def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
+                  depths: dict[int, int]) -> None:
     """The JITed image of a linked program: `code` (decoded instructions, None for the second
     slot of an ld_imm64), `helpers` id -> host address, `entries` the first instruction of
-    every function (0 = the program)."""
+    every function (0 = the program), `depths` each function's stack_depth (by its first
+    instruction)."""
     ibt = kernel.layout.entry.landing_pad_name == "endbr64"
     lab = _Labels()
     starts = sorted(set(entries) | {0})
@@ -231,7 +234,7 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int]) -> None:
             e.label("site")
             e.emit(X.nop(5))
         e.label(f"insn{lo}")
-        _prologue(e, fn == 0)
+        _prologue(e, fn == 0, depths[lo])
         e.label(f"body{lo}")
         for i in range(lo, hi):
             ins = code[i]

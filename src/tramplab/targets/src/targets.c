@@ -7,3 +7,4 @@
 #include "bpf_testmod.c"
 #include "livepatch_sample.c"
 #include "explore_targets.c"
+#include "bpf_testmod_struct.c"
