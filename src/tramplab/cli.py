@@ -863,7 +863,8 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, obj, jit, spec):
     kind, _, pattern = spec.partition(":")
     if kind not in ("fentry", "fexit", "fmod_ret") or not pattern:
         raise UsageError(f"SPEC must be fentry|fexit|fmod_ret:PATTERN, not {spec!r}")
-    k = _profile_kernel_synth(arch, profile, synth)
+    with _status(f"booting {synth:,} synthetic functions" if synth else "booting", as_json):
+        k = _profile_kernel_synth(arch, profile, synth)
     runs = {"n": 0}
 
     def count(ctx):
@@ -882,9 +883,11 @@ def attach_cmd(arch, profile, synth, no_calls, as_json, obj, jit, spec):
         return result, dict(zip(("updates", "pokes", "syncs", "synchronize_rcu"),
                                 (b - a for a, b in zip(before, after))),
                             seconds=round(time.perf_counter() - t0, 3))
-    link, attach_cost = measure(lambda: k.bpf.attach_multi(prog, names))
+    with _status(f"attaching to {len(names):,} functions", as_json):
+        link, attach_cost = measure(lambda: k.bpf.attach_multi(prog, names))
     called = 0 if no_calls else _call_each(k, names, quiet=as_json)
-    _, detach_cost = measure(link.detach)
+    with _status(f"detaching from {len(names):,} functions", as_json):
+        _, detach_cost = measure(link.detach)
     out = {"arch": k.arch.name, "profile": k.profile.name, "kind": kind, "pattern": pattern,
            "functions": len(names), "called": called, "program_runs": runs["n"],
            "attach": attach_cost, "detach": detach_cost}
@@ -945,6 +948,16 @@ def _profile_kernel_synth(arch: str, profile: str | None, synth: int):
     if profile and profile.lstrip("v").replace(".", "").isdigit():
         check_version(_arch(arch), profile)
     return Kernel(_arch(arch), profile=profile, synth=synth)
+
+
+@contextlib.contextmanager
+def _status(what: str, quiet: bool = False):
+    """A spinner on stderr while one long step runs (terminal only, never with --json)."""
+    if quiet or not sys.stderr.isatty():
+        yield
+        return
+    with Console(stderr=True).status(what):
+        yield
 
 
 def _call_each(k, names, quiet: bool) -> int:
