@@ -71,6 +71,9 @@ TABLE_COMMANDS = [
                                                                   "stop_machine,"]),
     (["stress", "--era", "riscv64:latest", "--schedules", "1"], ["riscv64:latest",
                                                                  "CALL_OPS,"]),
+    (["scenario", "run", "seed002-livepatch-fexit"], ["seed002-livepatch-fexit"]),
+    (["profiles", "--from-config", "tests/configs/config.arm64_none_arm64.xz"],
+     ["callops"]),
 ]
 
 

@@ -1064,6 +1064,6 @@ def scenario_run(arch, as_json, name):
                       escape(f"{r.profiles[1]}: {r.fixed.what}"), "pass" if r.passed else "FAIL"]
                      for r in results])
         if len(names) == 1:
-            click.echo(SCENARIOS[names[0]].explain)
+            _console().print(escape(SCENARIOS[names[0]].explain))    # wrapped to the width
     if not all(r.passed for r in results):
         sys.exit(1)
