@@ -17,6 +17,7 @@ machine load: compare ratios from one run.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import time
 
@@ -45,13 +46,19 @@ def attachable(k, names):
 
 
 def cost(k, action):
+    """The action's ftrace counters and seconds, plus the seconds of the garbage collection it
+    leaves behind (a multi batch runs with the cyclic GC off: what it postponed is timed here,
+    not charged to whatever runs next)."""
     st = k.ftrace.stats
+    gc.collect()                                   # start from a collected heap
     before = (st.updates, st.pokes, st.sync_cores + st.stop_machines, st.synchronize_rcu)
     t0 = time.perf_counter()
     result = action()
     dt = time.perf_counter() - t0
     after = (st.updates, st.pokes, st.sync_cores + st.stop_machines, st.synchronize_rcu)
-    return result, tuple(b - a for a, b in zip(before, after)) + (dt,)
+    t1 = time.perf_counter()
+    gc.collect()
+    return result, tuple(b - a for a, b in zip(before, after)) + (dt, time.perf_counter() - t1)
 
 
 def run(arch: str, n: int, mode: str):
@@ -120,7 +127,7 @@ def main() -> None:
         PROFILES[arch] = name
     sizes = [int(x) for x in args.sizes.split(",")]
     table = Table("arch", "profile", "how", "N", "attach: updates / pokes / syncs / rcu", "attach s",
-                  "detach: updates / pokes / syncs / rcu", "detach s")
+                  "+gc s", "detach: updates / pokes / syncs / rcu", "detach s", "+gc s")
     for arch in args.arch or list(PROFILES):
         for n in sizes:
             for mode in ("multi", "single"):
@@ -128,8 +135,9 @@ def main() -> None:
                     continue
                 got, a, d = run(arch, n, mode)
                 table.add_row(arch, PROFILES[arch], mode, f"{got:,}", " / ".join(map(str, a[:4])),
-                              f"{a[4]:.2f}", " / ".join(map(str, d[:4])), f"{d[4]:.2f}")
-    Console(width=140).print(table)
+                              f"{a[4]:.2f}", f"{a[5]:.2f}", " / ".join(map(str, d[:4])),
+                              f"{d[4]:.2f}", f"{d[5]:.2f}")
+    Console(width=160).print(table)
     dt = Table("arch", "design", "bytes (test2)", "insns per call (test2)", "N",
                "image bytes for N", "attach: updates / pokes / syncs / rcu", "attach s")
     for arch in (args.arch or list(PROFILES)) if args.single_max > 0 else ():

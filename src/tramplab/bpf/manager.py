@@ -67,7 +67,7 @@ class TrampImage:
     flags: TrampFlag
     ip_after_call: int | None
     ip_epilogue: int | None
-    stack_diagram: str
+    diagram: object                # text, or a function drawing it (TrampolineImage.diagram)
     marks: list
     name: str
     unwind: object = None          # unwind/cfi.Table of the code
@@ -76,6 +76,12 @@ class TrampImage:
     holders: dict = field(default_factory=dict)    # cpu -> references it holds
     dying: bool = False            # put: unreachable, waiting for its grace periods
     killed: bool = False           # percpu_ref_kill done: the last put releases it
+
+    @property
+    def stack_diagram(self) -> str:
+        if callable(self.diagram):
+            self.diagram = self.diagram()
+        return self.diagram
 
 
 @dataclass(eq=False)
@@ -632,7 +638,7 @@ class BpfManager(MultiAttach):
         self._image_serial = getattr(self, "_image_serial", 0) + 1
         name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
-                          image.ip_epilogue, image.stack_diagram, image.marks, name,
+                          image.ip_epilogue, image.diagram, image.marks, name,
                           code_table(self.machine.arch, addr, len(image.code), image.cfi),
                           image.frame_facts)
 

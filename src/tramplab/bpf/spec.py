@@ -138,7 +138,9 @@ class TrampolineImage:
     image: int                      # address the code was generated for
     ip_after_call: int | None       # address of the patchable nop after the call to the original
     ip_epilogue: int | None         # where __bpf_tramp_exit / the epilogue starts
-    stack_diagram: str              # the frame layout, for `tramplab show`
+    # the frame layout, for `tramplab show`: text, or a function drawing it when first asked
+    # (most images are never shown; drawing each one cost ~9% of a large multi attach)
+    diagram: object
     marks: list = field(default_factory=list)   # (offset, note) for annotated disassembly
     cfi: list = field(default_factory=list)     # the JIT's unwind directives (jit.Emitter)
     # what the kernel records about the frame (v6.19 x86: fp_start/fp_end offsets)
@@ -148,8 +150,14 @@ class TrampolineImage:
     def size(self) -> int:
         return len(self.code)
 
+    @property
+    def stack_diagram(self) -> str:
+        if callable(self.diagram):
+            self.diagram = self.diagram()
+        return self.diagram
+
     @classmethod
-    def from_assembled(cls, asm, spec: "TrampolineSpec", stack_diagram: str,
+    def from_assembled(cls, asm, spec: "TrampolineSpec", stack_diagram,
                        marks=None) -> "TrampolineImage":
         """Package a JIT's jit.Assembled: ip_after_call / ip_epilogue are its labels of those
         names, present exactly when the trampoline calls the original (CALL_ORIG)."""
@@ -157,7 +165,7 @@ class TrampolineImage:
         return cls(code=asm.code, image=spec.image,
                    ip_after_call=asm.labels["ip_after_call"] if call_orig else None,
                    ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
-                   stack_diagram=stack_diagram,
+                   diagram=stack_diagram,
                    marks=asm.marks if marks is None else marks, cfi=list(asm.cfi),
                    frame_facts={name: asm.labels[name] - asm.base
                                 for name in ("fp_start", "fp_end") if name in asm.labels})

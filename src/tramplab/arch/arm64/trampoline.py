@@ -436,7 +436,7 @@ def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     frame = layout_frame(spec, args)
     out = assemble(_Jit(spec, args, frame, sizing=False), spec.image)
     call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
-    return TrampolineImage.from_assembled(out, spec, _diagram(spec, args, frame),
+    return TrampolineImage.from_assembled(out, spec, lambda: _diagram(spec, args, frame),
                                           _marks(out.labels, spec.image, call_orig))
 
 

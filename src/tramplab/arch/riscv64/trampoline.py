@@ -642,7 +642,7 @@ def trampoline_size(spec: TrampolineSpec) -> int:
 def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     """arch_prepare_bpf_trampoline: the code for address spec.image."""
     out, frame = _assemble(spec, sizing=False)
-    return TrampolineImage.from_assembled(out, spec, _diagram(spec, frame))
+    return TrampolineImage.from_assembled(out, spec, lambda: _diagram(spec, frame))
 
 
 def stack_diagram(spec: TrampolineSpec) -> str:

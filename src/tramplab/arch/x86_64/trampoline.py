@@ -463,7 +463,7 @@ def prepare_trampoline(spec: TrampolineSpec) -> TrampolineImage:
     """arch_prepare_bpf_trampoline: the code for address `spec.image`.  Raises KernelError for
     what the kernel refuses, EncodeError if a call target is out of rel32 range."""
     asm, frame = _assemble(spec, sizing=False)
-    return TrampolineImage.from_assembled(asm, spec, _diagram(spec, frame))
+    return TrampolineImage.from_assembled(asm, spec, lambda: _diagram(spec, frame))
 
 
 def trampoline_size(spec: TrampolineSpec) -> int:
