@@ -41,7 +41,7 @@ from .prog import BpfProg, Ctx
 from .attach_ops import TextPoke, TrampolineOps, ops_for_profile
 from .multi import MultiAttach
 from .spec import FuncModel, JitOptions, ProgLink, TrampFlag, TrampolineSpec
-from ..unwind import code_table
+from ..unwind import code_table, lazy_code_table
 from . import ksym
 
 BPF_TRAMP_KINDS = ("fentry", "fexit", "fmod_ret")
@@ -639,7 +639,7 @@ class BpfManager(MultiAttach):
         name = f"bpf_trampoline_{tr.name}.{self._image_serial}"
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.diagram, image.marks, name,
-                          code_table(self.machine.arch, addr, len(image.code), image.cfi),
+                          lazy_code_table(self.machine.arch, addr, len(image.code), image.cfi),
                           image.frame_facts)
 
     def _size(self, what: str, spec: TrampolineSpec) -> int:
