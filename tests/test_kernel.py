@@ -215,8 +215,9 @@ def test_the_default_layout_is_the_latest_profiles():
 
 
 def test_readme_install_line_and_default_layouts():
-    """The README's first commands install the test extra (so `python -m pytest -q` works right
-    after it in a fresh venv), and its layout table marks the latest profile's layouts."""
+    """The README's first commands install the test extra (so its test command works right
+    after it in a fresh venv), .ci/run runs that install and that test command, and the layout
+    table marks the latest profile's layouts."""
     import re
     from pathlib import Path
     from tramplab.profiles import get_profile
@@ -224,7 +225,11 @@ def test_readme_install_line_and_default_layouts():
     first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     first = first_block.splitlines()[0]
     assert first.startswith("pip install -e '.[test") and "test" in first.split("'")[1]
-    assert "python -m pytest -q" in first_block
+    test_cmd = next(l for l in first_block.splitlines() if "pytest" in l).split("#")[0].strip()
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert f"\n{test_cmd} </dev/null" in ci, test_cmd       # .ci/run runs it verbatim
+    install = first.split("#")[0].strip()
+    assert f"python3 -m {install} " in ci.replace("pip install -q", "pip install"), install
     defaults = set(re.findall(r"^  \| (\w+) \| `([\w-]+)` \(default\)", readme, re.M))
     assert defaults == {(a, get_profile(a, "latest").layout) for a in LAYOUTS}
     assert "Not yet built" not in readme
