@@ -1067,3 +1067,146 @@ def scenario_run(arch, as_json, name):
             _console().print(escape(SCENARIOS[names[0]].explain))    # wrapped to the width
     if not all(r.passed for r in results):
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+@main.group(name="oracle")
+def oracle_group():
+    """Check the model against a real kernel: boot it under QEMU (TCG), attach the selftest
+    shapes with raw bpf(2), read each trampoline back from /proc/kcore, and compare with the
+    model running the profile derived from that kernel's .config (oracle/)."""
+
+
+def _oracle_kernels(arch, kernel, image, config, refresh):
+    from .oracle import kernels
+    arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    if image or config:
+        if not (image and config) or len(arches) != 1:
+            raise UsageError("--image and --config go together, with one --arch")
+        return [kernels.user_kernel(arches[0], image, config, kernel)]
+    out = []
+    for a in arches:
+        try:
+            out.append(kernels.debian_kernel(a, kernel, refresh=refresh))
+        except kernels.KernelFetchError as e:
+            raise UsageError(f"fetching Debian's {kernel} kernel for {a}: {e}") from None
+    return out
+
+
+def _oracle_options(f):
+    f = click.option("--refresh", is_flag=True, help="update the package lists first")(f)
+    f = click.option("--out", "out_dir", default=None, metavar="DIR",
+                     help="where to keep consoles and initrds (default: a cache directory)")(f)
+    f = click.option("--config", default=None, metavar="FILE",
+                     help="with --image: that kernel's .config")(f)
+    f = click.option("--image", default=None, metavar="FILE",
+                     help="boot your own kernel image instead of Debian's (needs --config and "
+                          "--kernel VERSION)")(f)
+    f = click.option("--kernel", "-k", default="6.12", show_default=True,
+                     help="Debian's kernel series (newest point release) or exact version, "
+                          "e.g. 6.12 or 6.12.117")(f)
+    return f
+
+
+def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=None,
+                    quiet=False):
+    from pathlib import Path
+    from .oracle import run
+    from .oracle.kernels import cache_dir
+    reports = []
+    for rk in _oracle_kernels(arch, kernel, image, config, refresh):
+        workdir = Path(out_dir) if out_dir else cache_dir() / "runs" / rk.release
+        workdir.mkdir(parents=True, exist_ok=True)
+        from .oracle.guest import GuestBuildError
+        with _status(f"{rk.arch}: {rk.release} under QEMU and on the model", quiet):
+            try:
+                reports.append(run.check(rk.arch, rk, workdir, console_file))
+            except (run.OracleError, GuestBuildError) as e:
+                raise UsageError(f"{rk.arch} {rk.release}: {e}") from None
+    return reports
+
+
+@oracle_group.command(name="diff")
+@click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
+@_oracle_options
+@click.option("--console", "console_file", default=None, metavar="FILE",
+              help="compare a saved console of an earlier run instead of booting (one --arch)")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def oracle_diff(arch, kernel, image, config, refresh, out_dir, console_file, as_json):
+    """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both
+    sides, the same sequence or not (pointer values aside: oracle/compare.py) and the first
+    divergence, and whether the programs saw the same values.  Exit 1 on any divergence."""
+    if console_file and arch == "all":
+        raise UsageError("--console reads one arch's console: give --arch")
+    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
+                              quiet=as_json)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
+    else:
+        _print_oracle(reports)
+    if not all(r.same for r in reports):
+        sys.exit(1)
+
+
+@oracle_group.command(name="run")
+@click.option("--arch", "-a", required=True, help=ARCH_HELP)
+@_oracle_options
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def oracle_run(arch, kernel, image, config, refresh, out_dir, as_json):
+    """Boot the real kernel with the shapes and print what it generated: each trampoline's
+    disassembly, what the programs saw and the test_run retval (the console is kept)."""
+    from .machine.disasm import disassemble
+    from .arch import get_port
+    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
+        return
+    con = _console()
+    for r in reports:
+        con.print(escape(f"{r.arch} {r.kernel.release}: QEMU {r.real_seconds:.1f} s; "
+                         f"console {r.console_path}"))
+        for res in r.results:
+            k = res.kernel
+            if k.refused:
+                con.print(escape(f"\n{res.shape}: refused with {k.refused}"))
+                continue
+            con.print(escape(f"\n{res.shape}: {len(k.code)} bytes at {k.addr:#x}; seen "
+                             f"{k.seen}; test_run retval {k.retval}"))
+            for insn in disassemble(get_port(r.arch).info, k.code, k.addr):
+                con.print(escape(f"  {insn.addr:#x}  {insn.raw.hex():<16} {insn.text}"))
+
+
+def _print_oracle(reports) -> None:
+    from .termtable import print_table
+    con = _console()
+    rows = []
+    for r in reports:
+        for res in r.results:
+            c = res.code
+            if c is None:
+                seq = f"refused: kernel {res.kernel.refused}, model {res.model.refused}"
+                rows.append([r.arch, escape(res.shape), "-", "-", escape(seq),
+                             "yes" if res.values_same else "NO", ""])
+                continue
+            where = "" if c.same else escape(
+                f"#{c.first}: kernel {c.kernel_at[2][0] if len(c.kernel_at) > 2 else '(end)'}"
+                f" / model {c.model_at[2][0] if len(c.model_at) > 2 else '(end)'}")
+            rows.append([r.arch, escape(res.shape), f"{c.kernel_insns} / {c.kernel_bytes}",
+                         f"{c.model_insns} / {c.model_bytes}",
+                         ("yes (identical bytes)" if c.identical_bytes else "yes") if c.same
+                         else "NO", "yes" if res.values_same else "NO", where])
+    print_table(con, "real kernel vs model", ["arch", "shape", "kernel insns / bytes",
+                                              "model insns / bytes", "same sequence",
+                                              "same values", "first divergence"], rows)
+    for r in reports:
+        note = ""
+        if r.jit_default not in (None, "1"):
+            note = (f"; its default net.core.bpf_jit_enable={r.jit_default} (programs "
+                    "interpreted) was set to 1")
+        if r.real_seconds == r.real_seconds:                 # not NaN: this run booted
+            real = (f"real {r.real_seconds:.1f} s (QEMU TCG, boot included), model "
+                    f"{r.model_seconds:.2f} s: {r.real_seconds / r.model_seconds:,.0f}x faster")
+        else:
+            real = f"a saved console ({r.console_path}); model {r.model_seconds:.2f} s"
+        con.print(escape(f"{r.arch}: {r.kernel.release} ({r.kernel.source}) vs profile "
+                         f"{r.profile}: {real}{note}"))

@@ -140,6 +140,38 @@ class ConfigFacts:
 
 
 @dataclass(frozen=True)
+class OracleFacts:
+    """How `tramplab oracle` boots a real kernel of this arch and reads what it generated
+    (oracle/; real-kernels.md).
+
+    `debian_arch`: Debian's name for the arch (kernel packages `linux-image-<ver>-<debian_arch>`).
+    `clang_target`, `clang_flags`: cross-compiling the guest program (oracle/guest/guest.c).
+    `qemu`: the QEMU command line up to the kernel (TCG; `-m`, `-kernel` and the rest are added).
+    `console`: the serial console device.  `image_paths`: where a kernel package keeps its
+    bootable image, `{kver}` the package's kernel version.
+    `site_target(addr, window)`: the address the patch site of a function at addr calls, from
+    the 64 bytes `window` read at addr - 16; None while the site calls nothing.
+    `code_length(page)`: how many bytes of a trampoline's page are code (the rest is the arch's
+    fill: x86 BPF_INSN_SAFETY zeros then int3, arm64 `brk #0x100`, riscv zero halfwords).
+    For comparing instruction sequences with pointer values aside (oracle/compare.py), over
+    machine.disasm.Insn lists: `branch_target(insn)` is the absolute address a branch or call
+    goes to (None for any other instruction); `fold(insns, i)` recognises a sequence starting
+    at i that builds one value, returning (count, text, value): a constant load into a register
+    ("li x1", value) or a call through a register ("call", target); None otherwise."""
+
+    debian_arch: str
+    clang_target: str
+    clang_flags: tuple[str, ...]
+    qemu: tuple[str, ...]
+    console: str
+    image_paths: tuple[str, ...]
+    site_target: Callable[[int, bytes], int | None]
+    code_length: Callable[[bytes], int]
+    branch_target: Callable[[object], int | None]
+    fold: Callable[[list, int], tuple | None]
+
+
+@dataclass(frozen=True)
 class StressEra:
     """A patching protocol worth stressing on this arch: a profile and machine options."""
 
@@ -186,6 +218,8 @@ class Port:
     design_notes: Mapping[str, str] = field(default_factory=dict)
     # how a kernel .config names this arch and its layouts (profiles from a config)
     config: ConfigFacts | None = None
+    # booting a real kernel of this arch under QEMU and reading its trampolines (oracle/)
+    oracle: OracleFacts | None = None
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
 from .options import Arm64JitOptions, has_direct_calls
+from .oracle import ORACLE
 from .relocs import RELOCATIONS
 
 TIMELINE = {
@@ -160,7 +161,7 @@ PORT = register_port(Port(
     entry_kinds=("bl",),            # x30 = return into function body, x9 = parent
     scenarios={"seed001-unwind-gap": ("seed001-v2", "latest"),
                "seed003-multi-clobber": ("multi-2021", "latest")},
-    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG,
+    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG, oracle=ORACLE,
     design_notes={"single-ops": "the 2026 proposal 'arm64: ftrace: enable single ftrace_ops for "
                                 "direct calls' (not merged): one direct ops for every BPF "
                                 "trampoline, batched updates"},

@@ -10,6 +10,7 @@ from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
 from .options import RiscvJitOptions, reloads_a5_first
+from .oracle import ORACLE
 from .relocs import PCREL_HI20, RELOCATIONS
 
 TIMELINE = {
@@ -149,7 +150,7 @@ PORT = register_port(Port(
         "seed003-multi-clobber": ("multi-2021", "latest"),
         "riscv-orig-stack-copy-paste": ("v6.19-rc1", "latest"),
     },
-    relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS, config=CONFIG,
+    relocations=RELOCATIONS, pcrel_hi_reloc=PCREL_HI20, stress_eras=STRESS, config=CONFIG, oracle=ORACLE,
     faults={
         "pair-no-stop-machine": "pre-v6.16 sites (auipc+jalr pair, 16-byte sled): ftrace "
                                 "changes them one 4-byte word at a time, other CPUs running "

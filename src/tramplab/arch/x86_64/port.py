@@ -10,6 +10,7 @@ from ..base import ConfigFacts, KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
 from .layouts import LAYOUTS
+from .oracle import ORACLE
 from .relocs import RELOCATIONS
 
 TIMELINE = {
@@ -169,7 +170,7 @@ PORT = register_port(Port(
         "livepatch-fentry-fexit-bypass": ("v6.12.59", "v6.12.62"),
         "ibt-kprobe-multi-func-ip": ("v6.0-ibt", "v6.6-ibt"),
     },
-    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG,
+    relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG, oracle=ORACLE,
     faults={
         "no-int3": "each patched instruction's bytes are written in place (text_poke without "
                    "the int3 protocol), other CPUs running meanwhile and never serialised: "

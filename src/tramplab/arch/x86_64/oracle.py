@@ -1,0 +1,51 @@
+"""Booting a real x86-64 kernel for `tramplab oracle` (real-kernels.md) and reading its sites."""
+from __future__ import annotations
+
+import re
+
+from ..base import OracleFacts
+
+ENDBR64 = bytes.fromhex("f30f1efa")
+SEALED = bytes.fromhex("660f1f00")          # endbr64 sealed at boot (IBT, apply_seal_endbr)
+SAFETY = 64                                 # BPF_INSN_SAFETY zeros counted in the JIT's size
+
+
+def site_target(addr: int, window: bytes) -> int | None:
+    """The target of the `call`/`jmp` rel32 at the ftrace site (func, or func+4 after an
+    endbr64 or its sealed nop); None while the site is a nop."""
+    at = 16 + (4 if window[16:20] in (ENDBR64, SEALED) else 0)
+    if window[at] not in (0xE8, 0xE9):
+        return None
+    rel = int.from_bytes(window[at + 1:at + 5], "little", signed=True)
+    return (addr - 16 + at + 5 + rel) & (2**64 - 1)
+
+
+def code_length(page: bytes) -> int:
+    """The JIT's image is followed by BPF_INSN_SAFETY zero bytes, then the pack's int3 fill."""
+    for i in range(len(page) - SAFETY):
+        if page[i:i + SAFETY] == bytes(SAFETY) and page[i + SAFETY] in (0xCC, 0):
+            return i
+    raise ValueError("no BPF_INSN_SAFETY zeros followed by the int3 fill in the page")
+
+
+BRANCHES = re.compile(r"^(call|jmp|j[a-z]+)$")
+
+
+def branch_target(insn) -> int | None:
+    """call/jmp/jcc rel: capstone prints the absolute target."""
+    if BRANCHES.match(insn.mnemonic) and re.fullmatch(r"0x[0-9a-f]+", insn.op_str):
+        return int(insn.op_str, 16)
+    return None
+
+
+def fold(insns, i) -> tuple | None:
+    """x86 builds any constant in one instruction (mov/movabs imm): nothing to fold."""
+    return None
+
+
+ORACLE = OracleFacts(
+    debian_arch="amd64", clang_target="x86_64-linux-gnu", clang_flags=(),
+    qemu=("qemu-system-x86_64", "-accel", "tcg", "-smp", "2"), console="ttyS0",
+    image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
+    site_target=site_target, code_length=code_length,
+    branch_target=branch_target, fold=fold)

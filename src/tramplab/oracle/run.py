@@ -1,0 +1,291 @@
+"""`tramplab oracle`: the shapes on a real kernel under QEMU and on the model, side by side.
+
+A real run boots the kernel with the guest (oracle/guest.py) and parses its console
+(oracle/console.py); a model run attaches the same programs to the model booted with the
+profile derived from that kernel's .config (Profile.from_kconfig).  Each side gives, per
+shape: the trampoline of the shape's function (code and address), what each program recorded,
+and the test_run retval."""
+from __future__ import annotations
+
+import errno as _errno
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from ..arch import get_port
+from . import console, guest, shapes as S
+from .compare import CodeDiff, compare, tokens
+from .kernels import RealKernel
+
+MEMORY = "1024"
+BOOT_TIMEOUT = 600                          # seconds; a TCG boot and run takes 7-30
+
+
+class OracleError(Exception):
+    pass
+
+
+@dataclass
+class Observed:
+    """One shape on one side."""
+    shape: str
+    refused: str | None = None                      # errno name when a load/attach failed
+    code: bytes = b""
+    addr: int = 0
+    seen: list = field(default_factory=list)        # per program: normalised record
+    retval: int | None = None
+    tokens: list = field(default_factory=list)
+
+
+def nslots(proto_of, prog: S.Prog) -> int:
+    return len(proto_of(prog.target)) + (prog.kind != "fentry")
+
+
+def _errname(neg: int) -> str:
+    return _errno.errorcode.get(-neg, str(neg)) if neg == -524 or neg < 0 and -neg in \
+        _errno.errorcode else ("ENOTSUPP" if neg == -524 else str(neg))
+
+
+def record(words: list[int], prog: S.Prog, shape: S.Shape, widths: list[int], func: int) -> list:
+    """What a program saw, made comparable: how often it ran, its func ip as an offset from the
+    function, every slot cut to its C type's width; address slots (the caller's locals) are
+    'addr'."""
+    count, ip = words[0], words[1]
+    out = [count, (ip - func) if prog.func_ip and ip else 0]
+    skip = shape.address_slots.get(prog.target, ())
+    for i, width in enumerate(widths):
+        v = words[2 + i]
+        out.append("addr" if i in skip else v & ((1 << (8 * width)) - 1))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the real kernel
+# ---------------------------------------------------------------------------------------------
+def boot(arch: str, kernel: RealKernel, shapes_file: bytes, workdir) -> tuple[bytes, float]:
+    facts = get_port(arch).oracle
+    if not shutil.which(facts.qemu[0]):
+        raise OracleError(f"{facts.qemu[0]} is not installed (Debian: apt-get install "
+                          "qemu-system-x86 qemu-system-arm qemu-system-misc opensbi)")
+    initrd = workdir / f"initrd-{arch}.gz"
+    initrd.write_bytes(guest.initrd(arch, shapes_file))
+    cmd = [*facts.qemu, "-m", MEMORY, "-nographic", "-no-reboot", "-kernel", str(kernel.image),
+           "-initrd", str(initrd), "-append",
+           f"console={facts.console} panic=-1 nokaslr loglevel=1"]
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=BOOT_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise OracleError(f"{kernel.release} did not power off within {BOOT_TIMEOUT} s") from e
+    wall = time.perf_counter() - t0
+    (workdir / f"console-{arch}.txt").write_bytes(res.stdout)
+    return res.stdout, wall
+
+
+def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Observed]:
+    facts = get_port(arch).oracle
+    names = dict(run.ksyms)
+    out = []
+    if run.fatal:
+        raise OracleError(f"the guest stopped: {run.fatal}")
+    if not run.finished:
+        raise OracleError("the guest did not finish (see the saved console)")
+    for shape, sr in zip(shapes, run.shapes):
+        obs = Observed(shape.name)
+        out.append(obs)
+        bad = [p for p in sr.progs if p.load_errno or p.attach_errno]
+        if bad:
+            p = bad[0]
+            obs.refused = _errname(p.load_errno or p.attach_errno)
+            continue
+        func = shape.progs[0].target
+        addr, window = sr.sites[("attached", func)]
+        target = facts.site_target(addr, window)
+        if target not in sr.memory:
+            raise OracleError(f"{shape.name}: the site of {func} calls {target and hex(target)}, "
+                              "which is no trampoline the kernel listed")
+        page = sr.memory[target]
+        obs.code, obs.addr = page[:facts.code_length(page)], target
+        progs = {a: m.group(1) for a, n in sr.symbols.items()
+                 if (m := re.search(r"_tl_p(\d+)$", n))}
+        local = dict(names)
+        local.update({a: f"prog {i}" for a, i in progs.items()})
+        local.update({p.addr: p.target for p in sr.progs})
+        obs.tokens = tokens(arch, obs.code, obs.addr, local.get)
+        obs.retval = sr.retval
+        for prog, pr in zip(shape.progs, sr.progs):
+            words = [int.from_bytes(pr.seen[8 * i:8 * i + 8], "little")
+                     for i in range(len(pr.seen) // 8)]
+            obs.seen.append(record(words, prog, shape, _widths(proto_of, prog), pr.addr))
+    return out
+
+
+def _widths(proto_of, prog: S.Prog) -> list[int]:
+    params, ret = proto_of(prog.target), proto_of(prog.target, ret=True)
+    return list(params) + ([ret] if prog.kind != "fentry" else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+def observe_model(arch: str, profile, shapes) -> list[Observed]:
+    from ..errors import KernelError
+    from ..kernel import Kernel
+    k = Kernel(arch, profile=profile)
+    proto_of = model_protos(k)
+    out = []
+    for shape in shapes:
+        obs = Observed(shape.name)
+        out.append(obs)
+        records, progs = [], []
+        try:
+            for i, prog in enumerate(shape.progs):
+                words = [0] * S.VALUE_WORDS
+                records.append(words)
+                progs.append(getattr(k, prog.kind)(prog.target, name=f"tl_p{i}",
+                                                   func_ip=prog.func_ip)(
+                    _recorder(words, prog, nslots(proto_of, prog))))
+        except KernelError as e:
+            obs.refused = e.errno_name if hasattr(e, "errno_name") else str(e).split(":")[0]
+            for p in progs:
+                p.link.detach()
+            continue
+        im = k.bpf.trampoline_of(shape.progs[0].target).cur_image
+        obs.code, obs.addr = bytes(im.code), im.addr
+        prog_addr = {p.addr: f"prog {i}" for i, p in enumerate(progs) if hasattr(p, "addr")}
+        obs.tokens = tokens(arch, obs.code, obs.addr, lambda a: _model_name(k, a, prog_addr))
+        obs.retval = k.call("tramplab_test_run_modify_return" if shape.trigger == S.FMOD
+                            else "tramplab_test_run_tracing") & 0xFFFFFFFF
+        for prog, words in zip(shape.progs, records):
+            func = k.function(prog.target).addr
+            obs.seen.append(record(words, prog, shape, _widths(proto_of, prog), func))
+        for p in progs:
+            p.link.detach()
+    return out
+
+
+def _recorder(words: list, prog: S.Prog, n: int):
+    def body(ctx):
+        words[0] += 1
+        if prog.func_ip:
+            words[1] = ctx.func_ip
+        for i in range(n):
+            words[2 + i] = ctx.slot(i)
+        return prog.ret
+    return body
+
+
+def _model_name(k, addr: int, progs: dict) -> str | None:
+    if addr in progs:
+        return progs[addr]
+    sym = k.machine.kallsyms.lookup(addr)
+    if sym is None or sym.addr != addr or sym.kind not in ("t", "T"):
+        return None                             # data (struct bpf_prog, the image) is a <ptr>
+    m = re.search(r"tl_p(\d+)(_\d+)?$", sym.name)
+    return f"prog {m.group(1)}" if m else sym.name
+
+
+def model_protos(k):
+    """proto_of(func) -> the byte width of each ctx slot of func; ret=True: its return's."""
+    def proto_of(func: str, ret: bool = False):
+        proto = k.function(func).proto
+        if ret:
+            return proto.ret.size or 8
+        widths = []
+        for p in proto.params:
+            n = (p.size + 7) // 8 if p.kind == "struct" else 1
+            widths += [8] * n if p.kind == "struct" else [p.size if p.kind == "int" else 8]
+        return widths
+    return proto_of
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ShapeResult:
+    shape: str
+    kernel: Observed
+    model: Observed
+    code: CodeDiff | None
+    values_same: bool
+
+
+def diff(real: list[Observed], model: list[Observed]) -> list[ShapeResult]:
+    out = []
+    for r, m in zip(real, model):
+        code = None
+        if not r.refused and not m.refused:
+            code = compare(r.tokens, m.tokens, r.code, m.code)
+        values = (r.refused == m.refused and r.seen == m.seen and r.retval == m.retval)
+        out.append(ShapeResult(r.shape, r, m, code, values))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one arch, end to end
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ArchReport:
+    arch: str
+    kernel: RealKernel
+    profile: str
+    results: list
+    real_seconds: float                     # QEMU from start to power-off (boot included)
+    model_seconds: float                    # the model booted and run through the same shapes
+    jit_default: str | None
+    console_path: str
+
+    @property
+    def same(self) -> bool:
+        return all(r.values_same and (r.code is None or r.code.same) for r in self.results)
+
+    def as_dict(self) -> dict:
+        def side(o: Observed) -> dict:
+            return {"refused": o.refused, "bytes": len(o.code), "insns": len(o.tokens),
+                    "code": o.code.hex(), "seen": o.seen, "retval": o.retval}
+        return {
+            "arch": self.arch, "kernel": self.kernel.release, "source": self.kernel.source,
+            "profile": self.profile, "real_seconds": round(self.real_seconds, 2),
+            "model_seconds": round(self.model_seconds, 3), "same": self.same,
+            "jit_default": self.jit_default, "console": self.console_path,
+            "shapes": [{"shape": r.shape, "same_sequence": r.code.same if r.code else None,
+                        "identical_bytes": r.code.identical_bytes if r.code else None,
+                        "same_values": r.values_same,
+                        "first_divergence": None if not r.code or r.code.same else {
+                            "index": r.code.first, "kernel": r.code.kernel_at,
+                            "model": r.code.model_at},
+                        "kernel": side(r.kernel), "model": side(r.model)} for r in self.results]}
+
+
+def check(arch: str, kernel: RealKernel, workdir, console_file=None,
+          shapes=S.SHAPES) -> ArchReport:
+    """Boot `kernel` with the shapes (or read a saved console), run them on the model with the
+    profile from the kernel's .config, and compare."""
+    from ..kernel import Kernel
+    from ..profiles import Profile
+    profile = Profile.from_kconfig(str(kernel.config), kernel.version)
+    shapes = [s for s in shapes if _version_key(kernel.version) >= _version_key(s.since)]
+    t0 = time.perf_counter()
+    model = observe_model(arch, profile, shapes)
+    model_seconds = time.perf_counter() - t0
+    proto_of = model_protos(Kernel(arch, profile=profile))
+    if console_file:
+        out, real_seconds = open(console_file, "rb").read(), float("nan")
+        path = str(console_file)
+    else:
+        data = S.encode(shapes, lambda p: nslots(proto_of, p))
+        out, real_seconds = boot(arch, kernel, data, workdir)
+        path = str(workdir / f"console-{arch}.txt")
+    try:
+        parsed = console.parse(out)
+    except console.ConsoleError as e:
+        raise OracleError(f"{arch}: {e} (console saved at {path})") from e
+    real = observe_real(arch, parsed, shapes, proto_of)
+    return ArchReport(arch, kernel, profile.name, diff(real, model), real_seconds,
+                      model_seconds, parsed.jit_default, path)
+
+
+def _version_key(v: str) -> tuple:
+    return tuple(int(x) for x in v.lstrip("v").split("."))
