@@ -1077,9 +1077,11 @@ def oracle_group():
     model running the profile derived from that kernel's .config (oracle/)."""
 
 
-def _oracle_kernels(arch, kernel, image, config, refresh):
+def _oracle_kernels(arch, kernel, image, config, refresh, console_file=None):
     from .oracle import kernels
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
+    if console_file and config:                     # a saved run: no image to boot
+        return [kernels.user_kernel(arches[0], None, config, kernel)]
     if image or config:
         if not (image and config) or len(arches) != 1:
             raise UsageError("--image and --config go together, with one --arch")
@@ -1114,7 +1116,7 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
     from .oracle import run
     from .oracle.kernels import cache_dir
     reports = []
-    for rk in _oracle_kernels(arch, kernel, image, config, refresh):
+    for rk in _oracle_kernels(arch, kernel, image, config, refresh, console_file):
         workdir = Path(out_dir) if out_dir else cache_dir() / "runs" / rk.release
         workdir.mkdir(parents=True, exist_ok=True)
         from .oracle.guest import GuestBuildError
@@ -1130,7 +1132,8 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @_oracle_options
 @click.option("--console", "console_file", default=None, metavar="FILE",
-              help="compare a saved console of an earlier run instead of booting (one --arch)")
+              help="compare a saved console of an earlier run instead of booting (one --arch; "
+                   "with --config and --kernel VERSION no kernel package is fetched)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def oracle_diff(arch, kernel, image, config, refresh, out_dir, console_file, as_json):
     """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both

@@ -32,7 +32,7 @@ class RealKernel:
     arch: str
     version: str            # e.g. 6.12.117 (what profiles take)
     release: str            # uname -r, e.g. 6.12.117+deb13-amd64
-    image: Path
+    image: Path | None      # None: a saved console is compared, nothing boots
     config: Path
     source: str             # where it came from (package file name, or "user build")
 
@@ -42,14 +42,15 @@ def cache_dir() -> Path:
     return Path(base) / "tramplab" / "oracle"
 
 
-def user_kernel(arch: str, image: str, config: str, version: str) -> RealKernel:
+def user_kernel(arch: str, image: str | None, config: str, version: str) -> RealKernel:
+    """A user's kernel; image None: only its config (comparing a saved console)."""
     for what, path in (("--image", image), ("--config", config)):
-        if not Path(path).is_file():
+        if path is not None and not Path(path).is_file():
             raise UsageError(f"{what} {path}: no such file")
     if not re.fullmatch(r"\d+\.\d+(\.\d+)?", version or ""):
         raise UsageError(f"--kernel {version!r}: a user build needs its version, e.g. 6.12.57")
-    return RealKernel(arch, version, f"{version} (user build)", Path(image), Path(config),
-                      "user build")
+    return RealKernel(arch, version, f"{version} (user build)", image and Path(image),
+                      Path(config), "user build" if image else "saved console")
 
 
 def _apt_options(root: Path, debian_arch: str) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..arch import get_port
+from ..profiles import version_key
 from . import console, guest, shapes as S
 from .compare import CodeDiff, compare, tokens
 from .kernels import RealKernel
@@ -266,7 +267,7 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None,
     from ..kernel import Kernel
     from ..profiles import Profile
     profile = Profile.from_kconfig(str(kernel.config), kernel.version)
-    shapes = [s for s in shapes if _version_key(kernel.version) >= _version_key(s.since)]
+    shapes = [s for s in shapes if version_key(kernel.version) >= version_key(s.since)]
     t0 = time.perf_counter()
     model = observe_model(arch, profile, shapes)
     model_seconds = time.perf_counter() - t0
@@ -286,6 +287,3 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None,
     return ArchReport(arch, kernel, profile.name, diff(real, model), real_seconds,
                       model_seconds, parsed.jit_default, path)
 
-
-def _version_key(v: str) -> tuple:
-    return tuple(int(x) for x in v.lstrip("v").split("."))

@@ -1,0 +1,198 @@
+"""`tramplab oracle`: the model against real kernels booted under QEMU.
+
+Offline tests use consoles recorded from Debian's 6.12.117+deb13 kernels (tests/oracle/, see
+its README) and the configs of tests/configs/; the live test boots the three kernels (CI
+installs QEMU and fetches them) and fails on any divergence."""
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tramplab.arch import get_port
+from tramplab.cli import main
+from tramplab.oracle import compare, console, initramfs, shapes as S
+from tramplab.machine.disasm import disassemble
+
+HERE = Path(__file__).parent
+VERSION = "6.12.117"
+CONFIG = {"x86_64": "amd64", "arm64": "arm64", "riscv64": "riscv64"}
+ARCHES = tuple(CONFIG)
+
+
+def recorded(arch: str) -> Path:
+    return HERE / "oracle" / f"console-{arch}-{VERSION}.txt.xz"
+
+
+def config(arch: str) -> Path:
+    return HERE / "configs" / f"config.{CONFIG[arch]}_none_{CONFIG[arch]}.xz"
+
+
+def parsed(arch: str) -> console.GuestRun:
+    return console.parse(lzma.decompress(recorded(arch).read_bytes()))
+
+
+# ---------------------------------------------------------------------------------------------
+# what the real kernels did (recorded 2026-12-01, Debian 6.12.117+deb13 under QEMU TCG, nokaslr)
+# ---------------------------------------------------------------------------------------------
+# shape -> (x86_64, arm64, riscv64) trampoline bytes
+KERNEL_BYTES = {
+    "fentry": (100, 136, 116),
+    "fexit": (160, 196, 200),
+    "fentry+fexit": (232, 256, 272),
+    "fexit 6 args": (192, 228, 240),
+    "fmod_ret+fexit": (254, 272, 292),
+    "fexit 7 args": (222, 236, 248),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_recorded_trampoline_sizes(arch):
+    facts = get_port(arch).oracle
+    run = parsed(arch)
+    assert run.finished and not run.fatal
+    by_name = {s.name: s for s in run.shapes}
+    for name, sizes in KERNEL_BYTES.items():
+        sr = by_name[name]
+        target = facts.site_target(*sr.sites[("attached", sr.progs[0].target)])
+        page = sr.memory[target]
+        assert facts.code_length(page) == sizes[ARCHES.index(arch)], name
+        assert facts.site_target(*sr.sites[("before", sr.progs[0].target)]) is None
+        assert facts.site_target(*sr.sites[("detached", sr.progs[0].target)]) is None
+
+
+def test_riscv_debian_interprets_by_default():
+    """Debian riscv64 6.12 has BPF_JIT but not BPF_JIT_DEFAULT_ON: bpf_jit_enable is 0 and
+    trampolines call the interpreter; x86-64 and arm64 JIT by default."""
+    assert parsed("riscv64").jit_default == "0"
+    assert parsed("x86_64").jit_default == parsed("arm64").jit_default == "1"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_recorded_console_matches_the_model(arch):
+    """`oracle diff` on the recorded console: every shape the same instruction sequence and
+    the same values as the model with the profile derived from that kernel's config."""
+    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", arch, "--console",
+                                    str(_plain(arch)), "--config", str(config(arch)),
+                                    "--kernel", VERSION, "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)[0]
+    assert report["same"]
+    assert len(report["shapes"]) == len(S.SHAPES)
+    for shape in report["shapes"]:
+        assert shape["same_sequence"] and shape["same_values"], shape["shape"]
+
+
+def _plain(arch: str) -> Path:
+    out = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"tramplab-console-{arch}.txt"
+    out.write_bytes(lzma.decompress(recorded(arch).read_bytes()))
+    return out
+
+
+def test_a_changed_instruction_is_a_divergence():
+    """The comparison can fail: one register changed in the kernel's image is reported."""
+    run = parsed("x86_64")
+    sr = run.shapes[0]
+    facts = get_port("x86_64").oracle
+    target = facts.site_target(*sr.sites[("attached", sr.progs[0].target)])
+    code = sr.memory[target][:facts.code_length(sr.memory[target])]
+    names = run.ksyms.get
+    kernel = compare.tokens("x86_64", code, target, names)
+    bad = code.replace(bytes.fromhex("4889e5"), bytes.fromhex("4889e3"), 1)   # mov rbx, rsp
+    diff = compare.compare(kernel, compare.tokens("x86_64", bad, target, names), code, bad)
+    assert not diff.same and diff.first == 1
+    assert compare.compare(kernel, kernel, code, code).same
+
+
+# ---------------------------------------------------------------------------------------------
+# folding pointer loads: the value each arch's sequence builds
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,code,fold", [
+    # mov x0, #0x12340000; movk x0, #0x5678
+    ("arm64", "8046a2d200cf8af2", (2, "li x0", 0x12345678)),
+    # the riscv64 kernel's p->insnsi (sv57): c.li a1, -7; c.slli a1, 0x29; addi a1, a1, 0x6d;
+    # c.slli a1, 0xc; addi a1, a1, 0x48 (recorded 6.12.117 image, JIT off)
+    ("riscv64", "e555a6159385d506b20593858504", (5, "li a1", 0xFF2000000006D048)),
+    # auipc t1, 0x81ce; jalr ra, t1, 0x1e0 at 0xffffffff78000030: __bpf_prog_enter_recur
+    ("riscv64", "17e31c08e70003" "1e", None),
+])
+def test_fold_builds_the_value(arch, code, fold):
+    facts = get_port(arch).oracle
+    insns = disassemble(get_port(arch).info, bytes.fromhex(code), 0xFFFFFFFF78000030)
+    got = facts.fold(insns, 0)
+    if fold is None:
+        assert got == (2, "call (ra)", 0xFFFFFFFF78000030 + (0x81CE << 12) + 0x1E0)
+    else:
+        assert got == fold
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest's formats
+# ---------------------------------------------------------------------------------------------
+def test_console_refuses_a_torn_line():
+    body = b"@TL run 0"
+    good = body + b" *%08x\n" % zlib.crc32(body)
+    assert console.lines(good) == [["run", "0"]]
+    with pytest.raises(console.ConsoleError):
+        console.lines(b"@TL run 0[  3.1] kernel message *%08x\n" % zlib.crc32(body))
+
+
+def test_initramfs_is_newc():
+    data = gzip.decompress(initramfs.build({"init": (b"\x7fELF", 0o755)}))
+    names = []
+    at = 0
+    while True:
+        assert data[at:at + 6] == b"070701"
+        fields = [int(data[at + 6 + 8 * i:at + 14 + 8 * i], 16) for i in range(13)]
+        namesize, filesize = fields[11], fields[6]
+        name = data[at + 110:at + 110 + namesize - 1].decode()
+        names.append((name, fields[1]))
+        at = (at + 110 + namesize + 3) & ~3
+        at = (at + filesize + 3) & ~3
+        if name == "TRAILER!!!":
+            break
+    assert names == [("proc", 0o040755), ("sys", 0o040755), ("init", 0o100755),
+                     ("TRAILER!!!", 0)]
+
+
+def test_shapes_file_layout():
+    data = S.encode(S.SHAPES[:1], lambda p: 1)
+    magic, nshapes, nprefixes = struct.unpack_from("<III", data)
+    assert (magic, nshapes, nprefixes) == (S.SHAPES_MAGIC, 1, len(S.NAMED_CALLS))
+    code = S.recorder(1, False, 0)
+    assert len(code) % 8 == 0 and code[-8] == 0x95          # ends with exit
+
+
+# ---------------------------------------------------------------------------------------------
+# live: the three Debian kernels booted now
+# ---------------------------------------------------------------------------------------------
+def _live_missing() -> str | None:
+    for tool in ("qemu-system-x86_64", "qemu-system-aarch64", "qemu-system-riscv64",
+                 "clang-19", "ld.lld-19", "apt-get", "dpkg-deb"):
+        if not shutil.which(tool):
+            return tool
+    return None
+
+
+def test_live_oracle_diff_all_arches():
+    missing = _live_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is missing: .ci/run installs it")
+        pytest.skip(f"{missing} is not installed")
+    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", "all", "--kernel", "6.12",
+                                    "--json"])
+    assert res.exit_code in (0, 1), res.output
+    reports = json.loads(res.output)
+    assert [r["arch"] for r in reports] == list(ARCHES)
+    for r in reports:
+        bad = [s["shape"] for s in r["shapes"] if not (s["same_sequence"] and s["same_values"])]
+        assert not bad, f"{r['arch']} {r['kernel']}: {bad}"
