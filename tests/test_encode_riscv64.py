@@ -157,7 +157,10 @@ for fn, width in [("slli", 64), ("srli", 64), ("srai", 64),
 
 for fn, mnem in [("add", "add"), ("sub", "sub"), ("sll", "sll"), ("slt", "slt"),
                  ("sltu", "sltu"), ("xor", "xor"), ("srl", "srl"), ("sra", "sra"),
-                 ("or_", "or"), ("and_", "and"), ("addw", "addw"), ("subw", "subw")]:
+                 ("or_", "or"), ("and_", "and"), ("addw", "addw"), ("subw", "subw"),
+                 ("sllw", "sllw"), ("srlw", "srlw"), ("sraw", "sraw"),
+                 ("mul", "mul"), ("divu", "divu"), ("remu", "remu"),
+                 ("mulw", "mulw"), ("divuw", "divuw"), ("remuw", "remuw")]:
     for r in REGS:
         row(fn, (r, "a1", "a2"), mnem, [r, "a1", "a2"])
         row(fn, ("a0", r, "a2"), mnem, ["a0", r, "a2"])

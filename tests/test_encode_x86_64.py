@@ -712,3 +712,250 @@ def test_push_mem_round_trip(base, disp):
     op = i.operands[0]
     assert op.type == capstone.x86.X86_OP_MEM and op.size == 8
     assert i.reg_name(op.mem.base) == base and op.mem.disp == disp
+
+
+# ---------------------------------------------------------------------------------------------
+# the eBPF JIT's forms (arch/x86_64/ebpf_jit.py): 32-bit ALU, imul, div, neg, shifts, byte
+# swaps, and immediates / displacements always in 4 bytes
+
+RR32 = [(E.add_rr32, "add"), (E.sub_rr32, "sub"), (E.and_rr32, "and"), (E.or_rr32, "or"),
+        (E.test_rr32, "test"), (E.cmp_rr32, "cmp")]
+
+
+@pytest.mark.parametrize("fn, mnemonic", RR32, ids=[m for _, m in RR32])
+def test_jit_rr32_all_pairs(fn, mnemonic):
+    test_rr32_all_pairs(fn, mnemonic)
+
+
+@pytest.mark.parametrize("fn", [f for f, _ in RR32])
+def test_jit_rr32_bad_register(fn):
+    for bad in BAD_REGS:
+        with pytest.raises(EncodeError, match="unknown register"):
+            fn(bad, "eax")
+        with pytest.raises(EncodeError, match="unknown register"):
+            fn("eax", bad)
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_imul_rr(wide):
+    fn = E.imul_rr if wide else E.imul_rr32
+    name = (lambda r: r) if wide else R32.get
+    for a in REGS:
+        for b in REGS:
+            code = fn(a, b)                         # imul a, b: a is ModRM.reg
+            check(code, "imul", [reg(name(a)), reg(name(b))])
+            assert len(code) == 3 + (wide or NUM[a] >= 8 or NUM[b] >= 8), code.hex()
+
+
+IMM32_ANY = [0, 1, -1, 127, -128, 0x7FFF_FFFF, -0x8000_0000, 0x8000_0000, 0xFFFF_FFFF]
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_imul_imm32(wide):
+    fn = E.imul_r64_imm32 if wide else E.imul_r32_imm32
+    name = (lambda r: r) if wide else R32.get
+    for a in REGS:
+        for b in REGS:
+            for v in (S32_IMMS if wide else IMM32_ANY):
+                code = fn(a, b, v)
+                check(code, "imul", [reg(name(a)), reg(name(b)), imm(v, 8 if wide else 4)])
+                assert len(code) == 6 + (wide or NUM[a] >= 8 or NUM[b] >= 8), code.hex()
+    for v in (BAD_S32_IMMS if wide else [1 << 32, -0x8000_0001, None]):
+        with pytest.raises(EncodeError, match="immediate"):
+            fn("rax", "rax", v)
+
+
+# (r64 encoder, r32 encoder, mnemonic, opcode byte): "op reg, imm32" with the 4-byte immediate
+ALU_IMM32 = [
+    (E.add_r64_imm32, E.add_r32_imm32, "add", 0x81), (E.or_r64_imm32, E.or_r32_imm32, "or", 0x81),
+    (E.and_r64_imm32, E.and_r32_imm32, "and", 0x81), (E.sub_r64_imm32, E.sub_r32_imm32, "sub", 0x81),
+    (E.xor_r64_imm32, E.xor_r32_imm32, "xor", 0x81), (E.cmp_r64_imm32, E.cmp_r32_imm32, "cmp", 0x81),
+    (E.test_r64_imm32, E.test_r32_imm32, "test", 0xF7),
+]
+
+
+@pytest.mark.parametrize("fn64, fn32, mnemonic, opcode", ALU_IMM32,
+                         ids=[row[2] for row in ALU_IMM32])
+def test_alu_imm32(fn64, fn32, mnemonic, opcode):
+    for r in REGS:
+        for v in S32_IMMS:
+            code = fn64(r, v)
+            insn = check(code, mnemonic, [reg(r), imm(v, 8)])
+            assert insn.opcode[0] == opcode and len(code) == 7, code.hex()   # never imm8
+        for v in IMM32_ANY:
+            for name in (r, R32[r]):
+                code = fn32(name, v)
+                insn = check(code, mnemonic, [reg(R32[r]), imm(v, 4)])
+                assert insn.opcode[0] == opcode and len(code) == 6 + (NUM[r] >= 8), code.hex()
+    for v in BAD_S32_IMMS:
+        with pytest.raises(EncodeError, match="immediate"):
+            fn64("rax", v)
+    for v in [1 << 32, -0x8000_0001, 1.0, None]:
+        with pytest.raises(EncodeError, match="immediate"):
+            fn32("eax", v)
+    for bad in BAD_REGS:
+        for fn in (fn64, fn32):
+            with pytest.raises(EncodeError, match="unknown register"):
+                fn(bad, 1)
+    with pytest.raises(EncodeError, match="unknown register"):
+        fn64("eax", 1)
+
+
+# (r64 encoder, r32 encoder, mnemonic, extra operands Capstone shows)
+ONE_REG = [
+    (E.neg_r64, E.neg_r32, "neg", []), (E.div_r64, E.div_r32, "div", []),
+    (E.shl_r64_cl, E.shl_r32_cl, "shl", [reg("cl")]), (E.shr_r64_cl, E.shr_r32_cl, "shr", [reg("cl")]),
+    (E.sar_r64_cl, E.sar_r32_cl, "sar", [reg("cl")]), (E.bswap_r64, E.bswap_r32, "bswap", []),
+]
+
+
+@pytest.mark.parametrize("fn64, fn32, mnemonic, rest", ONE_REG,
+                         ids=[f"{row[2]}{'_cl' if row[3] else ''}" for row in ONE_REG])
+def test_one_register_alu(fn64, fn32, mnemonic, rest):
+    for r in REGS:
+        code = fn64(r)
+        check(code, mnemonic, [reg(r)] + rest)
+        assert len(code) == 3, code.hex()                       # REX.W op ModRM / 0f c8+r
+        for name in (r, R32[r]):
+            code = fn32(name)
+            check(code, mnemonic, [reg(R32[r])] + rest)
+            assert len(code) == 2 + (NUM[r] >= 8), code.hex()   # REX only for r8d..r15d
+    for bad in BAD_REGS:
+        for fn in (fn64, fn32):
+            with pytest.raises(EncodeError, match="unknown register"):
+                fn(bad)
+    with pytest.raises(EncodeError, match="unknown register"):
+        fn64("eax")
+
+
+SHIFT_IMM8 = [(E.shl_r64_imm8, E.shl_r32_imm8, "shl"), (E.shr_r64_imm8, E.shr_r32_imm8, "shr"),
+              (E.sar_r64_imm8, E.sar_r32_imm8, "sar")]
+
+
+@pytest.mark.parametrize("fn64, fn32, mnemonic", SHIFT_IMM8, ids=[m for *_, m in SHIFT_IMM8])
+def test_shift_imm8(fn64, fn32, mnemonic):
+    for r in REGS:
+        for n in range(64):
+            code = fn64(r, n)                                   # c1 /digit ib, even for 1
+            insn = check(code, mnemonic, [reg(r), imm(n, 1)])
+            assert insn.opcode[0] == 0xC1 and len(code) == 4, code.hex()
+        for n in range(32):
+            code = fn32(r, n)
+            insn = check(code, mnemonic, [reg(R32[r]), imm(n, 1)])
+            assert insn.opcode[0] == 0xC1 and len(code) == 3 + (NUM[r] >= 8), code.hex()
+    for fn, bad in ((fn64, [-1, 64, 255, None]), (fn32, [-1, 32, 63, None])):
+        for n in bad:
+            with pytest.raises(EncodeError, match="shift count"):
+                fn("rax", n)
+
+
+def test_ror_r16_imm8():
+    for r in REGS:
+        for n in range(16):
+            code = E.ror_r16_imm8(r, n)
+            check(code, "ror", [reg(R16[r]), imm(n, 1)])
+            assert code[0] == 0x66 and len(code) == 4 + (NUM[r] >= 8), code.hex()
+    for n in (-1, 16, None):
+        with pytest.raises(EncodeError, match="rotate count"):
+            E.ror_r16_imm8("rax", n)
+    with pytest.raises(EncodeError, match="unknown register"):
+        E.ror_r16_imm8("ax", 8)
+
+
+def test_movzx_r32_r16():
+    for a in REGS:
+        for b in REGS:
+            code = E.movzx_r32_r16(a, b)
+            check(code, "movzx", [reg(R32[a]), reg(R16[b])])
+            assert len(code) == 3 + (NUM[a] >= 8 or NUM[b] >= 8), code.hex()
+            assert E.movzx_r32_r16(R32[a], R32[b]) == code
+
+
+def check_mem32(code, mnemonic, ops, length):
+    """A [base + disp32] form: the displacement is 4 bytes whatever its value."""
+    insn = check(code, mnemonic, ops)
+    if code[0] != 0x66:                   # (Capstone's disp_size is 2 under a 66 prefix)
+        assert insn.disp_size == 4, f"{code.hex()}: {insn.op_str}"
+    assert len(code) == length, f"{code.hex()}: {insn.op_str}"
+
+
+def mem32_len(base, *, opcode, rex, prefix=0, imm=0):
+    return prefix + int(rex) + opcode + 1 + (NUM[base] & 7 == 4) + 4 + imm
+
+
+@pytest.mark.parametrize("size", [8, 4, 2, 1])
+@pytest.mark.parametrize("base", REGS)
+def test_mov_load_disp32(size, base):
+    mnemonic, name, opcode = LOAD[size]
+    for dst in REGS:
+        rex = size == 8 or NUM[dst] >= 8 or NUM[base] >= 8
+        for disp in DISPS:
+            code = E.mov_load_disp32(dst, base, disp, size)
+            check_mem32(code, mnemonic, [reg(name(dst)), mem(base, disp, size)],
+                        mem32_len(base, opcode=opcode, rex=rex))
+            if size != 8:
+                assert E.mov_load_disp32(R32[dst], base, disp, size) == code
+
+
+@pytest.mark.parametrize("size", [8, 4, 2, 1])
+@pytest.mark.parametrize("base", REGS)
+def test_mov_store_disp32(size, base):
+    for src in REGS:
+        rex = size in (8, 1) or NUM[src] >= 8 or NUM[base] >= 8     # a byte store always has one
+        for disp in DISPS:
+            code = E.mov_store_disp32(base, disp, src, size)
+            check_mem32(code, "mov", [mem(base, disp, size), reg(STORE[size](src))],
+                        mem32_len(base, opcode=1, rex=rex, prefix=size == 2))
+            if size == 4:
+                assert E.mov_store_disp32(base, disp, R32[src], 4) == code
+
+
+@pytest.mark.parametrize("size", [8, 4, 2, 1])
+@pytest.mark.parametrize("base", REGS)
+def test_mov_store_imm32_disp32(size, base):
+    rex = size == 8 or NUM[base] >= 8
+    for disp in DISPS:
+        for v in STORE_IMMS[size]:
+            code = E.mov_store_imm32_disp32(base, disp, v, size)
+            check_mem32(code, "mov", [mem(base, disp, size), imm(v, size)],
+                        mem32_len(base, opcode=1, rex=rex, prefix=size == 2, imm=min(size, 4)))
+
+
+@pytest.mark.parametrize("size", [8, 4, 2, 1])
+def test_disp32_forms_refuse(size):
+    for v in BAD_STORE_IMMS[size] + [None, 1.0]:
+        with pytest.raises(EncodeError, match="immediate"):
+            E.mov_store_imm32_disp32("rbp", -8, v, size)
+    for fn in (lambda d: E.mov_load_disp32("rax", "rbp", d, size),
+               lambda d: E.mov_store_disp32("rbp", d, "rax", size),
+               lambda d: E.mov_store_imm32_disp32("rbp", d, 0, size)):
+        for disp in BAD_DISPS:
+            with pytest.raises(EncodeError, match="displacement"):
+                fn(disp)
+    for bad in (0, 3, None, "8"):
+        with pytest.raises(EncodeError, match="size"):
+            E.mov_load_disp32("rax", "rbp", 0, bad)
+        with pytest.raises(EncodeError, match="size"):
+            E.mov_store_disp32("rbp", 0, "rax", bad)
+
+
+@pytest.mark.parametrize("code, hexcode", [
+    (E.div_r64("r11"), "49f7f3"),
+    (E.div_r32("r11"), "41f7f3"),
+    (E.imul_rr("rax", "r11"), "490fafc3"),
+    (E.imul_r32_imm32("rdi", "rdi", 3), "69ff03000000"),
+    (E.add_r64_imm32("rdi", 1), "4881c701000000"),
+    (E.sub_r64_imm32("rsp", 512), "4881ec00020000"),
+    (E.test_r32_imm32("rsi", 0xFFFF_FFFF), "f7c6ffffffff"),
+    (E.shl_r64_imm8("rax", 1), "48c1e001"),
+    (E.sar_r64_cl("r10"), "49d3fa"),
+    (E.ror_r16_imm8("rdi", 8), "66c1cf08"),
+    (E.movzx_r32_r16("r13", "r13"), "450fb7ed"),
+    (E.bswap_r64("r14"), "490fce"),
+    (E.bswap_r32("rax"), "0fc8"),
+    (E.mov_load_disp32("rax", "rbp", -8), "488b85f8ffffff"),
+    (E.mov_store_disp32("rax", 0, "rcx", 1), "40888800000000"),
+    (E.mov_store_imm32_disp32("rbp", -8, 0xFF, 1), "c685f8ffffffff"),
+])
+def test_jit_golden_bytes(code, hexcode):
+    assert code.hex() == hexcode

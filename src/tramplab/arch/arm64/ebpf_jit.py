@@ -54,7 +54,7 @@ def _mov(d: int, m: int, wide: bool) -> bytes:                 # orr d, zr, m
 
 
 def _imm(e, reg: int, value: int) -> None:
-    e.emit(A.mov_imm64(f"x{reg}", value & ((1 << 64) - 1)))
+    e.emit(A.mov_imm64(f"x{reg}", value & ((1 << 64) - 1)))   # mov xreg, #value (movz/movn+movk)
 
 
 def _call(e, target: int) -> None:
@@ -76,38 +76,38 @@ def _alu(e, ins) -> None:
         s = T1
         imm = ins.imm if wide else ins.imm & 0xFFFFFFFF       # sign-extended for ALU64
         if code == 0xB0:
-            _imm(e, d, imm)
+            _imm(e, d, imm)                                    # mov dst, #imm
             if not wide:
-                e.emit(_mov(d, d, False))
+                e.emit(_mov(d, d, False))                      # mov wd, wd
             return
-        _imm(e, T1, imm)
+        _imm(e, T1, imm)                                       # mov x10, #imm
     if code in ALU_RR:
-        e.emit(_rrr(ALU_RR[code], d, d, s, wide))
+        e.emit(_rrr(ALU_RR[code], d, d, s, wide))             # add/sub/orr/and/eor d, d, s
     elif code == 0xB0:
-        e.emit(_mov(d, s, wide))
+        e.emit(_mov(d, s, wide))                               # mov d, s
     elif code == 0x20:
-        e.emit(_rrr(0x9B007C00, d, d, s, wide))                # mul (madd d, d, s, zr)
+        e.emit(_rrr(0x9B007C00, d, d, s, wide))                # mul d, d, s (madd d, d, s, zr)
     elif code == 0x30:
-        e.emit(_rrr(0x9AC00800, d, d, s, wide))                # udiv
+        e.emit(_rrr(0x9AC00800, d, d, s, wide))                # udiv d, d, s
     elif code == 0x90:
         e.emit(_rrr(0x9AC00800, T2, d, s, wide))               # udiv t2, d, s
         e.emit(_w(_sf(0x9B008000, wide) | s << 16 | d << 10 | T2 << 5 | d))  # msub d, t2, s, d
     elif code in SHIFTV:
-        e.emit(_rrr(SHIFTV[code], d, d, s, wide))              # lslv/lsrv/asrv
+        e.emit(_rrr(SHIFTV[code], d, d, s, wide))              # lslv/lsrv/asrv d, d, s
     elif code == 0x80:
-        e.emit(_w(_sf(0xCB0003E0, wide) | d << 16 | d))        # neg
+        e.emit(_w(_sf(0xCB0003E0, wide) | d << 16 | d))        # neg d, d
     elif code == 0xD0:
         width, to_be = ins.imm, bool(op & 0x08)
         if to_be:
             if width == 16:
-                e.emit(_w(0x5AC00400 | d << 5 | d))            # rev16 wd
-                e.emit(_w(0x53003C00 | d << 5 | d))            # uxth
+                e.emit(_w(0x5AC00400 | d << 5 | d))            # rev16 wd, wd
+                e.emit(_w(0x53003C00 | d << 5 | d))            # uxth wd, wd
             elif width == 32:
-                e.emit(_w(0x5AC00800 | d << 5 | d))            # rev wd
+                e.emit(_w(0x5AC00800 | d << 5 | d))            # rev wd, wd
             else:
-                e.emit(_w(0xDAC00C00 | d << 5 | d))            # rev xd
+                e.emit(_w(0xDAC00C00 | d << 5 | d))            # rev xd, xd
         elif width == 16:
-            e.emit(_w(0x53003C00 | d << 5 | d))                # uxth
+            e.emit(_w(0x53003C00 | d << 5 | d))                # uxth wd, wd
         elif width == 32:
             e.emit(_mov(d, d, False))                          # mov wd, wd
     else:
@@ -118,17 +118,17 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
     op, code = ins.op, ins.op & 0xF0
     if code == 0x80:
         if ins.src == 1:
-            e.emit(A.bl(e.pc, e.label_addr(f"insn{i + 1 + ins.imm}")))
+            e.emit(A.bl(e.pc, e.label_addr(f"insn{i + 1 + ins.imm}")))   # bl callee
         else:
-            _call(e, helpers[ins.imm])
+            _call(e, helpers[ins.imm])                         # bl helper (or blr x10)
         e.emit(_mov(REG[0], 0, True))                          # mov x7, x0
         return
     if code == 0x90:
-        e.emit(A.b(e.pc, e.label_addr(exit_label)))
+        e.emit(A.b(e.pc, e.label_addr(exit_label)))            # b exit
         return
     target = e.label_addr(f"insn{i + 1 + ins.off}")
     if code == 0x00:
-        e.emit(A.b(e.pc, target))
+        e.emit(A.b(e.pc, target))                              # b target
         return
     wide = (op & 7) == 5
     d = REG[ins.dst]
@@ -136,12 +136,12 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
         s = REG[ins.src]
     else:
         s = T1
-        _imm(e, T1, ins.imm if wide else ins.imm & 0xFFFFFFFF)
+        _imm(e, T1, ins.imm if wide else ins.imm & 0xFFFFFFFF)   # mov x10, #imm
     if code == 0x40:
         e.emit(_w(_sf(0xEA00001F, wide) | s << 16 | d << 5))   # tst d, s
     else:
         e.emit(_w(_sf(0xEB00001F, wide) | s << 16 | d << 5))   # cmp d, s
-    e.emit(A.b_cond(COND[code], e.pc, target))
+    e.emit(A.b_cond(COND[code], e.pc, target))                 # b.<cond> target
 
 
 def _stack_size(stack_depth: int) -> int:
@@ -199,23 +199,24 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
             elif cls in (5, 6):
                 _jmp(e, ins, i, helpers, f"exit{lo}")
             elif cls == 1:                                     # ldx: base + (t1 = off)
-                _imm(e, T1, ins.off)
+                _imm(e, T1, ins.off)                           # mov x10, #off
                 load = _w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
-                          REG[ins.dst])
+                          REG[ins.dst])                        # ldr/ldrh/ldrb dst, [src, x10]
                 if ins.src == 10:                              # the BPF stack: BPF_MEM
                     e.emit(load)
                 else:                                          # BPF_PROBE_MEM: extable entry
                     extable.probe_load(e, f"x{REG[ins.dst]}", lambda: e.emit(load))
             elif cls == 3:                                     # stx
-                _imm(e, T1, ins.off)
-                e.emit(_w(STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5 |
-                          REG[ins.src]))
+                _imm(e, T1, ins.off)                           # mov x10, #off
+                store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
+                e.emit(_w(store | REG[ins.src]))               # str/strh/strb src, [dst, x10]
             elif cls == 2:                                     # st imm
-                _imm(e, T1, ins.off)
-                _imm(e, T2, ins.imm)
-                e.emit(_w(STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5 | T2))
+                _imm(e, T1, ins.off)                           # mov x10, #off
+                _imm(e, T2, ins.imm)                           # mov x11, #imm
+                store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
+                e.emit(_w(store | T2))                         # str/strh/strb x11, [dst, x10]
             elif cls == 0:                                     # ld_imm64
-                _imm(e, REG[ins.dst], ins.imm)
+                _imm(e, REG[ins.dst], ins.imm)                 # mov dst, #imm64
         e.label(f"exit{lo}")
         _epilogue(e, depths[lo])
         if fn == 0:

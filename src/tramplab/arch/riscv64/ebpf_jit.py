@@ -28,8 +28,6 @@ from .bpfjit import site_bytes
 
 REG = {0: "a5", 1: "a0", 2: "a1", 3: "a2", 4: "a3", 5: "a4", 6: "s1", 7: "s2", 8: "s3",
        9: "s4", 10: "s5"}
-NUM = {"zero": 0, "t0": 5, "t1": 6, "t2": 7, "a0": 10, "a1": 11, "a2": 12, "a3": 13,
-       "a4": 14, "a5": 15, "s1": 9, "s2": 18, "s3": 19, "s4": 20, "s5": 21}
 T0, T1, T2 = "t0", "t1", "t2"
 SAVED = ("ra", "s0", "s1", "s2", "s3", "s4", "s5")
 SAVE_AREA = 64                  # round_up(8 * len(SAVED), STACK_ALIGN)
@@ -38,19 +36,14 @@ LOADS = {8: R.ld, 4: R.lwu, 2: R.lhu, 1: R.lbu}
 STORES = {8: R.sd, 4: R.sw, 2: R.sh, 1: R.sb}
 ALU_RR = {0x00: R.add, 0x10: R.sub, 0x40: R.or_, 0x50: R.and_, 0xA0: R.xor,
           0x60: R.sll, 0x70: R.srl, 0xC0: R.sra}
-# OP / OP-32 with funct7 1 (M extension) and the 32-bit shifts: (funct3, funct7)
-M_OPS = {0x20: (0, 1), 0x30: (5, 1), 0x90: (7, 1)}            # mul, divu, remu
-W_SHIFTS = {0x60: (1, 0), 0x70: (5, 0), 0xC0: (5, 0x20)}      # sllw, srlw, sraw
-
-
-def _r(opcode: int, f3: int, f7: int, rd: str, rs1: str, rs2: str) -> bytes:
-    word = f7 << 25 | NUM[rs2] << 20 | NUM[rs1] << 15 | f3 << 12 | NUM[rd] << 7 | opcode
-    return word.to_bytes(4, "little")
+# the M extension: BPF op code -> (ALU32 encoder, ALU64 encoder), indexed by the ALU64 bit
+M_OPS = {0x20: (R.mulw, R.mul), 0x30: (R.divuw, R.divu), 0x90: (R.remuw, R.remu)}
+W_SHIFTS = {0x60: R.sllw, 0x70: R.srlw, 0xC0: R.sraw}      # ALU32 shifts by a register
 
 
 def _zext32(e, r: str) -> None:
-    e.emit(R.slli(r, r, 32))
-    e.emit(R.srli(r, r, 32))
+    e.emit(R.slli(r, r, 32))                                # slli r, r, 32
+    e.emit(R.srli(r, r, 32))                                # srli r, r, 32
 
 
 def _alu(e, ins, lab) -> None:
@@ -62,34 +55,31 @@ def _alu(e, ins, lab) -> None:
         s = REG[ins.src]
     elif code not in (0x80, 0xD0):
         if code == 0xB0:
-            e.emit(R.li(d, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+            e.emit(R.li(d, ins.imm if wide else ins.imm & 0xFFFFFFFF))   # li dst, imm
             return
         s = T1
-        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))     # li t1, imm
     if code == 0xB0:
-        e.emit(R.mv(d, s))
+        e.emit(R.mv(d, s))                                  # mv dst, src
     elif code in (0x30, 0x90):                              # divu / remu, zero check first
         n = lab()
         if not wide:
             s = _operand32(e, s, T2, False)                 # the divisor is its low half
-        e.emit(R.bne(s, "zero", e.pc, e.label_addr(f"{n}nz")))
+        e.emit(R.bne(s, "zero", e.pc, e.label_addr(f"{n}nz")))   # bnez src, nonzero
         if code == 0x30:
-            e.emit(R.li(d, 0))                              # x / 0 = 0
-        e.emit(R.jal("zero", e.pc, e.label_addr(f"{n}d")))
+            e.emit(R.li(d, 0))                              # li dst, 0  (x / 0 = 0)
+        e.emit(R.jal("zero", e.pc, e.label_addr(f"{n}d")))  # j done
         e.label(f"{n}nz")
-        f3, f7 = M_OPS[code]
-        e.emit(_r(0x33 if wide else 0x3B, f3, f7, d, d, s))
+        e.emit(M_OPS[code][wide](d, d, s))                  # divu[w]/remu[w] dst, dst, src
         e.label(f"{n}d")
     elif code == 0x20:
-        f3, f7 = M_OPS[code]
-        e.emit(_r(0x33 if wide else 0x3B, f3, f7, d, d, s))
+        e.emit(M_OPS[code][wide](d, d, s))                  # mul[w] dst, dst, src
     elif code in W_SHIFTS and not wide:
-        f3, f7 = W_SHIFTS[code]
-        e.emit(_r(0x3B, f3, f7, d, d, s))                   # sllw/srlw/sraw
+        e.emit(W_SHIFTS[code](d, d, s))                     # sllw/srlw/sraw dst, dst, src
     elif code in ALU_RR:
-        e.emit(ALU_RR[code](d, d, s))
+        e.emit(ALU_RR[code](d, d, s))                       # add/sub/.../sra dst, dst, src
     elif code == 0x80:
-        e.emit(R.neg(d, d))
+        e.emit(R.neg(d, d))                                 # neg dst, dst
     elif code == 0xD0:
         _end(e, d, ins.imm, bool(op & 0x08))
         return
@@ -101,24 +91,24 @@ def _alu(e, ins, lab) -> None:
 
 def _end(e, d: str, width: int, to_be: bool) -> None:
     if to_be:                                               # t0 = bytes of d reversed
-        e.emit(R.li(T0, 0))
+        e.emit(R.li(T0, 0))                                 # li t0, 0
         for i in range(width // 8):
-            e.emit(R.srli(T1, d, 8 * i))
-            e.emit(R.andi(T1, T1, 0xFF))
-            e.emit(R.slli(T0, T0, 8))
-            e.emit(R.or_(T0, T0, T1))
-        e.emit(R.mv(d, T0))
+            e.emit(R.srli(T1, d, 8 * i))                    # srli t1, dst, 8 * i
+            e.emit(R.andi(T1, T1, 0xFF))                    # andi t1, t1, 0xff
+            e.emit(R.slli(T0, T0, 8))                       # slli t0, t0, 8
+            e.emit(R.or_(T0, T0, T1))                       # or t0, t0, t1
+        e.emit(R.mv(d, T0))                                 # mv dst, t0
     elif width < 64:
-        e.emit(R.slli(d, d, 64 - width))
-        e.emit(R.srli(d, d, 64 - width))
+        e.emit(R.slli(d, d, 64 - width))                    # slli dst, dst, 64 - width
+        e.emit(R.srli(d, d, 64 - width))                    # srli dst, dst, 64 - width
 
 
 def _operand32(e, r: str, tmp: str, signed: bool) -> str:
     if signed:
-        e.emit(R.addiw(tmp, r, 0))                          # sext.w
+        e.emit(R.addiw(tmp, r, 0))                          # sext.w tmp, r
     else:
-        e.emit(R.slli(tmp, r, 32))
-        e.emit(R.srli(tmp, tmp, 32))
+        e.emit(R.slli(tmp, r, 32))                          # slli tmp, r, 32
+        e.emit(R.srli(tmp, tmp, 32))                        # srli tmp, tmp, 32
     return tmp
 
 
@@ -138,11 +128,11 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
         e.emit(R.mv(REG[0], "a0"))                          # mv a5, a0
         return
     if code == 0x90:
-        e.emit(R.jal("zero", e.pc, e.label_addr(exit_label)))
+        e.emit(R.jal("zero", e.pc, e.label_addr(exit_label)))   # j exit
         return
     target = e.label_addr(f"insn{i + 1 + ins.off}")
     if code == 0x00:
-        e.emit(R.jal("zero", e.pc, target))
+        e.emit(R.jal("zero", e.pc, target))                 # j target
         return
     wide = (op & 7) == 5
     a = REG[ins.dst]
@@ -150,19 +140,19 @@ def _jmp(e, ins, i: int, helpers: dict, exit_label: str) -> None:
         b = REG[ins.src]
     else:
         b = T1
-        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))
+        e.emit(R.li(T1, ins.imm if wide else ins.imm & 0xFFFFFFFF))     # li t1, imm
     if not wide:
         signed = code in (0x60, 0x70, 0xC0, 0xD0)
         a = _operand32(e, a, T0, signed)
         b = _operand32(e, b, T2, signed)
     if code == 0x40:                                        # jset: t0 = a & b; beqz skips
-        e.emit(R.and_(T0, a, b))
-        e.emit(R.beq(T0, "zero", e.pc, e.pc + 8))
+        e.emit(R.and_(T0, a, b))                            # and t0, a, b
+        e.emit(R.beq(T0, "zero", e.pc, e.pc + 8))           # beqz t0, .+8
     else:
         br, swap = INVERT[code]
         x, y = (b, a) if swap else (a, b)
-        e.emit(br(x, y, e.pc, e.pc + 8))                    # skip the jump unless taken
-    e.emit(R.jal("zero", e.pc, target))
+        e.emit(br(x, y, e.pc, e.pc + 8))                    # b<!cond> x, y, .+8 (skip the j)
+    e.emit(R.jal("zero", e.pc, target))                     # j target
 
 
 def _bpf_stack_adjust(stack_depth: int) -> int:
@@ -205,8 +195,8 @@ def _epilogue(e, stack_depth: int) -> None:
 def _mem_base(e, base: str, off: int) -> tuple[str, int]:
     if -2048 <= off < 2048:
         return base, off
-    e.emit(R.li(T2, off))
-    e.emit(R.add(T2, T2, base))
+    e.emit(R.li(T2, off))                                   # li t2, off
+    e.emit(R.add(T2, T2, base))                             # add t2, t2, base
     return T2, 0
 
 
@@ -239,20 +229,23 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
                 _jmp(e, ins, i, helpers, f"exit{lo}")
             elif cls == 1:
                 base, off = _mem_base(e, REG[ins.src], ins.off)
-                load = LOADS[SIZES[ins.op & 0x18]](REG[ins.dst], base, off)
+                ld = LOADS[SIZES[ins.op & 0x18]]
+                load = ld(REG[ins.dst], base, off)          # ld/lwu/lhu/lbu dst, off(base)
                 if ins.src == 10:                  # the BPF stack: BPF_MEM, cannot fault
                     e.emit(load)
                 else:                              # BPF_PROBE_MEM: an extable entry
                     extable.probe_load(e, REG[ins.dst], lambda: e.emit(load))
             elif cls == 3:
                 base, off = _mem_base(e, REG[ins.dst], ins.off)
-                e.emit(STORES[SIZES[ins.op & 0x18]](REG[ins.src], base, off))
+                st = STORES[SIZES[ins.op & 0x18]]
+                e.emit(st(REG[ins.src], base, off))         # sd/sw/sh/sb src, off(base)
             elif cls == 2:
-                e.emit(R.li(T1, ins.imm))
+                e.emit(R.li(T1, ins.imm))                   # li t1, imm
                 base, off = _mem_base(e, REG[ins.dst], ins.off)
-                e.emit(STORES[SIZES[ins.op & 0x18]](T1, base, off))
+                st = STORES[SIZES[ins.op & 0x18]]
+                e.emit(st(T1, base, off))                   # sd/sw/sh/sb t1, off(base)
             elif cls == 0:
-                e.emit(R.li(REG[ins.dst], ins.imm))
+                e.emit(R.li(REG[ins.dst], ins.imm))         # li dst, imm64
         e.label(f"exit{lo}")
         _epilogue(e, depths[lo])
         if fn == 0:

@@ -24,6 +24,9 @@ __all__ = [
     "lui", "auipc", "addi", "addiw", "slti", "sltiu", "xori", "ori", "andi",
     "slli", "srli", "srai", "slliw", "srliw", "sraiw",
     "add", "sub", "sll", "slt", "sltu", "xor", "srl", "sra", "or_", "and_", "addw", "subw",
+    "sllw", "srlw", "sraw",
+    # RV64M
+    "mul", "divu", "remu", "mulw", "divuw", "remuw",
     "lb", "lh", "lw", "ld", "lbu", "lhu", "lwu", "sb", "sh", "sw", "sd",
     "jal", "jalr", "beq", "bne", "blt", "bge", "bltu", "bgeu",
     "ecall", "ebreak", "fence_i",
@@ -336,6 +339,55 @@ def addw(rd: str, rs1: str, rs2: str) -> bytes:
 def subw(rd: str, rs1: str, rs2: str) -> bytes:
     """subw rd, rs1, rs2"""
     return _op("subw", _OP_32, 0b000, 0b0100000, rd, rs1, rs2)
+
+
+def sllw(rd: str, rs1: str, rs2: str) -> bytes:
+    """sllw rd, rs1, rs2      (32-bit shift by rs2[4:0], result sign-extended)"""
+    return _op("sllw", _OP_32, 0b001, 0, rd, rs1, rs2)
+
+
+def srlw(rd: str, rs1: str, rs2: str) -> bytes:
+    """srlw rd, rs1, rs2"""
+    return _op("srlw", _OP_32, 0b101, 0, rd, rs1, rs2)
+
+
+def sraw(rd: str, rs1: str, rs2: str) -> bytes:
+    """sraw rd, rs1, rs2"""
+    return _op("sraw", _OP_32, 0b101, 0b0100000, rd, rs1, rs2)
+
+
+# RV64M: OP / OP-32 with funct7 = 1.
+_MULDIV = 0b0000001
+
+
+def mul(rd: str, rs1: str, rs2: str) -> bytes:
+    """mul rd, rs1, rs2       (low 64 bits of the product)"""
+    return _op("mul", _OP, 0b000, _MULDIV, rd, rs1, rs2)
+
+
+def divu(rd: str, rs1: str, rs2: str) -> bytes:
+    """divu rd, rs1, rs2      (unsigned; a zero divisor gives all ones)"""
+    return _op("divu", _OP, 0b101, _MULDIV, rd, rs1, rs2)
+
+
+def remu(rd: str, rs1: str, rs2: str) -> bytes:
+    """remu rd, rs1, rs2      (unsigned; a zero divisor gives rs1)"""
+    return _op("remu", _OP, 0b111, _MULDIV, rd, rs1, rs2)
+
+
+def mulw(rd: str, rs1: str, rs2: str) -> bytes:
+    """mulw rd, rs1, rs2      (32-bit product, sign-extended)"""
+    return _op("mulw", _OP_32, 0b000, _MULDIV, rd, rs1, rs2)
+
+
+def divuw(rd: str, rs1: str, rs2: str) -> bytes:
+    """divuw rd, rs1, rs2"""
+    return _op("divuw", _OP_32, 0b101, _MULDIV, rd, rs1, rs2)
+
+
+def remuw(rd: str, rs1: str, rs2: str) -> bytes:
+    """remuw rd, rs1, rs2"""
+    return _op("remuw", _OP_32, 0b111, _MULDIV, rd, rs1, rs2)
 
 
 def _load(insn: str, funct3: int, rd: str, rs1: str, imm: int) -> bytes:

@@ -24,58 +24,26 @@ from ...errors import ObjectError
 from . import encode as X
 from .frames import leave_frame, push_rbp_frame
 
-REG = {0: 0, 1: 7, 2: 6, 3: 2, 4: 1, 5: 8, 6: 3, 7: 13, 8: 14, 9: 15, 10: 5}
-NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
-         "r12", "r13", "r14", "r15")                # hardware number -> name
-R10, R11 = 10, 11                       # scratch (hardware numbers)
-RAX, RCX, RDX = 0, 1, 2
+REG = {0: "rax", 1: "rdi", 2: "rsi", 3: "rdx", 4: "rcx", 5: "r8", 6: "rbx", 7: "r13",
+       8: "r14", 9: "r15", 10: "rbp"}
+AUX, AUX2 = "r10", "r11"                # the JIT's scratch registers
 CALLEE_SAVED = ("rbx", "r13", "r14", "r15")
 
-
-def _rex(w: bool, r: int = 0, b: int = 0, force: bool = False) -> bytes:
-    v = 0x40 | (8 if w else 0) | (4 if r & 8 else 0) | (1 if b & 8 else 0)
-    return bytes((v,)) if v != 0x40 or force else b""
-
-
-def _rr(op: bytes, reg: int, rm: int, w: bool) -> bytes:
-    """op r/m=rm, reg=reg (register direct)."""
-    return _rex(w, reg, rm) + op + bytes((0xC0 | (reg & 7) << 3 | (rm & 7),))
-
-
-def _digit(op: bytes, digit: int, rm: int, w: bool, force: bool = False) -> bytes:
-    return _rex(w, 0, rm, force) + op + bytes((0xC0 | digit << 3 | (rm & 7),))
-
-
-def _mem(op: bytes, reg: int, base: int, disp: int, w: bool, prefix: bytes = b"",
-         force: bool = False) -> bytes:
-    """op reg, [base + disp32]."""
-    modrm = bytes((0x80 | (reg & 7) << 3 | (base & 7),))
-    sib = b"\x24" if base & 7 == 4 else b""
-    return prefix + _rex(w, reg, base, force) + op + modrm + sib + \
-        (disp & 0xFFFFFFFF).to_bytes(4, "little")
-
-
-def _imm32(v: int) -> bytes:
-    return (v & 0xFFFFFFFF).to_bytes(4, "little")
-
-
-ALU_RR = {0x00: b"\x01", 0x10: b"\x29", 0x40: b"\x09", 0x50: b"\x21", 0xA0: b"\x31",
-          0xB0: b"\x89"}
-ALU_RI = {0x00: 0, 0x10: 5, 0x40: 1, 0x50: 4, 0xA0: 6}
-SHIFT = {0x60: 4, 0x70: 5, 0xC0: 7}
-JCC = {0x10: 0x84, 0x50: 0x85, 0x20: 0x87, 0x30: 0x83, 0xA0: 0x82, 0xB0: 0x86,
-       0x60: 0x8F, 0x70: 0x8D, 0xC0: 0x8C, 0xD0: 0x8E, 0x40: 0x85}
-LD_OPS = {1: (b"\x0f\xb6", False), 2: (b"\x0f\xb7", False), 4: (b"\x8b", False),
-          8: (b"\x8b", True)}
+# BPF op code -> (32-bit encoder, 64-bit encoder), indexed by the ALU64 bit
+ALU_RR = {0x00: (X.add_rr32, X.add_rr), 0x10: (X.sub_rr32, X.sub_rr),
+          0x40: (X.or_rr32, X.or_rr), 0x50: (X.and_rr32, X.and_rr),
+          0xA0: (X.xor_rr32, X.xor_rr), 0xB0: (X.mov_rr32, X.mov_rr)}
+ALU_RI = {0x00: (X.add_r32_imm32, X.add_r64_imm32), 0x10: (X.sub_r32_imm32, X.sub_r64_imm32),
+          0x40: (X.or_r32_imm32, X.or_r64_imm32), 0x50: (X.and_r32_imm32, X.and_r64_imm32),
+          0xA0: (X.xor_r32_imm32, X.xor_r64_imm32)}
+SHIFT_CL = {0x60: (X.shl_r32_cl, X.shl_r64_cl), 0x70: (X.shr_r32_cl, X.shr_r64_cl),
+            0xC0: (X.sar_r32_cl, X.sar_r64_cl)}
+SHIFT_IMM = {0x60: (X.shl_r32_imm8, X.shl_r64_imm8), 0x70: (X.shr_r32_imm8, X.shr_r64_imm8),
+             0xC0: (X.sar_r32_imm8, X.sar_r64_imm8)}
+JCC = {0x10: "e", 0x50: "ne", 0x20: "a", 0x30: "ae", 0xA0: "b", 0xB0: "be",
+       0x60: "g", 0x70: "ge", 0xC0: "l", 0xD0: "le", 0x40: "ne"}
 SIZES = {0x00: 4, 0x08: 2, 0x10: 1, 0x18: 8}
-
-
-def _jcc(cc: int, pc: int, target: int) -> bytes:
-    return bytes((0x0F, cc)) + _imm32(target - (pc + 6))
-
-
-def _mov_rr(dst: int, src: int, w: bool) -> bytes:
-    return _rr(b"\x89", src, dst, w)
+U32 = 0xFFFFFFFF
 
 
 def _alu(e, ins, lab) -> None:
@@ -83,48 +51,52 @@ def _alu(e, ins, lab) -> None:
     code, use_x = op & 0xF0, bool(op & 0x08)
     d, s = REG[ins.dst], REG[ins.src]
     if code in ALU_RR and use_x:
-        e.emit(_rr(ALU_RR[code], s, d, w))
+        e.emit(ALU_RR[code][w](d, s))                    # add/sub/or/and/xor/mov dst, src
     elif code == 0xB0:                                   # mov imm
         if w:
-            e.emit(_rex(True, 0, d) + b"\xc7" + bytes((0xC0 | (d & 7),)) + _imm32(ins.imm))
+            e.emit(X.mov_simm32(d, ins.imm))             # mov dst, simm32
         else:
-            e.emit(_rex(False, 0, d) + bytes((0xB8 + (d & 7),)) + _imm32(ins.imm))
+            e.emit(X.mov_imm32(d, ins.imm & U32))        # mov dst32, imm32
     elif code in ALU_RI:
-        e.emit(_digit(b"\x81", ALU_RI[code], d, w) + _imm32(ins.imm))
+        e.emit(ALU_RI[code][w](d, ins.imm))              # add/sub/or/and/xor dst, imm32
     elif code == 0x20:                                   # mul
         if use_x:
-            e.emit(_rex(w, d, s) + b"\x0f\xaf" + bytes((0xC0 | (d & 7) << 3 | (s & 7),)))
+            imul = X.imul_rr if w else X.imul_rr32
+            e.emit(imul(d, s))                           # imul dst, src
         else:
-            e.emit(_rex(w, d, d) + b"\x69" + bytes((0xC0 | (d & 7) << 3 | (d & 7),)) +
-                   _imm32(ins.imm))
+            imul = X.imul_r64_imm32 if w else X.imul_r32_imm32
+            e.emit(imul(d, d, ins.imm))                  # imul dst, dst, imm32
     elif code in (0x30, 0x90):                           # div, mod (unsigned)
         _divmod(e, ins, lab, w, use_x)
-    elif code in SHIFT:
+    elif code in SHIFT_CL:
         if use_x:
-            e.emit(X.push("rcx"))
-            e.emit(_mov_rr(R10, d, True))                # r10 = dst
-            e.emit(_mov_rr(RCX, s, True))                # rcx = count
-            e.emit(_digit(b"\xd3", SHIFT[code], R10, w))  # shl/shr/sar r10, cl
-            e.emit(X.pop("rcx"))
-            e.emit(_mov_rr(d, R10, w))
+            e.emit(X.push("rcx"))                        # push rcx
+            e.emit(X.mov_rr(AUX, d))                     # mov r10, dst
+            e.emit(X.mov_rr("rcx", s))                   # mov rcx, src (the count)
+            e.emit(SHIFT_CL[code][w](AUX))               # shl/shr/sar r10, cl
+            e.emit(X.pop("rcx"))                         # pop rcx
+            e.emit(ALU_RR[0xB0][w](d, AUX))              # mov dst, r10
         else:
-            e.emit(_digit(b"\xc1", SHIFT[code], d, w) + bytes((ins.imm & (63 if w else 31),)))
+            n = ins.imm & (63 if w else 31)
+            e.emit(SHIFT_IMM[code][w](d, n))             # shl/shr/sar dst, n
             if not w:
-                e.emit(_mov_rr(d, d, False))
+                e.emit(X.mov_rr32(d, d))                 # mov dst32, dst32 (zero-extend)
     elif code == 0x80:                                   # neg
-        e.emit(_digit(b"\xf7", 3, d, w))
+        e.emit((X.neg_r64 if w else X.neg_r32)(d))       # neg dst
     elif code == 0xD0:                                   # end
         width, to_be = ins.imm, bool(op & 0x08)
         if to_be:
             if width == 16:
-                e.emit(b"\x66" + _digit(b"\xc1", 1, d, False) + b"\x08")   # ror dx, 8
-                e.emit(_rex(False, d, d) + b"\x0f\xb7" + bytes((0xC0 | (d & 7) << 3 | (d & 7),)))
+                e.emit(X.ror_r16_imm8(d, 8))             # ror dst16, 8
+                e.emit(X.movzx_r32_r16(d, d))            # movzx dst32, dst16
+            elif width == 32:
+                e.emit(X.bswap_r32(d))                   # bswap dst32
             else:
-                e.emit(_rex(width == 64, 0, d) + bytes((0x0F, 0xC8 + (d & 7))))    # bswap
+                e.emit(X.bswap_r64(d))                   # bswap dst
         elif width == 16:
-            e.emit(_rex(False, d, d) + b"\x0f\xb7" + bytes((0xC0 | (d & 7) << 3 | (d & 7),)))
+            e.emit(X.movzx_r32_r16(d, d))                # movzx dst32, dst16
         elif width == 32:
-            e.emit(_mov_rr(d, d, False))
+            e.emit(X.mov_rr32(d, d))                     # mov dst32, dst32 (zero-extend)
         return
     else:
         raise ObjectError(f"the x86-64 JIT has no ALU op {op:#04x}", "EINVAL")
@@ -134,31 +106,36 @@ def _alu(e, ins, lab) -> None:
 def _divmod(e, ins, lab, w: bool, use_x: bool) -> None:
     """The verifier's divide-by-zero rewrite, then div: r11 = divisor, result via r10."""
     d, s = REG[ins.dst], REG[ins.src]
+    mov = ALU_RR[0xB0][w]                                # mov r64, r64 / mov r32, r32
     n = lab.fresh()
-    e.emit(X.push("rax"))
-    e.emit(X.push("rdx"))
+    e.emit(X.push("rax"))                                # push rax
+    e.emit(X.push("rdx"))                                # push rdx
     if use_x:
-        e.emit(_mov_rr(R11, s, w))
+        e.emit(mov(AUX2, s))                             # mov r11, src
     else:
-        e.emit(_rex(True, 0, R11) + b"\xc7" + bytes((0xC0 | (R11 & 7),)) + _imm32(ins.imm))
+        e.emit(X.mov_simm32(AUX2, ins.imm))              # mov r11, simm32
         if not w:
-            e.emit(_mov_rr(R11, R11, False))
-    e.emit(_mov_rr(RAX, d, w))
-    e.emit(_rr(b"\x85", R11, R11, w))                    # test r11, r11
-    e.emit(_jcc(0x84, e.pc, e.label_addr(f"{n}z")))      # jz zero
-    e.emit(_rr(b"\x31", RDX, RDX, False))                # xor edx, edx
-    e.emit(_digit(b"\xf7", 6, R11, w))                   # div r11
-    e.emit(_mov_rr(R10, RAX if (ins.op & 0xF0) == 0x30 else RDX, w))
-    e.emit(X.jmp_rel32(e.pc, e.label_addr(f"{n}d")))
+            e.emit(X.mov_rr32(AUX2, AUX2))               # mov r11d, r11d
+    e.emit(mov("rax", d))                                # mov rax, dst
+    test = X.test_rr if w else X.test_rr32
+    e.emit(test(AUX2, AUX2))                             # test r11, r11
+    e.emit(X.jcc_rel32("e", e.pc, e.label_addr(f"{n}z")))  # je zero
+    e.emit(X.xor_rr32("rdx", "rdx"))                     # xor edx, edx
+    e.emit((X.div_r64 if w else X.div_r32)(AUX2))        # div r11
+    if (ins.op & 0xF0) == 0x30:
+        e.emit(mov(AUX, "rax"))                          # mov r10, rax (quotient)
+    else:
+        e.emit(mov(AUX, "rdx"))                          # mov r10, rdx (remainder)
+    e.emit(X.jmp_rel32(e.pc, e.label_addr(f"{n}d")))     # jmp done
     e.label(f"{n}z")
     if (ins.op & 0xF0) == 0x30:
-        e.emit(_rr(b"\x31", R10, R10, False))            # quotient 0
+        e.emit(X.xor_rr32(AUX, AUX))                     # xor r10d, r10d (quotient 0)
     else:
-        e.emit(_mov_rr(R10, RAX, w))                     # remainder: dst
+        e.emit(mov(AUX, "rax"))                          # mov r10, rax (remainder: dst)
     e.label(f"{n}d")
-    e.emit(X.pop("rdx"))
-    e.emit(X.pop("rax"))
-    e.emit(_mov_rr(d, R10, w))
+    e.emit(X.pop("rdx"))                                 # pop rdx
+    e.emit(X.pop("rax"))                                 # pop rax
+    e.emit(mov(d, AUX))                                  # mov dst, r10
 
 
 def _jmp(e, ins, i: int, lab, helpers: dict, exit_label: str) -> None:
@@ -166,29 +143,34 @@ def _jmp(e, ins, i: int, lab, helpers: dict, exit_label: str) -> None:
     code = op & 0xF0
     if code == 0x80:
         if ins.src == 1:                                 # bpf2bpf
-            e.emit(X.call_rel32(e.pc, e.label_addr(f"insn{i + 1 + ins.imm}")))
+            callee = e.label_addr(f"insn{i + 1 + ins.imm}")
+            e.emit(X.call_rel32(e.pc, callee))           # call callee
         else:
-            e.emit(X.call_rel32(e.pc, helpers[ins.imm]))
+            e.emit(X.call_rel32(e.pc, helpers[ins.imm]))  # call helper
         return
     if code == 0x90:
-        e.emit(X.jmp_rel32(e.pc, e.label_addr(exit_label)))
+        e.emit(X.jmp_rel32(e.pc, e.label_addr(exit_label)))   # jmp exit
         return
     target = e.label_addr(f"insn{i + 1 + ins.off}")
     if code == 0x00:
-        e.emit(X.jmp_rel32(e.pc, target))
+        e.emit(X.jmp_rel32(e.pc, target))                # jmp target
         return
     w = (op & 7) == 5
     d, s = REG[ins.dst], REG[ins.src]
     if code == 0x40:                                     # jset: test
         if op & 0x08:
-            e.emit(_rr(b"\x85", s, d, w))
+            test = X.test_rr if w else X.test_rr32
+            e.emit(test(d, s))                           # test dst, src
         else:
-            e.emit(_digit(b"\xf7", 0, d, w) + _imm32(ins.imm))
+            test = X.test_r64_imm32 if w else X.test_r32_imm32
+            e.emit(test(d, ins.imm))                     # test dst, imm32
     elif op & 0x08:
-        e.emit(_rr(b"\x39", s, d, w))                    # cmp dst, src
+        cmp = X.cmp_rr if w else X.cmp_rr32
+        e.emit(cmp(d, s))                                # cmp dst, src
     else:
-        e.emit(_digit(b"\x81", 7, d, w) + _imm32(ins.imm))
-    e.emit(_jcc(JCC[code], e.pc, target))
+        cmp = X.cmp_r64_imm32 if w else X.cmp_r32_imm32
+        e.emit(cmp(d, ins.imm))                          # cmp dst, imm32
+    e.emit(X.jcc_rel32(JCC[code], e.pc, target))         # j<cc> target
 
 
 class _Labels:
@@ -204,15 +186,16 @@ def _prologue(e, first: bool, stack_depth: int) -> None:
     push_rbp_frame(e)                                    # push rbp; mov rbp, rsp
     if first:
         e.label("fp_start")
-    if stack_depth:                                      # sub rsp, round_up(depth, 8)
-        e.emit(_digit(b"\x81", 5, 4, True) + _imm32((stack_depth + 7) // 8 * 8))
+    if stack_depth:
+        size = (stack_depth + 7) // 8 * 8                # round_up(stack_depth, 8)
+        e.emit(X.sub_r64_imm32("rsp", size))             # sub rsp, size
     for r in CALLEE_SAVED:
-        e.emit(X.push(r))
+        e.emit(X.push(r))                                # push r
 
 
 def _epilogue(e) -> None:
     for r in reversed(CALLEE_SAVED):
-        e.emit(X.pop(r))
+        e.emit(X.pop(r))                                 # pop r
     leave_frame(e)                                       # leave
     e.emit(X.ret())                                      # ret
 
@@ -230,9 +213,9 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
     for fn, (lo, hi) in enumerate(zip(starts, ends)):
         if fn == 0:
             if ibt:
-                e.emit(X.endbr64())
+                e.emit(X.endbr64())                      # endbr64
             e.label("site")
-            e.emit(X.nop(5))
+            e.emit(X.nop(5))                             # nop5  (patch site)
         e.label(f"insn{lo}")
         _prologue(e, fn == 0, depths[lo])
         e.label(f"body{lo}")
@@ -248,34 +231,21 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
             elif cls in (5, 6):
                 _jmp(e, ins, i, lab, helpers, f"exit{lo}")
             elif cls == 1:                               # LDX
-                n = SIZES[ins.op & 0x18]
-                opb, w = LD_OPS[n]
-                load = _mem(opb, REG[ins.dst], REG[ins.src], ins.off, w)
+                d, b, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
+                load = X.mov_load_disp32(d, b, ins.off, n)   # mov/movzx dst, [src + off]
                 if ins.src == 10:                        # the BPF stack: BPF_MEM, cannot fault
                     e.emit(load)
                 else:                                    # BPF_PROBE_MEM: an extable entry
-                    extable.probe_load(e, NAMES[REG[ins.dst]], lambda: e.emit(load))
+                    extable.probe_load(e, d, lambda: e.emit(load))
             elif cls == 3:                               # STX
-                n = SIZES[ins.op & 0x18]
-                s, b = REG[ins.src], REG[ins.dst]
-                if n == 1:
-                    e.emit(_mem(b"\x88", s, b, ins.off, False, force=True))
-                else:
-                    e.emit(_mem(b"\x89", s, b, ins.off, n == 8, b"\x66" if n == 2 else b""))
+                b, s, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
+                e.emit(X.mov_store_disp32(b, ins.off, s, n))  # mov [dst + off], src
             elif cls == 2:                               # ST imm
-                n = SIZES[ins.op & 0x18]
-                b = REG[ins.dst]
-                if n == 1:
-                    e.emit(_mem(b"\xc6", 0, b, ins.off, False) + bytes((ins.imm & 0xFF,)))
-                elif n == 2:
-                    e.emit(_mem(b"\xc7", 0, b, ins.off, False, b"\x66") +
-                           (ins.imm & 0xFFFF).to_bytes(2, "little"))
-                else:
-                    e.emit(_mem(b"\xc7", 0, b, ins.off, n == 8) + _imm32(ins.imm))
+                b, n = REG[ins.dst], SIZES[ins.op & 0x18]
+                imm = ins.imm & {1: 0xFF, 2: 0xFFFF, 4: U32, 8: -1}[n]   # the low n bytes
+                e.emit(X.mov_store_imm32_disp32(b, ins.off, imm, n))   # mov [dst + off], imm
             elif cls == 0:                               # ld_imm64
-                d = REG[ins.dst]
-                e.emit(_rex(True, 0, d) + bytes((0xB8 + (d & 7),)) +
-                       (ins.imm & ((1 << 64) - 1)).to_bytes(8, "little"))
+                e.emit(X.movabs(REG[ins.dst], ins.imm))  # movabs dst, imm64
         e.label(f"exit{lo}")
         _epilogue(e)
         if fn == 0:

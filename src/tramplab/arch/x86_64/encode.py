@@ -102,10 +102,13 @@ def _modrm(mod: int, reg: int, rm: int) -> int:
     return (mod << 6) | ((reg & 7) << 3) | (rm & 7)
 
 
-def _mem(insn: str, reg: int, base: int, disp) -> bytes:
-    """ModRM (+SIB) (+disp) for [base + disp]; `reg` is a register number or a /digit."""
+def _mem(insn: str, reg: int, base: int, disp, disp32: bool = False) -> bytes:
+    """ModRM (+SIB) (+disp) for [base + disp]; `reg` is a register number or a /digit.
+    `disp32` always spells the displacement in 4 bytes (mod=10), whatever its value."""
     _int(insn, "displacement", disp, *S32)
-    if disp == 0 and base & 7 != 5:
+    if disp32:
+        mod, tail = 0b10, _le(disp, 4)
+    elif disp == 0 and base & 7 != 5:
         mod, tail = 0b00, b""
     elif S8[0] <= disp <= S8[1]:
         # rbp/r13 come here even for disp 0: mod=00 rm=101 means [rip + disp32] in 64-bit mode
@@ -120,11 +123,11 @@ def _mem(insn: str, reg: int, base: int, disp) -> bytes:
 
 
 def _mem_insn(insn: str, opcode: bytes, reg: int, base, disp, w: bool,
-              prefix: bytes = b"", force_rex: bool = False) -> bytes:
+              prefix: bytes = b"", force_rex: bool = False, disp32: bool = False) -> bytes:
     """[prefix] [REX] opcode ModRM [SIB] [disp] for an instruction with a [base + disp] operand."""
     b = _reg(insn, base)
     # Legacy prefixes (66) must come before REX, which must immediately precede the opcode.
-    return prefix + _rex(w, reg, 0, b, force_rex) + opcode + _mem(insn, reg, b, disp)
+    return prefix + _rex(w, reg, 0, b, force_rex) + opcode + _mem(insn, reg, b, disp, disp32)
 
 
 def _rr(insn: str, opcode: bytes, rm, reg, w: bool, allow32: bool = False) -> bytes:
@@ -133,9 +136,9 @@ def _rr(insn: str, opcode: bytes, rm, reg, w: bool, allow32: bool = False) -> by
     return _rex(w, r, 0, m) + opcode + bytes([_modrm(0b11, r, m)])
 
 
-def _digit(insn: str, opcode: bytes, digit: int, reg, w: bool) -> bytes:
+def _digit(insn: str, opcode: bytes, digit: int, reg, w: bool, allow32: bool = False) -> bytes:
     """[REX] opcode ModRM(mod=11, reg=/digit, rm=reg) for one-register-operand forms."""
-    m = _reg(insn, reg)
+    m = _reg(insn, reg, allow32)
     return _rex(w, 0, 0, m) + opcode + bytes([_modrm(0b11, digit, m)])
 
 
@@ -170,6 +173,20 @@ def _alu_ri(insn: str, digit: int, reg, imm) -> bytes:
     if S8[0] <= imm <= S8[1]:
         return _digit(insn, b"\x83", digit, reg, w=True) + _le(imm, 1)
     return _digit(insn, b"\x81", digit, reg, w=True) + _le(imm, 4)
+
+
+def _alu_imm32(insn: str, opcode: bytes, digit: int, reg, imm, w: bool) -> bytes:
+    """op r64, simm32 / op r32, imm32 with the 4-byte immediate whatever its value (81 /digit id,
+    f7 /0 id): the r64 form takes a signed 32-bit value (the CPU sign-extends it), the r32 form
+    a 32-bit pattern given signed or unsigned."""
+    _int(insn, "immediate", imm, *(S32 if w else ANY32))
+    return _digit(insn, opcode, digit, reg, w=w, allow32=not w) + _le(imm, 4)
+
+
+def _shift_imm8(insn: str, digit: int, reg, n, w: bool) -> bytes:
+    """shift r64/r32 by a constant, always c1 /digit ib (also for a count of 1)."""
+    _int(insn, "shift count", n, 0, 63 if w else 31)
+    return _digit(insn, b"\xc1", digit, reg, w=w, allow32=not w) + _le(n, 1)
 
 
 def _shift_ri(insn: str, digit: int, reg, n) -> bytes:
@@ -476,6 +493,283 @@ def shl_ri(reg: str, n: int) -> bytes:
 def shr_ri(reg: str, n: int) -> bytes:
     """shr r64, imm8"""
     return _shift_ri("shr r64, imm8", 5, reg, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forms the eBPF instruction JIT (ebpf_jit.py) emits: 32-bit ALU (named *32 or *_r32_*;
+# writing a 32-bit register zero-extends it into the 64-bit one, as BPF_ALU requires), imul,
+# div, neg, shifts, the byte swaps, and immediates / displacements always spelled in 4 bytes
+# (the *_imm32 and *_disp32 forms), never shortened to one.
+
+def add_rr32(dst: str, src: str) -> bytes:
+    """add r32, r32"""
+    return _rr("add r32, r32", b"\x01", dst, src, w=False, allow32=True)
+
+
+def sub_rr32(dst: str, src: str) -> bytes:
+    """sub r32, r32"""
+    return _rr("sub r32, r32", b"\x29", dst, src, w=False, allow32=True)
+
+
+def and_rr32(dst: str, src: str) -> bytes:
+    """and r32, r32"""
+    return _rr("and r32, r32", b"\x21", dst, src, w=False, allow32=True)
+
+
+def or_rr32(dst: str, src: str) -> bytes:
+    """or r32, r32"""
+    return _rr("or r32, r32", b"\x09", dst, src, w=False, allow32=True)
+
+
+def test_rr32(a: str, b: str) -> bytes:
+    """test r32, r32"""
+    return _rr("test r32, r32", b"\x85", a, b, w=False, allow32=True)
+
+
+def cmp_rr32(a: str, b: str) -> bytes:
+    """cmp r32, r32 (flags of a - b)"""
+    return _rr("cmp r32, r32", b"\x39", a, b, w=False, allow32=True)
+
+
+def imul_rr(dst: str, src: str) -> bytes:
+    """imul r64, r64 (dst = low 64 bits of dst * src)"""
+    # 0f af /r is "imul reg, r/m": the destination is ModRM.reg, the source ModRM.rm
+    return _rr("imul r64, r64", b"\x0f\xaf", src, dst, w=True)
+
+
+def imul_rr32(dst: str, src: str) -> bytes:
+    """imul r32, r32"""
+    return _rr("imul r32, r32", b"\x0f\xaf", src, dst, w=False, allow32=True)
+
+
+def imul_r64_imm32(dst: str, src: str, imm: int) -> bytes:
+    """imul r64, r64, simm32 (69 /r id)"""
+    insn = "imul r64, r64, simm32"
+    _int(insn, "immediate", imm, *S32)
+    return _rr(insn, b"\x69", src, dst, w=True) + _le(imm, 4)
+
+
+def imul_r32_imm32(dst: str, src: str, imm: int) -> bytes:
+    """imul r32, r32, imm32 (69 /r id)"""
+    insn = "imul r32, r32, imm32"
+    _int(insn, "immediate", imm, *ANY32)
+    return _rr(insn, b"\x69", src, dst, w=False, allow32=True) + _le(imm, 4)
+
+
+def add_r64_imm32(reg: str, imm: int) -> bytes:
+    """add r64, simm32 (81 /0 id, also for an immediate that would fit a byte)"""
+    return _alu_imm32("add r64, simm32", b"\x81", 0, reg, imm, w=True)
+
+
+def add_r32_imm32(reg: str, imm: int) -> bytes:
+    """add r32, imm32 (81 /0 id)"""
+    return _alu_imm32("add r32, imm32", b"\x81", 0, reg, imm, w=False)
+
+
+def or_r64_imm32(reg: str, imm: int) -> bytes:
+    """or r64, simm32 (81 /1 id)"""
+    return _alu_imm32("or r64, simm32", b"\x81", 1, reg, imm, w=True)
+
+
+def or_r32_imm32(reg: str, imm: int) -> bytes:
+    """or r32, imm32 (81 /1 id)"""
+    return _alu_imm32("or r32, imm32", b"\x81", 1, reg, imm, w=False)
+
+
+def and_r64_imm32(reg: str, imm: int) -> bytes:
+    """and r64, simm32 (81 /4 id)"""
+    return _alu_imm32("and r64, simm32", b"\x81", 4, reg, imm, w=True)
+
+
+def and_r32_imm32(reg: str, imm: int) -> bytes:
+    """and r32, imm32 (81 /4 id)"""
+    return _alu_imm32("and r32, imm32", b"\x81", 4, reg, imm, w=False)
+
+
+def sub_r64_imm32(reg: str, imm: int) -> bytes:
+    """sub r64, simm32 (81 /5 id)"""
+    return _alu_imm32("sub r64, simm32", b"\x81", 5, reg, imm, w=True)
+
+
+def sub_r32_imm32(reg: str, imm: int) -> bytes:
+    """sub r32, imm32 (81 /5 id)"""
+    return _alu_imm32("sub r32, imm32", b"\x81", 5, reg, imm, w=False)
+
+
+def xor_r64_imm32(reg: str, imm: int) -> bytes:
+    """xor r64, simm32 (81 /6 id)"""
+    return _alu_imm32("xor r64, simm32", b"\x81", 6, reg, imm, w=True)
+
+
+def xor_r32_imm32(reg: str, imm: int) -> bytes:
+    """xor r32, imm32 (81 /6 id)"""
+    return _alu_imm32("xor r32, imm32", b"\x81", 6, reg, imm, w=False)
+
+
+def cmp_r64_imm32(reg: str, imm: int) -> bytes:
+    """cmp r64, simm32 (81 /7 id)"""
+    return _alu_imm32("cmp r64, simm32", b"\x81", 7, reg, imm, w=True)
+
+
+def cmp_r32_imm32(reg: str, imm: int) -> bytes:
+    """cmp r32, imm32 (81 /7 id)"""
+    return _alu_imm32("cmp r32, imm32", b"\x81", 7, reg, imm, w=False)
+
+
+def test_r64_imm32(reg: str, imm: int) -> bytes:
+    """test r64, simm32 (f7 /0 id)"""
+    return _alu_imm32("test r64, simm32", b"\xf7", 0, reg, imm, w=True)
+
+
+def test_r32_imm32(reg: str, imm: int) -> bytes:
+    """test r32, imm32 (f7 /0 id)"""
+    return _alu_imm32("test r32, imm32", b"\xf7", 0, reg, imm, w=False)
+
+
+def neg_r64(reg: str) -> bytes:
+    """neg r64"""
+    return _digit("neg r64", b"\xf7", 3, reg, w=True)
+
+
+def neg_r32(reg: str) -> bytes:
+    """neg r32"""
+    return _digit("neg r32", b"\xf7", 3, reg, w=False, allow32=True)
+
+
+def div_r64(reg: str) -> bytes:
+    """div r64 (unsigned rdx:rax / reg: quotient in rax, remainder in rdx)"""
+    return _digit("div r64", b"\xf7", 6, reg, w=True)
+
+
+def div_r32(reg: str) -> bytes:
+    """div r32 (unsigned edx:eax / reg: quotient in eax, remainder in edx)"""
+    return _digit("div r32", b"\xf7", 6, reg, w=False, allow32=True)
+
+
+def shl_r64_cl(reg: str) -> bytes:
+    """shl r64, cl"""
+    return _digit("shl r64, cl", b"\xd3", 4, reg, w=True)
+
+
+def shl_r32_cl(reg: str) -> bytes:
+    """shl r32, cl"""
+    return _digit("shl r32, cl", b"\xd3", 4, reg, w=False, allow32=True)
+
+
+def shr_r64_cl(reg: str) -> bytes:
+    """shr r64, cl"""
+    return _digit("shr r64, cl", b"\xd3", 5, reg, w=True)
+
+
+def shr_r32_cl(reg: str) -> bytes:
+    """shr r32, cl"""
+    return _digit("shr r32, cl", b"\xd3", 5, reg, w=False, allow32=True)
+
+
+def sar_r64_cl(reg: str) -> bytes:
+    """sar r64, cl"""
+    return _digit("sar r64, cl", b"\xd3", 7, reg, w=True)
+
+
+def sar_r32_cl(reg: str) -> bytes:
+    """sar r32, cl"""
+    return _digit("sar r32, cl", b"\xd3", 7, reg, w=False, allow32=True)
+
+
+def shl_r64_imm8(reg: str, n: int) -> bytes:
+    """shl r64, imm8 (c1 /4 ib, also for a count of 1)"""
+    return _shift_imm8("shl r64, imm8", 4, reg, n, w=True)
+
+
+def shl_r32_imm8(reg: str, n: int) -> bytes:
+    """shl r32, imm8 (c1 /4 ib)"""
+    return _shift_imm8("shl r32, imm8", 4, reg, n, w=False)
+
+
+def shr_r64_imm8(reg: str, n: int) -> bytes:
+    """shr r64, imm8 (c1 /5 ib, also for a count of 1)"""
+    return _shift_imm8("shr r64, imm8", 5, reg, n, w=True)
+
+
+def shr_r32_imm8(reg: str, n: int) -> bytes:
+    """shr r32, imm8 (c1 /5 ib)"""
+    return _shift_imm8("shr r32, imm8", 5, reg, n, w=False)
+
+
+def sar_r64_imm8(reg: str, n: int) -> bytes:
+    """sar r64, imm8 (c1 /7 ib, also for a count of 1)"""
+    return _shift_imm8("sar r64, imm8", 7, reg, n, w=True)
+
+
+def sar_r32_imm8(reg: str, n: int) -> bytes:
+    """sar r32, imm8 (c1 /7 ib)"""
+    return _shift_imm8("sar r32, imm8", 7, reg, n, w=False)
+
+
+def ror_r16_imm8(reg: str, n: int) -> bytes:
+    """ror r16, imm8 (66 c1 /1 ib; `ror ax, 8` swaps the two low bytes)"""
+    insn = "ror r16, imm8"
+    _int(insn, "rotate count", n, 0, 15)
+    return b"\x66" + _digit(insn, b"\xc1", 1, reg, w=False) + _le(n, 1)
+
+
+def movzx_r32_r16(dst: str, src: str) -> bytes:
+    """movzx r32, r16 (zero-extends the low 16 bits into the whole 64-bit register)"""
+    # 0f b7 /r: the destination is ModRM.reg, the source ModRM.rm
+    return _rr("movzx r32, r16", b"\x0f\xb7", src, dst, w=False, allow32=True)
+
+
+def bswap_r64(reg: str) -> bytes:
+    """bswap r64"""
+    r = _reg("bswap r64", reg)
+    return _rex(True, 0, 0, r) + bytes([0x0F, 0xC8 + (r & 7)])
+
+
+def bswap_r32(reg: str) -> bytes:
+    """bswap r32"""
+    r = _reg("bswap r32", reg, allow32=True)
+    return _rex(False, 0, 0, r) + bytes([0x0F, 0xC8 + (r & 7)])
+
+
+def mov_load_disp32(dst: str, base: str, disp: int, size: int = 8) -> bytes:
+    """mov r64, qword [base+disp32] / mov r32, dword / movzx r32, word / movzx r32, byte
+    (mov_load with the displacement always in 4 bytes)"""
+    insn = {8: "mov r64, m64", 4: "mov r32, m32", 2: "movzx r32, m16", 1: "movzx r32, m8"}
+    size = _size("mov load disp32", size, (8, 4, 2, 1))
+    r = _reg(insn[size], dst, allow32=size != 8)
+    opcode = {8: b"\x8b", 4: b"\x8b", 2: b"\x0f\xb7", 1: b"\x0f\xb6"}[size]
+    return _mem_insn(insn[size], opcode, r, base, disp, w=size == 8, disp32=True)
+
+
+def mov_store_disp32(base: str, disp: int, src: str, size: int = 8) -> bytes:
+    """mov qword/dword/word/byte [base+disp32], r64/r32/r16/r8 (mov_store with the
+    displacement always in 4 bytes, and a byte store always with a REX prefix)"""
+    insn = {8: "mov m64, r64", 4: "mov m32, r32", 2: "mov m16, r16", 1: "mov m8, r8"}
+    size = _size("mov store disp32", size, (8, 4, 2, 1))
+    r = _reg(insn[size], src, allow32=size == 4)
+    if size == 1:
+        # The REX is needed for spl/bpl/sil/dil only (see mov_store); this form always has one.
+        return _mem_insn(insn[1], b"\x88", r, base, disp, w=False, force_rex=True, disp32=True)
+    prefix = b"\x66" if size == 2 else b""
+    return _mem_insn(insn[size], b"\x89", r, base, disp, w=size == 8, prefix=prefix,
+                     disp32=True)
+
+
+def mov_store_imm32_disp32(base: str, disp: int, imm: int, size: int = 8) -> bytes:
+    """mov qword [base+disp32], simm32 / dword, imm32 / word, imm16 / byte, imm8
+    (mov_store_imm32 with the displacement always in 4 bytes)"""
+    size = _size("mov store imm disp32", size, (8, 4, 2, 1))
+    if size == 8:
+        insn = "mov m64, simm32"
+        _int(insn, "immediate", imm, *S32)
+        return _mem_insn(insn, b"\xc7", 0, base, disp, w=True, disp32=True) + _le(imm, 4)
+    bits = 8 * size
+    insn = f"mov m{bits}, imm{bits}"
+    _int(insn, "immediate", imm, -(1 << (bits - 1)), (1 << bits) - 1)
+    opcode = b"\xc6" if size == 1 else b"\xc7"
+    prefix = b"\x66" if size == 2 else b""
+    return _mem_insn(insn, opcode, 0, base, disp, w=False, prefix=prefix,
+                     disp32=True) + _le(imm, size)
 
 
 # ---------------------------------------------------------------------------------------------
