@@ -90,10 +90,11 @@ def test_image_reached_through_a_register_outlives_the_detach(era):
     assert image not in k.bpf.freed
     k.machine.finish(cpu)                                   # the call goes through the image
     finish_op(gen)
-    assert k.result(task) == 6 and runs == [[5]]
+    # from v7.2 the detach first patches the program out of the image (prog skip)
+    assert k.result(task) == 6 and runs == ([] if k.profile.prog_skip else [[5]])
     assert image in k.bpf.freed
     q = k.fentry("bpf_fentry_test2", name="reuses")(lambda ctx: None)   # may reuse the memory
-    assert k.call("bpf_fentry_test1", 1) == 2 and runs == [[5]]
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == ([] if k.profile.prog_skip else [[5]])
     q.link.detach()
 
 
@@ -126,11 +127,12 @@ def test_cpu_inside_ftrace_regs_caller_across_an_update_uses_a_matching_op(profi
 
 # ------------------------------------------------------------------------------ two-instruction pokes
 def test_riscv_ip_after_call_is_never_rewritten_under_a_cpu_between_its_nops():
-    """riscv latest: CPU 0 returned from the original into the old image and stopped between
-    ip_after_call's two nops.  Another program is attached (the trampoline is regenerated):
-    modify_ftrace_direct's stub ops ends with ftrace_shutdown's grace period, so the old image
-    is put -- and ip_after_call rewritten to `auipc; jalr` -- only after CPU 0 left it."""
-    k = Kernel("riscv64", cpus=2)
+    """riscv v7.0 (the last with ip_after_call): CPU 0 returned from the original into the old
+    image and stopped between ip_after_call's two nops.  Another program is attached (the
+    trampoline is regenerated): modify_ftrace_direct's stub ops ends with ftrace_shutdown's
+    grace period, so the old image is put -- and ip_after_call rewritten to `auipc; jalr` --
+    only after CPU 0 left it."""
+    k = Kernel("riscv64", profile="v7.0", cpus=2)
     runs = []
     k.fexit("bpf_fentry_test1", name="fx")(lambda ctx: runs.append(ctx.ret))
     image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
@@ -454,7 +456,7 @@ def test_stress_finds_an_image_freed_without_grace_periods():
     assert all(run_schedule(era, s).ok for s in range(30))
 
 
-@pytest.mark.parametrize("profile", ["v6.16", "latest"])
+@pytest.mark.parametrize("profile", ["v6.16", "v7.0"])   # v7.2 has no ip_after_call
 def test_riscv_task_preempted_inside_ip_after_call_is_a_model_finding(profile):
     """A finding of the model (not confirmed on a real kernel): riscv's ip_after_call is two
     instructions (nop; nop -> auipc t1; jalr).  bpf_tramp_image_put pokes it at once (patch_text
@@ -479,3 +481,74 @@ def test_riscv_task_preempted_inside_ip_after_call_is_a_model_finding(profile):
     with pytest.raises(Oops) as e:
         m.finish(cpu)
     assert "instruction fetch" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ prog skip (v7.2)
+def run_into_original(k, cpu, image, func: str, limit: int = 20_000) -> None:
+    """Step CPU until it runs the original function, called from the trampoline image."""
+    f = k.function(func)
+    seen = False
+    for _ in range(limit):
+        pc = cpu.pc
+        if image.addr <= pc < image.addr + image.size:
+            seen = True
+        elif seen and f.addr <= pc < f.addr + f.size:
+            return
+        k.machine.step(cpu, 1)
+    raise AssertionError(f"CPU {cpu.index} never ran {func} from the image")
+
+
+# profile -> which fexit programs run (newest first, hlist order) for a call that was inside
+# the original while `a` was being detached, the detach waiting for that CPU: v7.0 still calls
+# `a` from the image the CPU is in (only the image's put, later, skips the fexit programs, all
+# of them); v7.2 patches `a` out of every live image first (bpf_trampoline_skip_prog: the skip
+# nops tramplab oracle saw on Debian's 7.2 and 7.3 kernels), and `b` still runs
+SKIP_SEMANTICS = {"v7.0": ["b", "a"], "latest": ["b"]}
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+@pytest.mark.parametrize("profile", list(SKIP_SEMANTICS))
+def test_a_call_in_the_original_during_a_detach_runs_the_programs_still_attached(arch, profile):
+    k = Kernel(arch, profile=profile, cpus=2)
+    runs = []
+    a = k.fexit("bpf_fentry_test1", name="a")(lambda ctx: runs.append("a"))
+    k.fexit("bpf_fentry_test1", name="b")(lambda ctx: runs.append("b"))
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    assert bool(image.skips) == k.profile.prog_skip
+    assert (image.ip_after_call is None) == k.profile.prog_skip
+    cpu = k.machine.cpus[0]
+    task = k.machine.start(k.task("bpf_fentry_test1", 1, cpu=0))
+    run_into_original(k, cpu, image, "bpf_fentry_test1")
+    gen = k.bpf.detach_steps(a.link)
+    until_waiting(gen)                          # the detach waits for CPU 0
+    k.machine.finish(cpu)
+    finish_op(gen)
+    assert task.done and k.result(task) == 2
+    assert runs == SKIP_SEMANTICS[profile]
+    k.bpf.reclaim()
+    assert image in k.bpf.freed
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == SKIP_SEMANTICS[profile] + ["b"]
+    if k.profile.prog_skip:                     # the old image's skip was spent on `a`
+        assert [s[0] for s in image.skips].count(None) == 1
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "riscv64"])
+def test_a_failed_detach_puts_the_skip_nops_back(arch, monkeypatch):
+    """A detach that fails after patching the skips (in the update that follows) leaves all of
+    memory as it was, and the program still runs."""
+    k = Kernel(arch, cpus=1)
+    runs = []
+    a = k.fexit("bpf_fentry_test1", name="a")(lambda ctx: runs.append("a"))
+    before = k.memory.snapshot()
+
+    def broken(tr):
+        raise KernelError("ENOMEM", "injected: the update fails")
+        yield
+    monkeypatch.setattr(k.bpf, "_update_steps", broken)
+    with pytest.raises(KernelError, match="injected"):
+        a.link.detach()
+    assert k.memory.snapshot() == before
+    monkeypatch.undo()
+    assert a.link.attached and k.call("bpf_fentry_test1", 1) == 2 and runs == ["a"]
+    a.link.detach()
+    assert k.call("bpf_fentry_test1", 1) == 2 and runs == ["a"]

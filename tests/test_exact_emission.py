@@ -1,6 +1,6 @@
 """Exact emission: one trampoline per arch, instruction by instruction, as the kernel's JIT emits it.
 
-The shape is fexit on bpf_fentry_test2 (two int arguments) with the `latest` profile: flags
+The shape is fexit on bpf_fentry_test2 (two int arguments) with the `v6.12.107` profile (the measured Debian kernels): flags
 CALL_ORIG | SKIP_FRAME, one fexit program, cookie 0, the trampoline in direct-call range of the
 helpers (arm64 `bl`) and of the program (riscv `jal`), the helpers out of riscv `jal` range.
 
@@ -167,7 +167,7 @@ def words(arch: str, code: bytes) -> list[tuple[int, int, str]]:
     return out
 
 
-def trampoline(arch: str, profile: str = "latest", target: str = "bpf_fentry_test2",
+def trampoline(arch: str, profile: str = "v6.12.107", target: str = "bpf_fentry_test2",
                kind: str = "fexit", **kw) -> bytes:
     k = Kernel(arch=arch, profile=profile)
     getattr(k, kind)(target, name="p", **kw)(lambda ctx: 0)
@@ -196,7 +196,7 @@ def _mnemonic(text: str) -> str:
 
 
 @pytest.mark.parametrize("arch", TABLES)
-def test_latest_fexit_is_the_kernels_sequence(arch):
+def test_v6_12_fexit_is_the_kernels_sequence(arch):
     code = trampoline(arch)
     got = words(arch, code)
     want = TABLES[arch]
@@ -218,8 +218,8 @@ def _is_orr_mov(word: int) -> bool:
     ("fexit", "bpf_fentry_test3", {}),
 ])
 def test_arm64_moves_are_add_immediate(kind, target, kw):
-    """A64_MOV is `add xd, xn, #0` (arch/arm64/net/bpf_jit.h) for every register move of the
-    trampoline, the ones between general registers too: the orr alias never appears."""
+    """6.12: A64_MOV is `add xd, xn, #0` (arch/arm64/net/bpf_jit.h) for every register move of
+    the trampoline, the ones between general registers too: the orr alias never appears."""
     got = words("arm64", trampoline("arm64", target=target, kind=kind, **kw))
     assert not [t for w, _, t in got if _is_orr_mov(w)]
     moves = [t for _, _, t in got if t.startswith("add ") and t.endswith(", #0")]
@@ -265,3 +265,16 @@ def test_arm64_calls_are_bl_from_v6_12(profile, direct):
     bls = [t for w, _, t in got if w & 0xFC000000 == 0x94000000]
     blrs = [t for _, _, t in got if t == "blr x10"]
     assert (len(bls), len(blrs)) == ((3, 0) if direct else (0, 3))
+
+
+def test_arm64_v7_2_moves_general_registers_with_orr():
+    """7.2 (Debian 7.2.12 and 7.3.4 under `tramplab oracle`; 7.3's bpf_jit.h: A64_MOV is
+    aarch64_insn_gen_move_reg unless sp is involved): `mov` (orr) between general registers,
+    `add #0` only to or from sp; the argument count is stored with `mov w10`."""
+    got = words("arm64", trampoline("arm64", profile="v7.2", target="bpf_fentry_test1",
+                                    kind="fentry"))
+    texts = [t for _, _, t in got]
+    assert [t for w, _, t in got if _is_orr_mov(w)], texts
+    assert not [t for t in texts if t.endswith(", #0") and "sp" not in t], texts
+    assert "mov w10, #1" in texts
+    assert texts[-3:] == ["mov x10, x30", "mov x30, x9", "ret x10"]

@@ -215,14 +215,15 @@ def test_stress_finds_pre_616_pairs_changed_without_stop_machine():
 # ------------------------------------------------------------------------------ ip_after_call
 @pytest.mark.parametrize("faults", [(), ("ip-after-call-unsafe",)])
 def test_ip_after_call_rewritten_under_a_cpu_returning_into_it(faults):
-    """riscv latest, a BPF program with an fexit trampoline: CPU 0 is inside the original (the
+    """riscv v7.0 (the last with ip_after_call), a BPF program with an fexit trampoline: CPU 0
+    is inside the original (the
     program, called by the trampoline) when another program is attached and the old image is
     put -- its ip_after_call `nop; nop` becomes `auipc t1; jalr zero, lo(t1)`.  CPU 0 returns
     into the old image as soon as the first store has landed.  patch_text stores both words
     while every other CPU is stopped: CPU 0 jumps to the epilogue, skipping the fexit program,
     and returns 42.  Stored one at a time, jalr first, CPU 0 runs the old nop and the new jalr
     with whatever t1 held: an oops."""
-    k = Kernel("riscv64", profile=faulty("riscv64", "latest", *faults) if faults else "latest",
+    k = Kernel("riscv64", profile=faulty("riscv64", "v7.0", *faults) if faults else "v7.0",
                cpus=2)
     target = k.bpf.load_func("subprog", lambda a, b: a * b, nargs=2)
     runs = []

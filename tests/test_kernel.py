@@ -112,7 +112,10 @@ def test_cli_profiles_support_show_trace():
     assert r.exit_code == 0 and "ftrace_regs_caller" in r.output and "jmp mode" in r.output
     r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "trampoline",
                                   "fexit:bpf_fentry_test1", "fentry:bpf_fentry_test1"])
-    assert r.exit_code == 0 and "Stack layout" in r.output and "ip_after_call" in r.output
+    assert r.exit_code == 0 and "Stack layout" in r.output and "skip this prog" in r.output
+    r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "--profile", "v7.0", "trampoline",
+                                  "fexit:bpf_fentry_test1", "fentry:bpf_fentry_test1"])
+    assert r.exit_code == 0 and "ip_after_call" in r.output and "skip this prog" not in r.output
     r = CliRunner().invoke(main, ["show", "--arch", "x86_64", "trampoline", "bogus"])
     assert r.exit_code == 2
     r = CliRunner().invoke(main, ["trace", "--arch", "x86_64", "fexit:bpf_fentry_test2",

@@ -185,6 +185,13 @@ def probe_fexit(k):
     return _attempt(go)
 
 
+def probe_fentry(k):
+    """Attach fentry to bpf_fentry_test1: the trampoline's code (a fexit-only image cannot
+    tell a prog skip nop from ip_after_call's: they are adjacent, the same bytes)."""
+    k.fentry("bpf_fentry_test1", name="pe")(lambda ctx: 0)
+    return k.bpf.trampoline_of("bpf_fentry_test1").cur_image.code
+
+
 def probe_callers(k):
     """The code of ftrace's callers (ftrace_caller, ftrace_regs_caller)."""
     k.ftrace                                # boot ftrace: it installs the callers
@@ -340,6 +347,7 @@ SWITCHES = [
     ("get_func_arg", "x86_64", "latest", {"get_func_arg": False},
      probe_helper("bpf_get_func_arg_cnt")),
     ("cookie", "x86_64", "latest", {"cookie": False}, probe_helper("cookie")),
+    ("prog_skip", "arm64", "latest", {"prog_skip": False}, probe_fentry),
     ("struct_args", "x86_64", "latest", {"struct_args": False},
      probe_attach("bpf_testmod_test_struct_arg_1")),
     ("multi_design", "x86_64", "latest", {"multi_design": "max-args-2021"}, probe_multi_clobber),

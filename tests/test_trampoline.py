@@ -372,8 +372,8 @@ def test_ip_after_call_jump_to_epilogue_skips_fexit(arch):
     """bpf_tramp_image_put: the nop(s) after the call of the original become a jump to
     ip_epilogue (bpf_arch_text_poke; the bytes are the port's fexit_skip), so a task still
     inside the original skips the fexit progs of the dying image but still drops its
-    reference (__bpf_tramp_exit)."""
-    h = home(arch)
+    reference (__bpf_tramp_exit).  Before v7.2 (prog_skip)."""
+    h = home(arch, profile="v7.0")
     fexit = h.prog("fexit")
     img = h.attach("bpf_fentry_test2", fexit=[fexit]).image
     assert img.image <= img.ip_after_call < img.ip_epilogue < img.image + img.size
@@ -385,6 +385,25 @@ def test_ip_after_call_jump_to_epilogue_skips_fexit(arch):
     assert h.k.call("bpf_fentry_test2", 2, 3) == 5
     assert len(fexit.runs) == 1
     assert h.kinds() == ["tramp_enter", "tramp_exit"]
+
+
+@arches
+def test_prog_skip_jump_skips_only_that_prog(arch):
+    """v7.2 (prog_skip): a nop before each program; arch_bpf_trampoline_skip turns one into a
+    jump past that program's exit call (the port's prog_skip bytes): the other program, the
+    original and __bpf_tramp_enter/exit still run."""
+    h = home(arch)
+    a, b = h.prog("a"), h.prog("b")
+    img = h.attach("bpf_fentry_test2", fexit=[a, b]).image
+    assert img.ip_after_call is None and len(img.skips) == 2
+    (prog_a, nop, target), _ = img.skips
+    old, new = h.progjit.prog_skip(nop, target)
+    assert h.mem.read(nop, len(old)) == old and img.image <= nop < target < img.image + img.size
+    h.m.write_text(nop, new)
+    h.events.clear()
+    assert h.k.call("bpf_fentry_test2", 2, 3) == 5
+    assert len(a.runs) == 0 and len(b.runs) == 1
+    assert h.kinds()[0] == "tramp_enter" and h.kinds()[-1] == "tramp_exit"
 
 
 @arches
@@ -408,12 +427,14 @@ def test_struct_ops_shape_returns_the_fentry_prog_value(arch):
 
 
 @arches
-@pytest.mark.parametrize("links", [3, 38])
+@pytest.mark.parametrize("links", [3, "max"])
 def test_trampoline_count_shape(arch, links):
-    """trampoline_count.c: links cycling fentry/fmod_ret/fexit on a (void) function (38 =
-    BPF_MAX_TRAMP_LINKS); every fmod_ret returns 0, so the original still runs; the image stays
-    under PAGE_SIZE."""
+    """trampoline_count.c: links cycling fentry/fmod_ret/fexit on a (void) function, up to the
+    profile's BPF_MAX_TRAMP_LINKS (38; 36/37 on x86-64/arm64 with v7.2's skip nops); every
+    fmod_ret returns 0, so the original still runs; the image stays under PAGE_SIZE."""
     h = home(arch)
+    if links == "max":
+        links = h.profile.tramp_links_max
     progs = {"fentry": [], "fmod_ret": [], "fexit": []}
     for i in range(links):
         kind = ("fentry", "fmod_ret", "fexit")[i % 3]

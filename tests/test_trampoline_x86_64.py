@@ -160,7 +160,7 @@ def test_helpers_out_of_rel32_range_raise_encode_error():
 # Image facts: size pass, ip_after_call / ip_epilogue, stack diagram
 
 def test_size_pass_and_labels():
-    h = x86()
+    h = x86(profile="v7.0")                     # ip_after_call: before v7.2's prog skips
     att = h.attach("bpf_fentry_test1", [h.prog("e")], [h.prog("x")])
     im = att.image
     assert trampoline_size(att.spec) == len(im.code) + BPF_INSN_SAFETY
@@ -207,7 +207,7 @@ CALLS = {"bpf_fentry_test1": (1,), "bpf_fentry_test6": (16, 17, 18, 19, 20, 21)}
 def test_instruction_counts_match_the_kernel(capsys):
     rows = []
     for shape, func, ne, nx, nm, ip_arg, kernel_insns, kernel_bytes in SHAPES:
-        h = x86()
+        h = x86(profile="v6.12.107")
         mk = lambda n, kind: [h.prog(f"{kind}{i}") for i in range(n)]   # noqa: E731
         att = h.attach(func, mk(ne, "fentry"), mk(nx, "fexit"), mk(nm, "fmod_ret"),
                        ip_arg=ip_arg)

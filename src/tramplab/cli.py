@@ -1096,6 +1096,10 @@ def _oracle_kernels(arch, kernel, image, config, refresh, console_file=None):
 
 
 def _oracle_options(f):
+    f = click.option("--model-version", default=None, metavar="VERSION",
+                     help="derive the model's profile from the kernel's config at this "
+                          "version's timeline instead of the kernel's own (e.g. 7.2, the "
+                          "model's latest, for a newer kernel)")(f)
     f = click.option("--refresh", is_flag=True, help="update the package lists first")(f)
     f = click.option("--out", "out_dir", default=None, metavar="DIR",
                      help="where to keep consoles and initrds (default: a cache directory)")(f)
@@ -1111,7 +1115,7 @@ def _oracle_options(f):
 
 
 def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=None,
-                    quiet=False):
+                    quiet=False, model_version=None):
     from pathlib import Path
     from .oracle import run
     from .oracle.kernels import cache_dir
@@ -1122,7 +1126,8 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
         from .oracle.guest import GuestBuildError
         with _status(f"{rk.arch}: {rk.release} under QEMU and on the model", quiet):
             try:
-                reports.append(run.check(rk.arch, rk, workdir, console_file))
+                reports.append(run.check(rk.arch, rk, workdir, console_file,
+                                         model_version=model_version))
             except (run.OracleError, GuestBuildError) as e:
                 raise UsageError(f"{rk.arch} {rk.release}: {e}") from None
     return reports
@@ -1135,14 +1140,15 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
               help="compare a saved console of an earlier run instead of booting (one --arch; "
                    "with --config and --kernel VERSION no kernel package is fetched)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def oracle_diff(arch, kernel, image, config, refresh, out_dir, console_file, as_json):
+def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
+                as_json):
     """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both
     sides, the same sequence or not (pointer values aside: oracle/compare.py) and the first
     divergence, and whether the programs saw the same values.  Exit 1 on any divergence."""
     if console_file and arch == "all":
         raise UsageError("--console reads one arch's console: give --arch")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
-                              quiet=as_json)
+                              quiet=as_json, model_version=model_version)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
     else:
@@ -1155,12 +1161,13 @@ def oracle_diff(arch, kernel, image, config, refresh, out_dir, console_file, as_
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @_oracle_options
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def oracle_run(arch, kernel, image, config, refresh, out_dir, as_json):
+def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, as_json):
     """Boot the real kernel with the shapes and print what it generated: each trampoline's
     disassembly, what the programs saw and the test_run retval (the console is kept)."""
     from .machine.disasm import disassemble
     from .arch import get_port
-    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, quiet=as_json)
+    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, quiet=as_json,
+                              model_version=model_version)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
         return

@@ -165,11 +165,13 @@ def _page_size(cfg: KernelConfig, facts) -> tuple[int | None, str | None]:
     return None, None
 
 
-def from_kconfig(path, version: str | None = None) -> ConfigProfile:
+def from_kconfig(path, version: str | None = None, timeline: str | None = None) -> ConfigProfile:
     """The profile of the kernel built with the config at `path`, at `version` (default: the
     version in the config's header).  UsageError for what is not a usable config, ConfigError
     (the rules broken, with the config's lines for the symbols they name) for a config no kernel
-    of that version could have."""
+    of that version could have.  `timeline`: apply that version's timeline instead (a kernel
+    newer than the model's timelines, compared with the latest the model knows); the profile's
+    name says so."""
     cfg = read_config(path)
     arch = _arch_of(cfg)
     facts = get_port(arch).config
@@ -179,6 +181,10 @@ def from_kconfig(path, version: str | None = None) -> ConfigProfile:
                          "no dynamic ftrace, nothing for tramplab to patch")
     version = _version(cfg, version)
     name = f"config:{Path(cfg.path).name}@v{version}"
+    if timeline is not None and timeline.lstrip("v") != version:
+        version_key(timeline)             # a UsageError for a malformed one
+        name += f" on the v{timeline.lstrip('v')} timeline"
+        version = timeline.lstrip("v")      # noted below as "the config is X's; modelled as Y"
     base = profile_for(arch, version, name)            # check_version: a UsageError
     era = base.switches()
     since = get_port(arch).timeline

@@ -132,6 +132,11 @@ class Profile:
     get_func_arg: bool
     cookie: bool
     struct_args: bool
+    # A detached program is patched out of every live image (a nop before each program's call
+    # becomes a jump over it, bpf_trampoline_skip_prog) instead of the old image's
+    # ip_after_call being turned into a jump to its epilogue when the image is put; seen on
+    # Debian's 7.2.11/7.2.12/7.3.4 (tramplab oracle), absent from 6.12
+    prog_skip: bool = False
     # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
     # merged 2026 design: each function's own model), "max-args-2021" (Jiri Olsa's 2021
     # series: one model of every register argument as u64, the return value in a fixed slot)
@@ -155,12 +160,14 @@ class Profile:
         return replace(self, **switches)
 
     @classmethod
-    def from_kconfig(cls, path, version: str | None = None) -> "Profile":
+    def from_kconfig(cls, path, version: str | None = None,
+                     timeline: str | None = None) -> "Profile":
         """The profile of the kernel built with the .config at `path` (plain, .xz or .gz) at
         kernel `version` (default: the version in the config's header); what was taken from
-        where and what the model approximates: kconfig_profile.from_kconfig."""
+        where and what the model approximates: kconfig_profile.from_kconfig (`timeline`: another
+        version's timeline, for kernels newer than the model's)."""
         from .kconfig_profile import from_kconfig
-        return from_kconfig(path, version).profile
+        return from_kconfig(path, version, timeline).profile
 
     def switches(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -252,13 +259,17 @@ def profile_for(arch: str, version: str, name: str | None = None) -> Profile:
         api = "ops"
     else:
         api = "ip"
+    # BPF_MAX_TRAMP_LINKS: 40, 38 from v5.12; a port may lower it (the per-arch enum that came
+    # with the prog skip nops, so that the larger images still fit in a page)
+    links = base.pop("tramp_links_max", None) or (38 if h("links_38") else 40)
     return Profile(
         name=name or f"v{version}", arch=a, kernel=version, direct_api=api,
         multi_flags=multi_flags(a, version, base["with_regs"]),
         ops_func=h("ops_func"), bpf_trampoline=h("bpf_trampoline"),
-        tramp_links_max=38 if h("links_38") else 40, fmod_ret=h("fmod_ret"),
+        tramp_links_max=links, fmod_ret=h("fmod_ret"),
         freplace=h("freplace"), func_ip=h("func_ip"), get_func_arg=h("get_func_arg"),
-        cookie=h("cookie"), struct_args=h("struct_args"), **base,
+        cookie=h("cookie"), struct_args=h("struct_args"), prog_skip=h("tramp_prog_skip"),
+        **base,
     )
 
 

@@ -120,6 +120,9 @@ def trampoline_listing(k, specs: list[str]) -> list[str]:
         notes.setdefault(im.ip_after_call, "ip_after_call (patched to jump to ip_epilogue when put)")
     if im.ip_epilogue:
         notes.setdefault(im.ip_epilogue, "ip_epilogue")
+    for _prog, nop, target in im.skips:
+        notes.setdefault(nop, f"prog skip (patched to jump to {target:#x} when this program "
+                              "is detached)")
     lines = [f"{k.arch.name} {k.profile.name}: trampoline for {func} "
              f"({', '.join(specs)}), flags {im.flags!r}, {len(im.code)} bytes at {im.addr:#x}",
              "", "Stack layout:"]

@@ -145,6 +145,7 @@ class OracleFacts:
     (oracle/; real-kernels.md).
 
     `debian_arch`: Debian's name for the arch (kernel packages `linux-image-<ver>-<debian_arch>`).
+    `debian_series`: kernel series -> (Debian suite that ships it, the package ABI suffix).
     `clang_target`, `clang_flags`: cross-compiling the guest program (oracle/guest/guest.c).
     `qemu`: the QEMU command line up to the kernel (TCG; `-m`, `-kernel` and the rest are added).
     `console`: the serial console device.  `image_paths`: where a kernel package keeps its
@@ -160,6 +161,7 @@ class OracleFacts:
     ("li x1", value) or a call through a register ("call", target); None otherwise."""
 
     debian_arch: str
+    debian_series: Mapping[str, tuple[str, str]]
     clang_target: str
     clang_flags: tuple[str, ...]
     qemu: tuple[str, ...]

@@ -74,6 +74,7 @@ class TrampImage:
     frame_facts: dict = field(default_factory=dict)
     pcref: int = 0                 # CPUs between __bpf_tramp_enter and __bpf_tramp_exit
     holders: dict = field(default_factory=dict)    # cpu -> references it holds
+    skips: list = field(default_factory=list)      # [struct bpf_prog, nop, target] (prog_skip)
     dying: bool = False            # put: unreachable, waiting for its grace periods
     killed: bool = False           # percpu_ref_kill done: the last put releases it
 
@@ -457,9 +458,13 @@ class BpfManager(MultiAttach):
             kind = tr.links[link.prog.kind]
             pos = kind.index(link)
             kind.remove(link)
+            skipped: list = []
             try:
+                if self.profile.prog_skip:
+                    yield from self.skip_prog_steps(tr, link.prog, skipped)
                 yield from self._update_steps(tr)
             except BaseException:
+                self.unskip(skipped)
                 kind.insert(pos, link)
                 raise
         link.attached = False
@@ -640,7 +645,7 @@ class BpfManager(MultiAttach):
         return TrampImage(tr, im, addr, size, image.code, tr.flags, image.ip_after_call,
                           image.ip_epilogue, image.diagram, image.marks, name,
                           lazy_code_table(self.machine.arch, addr, len(image.code), image.cfi),
-                          image.frame_facts)
+                          image.frame_facts, skips=[list(s) for s in image.skips])
 
     def _size(self, what: str, spec: TrampolineSpec) -> int:
         """arch_bpf_trampoline_size.  Every JIT's size pass assumes the longest form of each
@@ -786,6 +791,28 @@ class BpfManager(MultiAttach):
         yield from self.poke_steps(tr.target, ("jump", link.prog.image), None)
         tr.extension = None
 
+    def skip_prog_steps(self, tr: Trampoline, prog: BpfProg, done: list) -> Generator:
+        """bpf_trampoline_skip_prog: a detached program may be freed while tasks still run in
+        images that call it (the current one and any not freed yet), so every such call's nop
+        becomes a jump over it; the skip is then spent (the program's address may be reused).
+        Each patched skip goes on `done`, for unskip() when the detach fails later."""
+        images = [im for im in [tr.cur_image, *self.dying] if im is not None and im.tr is tr]
+        for im in images:
+            for skip in im.skips:
+                if skip[0] != prog.mem:
+                    continue
+                old, new = self.progjit.prog_skip(skip[1], skip[2])
+                yield from self._text_steps([TextWrite(skip[1], old, new, "prog skip")])
+                done.append((skip, prog.mem, old))
+                skip[0] = None
+
+    def unskip(self, done: list) -> None:
+        """Undo skip_prog_steps of a detach that failed: the nops back, the skips live."""
+        for skip, mem, old in reversed(done):
+            self.machine.write_text(skip[1], old)
+            skip[0] = mem
+        done.clear()
+
     # ------------------------------------------------------------------ image lifetime (§3.5)
     def _image_put_steps(self, im: TrampImage) -> Generator:
         """bpf_tramp_image_put.  The image is already unreachable for new calls.  One that calls
@@ -802,9 +829,11 @@ class BpfManager(MultiAttach):
             self._image_free(im)                # the known-bad protocol: no grace period
             return
         code = ((im.addr, im.size),)          # what the grace periods protect: the image
-        if im.ip_after_call is not None:
-            old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
-            yield from self._text_steps([TextWrite(im.ip_after_call, old, new, "ip_after_call")])
+        if im.flags & TrampFlag.CALL_ORIG:
+            if im.ip_after_call is not None:    # before prog_skip: skip the fexit programs
+                old, new = self.progjit.fexit_skip(im.ip_after_call, im.ip_epilogue)
+                yield from self._text_steps([TextWrite(im.ip_after_call, old, new,
+                                                       "ip_after_call")])
             rcu.call(lambda: self._pcref_kill(im), f"{im.name}: percpu_ref_kill", code)
         else:
             rcu.call(lambda: rcu.call(lambda: self._image_free(im), f"{im.name}: free", code),

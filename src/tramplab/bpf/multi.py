@@ -165,9 +165,14 @@ class MultiAttach:
             kind = node.tr.links[node.prog.kind]
             places.append((kind, kind.index(node), node))
             kind.remove(node)
+        skipped: list = []
         try:
+            if self.profile.prog_skip:
+                for node in link.nodes:
+                    yield from self.skip_prog_steps(node.tr, node.prog, skipped)
             yield from self.update_many_steps([node.tr for node in link.nodes])
         except BaseException:
+            self.unskip(skipped)
             for kind, pos, node in reversed(places):
                 kind.insert(pos, node)
             raise

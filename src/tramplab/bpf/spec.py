@@ -99,6 +99,8 @@ class JitOptions:
                                    # 6.1.72), not as 8-byte slots
     orig_stack_rax: bool = False   # x86: ORIG_STACK calls through rax, not rbx (before v6.6 /
                                    # 6.1.72)
+    prog_skip: bool = False        # a nop before each program (patched to jump over it when the
+                                   # program is detached); no ip_after_call (Profile.prog_skip)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class TrampolineImage:
     cfi: list = field(default_factory=list)     # the JIT's unwind directives (jit.Emitter)
     # what the kernel records about the frame (v6.19 x86: fp_start/fp_end offsets)
     frame_facts: dict = field(default_factory=dict)
+    # bpf_tramp_image_add_skip (prog_skip): (struct bpf_prog address, the nop's address, where
+    # the jump replacing it lands), one per program call in the image
+    skips: tuple = ()
 
     @property
     def size(self) -> int:
@@ -160,11 +165,20 @@ class TrampolineImage:
     def from_assembled(cls, asm, spec: "TrampolineSpec", stack_diagram,
                        marks=None) -> "TrampolineImage":
         """Package a JIT's jit.Assembled: ip_after_call / ip_epilogue are its labels of those
-        names, present exactly when the trampoline calls the original (CALL_ORIG)."""
-        call_orig = bool(spec.flags & TrampFlag.CALL_ORIG)
+        names, present exactly when the trampoline calls the original (CALL_ORIG) without
+        prog_skip; with prog_skip each program call's labels `<tag>_skip_nop` and
+        `<tag>_skip_end` give its skip (the tags: fentry<i>, fmod_ret<i>, fexit<i>)."""
+        patch_exit = bool(spec.flags & TrampFlag.CALL_ORIG) and not spec.options.prog_skip
+        skips = []
+        if spec.options.prog_skip:
+            for kind in ("fentry", "fmod_ret", "fexit"):
+                for i, link in enumerate(getattr(spec, kind)):
+                    skips.append((link.prog, asm.labels[f"{kind}{i}_skip_nop"],
+                                  asm.labels[f"{kind}{i}_skip_end"]))
         return cls(code=asm.code, image=spec.image,
-                   ip_after_call=asm.labels["ip_after_call"] if call_orig else None,
-                   ip_epilogue=asm.labels["ip_epilogue"] if call_orig else None,
+                   ip_after_call=asm.labels["ip_after_call"] if patch_exit else None,
+                   ip_epilogue=asm.labels["ip_epilogue"] if patch_exit else None,
+                   skips=tuple(skips),
                    diagram=stack_diagram,
                    marks=asm.marks if marks is None else marks, cfi=list(asm.cfi),
                    frame_facts={name: asm.labels[name] - asm.base
@@ -208,6 +222,10 @@ class ProgImage(Protocol):
 
     def fexit_skip(self, ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
         """(old, new) bytes at ip_after_call when an image is put."""
+
+    def prog_skip(self, nop: int, target: int) -> tuple[bytes, bytes]:
+        """(old, new) bytes at a program's skip nop when it is detached
+        (arch_bpf_trampoline_skip): the nop, and a jump to target."""
 
     def poison(self, size: int) -> bytes:
         """What a freed image is filled with (a use after free traps)."""

@@ -50,6 +50,7 @@ class ShapeRun:
     sites: dict = field(default_factory=dict)        # (when, func) -> (addr, 64 bytes from addr-16)
     symbols: dict = field(default_factory=dict)      # address -> name (trampolines, programs)
     memory: dict = field(default_factory=dict)       # trampoline address -> its page
+    ops: dict = field(default_factory=dict)          # func -> (address, 256 bytes) of its ops
     retval: int | None = None
 
 
@@ -90,6 +91,8 @@ def parse(console: bytes) -> GuestRun:
         elif kind == "site":
             when, func, addr, data = f[1], f[2], int(f[3], 16), f[4]
             shape.sites[(when, func)] = (addr, bytes.fromhex(data) if data != "-" else b"")
+        elif kind == "ops":
+            shape.ops[f[1]] = (int(f[2], 16), bytes.fromhex(f[3]))
         elif kind == "sym":
             shape.symbols[int(f[1], 16)] = f[2]
             pages[int(f[1], 16)] = []

@@ -18,8 +18,8 @@ from pathlib import Path
 from ..arch import get_port
 from ..errors import UsageError
 
-# kernel series -> the Debian suite that ships it (and the package's ABI suffix)
-SERIES = {"6.12": ("trixie", "+deb13")}
+# where a package keeps the .config: 6.x in boot/, 7.x (linux-base-<release>) with the modules
+CONFIG_PATHS = ("boot/config-{kver}", "usr/lib/modules/{kver}/config")
 MIRROR = "http://deb.debian.org/debian"
 
 
@@ -95,53 +95,57 @@ def debian_kernel(arch: str, kernel: str, *, refresh: bool = False) -> RealKerne
     """Debian's kernel `kernel` ("6.12" for the newest 6.12.y, or "6.12.117") for arch."""
     facts = get_port(arch).oracle
     m = re.fullmatch(r"(\d+\.\d+)(?:\.(\d+))?", kernel)
-    if not m or m.group(1) not in SERIES:
-        raise UsageError(f"--kernel {kernel}: Debian kernels known to the oracle: "
-                         f"{', '.join(sorted(SERIES))}[.N] (or --image/--config for your own)")
-    suite, abi = SERIES[m.group(1)]
+    if not m or m.group(1) not in facts.debian_series:
+        raise UsageError(f"--kernel {kernel}: Debian's {arch} kernel series known to the oracle: "
+                         f"{', '.join(sorted(facts.debian_series))}[.N] (or --image/--config "
+                         "for your own)")
     darch = facts.debian_arch
+    suite, abi = facts.debian_series[m.group(1)]
     root = _apt_root(suite, darch, refresh)
-    want = (rf"linux-image-{re.escape(kernel)}\.[0-9]+{re.escape(abi)}-{darch}" if not m.group(2)
-            else rf"linux-image-{re.escape(kernel)}{re.escape(abi)}-{darch}")
-    found = [line.split(" ")[0] for line in _apt(root, darch, "search", "--names-only",
-                                                 f"^{want}$").splitlines()]
+    point = r"\.[0-9]+" if not m.group(2) else ""
+    found = []
+    for kind in ("binary", "image"):     # 7.x: linux-binary-<rel> + linux-base-<rel>; 6.x: image
+        want = rf"linux-{kind}-{re.escape(kernel)}{point}{re.escape(abi)}-{darch}"
+        found = [line.split(" ")[0] for line in _apt(root, darch, "search", "--names-only",
+                                                     f"^{want}$").splitlines()]
+        if found:
+            break
     if not found:
-        raise KernelFetchError(f"no Debian {suite} package matches {want} for {darch}")
+        raise KernelFetchError(f"no Debian {suite} package has Linux {kernel} for {darch}")
     package = _newest(found)
-    release = package[len("linux-image-"):]
+    release = package.split("-", 2)[2]
+    packages = [package] + ([f"linux-base-{release}"] if "-binary-" in package else [])
     version = release.split("+")[0]
     dest = cache_dir() / "kernels" / release
     image, config = dest / "image", dest / "config"
     if not (image.is_file() and config.is_file()):
-        _extract(root, darch, package, release, dest, facts.image_paths)
-    return RealKernel(arch, version, release, image, config, package)
+        _extract(root, darch, packages, release, dest, facts.image_paths)
+    return RealKernel(arch, version, release, image, config, " + ".join(packages))
 
 
-def _extract(root: Path, darch: str, package: str, release: str, dest: Path, paths) -> None:
+def _extract(root: Path, darch: str, packages: list, release: str, dest: Path, paths) -> None:
+    import io
     work = dest.with_suffix(".partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    _apt(root, darch, "download", "-qq", package, cwd=work)
-    debs = list(work.glob("*.deb"))
-    if len(debs) != 1:
-        raise KernelFetchError(f"apt-get download {package}: expected one .deb, got {debs}")
-    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[0])], capture_output=True,
-                          stdin=subprocess.DEVNULL)
-    if data.returncode:
-        raise KernelFetchError(f"dpkg-deb {debs[0].name}: {data.stderr.decode()[-300:]}")
+    _apt(root, darch, "download", "-qq", *packages, cwd=work)
     wanted = {f"./{p.format(kver=release)}": "image" for p in paths}
-    wanted[f"./boot/config-{release}"] = "config"
+    wanted.update({f"./{p.format(kver=release)}": "config" for p in CONFIG_PATHS})
     got = {}
-    import io
-    with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
-        for member in tar:
-            role = wanted.get(member.name)
-            if role and role not in got and member.isfile():
-                (work / role).write_bytes(tar.extractfile(member).read())
-                got[role] = member.name
+    for deb in sorted(work.glob("*.deb")):
+        data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
+                              stdin=subprocess.DEVNULL)
+        if data.returncode:
+            raise KernelFetchError(f"dpkg-deb {deb.name}: {data.stderr.decode()[-300:]}")
+        with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
+            for member in tar:
+                role = wanted.get(member.name)
+                if role and role not in got and member.isfile():
+                    (work / role).write_bytes(tar.extractfile(member).read())
+                    got[role] = member.name
+        deb.unlink()
     if set(got) != {"image", "config"}:
-        raise KernelFetchError(f"{debs[0].name} has no {sorted(set(wanted.values()) - set(got))}"
-                               f" at {sorted(wanted)}")
-    debs[0].unlink()
+        raise KernelFetchError(f"{' + '.join(packages)} hold no "
+                               f"{sorted({'image', 'config'} - set(got))} at {sorted(wanted)}")
     shutil.rmtree(dest, ignore_errors=True)
     work.rename(dest)

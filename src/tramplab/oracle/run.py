@@ -45,8 +45,8 @@ def nslots(proto_of, prog: S.Prog) -> int:
 
 
 def _errname(neg: int) -> str:
-    return _errno.errorcode.get(-neg, str(neg)) if neg == -524 or neg < 0 and -neg in \
-        _errno.errorcode else ("ENOTSUPP" if neg == -524 else str(neg))
+    """-errno as the kernel names it (524 is the kernel-internal ENOTSUPP)."""
+    return "ENOTSUPP" if neg == -524 else _errno.errorcode.get(-neg, str(neg))
 
 
 def record(words: list[int], prog: S.Prog, shape: S.Shape, widths: list[int], func: int) -> list:
@@ -97,17 +97,21 @@ def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Obs
     for shape, sr in zip(shapes, run.shapes):
         obs = Observed(shape.name)
         out.append(obs)
-        bad = [p for p in sr.progs if p.load_errno or p.attach_errno]
+        bad = [(i, p) for i, p in enumerate(sr.progs) if p.load_errno or p.attach_errno]
         if bad:
-            p = bad[0]
-            obs.refused = _errname(p.load_errno or p.attach_errno)
+            i, p = bad[0]
+            what = "load" if p.load_errno else "attach"
+            obs.refused = f"prog {i} {what}: {_errname(p.load_errno or p.attach_errno)}"
             continue
         func = shape.progs[0].target
         addr, window = sr.sites[("attached", func)]
         target = facts.site_target(addr, window)
         if target not in sr.memory:
+            target = through_ops(sr, func, order=get_port(arch).info.byteorder) or target
+        if target not in sr.memory:
             raise OracleError(f"{shape.name}: the site of {func} calls {target and hex(target)}, "
-                              "which is no trampoline the kernel listed")
+                              "which is no trampoline the kernel listed, and its ftrace_ops "
+                              "names none either")
         page = sr.memory[target]
         obs.code, obs.addr = page[:facts.code_length(page)], target
         progs = {a: m.group(1) for a, n in sr.symbols.items()
@@ -118,10 +122,22 @@ def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Obs
         obs.tokens = tokens(arch, obs.code, obs.addr, local.get)
         obs.retval = sr.retval
         for prog, pr in zip(shape.progs, sr.progs):
-            words = [int.from_bytes(pr.seen[8 * i:8 * i + 8], "little")
+            order = get_port(arch).info.byteorder
+            words = [int.from_bytes(pr.seen[8 * i:8 * i + 8], order)
                      for i in range(len(pr.seen) // 8)]
             obs.seen.append(record(words, prog, shape, _widths(proto_of, prog), pr.addr))
     return out
+
+
+def through_ops(sr: console.ShapeRun, func: str, order: str) -> int | None:
+    """The trampoline a CALL_OPS site reaches through ftrace_caller: the one address among the
+    words of the function's ftrace_ops (its direct_call) that is a listed trampoline."""
+    if func not in sr.ops:
+        return None
+    _, data = sr.ops[func]
+    words = {int.from_bytes(data[i:i + 8], order) for i in range(0, len(data) - 7, 8)}
+    found = words & set(sr.memory)
+    return found.pop() if len(found) == 1 else None
 
 
 def _widths(proto_of, prog: S.Prog) -> list[int]:
@@ -146,13 +162,21 @@ def observe_model(arch: str, profile, shapes) -> list[Observed]:
             for i, prog in enumerate(shape.progs):
                 words = [0] * S.VALUE_WORDS
                 records.append(words)
-                progs.append(getattr(k, prog.kind)(prog.target, name=f"tl_p{i}",
-                                                   func_ip=prog.func_ip)(
-                    _recorder(words, prog, nslots(proto_of, prog))))
+                loaded = getattr(k, prog.kind)(prog.target, name=f"tl_p{i}",
+                                               func_ip=prog.func_ip, attach=False)(
+                    _recorder(words, prog, nslots(proto_of, prog)))
+                progs.append(loaded)
+            for i, p in enumerate(progs):
+                try:
+                    p.link = k.bpf.attach(p, 0)
+                except KernelError as e:
+                    obs.refused = f"prog {i} attach: {e.name}"
+                    raise
         except KernelError as e:
-            obs.refused = e.errno_name if hasattr(e, "errno_name") else str(e).split(":")[0]
+            obs.refused = obs.refused or f"prog {len(progs)} load: {e.name}"
             for p in progs:
-                p.link.detach()
+                if getattr(p, "link", None) is not None:
+                    p.link.detach()
             continue
         im = k.bpf.trampoline_of(shape.progs[0].target).cur_image
         obs.code, obs.addr = bytes(im.code), im.addr
@@ -260,13 +284,14 @@ class ArchReport:
                         "kernel": side(r.kernel), "model": side(r.model)} for r in self.results]}
 
 
-def check(arch: str, kernel: RealKernel, workdir, console_file=None,
-          shapes=S.SHAPES) -> ArchReport:
+def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SHAPES,
+          model_version: str | None = None) -> ArchReport:
     """Boot `kernel` with the shapes (or read a saved console), run them on the model with the
-    profile from the kernel's .config, and compare."""
+    profile from the kernel's .config (at model_version's timeline when given: a kernel newer
+    than the model's timelines is compared with `latest` that way), and compare."""
     from ..kernel import Kernel
     from ..profiles import Profile
-    profile = Profile.from_kconfig(str(kernel.config), kernel.version)
+    profile = Profile.from_kconfig(str(kernel.config), kernel.version, model_version)
     shapes = [s for s in shapes if version_key(kernel.version) >= version_key(s.since)]
     t0 = time.perf_counter()
     model = observe_model(arch, profile, shapes)
@@ -276,7 +301,7 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None,
         out, real_seconds = open(console_file, "rb").read(), float("nan")
         path = str(console_file)
     else:
-        data = S.encode(shapes, lambda p: nslots(proto_of, p))
+        data = S.encode(shapes, lambda p: nslots(proto_of, p), get_port(arch).info.byteorder)
         out, real_seconds = boot(arch, kernel, data, workdir)
         path = str(workdir / f"console-{arch}.txt")
     try:

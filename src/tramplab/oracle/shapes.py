@@ -11,7 +11,6 @@ kernel (BPF_PROG_LOAD) and the same record is produced on the model by a program
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 # enum bpf_attach_type (include/uapi/linux/bpf.h)
@@ -64,6 +63,11 @@ SHAPES: tuple[Shape, ...] = (
            trigger=FMOD, address_slots={"bpf_modify_return_test": (1,)}),
     _shape("fexit 7 args", Prog("fexit", "bpf_modify_return_test2"), trigger=FMOD,
            address_slots={"bpf_modify_return_test2": (1,)}, since="6.7"),
+    # prog_tests/trampoline_count.c: BPF_MAX_TRAMP_LINKS programs on one function, fentry,
+    # fexit and fmod_ret in turn; whether the image still fits a page is the arch's business
+    _shape("38 programs", *(Prog(("fentry", "fexit", "fmod_ret")[i % 3], "bpf_modify_return_test")
+                            for i in range(38)), trigger=FMOD,
+           address_slots={"bpf_modify_return_test": (1,)}),
 )
 
 
@@ -77,8 +81,16 @@ def shape(name: str) -> Shape:
 # ---------------------------------------------------------------------------------------------
 # eBPF bytecode (include/uapi/linux/bpf.h encodings), only what the recording program needs
 # ---------------------------------------------------------------------------------------------
+# eBPF instructions and the shapes file are in the guest's byte order (the arch's); this
+# module builds them little-endian and `encode` is told the order (every supported arch is
+# little-endian today; a big-endian port would also swap the register nibbles, as the kernel's
+# struct bpf_insn bitfields do)
+ORDER = "little"
+
+
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+    return (bytes((code, (src << 4) | dst)) + off.to_bytes(2, ORDER, signed=True)
+            + imm.to_bytes(4, ORDER, signed=True))
 
 
 def mov64_reg(dst, src):   return _insn(0xBF, dst, src)                 # dst = src
@@ -128,19 +140,26 @@ NAMED_CALLS = ("__bpf_prog_enter", "__bpf_prog_exit", "__bpf_tramp_enter", "__bp
                "ftrace_regs_caller", "ftrace_common", "__fentry__")
 
 
-def encode(shapes, nslots_of) -> bytes:
-    """The /shapes file the guest reads (oracle/guest/guest.c, run_shape): little-endian u32s
-    and length-prefixed strings.  nslots_of(prog) -> how many ctx slots prog may read."""
+def encode(shapes, nslots_of, byteorder: str) -> bytes:
+    """The /shapes file the guest reads (oracle/guest/guest.c, run_shape): u32s and
+    length-prefixed strings in the guest's byte order.  nslots_of(prog) -> how many ctx slots
+    prog may read."""
+    if byteorder != ORDER:
+        raise ValueError(f"the oracle's guest formats are {ORDER}-endian, not {byteorder}")
+
+    def u32(*values: int) -> bytes:
+        return b"".join(v.to_bytes(4, byteorder) for v in values)
+
     def text(s: str) -> bytes:
         b = s.encode()
-        return struct.pack("<I", len(b)) + b
+        return u32(len(b)) + b
 
-    out = [struct.pack("<III", SHAPES_MAGIC, len(shapes), len(NAMED_CALLS))]
+    out = [u32(SHAPES_MAGIC, len(shapes), len(NAMED_CALLS))]
     out += [text(prefix) for prefix in NAMED_CALLS]
     for s in shapes:
-        out.append(text(s.name) + struct.pack("<II", len(s.progs), int(s.trigger == FMOD)))
+        out.append(text(s.name) + u32(len(s.progs), int(s.trigger == FMOD)))
         for p in s.progs:
             code = recorder(nslots_of(p), p.func_ip, p.ret)
-            out.append(text(p.target) + struct.pack("<II", ATTACH_TYPE[p.kind], len(code) // 8))
+            out.append(text(p.target) + u32(ATTACH_TYPE[p.kind], len(code) // 8))
             out.append(code)
     return b"".join(out)

@@ -75,5 +75,11 @@ def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
     return NOP, A.b(ip_after_call, ip_epilogue)
 
 
+def prog_skip(nop: int, target: int) -> tuple[bytes, bytes]:
+    """A detached prog (arch_bpf_trampoline_skip -> bpf_arch_text_poke NOP -> JUMP): its nop
+    becomes `b` past the prog's exit call."""
+    return NOP, A.b(nop, target)
+
+
 def poison(size: int) -> bytes:
     return (BREAK_FAULT * (size // 4 + 1))[:size]

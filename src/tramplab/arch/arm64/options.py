@@ -24,6 +24,12 @@ def has_direct_calls(version: str) -> bool:
 @dataclass(frozen=True)
 class Arm64JitOptions(JitOptions):
     direct_calls: bool = True      # emit_call: `bl` when in range (v6.12+), else always blr
+    # A64_MOV is `mov` (orr xd, xzr, xn; add #0 only with sp) instead of `add xd, xn, #0`
+    # (seen on Debian 7.2.12 and 7.3.4; 6.12 has the add form)
+    mov_orr: bool = False
+    # the arg count goes through store_func_meta -> emit_a64_mov_i64 (w-register form for small
+    # values) instead of `movz x10, #n` (the fsession series' func_meta)
+    func_meta: bool = False
 
 
 def direct_calls(options: JitOptions) -> bool:

@@ -69,8 +69,13 @@ def fold(insns, i) -> tuple | None:
     return n, f"li {reg}", value
 
 
+# Debian's kernels (2026-11): trixie has 6.12; trixie-backports 7.2 and 7.3
+BACKPORTS = ("trixie-backports", "+deb13")
+DEBIAN_SERIES = {"6.12": ("trixie", "+deb13"), "7.2": BACKPORTS, "7.3": BACKPORTS}
+
 ORACLE = OracleFacts(
-    debian_arch="arm64", clang_target="aarch64-linux-gnu", clang_flags=(),
+    debian_series=DEBIAN_SERIES, debian_arch="arm64", clang_target="aarch64-linux-gnu",
+    clang_flags=(),
     # plain -cpu max emulates pointer authentication at twice the boot time
     qemu=("qemu-system-aarch64", "-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2"),
     console="ttyAMA0",

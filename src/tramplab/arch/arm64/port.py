@@ -25,6 +25,13 @@ TIMELINE = {
     # arch_stack_walk_reliable (Song Liu, "arm64: Implement arch_stack_walk_reliable"): frame
     # records, unreliable across an exception boundary; with it, HAVE_LIVEPATCH (v6.17)
     "reliable_stacktrace": "6.17",
+    # a nop before each program call, patched into a jump over the program when it is detached
+    # (bpf_trampoline_skip_prog), and no ip_after_call: seen in Debian's 7.2.11, 7.2.12 and
+    # 7.3.4 kernels by `tramplab oracle` (not in 6.12; Debian no longer ships 7.0/7.1 configs)
+    "tramp_prog_skip": "7.2",
+    # A64_MOV = aarch64_insn_gen_move_reg (orr) unless sp is involved: seen on Debian 7.2.12 and
+    # 7.3.4 by `tramplab oracle` (6.12: add #0); the first version is not pinned
+    "a64_mov_orr": "7.2",
 }
 
 
@@ -37,6 +44,9 @@ def derive(h, version: str) -> dict:
         single_direct_ops=False, preemption=True,   # single 4-byte writes are atomic
         bpf_entry="bl", bpf_site_skip=0,          # arm64 calls the original through the saved LR
         bpf_max_args=12 if h("stack_args") else 8, bpf_reg_args_only=not h("stack_args"),
+        # BPF_MAX_TRAMP_LINKS = 37 on arm64 with the skip nops (7.3's include/linux/bpf.h;
+        # Debian 7.2.12 refuses the 38th link with E2BIG under `tramplab oracle`)
+        tramp_links_max=37 if h("tramp_prog_skip") else None,
     )
 
 
@@ -66,7 +76,9 @@ def jit_options(profile, layout, h) -> JitOptions:
     """A BTI kernel (bti c at every function) starts its trampolines with `bti jc`; from v6.12
     the JIT calls with `bl` where it reaches (options.has_direct_calls)."""
     return Arm64JitOptions(bti=layout.entry.landing_pad_name == "bti c",
-                           direct_calls=has_direct_calls(profile.kernel))
+                           direct_calls=has_direct_calls(profile.kernel),
+                           prog_skip=profile.prog_skip, mov_orr=h("a64_mov_orr"),
+                           func_meta=h("fsession"))
 
 
 def special_presets(profile_for, with_layout) -> dict:

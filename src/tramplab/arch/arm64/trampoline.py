@@ -206,6 +206,14 @@ class _Jit:
         else:
             e.emit(A.mov_imm64("x0", self.spec.im))          # mov x0, #im
 
+    def move(self, e: Emitter, dst: str, src: str) -> None:
+        """A64_MOV between general registers: `add dst, src, #0` until the kernel switched to
+        aarch64_insn_gen_move_reg (`orr dst, xzr, src`, options.mov_orr)."""
+        if self.spec.options.mov_orr:
+            e.emit(A.mov(dst, src))                          # mov dst, src  (orr)
+        else:
+            e.emit(A.add_imm(dst, src, 0))                   # add dst, src, #0  (mov)
+
     def store_cookie(self, e: Emitter, cookie: int) -> None:
         at = self.frame.run_ctx + RUN_CTX_COOKIE
         if cookie == 0:
@@ -214,16 +222,21 @@ class _Jit:
             e.emit(A.mov_imm64(TMP, cookie))                 # mov x10, #cookie
             e.emit(A.str_(TMP, "sp", at))                    # str x10, [sp, #run_ctx.cookie]
 
-    def invoke_prog(self, e: Emitter, link: ProgLink, skip: str, save_ret: bool) -> None:
+    def invoke_prog(self, e: Emitter, link: ProgLink, tag: str, save_ret: bool) -> None:
         """run_ctx.cookie = cookie; start = enter(prog, &run_ctx);
-        if (start) [retval =] bpf_func(ctx, 0); exit(prog, start, &run_ctx)."""
+        if (start) [retval =] bpf_func(ctx, 0); exit(prog, start, &run_ctx).  With prog_skip
+        a nop comes first: `b <tag>_skip_end` once the prog is detached."""
         f = self.frame
+        skip = f"{tag}_recursion"
+        if self.spec.options.prog_skip:
+            e.label(f"{tag}_skip_nop")
+            e.emit(A.nop())                                  # nop (skip: b past the exit call)
         self.store_cookie(e, link.cookie)
         e.emit(A.mov_addr(PROG_REG, link.prog))              # movn/movk/movk x19, #prog
-        e.emit(A.add_imm("x0", PROG_REG, 0))                 # add x0, x19, #0   (mov x0, x19)
+        self.move(e, "x0", PROG_REG)                         # mov x0, x19
         e.emit(A.add_imm("x1", "sp", f.run_ctx))             # add x1, sp, #run_ctx
         self.call(e, link.enter)                             # call __bpf_prog_enter
-        e.emit(A.add_imm(START_REG, "x0", 0))                # add x20, x0, #0   (mov x20, x0)
+        self.move(e, START_REG, "x0")                        # mov x20, x0
         # enter returns 0 when the prog is already running on this CPU (recursion): skip it.
         e.emit(A.cbz("x0", e.pc, e.label_addr(skip)))        # cbz x0, skip
         e.emit(A.add_imm("x0", "sp", f.args))                # add x0, sp, #ctx
@@ -233,10 +246,11 @@ class _Jit:
         if save_ret:
             e.emit(A.str_("x0", "sp", f.retval))             # str x0, [sp, #retval]
         e.label(skip)
-        e.emit(A.add_imm("x0", PROG_REG, 0))                 # add x0, x19, #0   (mov x0, x19)
-        e.emit(A.add_imm("x1", START_REG, 0))                # add x1, x20, #0   (mov x1, x20)
+        self.move(e, "x0", PROG_REG)                         # mov x0, x19
+        self.move(e, "x1", START_REG)                        # mov x1, x20
         e.emit(A.add_imm("x2", "sp", f.run_ctx))             # add x2, sp, #run_ctx
         self.call(e, link.exit)                              # call __bpf_prog_exit
+        e.label(f"{tag}_skip_end")
 
     def save_args(self, e: Emitter) -> None:
         """x0..x7 into the ctx slots, then the caller's stack args (narrow ones cleaned)."""
@@ -283,7 +297,10 @@ class _Jit:
         if f.ip is not None:
             e.emit(A.mov_addr(TMP, spec.func_addr))          # movn/movk/movk x10, #func_addr
             e.emit(A.str_(TMP, "sp", f.ip))                  # str x10, [sp, #ip]
-        e.emit(A.movz(TMP, self.args.nr_slots))              # mov x10, #nr_slots
+        if self.spec.options.func_meta:                      # store_func_meta
+            e.emit(A.mov_imm64(TMP, self.args.nr_slots))     # mov w10, #nr_slots
+        else:
+            e.emit(A.movz(TMP, self.args.nr_slots))          # mov x10, #nr_slots
         e.emit(A.str_(TMP, "sp", f.nr_args))                 # str x10, [sp, #nr_args]
         self.save_args(e)
         e.emit(A.str_(PROG_REG, "sp", f.regs))               # str x19, [sp, #regs]
@@ -294,7 +311,7 @@ class _Jit:
         # The first fmod_ret prog reads the return value slot: make it 0, not stack garbage.
         e.emit(A.str_("xzr", "sp", f.retval))                # str xzr, [sp, #retval]
         for i, link in enumerate(self.spec.fmod_ret):
-            self.invoke_prog(e, link, f"fmod_ret_skip{i}", save_ret=True)
+            self.invoke_prog(e, link, f"fmod_ret{i}", save_ret=True)
             e.emit(A.ldr(TMP, "sp", f.retval))               # ldr x10, [sp, #retval]
             e.emit(A.cbnz(TMP, e.pc, e.label_addr("do_fexit")))  # cbnz x10, do_fexit
 
@@ -309,9 +326,10 @@ class _Jit:
         e.emit(A.adr("x30", e.pc, e.pc + 2 * INSN))          # adr x30, #8
         e.emit(A.ret(TMP))                                   # ret x10
         e.emit(A.str_("x0", "sp", f.retval))                 # str x0, [sp, #retval]
-        e.label("ip_after_call")
-        # bpf_tramp_image_put turns this into `b ip_epilogue` so the fexit progs are skipped.
-        e.emit(A.nop())                                      # nop
+        if not self.spec.options.prog_skip:
+            e.label("ip_after_call")
+            # bpf_tramp_image_put turns this into `b ip_epilogue`: the fexit progs are skipped.
+            e.emit(A.nop())                                  # nop
 
     def epilogue(self, e: Emitter) -> None:
         spec, f = self.spec, self.frame
@@ -330,15 +348,15 @@ class _Jit:
         e.cfi_restore("x29")
         e.cfi_register("x30", "x9")
         if spec.flags & TrampFlag.SKIP_FRAME:
-            e.emit(A.add_imm("x30", "x9", 0))                # add x30, x9, #0   (mov x30, x9)
+            self.move(e, "x30", "x9")                        # mov x30, x9
             # the return into the function is gone: our frame has become the function's
             # (its return address, the parent's, in x30 and x9)
             e.cfi_register("pc", "x9")
             e.cfi_restore("x30")
             e.emit(A.ret("x9"))                              # ret x9  (to the parent)
         else:
-            e.emit(A.add_imm(TMP, "x30", 0))                 # add x10, x30, #0  (mov x10, x30)
-            e.emit(A.add_imm("x30", "x9", 0))                # add x30, x9, #0   (mov x30, x9)
+            self.move(e, TMP, "x30")                         # mov x10, x30
+            self.move(e, "x30", "x9")                        # mov x30, x9
             e.cfi_register("pc", TMP)
             e.cfi_restore("x30")
             e.emit(A.ret(TMP))                               # ret x10  (into the function)
@@ -375,14 +393,14 @@ class _Jit:
             self.call(e, spec.tramp_enter)                   # call __bpf_tramp_enter(im)
         fentry_ret = bool(spec.flags & TrampFlag.RET_FENTRY_RET)
         for i, link in enumerate(spec.fentry):
-            self.invoke_prog(e, link, f"fentry_skip{i}", save_ret=fentry_ret)
+            self.invoke_prog(e, link, f"fentry{i}", save_ret=fentry_ret)
         if spec.fmod_ret:
             self.fmod_ret_progs(e)
         if call_orig:
             self.call_original(e)
         e.label("do_fexit")
         for i, link in enumerate(spec.fexit):
-            self.invoke_prog(e, link, f"fexit_skip{i}", save_ret=False)
+            self.invoke_prog(e, link, f"fexit{i}", save_ret=False)
         if call_orig:
             e.label("ip_epilogue")
             self.mov_im(e)

@@ -93,6 +93,12 @@ def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
     return NOP * 2, R.auipc_jalr("zero", "t1", ip_after_call, ip_epilogue)
 
 
+def prog_skip(nop: int, target: int) -> tuple[bytes, bytes]:
+    """A detached prog (arch_bpf_trampoline_skip: patch_text of one instruction): its nop
+    becomes `jal zero` past the prog's exit call."""
+    return NOP, R.jal("zero", nop, target)
+
+
 def poison(size: int) -> bytes:
     """Freed JIT memory is zeroed: 0x0000 is an illegal (c.unimp) instruction."""
     return bytes(size)

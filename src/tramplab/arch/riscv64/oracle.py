@@ -116,8 +116,11 @@ def fold(insns, i) -> tuple | None:
     return n, f"li {reg}", value
 
 
+# Debian's kernels (2026-11): trixie has 6.12; sid 7.2 (no riscv64 backports)
+DEBIAN_SERIES = {"6.12": ("trixie", "+deb13"), "7.2": ("sid", "+deb14")}
+
 ORACLE = OracleFacts(
-    debian_arch="riscv64", clang_target="riscv64-linux-gnu",
+    debian_series=DEBIAN_SERIES, debian_arch="riscv64", clang_target="riscv64-linux-gnu",
     clang_flags=("-march=rv64gc", "-mno-relax"),
     qemu=("qemu-system-riscv64", "-M", "virt", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinux-{kver}", "boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),

@@ -28,6 +28,10 @@ TIMELINE = {
     # walk_stackframe's leaf case tests fp_is_valid(frame->ra) instead of frame->fp & 7
     # (a2a4d4a6a0bf "riscv: stacktrace: fixed walk_stackframe()", merged for v6.10)
     "stacktrace_leaf_ra": "6.10",
+    # a nop before each program call, patched into a jump over the program when it is detached
+    # (bpf_trampoline_skip_prog), and no ip_after_call: seen in Debian's 7.2.11, 7.2.12 and
+    # 7.3.4 kernels by `tramplab oracle` (not in 6.12; Debian no longer ships 7.0/7.1 configs)
+    "tramp_prog_skip": "7.2",
 }
 
 
@@ -65,7 +69,8 @@ def jit_options(profile, layout, h) -> JitOptions:
     follows the profile's kernel version (options.reloads_a5_first)."""
     return RiscvJitOptions(rvc=len(layout.entry.nop) == 2,
                            skip_site_on=profile.bpf_skip_site_on,
-                           ret_a5_first=reloads_a5_first(profile.kernel))
+                           ret_a5_first=reloads_a5_first(profile.kernel),
+                           prog_skip=profile.prog_skip)
 
 
 def special_presets(profile_for, with_layout) -> dict:

@@ -372,9 +372,14 @@ class _Jit:
         self.addi("a2", "fp", -self.f.run_ctx_off)          # addi a2, fp, -run_ctx_off
         self.call(link.exit)                                # call exit
 
-    def invoke_prog(self, link: ProgLink, save_ret: bool, what: str) -> None:
+    def invoke_prog(self, link: ProgLink, save_ret: bool, tag: str) -> None:
+        """With prog_skip a nop comes first: `jal zero, <tag>_skip_end` once the prog is
+        detached (arch_bpf_trampoline_skip)."""
         skip = self.fresh_label("skip")
-        self.e.note(what)
+        self.e.note(tag)
+        if self.spec.options.prog_skip:
+            self.e.label(f"{tag}_skip_nop")
+            self.nop4()                                     # nop (skip: jal past the exit)
         self.prog_enter(link)
         if self.f.version == V63:
             # v6.3 tested before saving `start`: a skipped prog's exit gets a stale s1
@@ -386,6 +391,7 @@ class _Jit:
         self.prog_run(link, save_ret)
         self.e.label(skip)
         self.prog_exit(link)
+        self.e.label(f"{tag}_skip_end")
 
     def invoke_fmod_ret(self) -> None:
         """ret = 0; each prog stores its return; a non-zero one skips the original."""
@@ -393,7 +399,7 @@ class _Jit:
         e.note("fmod_ret: clear the return value")
         self.sd("zero", "fp", -f.retval_off)                # sd zero, retval
         for n, link in enumerate(self.spec.fmod_ret):
-            self.invoke_prog(link, True, f"fmod_ret prog {n}")
+            self.invoke_prog(link, True, f"fmod_ret{n}")
             self.ld("t1", "fp", -f.retval_off)              # ld t1, retval
             e.emit(R.bne("t1", "zero", e.pc, e.label_addr("do_fexit")))   # bne t1, zero, do_fexit
 
@@ -410,10 +416,11 @@ class _Jit:
         self.sd("a0", "fp", -f.retval_off)                  # sd a0, retval
         if f.version == V64:
             self.sd("a5", "fp", -(f.retval_off - 8))        # sd a5, retval+8
-        e.label("ip_after_call")
-        e.note("im->ip_after_call: room for auipc+jalr to the epilogue")
-        self.nop4()                                         # nop
-        self.nop4()                                         # nop
+        if not spec.options.prog_skip:
+            e.label("ip_after_call")
+            e.note("im->ip_after_call: room for auipc+jalr to the epilogue")
+            self.nop4()                                     # nop
+            self.nop4()                                     # nop
 
     def tramp_helper(self, helper: int) -> None:
         """__bpf_tramp_enter/exit(im); the size pass loads the longest constant instead."""
@@ -606,7 +613,7 @@ class _Jit:
             e.note("__bpf_tramp_enter(im)")
             self.tramp_helper(spec.tramp_enter)
         for n, link in enumerate(spec.fentry):
-            self.invoke_prog(link, bool(flags & F.RET_FENTRY_RET), f"fentry prog {n}")
+            self.invoke_prog(link, bool(flags & F.RET_FENTRY_RET), f"fentry{n}")
         if spec.fmod_ret:
             self.invoke_fmod_ret()
         if flags & F.CALL_ORIG:
@@ -614,7 +621,7 @@ class _Jit:
         if spec.fmod_ret:
             e.label("do_fexit")
         for n, link in enumerate(spec.fexit):
-            self.invoke_prog(link, False, f"fexit prog {n}")
+            self.invoke_prog(link, False, f"fexit{n}")
         if flags & F.CALL_ORIG:
             e.label("ip_epilogue")
             e.note("im->ip_epilogue: __bpf_tramp_exit(im)")

@@ -62,6 +62,12 @@ def fexit_skip(ip_after_call: int, ip_epilogue: int) -> tuple[bytes, bytes]:
     return NOP5, X.jmp_rel32(ip_after_call, ip_epilogue)
 
 
+def prog_skip(nop: int, target: int) -> tuple[bytes, bytes]:
+    """A detached prog (arch_bpf_trampoline_skip, bpf_arch_text_poke NOP -> JUMP): its nop5
+    becomes `jmp` past the prog's exit call."""
+    return NOP5, X.jmp_rel32(nop, target)
+
+
 def poison(size: int) -> bytes:
     """What a freed image is filled with: int3 everywhere (a use after free traps)."""
     return b"\xcc" * size

@@ -6,14 +6,16 @@ import re
 from ..base import OracleFacts
 
 ENDBR64 = bytes.fromhex("f30f1efa")
-SEALED = bytes.fromhex("660f1f00")          # endbr64 sealed at boot (IBT, apply_seal_endbr)
+# endbr64 sealed at boot (IBT, apply_seal_endbr): gen_endbr_poison() was `osp nopl (%rax)`,
+# then `nopl -42(%rax)` ("carries UDB as immediate"; seen on Debian 7.3.4, 6.12.117 has the old)
+SEALED = (bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"))
 SAFETY = 64                                 # BPF_INSN_SAFETY zeros counted in the JIT's size
 
 
 def site_target(addr: int, window: bytes) -> int | None:
     """The target of the `call`/`jmp` rel32 at the ftrace site (func, or func+4 after an
     endbr64 or its sealed nop); None while the site is a nop."""
-    at = 16 + (4 if window[16:20] in (ENDBR64, SEALED) else 0)
+    at = 16 + (4 if window[16:20] in (ENDBR64, *SEALED) else 0)
     if window[at] not in (0xE8, 0xE9):
         return None
     rel = int.from_bytes(window[at + 1:at + 5], "little", signed=True)
@@ -43,8 +45,13 @@ def fold(insns, i) -> tuple | None:
     return None
 
 
+# Debian's kernels (2026-11): trixie has 6.12; trixie-backports 7.2 and 7.3
+BACKPORTS = ("trixie-backports", "+deb13")
+DEBIAN_SERIES = {"6.12": ("trixie", "+deb13"), "7.2": BACKPORTS, "7.3": BACKPORTS}
+
 ORACLE = OracleFacts(
-    debian_arch="amd64", clang_target="x86_64-linux-gnu", clang_flags=(),
+    debian_series=DEBIAN_SERIES, debian_arch="amd64", clang_target="x86_64-linux-gnu",
+    clang_flags=(),
     qemu=("qemu-system-x86_64", "-accel", "tcg", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
     site_target=site_target, code_length=code_length,

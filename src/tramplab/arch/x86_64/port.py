@@ -35,6 +35,10 @@ TIMELINE = {
     # "bpf, x64: Fix tailcall infinite loop" (Leon Hwang, v6.6; 6.1.y: 6.1.72): ORIG_STACK calls
     # the original through rbx instead of rax
     "tramp_orig_stack_rbx": "6.6",
+    # a nop before each program call, patched into a jump over the program when it is detached
+    # (bpf_trampoline_skip_prog), and no ip_after_call: seen in Debian's 7.2.11, 7.2.12 and
+    # 7.3.4 kernels by `tramplab oracle` (not in 6.12; Debian no longer ships 7.0/7.1 configs)
+    "tramp_prog_skip": "7.2",
 }
 # Stable backports of trampoline changes: feature -> point releases of older branches with it
 # (the 6.1.72 announcement lists "bpf, x86: save/restore regs with BPF_DW size" and "bpf, x64:
@@ -52,6 +56,9 @@ def derive(h, version: str) -> dict:
         preemption=True,                # the int3 protocol is safe under preemption
         bpf_entry="call", bpf_site_skip=X86_PATCH_SIZE,
         bpf_max_args=12 if h("stack_args") else 6, bpf_reg_args_only=not h("stack_args"),
+        # BPF_MAX_TRAMP_LINKS = 36 on x86-64 with the skip nops (7.3's include/linux/bpf.h;
+        # Debian 7.2.12 refuses the 37th link with E2BIG under `tramplab oracle`)
+        tramp_links_max=36 if h("tramp_prog_skip") else None,
     )
 
 
@@ -90,7 +97,8 @@ def jit_options(profile, layout, h) -> JitOptions:
                       push_rbx=not h("stack_args"),
                       sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel),
                       orig_stack_rax=not _has_backported(h, "tramp_orig_stack_rbx",
-                                                         profile.kernel))
+                                                         profile.kernel),
+                      prog_skip=profile.prog_skip)
 
 
 def special_presets(profile_for, with_layout) -> dict:

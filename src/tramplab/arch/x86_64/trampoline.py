@@ -363,8 +363,13 @@ class _Jit:
         self.call(e, self.spec.tramp_enter)                             # call __bpf_tramp_enter
 
     def invoke_prog(self, e: Emitter, link: ProgLink, save_ret: bool, tag: str) -> None:
-        """invoke_bpf_prog: enter (skipped prog if it returns 0), the prog, exit."""
+        """invoke_bpf_prog: enter (skipped prog if it returns 0), the prog, exit.  With
+        prog_skip a nop5 comes first: `jmp <tag>_skip_end` once the prog is detached."""
         f = self.f
+        if self.spec.options.prog_skip:
+            e.note(f"{tag}: nop, patched to skip this prog when it is detached")
+            e.label(f"{tag}_skip_nop")
+            e.emit(X.nop(X86_PATCH_SIZE))                               # nop5
         e.note(f"{tag}: run_ctx.bpf_cookie = cookie; start = enter(prog, &run_ctx)")
         e.emit(X.mov_imm64("rdi", link.cookie))                         # mov rdi, cookie
         e.emit(X.mov_store("rbp", -f.run_ctx_off, "rdi"))               # mov [rbp-run_ctx_off], rdi
@@ -386,6 +391,7 @@ class _Jit:
         e.emit(X.mov_rr("rsi", "rbx"))                                  # mov rsi, rbx
         e.emit(X.lea("rdx", "rbp", -f.run_ctx_off))                     # lea rdx, [rbp-run_ctx_off]
         self.call(e, link.exit)                                         # call exit
+        e.label(f"{tag}_skip_end")
 
     def invoke_fmod_ret(self, e: Emitter) -> None:
         """invoke_bpf_mod_ret: the first prog sees ret 0; any non-zero return skips the
@@ -417,9 +423,10 @@ class _Jit:
         else:
             self.call(e, orig_call(self.spec))                          # call orig_call
         e.emit(X.mov_store("rbp", -RETVAL_OFF, "rax"))                  # mov [rbp-8], rax
-        e.note("ip_after_call: becomes `jmp ip_epilogue` when the image is put")
-        e.label("ip_after_call")
-        e.emit(X.nop(X86_PATCH_SIZE))                                   # nop5
+        if not self.spec.options.prog_skip:
+            e.note("ip_after_call: becomes `jmp ip_epilogue` when the image is put")
+            e.label("ip_after_call")
+            e.emit(X.nop(X86_PATCH_SIZE))                               # nop5
 
     def load_tail_call_cnt_ptr(self, e: Emitter) -> None:
         e.emit(X.mov_load("rax", "rbp", -self.f.stack_size - 8))        # mov rax, [rbp-tcc_off]

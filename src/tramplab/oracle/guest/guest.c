@@ -187,7 +187,12 @@ static void end(void)
 	put(" *");
 	put_hex(c, 8);
 	line[line_len++] = '\n';
-	sys6(SYS_write, 1, (long)line, (long)line_len, 0, 0, 0);
+	for (unsigned long done = 0; done < line_len;) {   /* a tty may take part of it */
+		long n = sys6(SYS_write, 1, (long)(line + done), (long)(line_len - done), 0, 0, 0);
+		if (n <= 0)
+			break;
+		done += (unsigned long)n;
+	}
 }
 
 static void say(const char *kind, const char *text)
@@ -442,7 +447,7 @@ static const char *take_str(char *buf)
 	return buf;
 }
 
-#define MAX_PROGS 8
+#define MAX_PROGS 40
 struct prog {
 	char target[64];
 	u32 attach_type, ninsns;
@@ -467,6 +472,26 @@ static void dump_site(const char *when, struct prog *p)
 		put_bytes(b, 64);
 	else
 		put("-");
+	end();
+}
+
+/* With CALL_OPS (arm64, riscv64 7.x) a site may call the common ftrace_caller, which takes the
+ * trampoline from the ftrace_ops whose address is the literal at func - 8: dump that struct, the
+ * host finds the trampoline's address among its words. */
+static void dump_ops(struct prog *p)
+{
+	u8 ops[256];
+	u64 lit = 0;
+	if (!p->target_addr || !kread(p->target_addr - 8, (u8 *)&lit, 8) || lit >> 48 != 0xffff ||
+	    !kread(lit, ops, sizeof(ops)))
+		return;
+	begin("ops");
+	sp();
+	put(p->target);
+	sp();
+	put_hex(lit, 16);
+	sp();
+	put_bytes(ops, sizeof(ops));
 	end();
 }
 
@@ -588,9 +613,14 @@ static void run_shape(long trigger_fentry, long trigger_fmodret)
 		sp();
 		put_hex(p->target_addr, 16);
 		end();
-		char pname[16] = "tl_p";
-		pname[4] = (char)('0' + i);
-		pname[5] = 0;
+		char pname[16] = "tl_p";             /* bpf_obj_name_cpy: alnum, '_' and '.' only */
+		pname[4] = (char)('0' + i / 10 % 10);
+		pname[5] = (char)('0' + i % 10);
+		pname[6] = 0;
+		if (i < 10) {
+			pname[4] = pname[5];
+			pname[5] = 0;
+		}
 		p->prog_fd = id ? prog_load(p->insns, p->ninsns, p->attach_type, id, pname) : -2;
 		p->link_fd = -1;
 		if (p->prog_fd < 0) {
@@ -630,8 +660,10 @@ static void run_shape(long trigger_fentry, long trigger_fmodret)
 		put_s64(p->link_fd < 0 ? p->link_fd : 0);
 		end();
 	}
-	for (u32 i = 0; i < nprogs; i++)
+	for (u32 i = 0; i < nprogs; i++) {
 		dump_site("attached", &progs[i]);
+		dump_ops(&progs[i]);
+	}
 	kallsyms_scan("bpf_trampoline_", 0, dump_page, 0);
 	kallsyms_scan("bpf_prog_", 0, say_sym, 0);
 	begin("run");
