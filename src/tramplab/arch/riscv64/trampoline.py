@@ -350,7 +350,7 @@ class _Jit:
     def skip_if_recursing(self, skip: str) -> None:
         # enter returned 0: the prog is already running on this CPU
         e = self.e
-        e.emit(R.beq("a0", "zero", e.pc, e.label_addr(skip)))   # beq a0, zero, skip
+        e.emit_to(skip, R.beq, "a0", "zero")                # beq a0, zero, skip
 
     def prog_run(self, link: ProgLink, save_ret: bool) -> None:
         """a0 = bpf_func(ctx); keep it as the return value if asked."""
@@ -395,7 +395,7 @@ class _Jit:
         for n, link in enumerate(self.spec.fmod_ret):
             self.invoke_prog(link, True, f"fmod_ret prog {n}")
             self.ld("t1", "fp", -f.retval_off)              # ld t1, retval
-            e.emit(R.bne("t1", "zero", e.pc, e.label_addr("do_fexit")))   # bne t1, zero, do_fexit
+            e.emit_to("do_fexit", R.bne, "t1", "zero")         # bne t1, zero, do_fexit
 
     # -- the original ---------------------------------------------------------------------------
     def call_original(self) -> None:
