@@ -623,14 +623,17 @@ class BpfManager(MultiAttach):
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
         Nothing is written yet, and a refusal leaves the allocators as they were."""
         what = f"trampoline for {tr.name}"
-        size = self._size(what, self._spec(tr, 0, 0))
+        spec = self._spec(tr, 0, 0)
+        size = self._size(what, spec)
         if size > PAGE_SIZE:
             raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
                                        f"> PAGE_SIZE ({PAGE_SIZE})")
         addr = self.machine.bpf_arena.alloc(size, 16)
         im = self.machine.heap_arena.alloc(IM_SIZE, 16)
         try:
-            image = _jit(what, lambda: self.jit.prepare_trampoline(self._spec(tr, addr, im)))
+            # the same spec placed: nothing it was built from changes with the allocation
+            image = _jit(what, lambda: self.jit.prepare_trampoline(
+                replace(spec, image=addr, im=im)))
         except BaseException:
             self.machine.heap_arena.free(im)
             self.machine.bpf_arena.free(addr)
