@@ -98,33 +98,33 @@ class Emitter:
 
     def cfi_def_cfa(self, reg: str, off: int) -> None:
         """CFA = reg + off."""
-        self._cfi("def_cfa", reg, off)
+        self.cfi.append((len(self.code), "def_cfa", (reg, off)))
 
     def cfi_def_cfa_offset(self, off: int) -> None:
         """CFA = (same register) + off."""
-        self._cfi("def_cfa_offset", off)
+        self.cfi.append((len(self.code), "def_cfa_offset", (off,)))
 
     def cfi_adjust_cfa_offset(self, delta: int) -> None:
         """CFA offset += delta (after a push: +8)."""
-        self._cfi("adjust_cfa_offset", delta)
+        self.cfi.append((len(self.code), "adjust_cfa_offset", (delta,)))
 
     def cfi_offset(self, reg: str, off: int) -> None:
         """The caller's `reg` (or the return address, "pc") is saved at CFA + off."""
-        self._cfi("offset", reg, off)
+        self.cfi.append((len(self.code), "offset", (reg, off)))
 
     def cfi_register(self, reg: str, holder: str) -> None:
         """The caller's `reg` (or "pc") is in register `holder`."""
-        self._cfi("register", reg, holder)
+        self.cfi.append((len(self.code), "register", (reg, holder)))
 
     def cfi_restore(self, reg: str) -> None:
         """`reg` is back to its rule at entry."""
-        self._cfi("restore", reg)
+        self.cfi.append((len(self.code), "restore", (reg,)))
 
     def cfi_remember_state(self) -> None:
-        self._cfi("remember_state")
+        self.cfi.append((len(self.code), "remember_state", ()))
 
     def cfi_restore_state(self) -> None:
-        self._cfi("restore_state")
+        self.cfi.append((len(self.code), "restore_state", ()))
 
     def align(self, n: int, pad: bytes) -> None:
         while len(self.code) % n:

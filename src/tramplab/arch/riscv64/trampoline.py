@@ -27,6 +27,7 @@ real pass may shorten (every call auipc+jalr, `im` loaded as RV_MAX_COUNT_IMM), 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .. import check_implements
@@ -191,11 +192,87 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
+
+# ----------------------------------------------------------------------------------------------
+# The kernel's emit_* choices (bpf_jit.h): compressed when the kernel would compress.  Pure
+# functions of (rvc, operands) -> bytes, memoized like the encoders (jit.memoize_encoders): a
+# large multi attach emits the same few hundred instructions tens of thousands of times.
+# ----------------------------------------------------------------------------------------------
+
+def _memo(fn):
+    return functools.lru_cache(maxsize=1 << 16, typed=True)(fn)
+
+
+@_memo
+def _choose_addi(rvc: bool, rd: str, rs: str, imm: int) -> bytes:
+    if rvc and rd == rs == "sp" and imm and -512 <= imm < 512 and not imm & 0xF:
+        return R.c_addi16sp(imm)                            # c.addi16sp sp, imm
+    if rvc and rd in CREGS and rs == "sp" and 0 < imm < 1024 and not imm & 3:
+        return R.c_addi4spn(rd, imm)                        # c.addi4spn rd, sp, imm
+    if rvc and rd != "zero" and rd == rs and imm and -32 <= imm < 32:
+        return R.c_addi(rd, imm)                            # c.addi rd, imm
+    return R.addi(rd, rs, imm)                              # addi rd, rs, imm
+
+
+@_memo
+def _choose_addiw(rvc: bool, rd: str, rs: str, imm: int) -> bytes:
+    if rvc and rd != "zero" and rd == rs and -32 <= imm < 32:
+        return R.c_addiw(rd, imm)                           # c.addiw rd, imm
+    return R.addiw(rd, rs, imm)                             # addiw rd, rs, imm
+
+
+@_memo
+def _choose_li(rvc: bool, rd: str, imm: int) -> bytes:
+    if rvc and rd != "zero" and -32 <= imm < 32:
+        return R.c_li(rd, imm)                              # c.li rd, imm
+    return R.addi(rd, "zero", imm)                          # li rd, imm  (addi rd, zero, imm)
+
+
+@_memo
+def _choose_lui(rvc: bool, rd: str, imm: int) -> bytes:
+    if rvc and rd not in ("zero", "sp") and imm and -32 <= imm < 32:
+        return R.c_lui(rd, imm)                             # c.lui rd, imm
+    return R.lui(rd, imm & 0xFFFFF)                         # lui rd, imm
+
+
+@_memo
+def _choose_slli(rvc: bool, rd: str, rs: str, shamt: int) -> bytes:
+    if rvc and rd != "zero" and rd == rs and 0 < shamt < 64:
+        return R.c_slli(rd, shamt)                          # c.slli rd, shamt
+    return R.slli(rd, rs, shamt)                            # slli rd, rs, shamt
+
+
+@_memo
+def _choose_mv(rvc: bool, rd: str, rs: str) -> bytes:
+    if rvc and rd != "zero" and rs != "zero":
+        return R.c_mv(rd, rs)                               # c.mv rd, rs
+    return R.mv(rd, rs)                                     # mv rd, rs
+
+
+@_memo
+def _choose_sd(rvc: bool, rs: str, base: str, off: int) -> bytes:
+    if rvc and base == "sp" and 0 <= off < 512 and not off & 7:
+        return R.c_sdsp(rs, off)                            # c.sdsp rs, off(sp)
+    if rvc and base in CREGS and rs in CREGS and 0 <= off < 256 and not off & 7:
+        return R.c_sd(rs, base, off)                        # c.sd rs, off(base)
+    return R.sd(rs, base, off)                              # sd rs, off(base)
+
+
+@_memo
+def _choose_ld(rvc: bool, rd: str, base: str, off: int) -> bytes:
+    if rvc and base == "sp" and rd != "zero" and 0 <= off < 512 and not off & 7:
+        return R.c_ldsp(rd, off)                            # c.ldsp rd, off(sp)
+    if rvc and base in CREGS and rd in CREGS and 0 <= off < 256 and not off & 7:
+        return R.c_ld(rd, base, off)                        # c.ld rd, off(base)
+    return R.ld(rd, base, off)                              # ld rd, off(base)
+
+
 class _Jit:
     """One pass over the trampoline: `e` collects the code, `sizing` is the kernel's size pass."""
 
     def __init__(self, e: Emitter, spec: TrampolineSpec, frame: Frame, sizing: bool):
         self.e = e
+        self.emit = e.emit
         self.spec = spec
         self.f = frame
         self.sizing = sizing
@@ -207,70 +284,33 @@ class _Jit:
         return f"{what}{self.nlabels}"
 
     # -- the kernel's emit_* helpers: compressed when the kernel would compress ----------------
+    # (the choice and its bytes are pure functions of rvc and the operands: _choose_* below)
     def addi(self, rd: str, rs: str, imm: int) -> None:
-        e = self.e
-        if self.rvc and rd == rs == "sp" and imm and -512 <= imm < 512 and not imm & 0xF:
-            e.emit(R.c_addi16sp(imm))                       # c.addi16sp sp, imm
-        elif self.rvc and rd in CREGS and rs == "sp" and 0 < imm < 1024 and not imm & 3:
-            e.emit(R.c_addi4spn(rd, imm))                   # c.addi4spn rd, sp, imm
-        elif self.rvc and rd != "zero" and rd == rs and imm and -32 <= imm < 32:
-            e.emit(R.c_addi(rd, imm))                       # c.addi rd, imm
-        else:
-            e.emit(R.addi(rd, rs, imm))                     # addi rd, rs, imm
+        self.emit(_choose_addi(self.rvc, rd, rs, imm))
 
     def addiw(self, rd: str, rs: str, imm: int) -> None:
-        if self.rvc and rd != "zero" and rd == rs and -32 <= imm < 32:
-            self.e.emit(R.c_addiw(rd, imm))                 # c.addiw rd, imm
-        else:
-            self.e.emit(R.addiw(rd, rs, imm))               # addiw rd, rs, imm
+        self.emit(_choose_addiw(self.rvc, rd, rs, imm))
 
     def li(self, rd: str, imm: int) -> None:
-        if self.rvc and rd != "zero" and -32 <= imm < 32:
-            self.e.emit(R.c_li(rd, imm))                    # c.li rd, imm
-        else:
-            self.e.emit(R.addi(rd, "zero", imm))            # li rd, imm  (addi rd, zero, imm)
+        self.emit(_choose_li(self.rvc, rd, imm))
 
     def lui(self, rd: str, imm: int) -> None:
-        if self.rvc and rd not in ("zero", "sp") and imm and -32 <= imm < 32:
-            self.e.emit(R.c_lui(rd, imm))                   # c.lui rd, imm
-        else:
-            self.e.emit(R.lui(rd, imm & 0xFFFFF))           # lui rd, imm
+        self.emit(_choose_lui(self.rvc, rd, imm))
 
     def slli(self, rd: str, rs: str, shamt: int) -> None:
-        if self.rvc and rd != "zero" and rd == rs and 0 < shamt < 64:
-            self.e.emit(R.c_slli(rd, shamt))                # c.slli rd, shamt
-        else:
-            self.e.emit(R.slli(rd, rs, shamt))              # slli rd, rs, shamt
+        self.emit(_choose_slli(self.rvc, rd, rs, shamt))
 
     def mv(self, rd: str, rs: str) -> None:
-        if self.rvc and rd != "zero" and rs != "zero":
-            self.e.emit(R.c_mv(rd, rs))                     # c.mv rd, rs
-        else:
-            self.e.emit(R.mv(rd, rs))                       # mv rd, rs
+        self.emit(_choose_mv(self.rvc, rd, rs))
 
     def sd(self, rs: str, base: str, off: int) -> None:
-        e = self.e
-        if self.rvc and base == "sp" and 0 <= off < 512 and not off & 7:
-            e.emit(R.c_sdsp(rs, off))                       # c.sdsp rs, off(sp)
-        elif self.rvc and base in CREGS and rs in CREGS and 0 <= off < 256 and not off & 7:
-            e.emit(R.c_sd(rs, base, off))                   # c.sd rs, off(base)
-        else:
-            e.emit(R.sd(rs, base, off))                     # sd rs, off(base)
+        self.emit(_choose_sd(self.rvc, rs, base, off))
 
     def ld(self, rd: str, base: str, off: int) -> None:
-        e = self.e
-        if self.rvc and base == "sp" and rd != "zero" and 0 <= off < 512 and not off & 7:
-            e.emit(R.c_ldsp(rd, off))                       # c.ldsp rd, off(sp)
-        elif self.rvc and base in CREGS and rd in CREGS and 0 <= off < 256 and not off & 7:
-            e.emit(R.c_ld(rd, base, off))                   # c.ld rd, off(base)
-        else:
-            e.emit(R.ld(rd, base, off))                     # ld rd, off(base)
+        self.emit(_choose_ld(self.rvc, rd, base, off))
 
     def jr(self, rs: str) -> None:
-        if self.rvc:
-            self.e.emit(R.c_jr(rs))                         # c.jr rs   (jalr zero, 0(rs))
-        else:
-            self.e.emit(R.jr(rs))                           # jalr zero, 0(rs)
+        self.emit(R.c_jr(rs) if self.rvc else R.jr(rs))   # c.jr rs / jalr zero, 0(rs)
 
     def nop4(self) -> None:
         # always the 4-byte nop: these slots are rewritten later with 4-byte instructions
