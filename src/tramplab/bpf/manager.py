@@ -25,7 +25,7 @@ images are poisoned with trap instructions.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Generator
 
 from ..arch import arch_module, get_port
@@ -854,14 +854,23 @@ class BpfManager(MultiAttach):
             raise UsageError(f"nothing is attached to {target}") from None
 
 
-def _shape(spec: TrampolineSpec) -> TrampolineSpec:
-    """The spec without its addresses (what the size pass depends on; the bytes at the
-    function only move the address the original is called at)."""
+# What the size pass does not depend on: the addresses (and the bytes at the function, which
+# only move the address the original is called at); every other field is part of the shape.
+_ADDRESSES = frozenset({"func_addr", "im", "image", "tramp_enter", "tramp_exit", "func_insn"})
+_LINK_ADDRESSES = frozenset({"prog", "bpf_func", "enter", "exit"})
+_LINK_KINDS = ("fentry", "fexit", "fmod_ret")
+_SHAPE_FIELDS = tuple(f.name for f in fields(TrampolineSpec)
+                      if f.name not in _ADDRESSES and f.name not in _LINK_KINDS)
+_LINK_SHAPE = tuple(f.name for f in fields(ProgLink) if f.name not in _LINK_ADDRESSES)
+
+
+def _shape(spec: TrampolineSpec) -> tuple:
+    """The spec without its addresses, as a key: every other field of the spec, and every
+    non-address field of each link, kind by kind."""
     def bare(links):
-        return tuple(replace(link, prog=0, bpf_func=0, enter=0, exit=0) for link in links)
-    return replace(spec, func_addr=0, im=0, image=0, tramp_enter=0, tramp_exit=0, func_insn=b"",
-                   fentry=bare(spec.fentry), fexit=bare(spec.fexit),
-                   fmod_ret=bare(spec.fmod_ret))
+        return tuple(tuple(getattr(link, name) for name in _LINK_SHAPE) for link in links)
+    return (tuple(getattr(spec, name) for name in _SHAPE_FIELDS),
+            tuple(bare(getattr(spec, kind)) for kind in _LINK_KINDS))
 
 
 def _jit(what: str, run):

@@ -94,9 +94,15 @@ def _saves_ret(flags: TrampFlag) -> bool:
 
 def frame_layout(spec: TrampolineSpec) -> Frame:
     """Offsets in the order the kernel allocates them, top of the frame first."""
-    if _version(spec) == V63:
-        return _frame_v63(spec)
-    slots, flags = spec.model.nr_arg_slots, spec.flags
+    return _layout(_version(spec), spec.model.nr_arg_slots, spec.flags)
+
+
+@functools.lru_cache(maxsize=1 << 12, typed=True)
+def _layout(version: str, slots: int, flags: TrampFlag) -> Frame:
+    """The frame of a trampoline with `slots` argument slots and `flags` (nothing else in the
+    spec moves an offset; Frame is frozen, so images share it)."""
+    if version == V63:
+        return _frame_v63(slots, flags)
     size = 16                                   # the traced function's record: t0, fp
     retval_off = None
     if _saves_ret(flags):
@@ -122,8 +128,7 @@ def frame_layout(spec: TrampolineSpec) -> Frame:
                  sreg_off, stk_arg_off=size)
 
 
-def _frame_v63(spec: TrampolineSpec) -> Frame:
-    slots, flags = spec.model.nr_arg_slots, spec.flags
+def _frame_v63(slots: int, flags: TrampFlag) -> Frame:
     size = 8                                    # FP-8: the parent's ra, stored by the sled
     size += 8
     retaddr_off = size                          # ra at entry: back into the function
@@ -267,6 +272,25 @@ def _choose_ld(rvc: bool, rd: str, base: str, off: int) -> bytes:
     return R.ld(rd, base, off)                              # ld rd, off(base)
 
 
+@_memo
+def _choose_imm(rvc: bool, rd: str, value: int) -> bytes:
+    """emit_imm: any 64-bit constant, lowest bits last (addi/addiw sign-extend them)."""
+    val = _signed64(value)
+    upper = (val + (1 << 11)) >> 12
+    lower = _sext12(val)
+    if -(1 << 31) <= val < (1 << 31):
+        if not upper:
+            return _choose_li(rvc, rd, lower)               # li rd, lower
+        # lui, then addiw also when lower == 0: it wraps lui's 0x80000 back
+        return _choose_lui(rvc, rd, upper) + _choose_addiw(rvc, rd, rd, lower)
+    shift = (upper & -upper).bit_length() - 1
+    out = _choose_imm(rvc, rd, upper >> shift)              # li rd, upper >> shift
+    out += _choose_slli(rvc, rd, rd, shift + 12)
+    if lower:
+        out += _choose_addi(rvc, rd, rd, lower)
+    return out
+
+
 class _Jit:
     """One pass over the trampoline: `e` collects the code, `sizing` is the kernel's size pass."""
 
@@ -317,22 +341,8 @@ class _Jit:
         self.e.emit(R.nop())                                # nop
 
     def imm(self, rd: str, value: int) -> None:
-        """emit_imm: any 64-bit constant, lowest bits last (addi/addiw sign-extend them)."""
-        val = _signed64(value)
-        upper = (val + (1 << 11)) >> 12
-        lower = _sext12(val)
-        if -(1 << 31) <= val < (1 << 31):
-            if not upper:
-                self.li(rd, lower)                          # li rd, lower
-                return
-            self.lui(rd, upper)
-            self.addiw(rd, rd, lower)       # also when lower == 0: wraps lui's 0x80000 back
-            return
-        shift = (upper & -upper).bit_length() - 1
-        self.imm(rd, upper >> shift)                        # li rd, upper >> shift
-        self.slli(rd, rd, shift + 12)
-        if lower:
-            self.addi(rd, rd, lower)
+        """emit_imm: any 64-bit constant (_choose_imm)."""
+        self.emit(_choose_imm(self.rvc, rd, value))
 
     def call(self, target: int) -> None:
         """emit_call(addr, fixed_addr=true): jal when it reaches, else auipc t1 + jalr ra.
