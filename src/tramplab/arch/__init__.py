@@ -69,6 +69,9 @@ def get_port(name: str | ArchInfo | Port) -> Port:
         return name
     if isinstance(name, ArchInfo):
         name = name.name
+    port = _PORTS.get(name) if _discovered and isinstance(name, str) else None
+    if port is not None and name == name.strip().lower():
+        return port               # a port's own name (no other port has it as an alias)
     key = str(name).strip().lower()
     for port in ports():
         if key == port.name or key in port.info.aliases:

@@ -25,7 +25,7 @@ images are poisoned with trap instructions.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Generator
 
 from ..arch import arch_module, get_port
@@ -628,14 +628,17 @@ class BpfManager(MultiAttach):
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.
         Nothing is written yet, and a refusal leaves the allocators as they were."""
         what = f"trampoline for {tr.name}"
-        size = self._size(what, self._spec(tr, 0, 0))
+        spec = self._spec(tr, 0, 0)
+        size = self._size(what, spec)
         if size > PAGE_SIZE:
             raise KernelError("E2BIG", f"trampoline for {tr.name} needs {size} bytes "
                                        f"> PAGE_SIZE ({PAGE_SIZE})")
         addr = self.machine.bpf_arena.alloc(size, 16)
         im = self.machine.heap_arena.alloc(IM_SIZE, 16)
         try:
-            image = _jit(what, lambda: self.jit.prepare_trampoline(self._spec(tr, addr, im)))
+            # the same spec placed: nothing it was built from changes with the allocation
+            image = _jit(what, lambda: self.jit.prepare_trampoline(
+                replace(spec, image=addr, im=im)))
         except BaseException:
             self.machine.heap_arena.free(im)
             self.machine.bpf_arena.free(addr)
@@ -880,14 +883,23 @@ class BpfManager(MultiAttach):
             raise UsageError(f"nothing is attached to {target}") from None
 
 
-def _shape(spec: TrampolineSpec) -> TrampolineSpec:
-    """The spec without its addresses (what the size pass depends on; the bytes at the
-    function only move the address the original is called at)."""
+# What the size pass does not depend on: the addresses (and the bytes at the function, which
+# only move the address the original is called at); every other field is part of the shape.
+_ADDRESSES = frozenset({"func_addr", "im", "image", "tramp_enter", "tramp_exit", "func_insn"})
+_LINK_ADDRESSES = frozenset({"prog", "bpf_func", "enter", "exit"})
+_LINK_KINDS = ("fentry", "fexit", "fmod_ret")
+_SHAPE_FIELDS = tuple(f.name for f in fields(TrampolineSpec)
+                      if f.name not in _ADDRESSES and f.name not in _LINK_KINDS)
+_LINK_SHAPE = tuple(f.name for f in fields(ProgLink) if f.name not in _LINK_ADDRESSES)
+
+
+def _shape(spec: TrampolineSpec) -> tuple:
+    """The spec without its addresses, as a key: every other field of the spec, and every
+    non-address field of each link, kind by kind."""
     def bare(links):
-        return tuple(replace(link, prog=0, bpf_func=0, enter=0, exit=0) for link in links)
-    return replace(spec, func_addr=0, im=0, image=0, tramp_enter=0, tramp_exit=0, func_insn=b"",
-                   fentry=bare(spec.fentry), fexit=bare(spec.fexit),
-                   fmod_ret=bare(spec.fmod_ret))
+        return tuple(tuple(getattr(link, name) for name in _LINK_SHAPE) for link in links)
+    return (tuple(getattr(spec, name) for name in _SHAPE_FIELDS),
+            tuple(bare(getattr(spec, kind)) for kind in _LINK_KINDS))
 
 
 def _jit(what: str, run):

@@ -33,6 +33,11 @@ class TrampFlag(IntFlag):
 _flag_and = lru_cache(maxsize=4096)(IntFlag.__and__)
 TrampFlag.__and__ = lambda self, other: _flag_and(self, other)      # type: ignore[method-assign]
 TrampFlag.__rand__ = TrampFlag.__and__                                 # type: ignore[method-assign]
+# `|` likewise (the manager builds every image's flags with it); typed, so an operand IntFlag
+# refuses (a float) is still refused
+_flag_or = lru_cache(maxsize=4096, typed=True)(IntFlag.__or__)
+TrampFlag.__or__ = lambda self, other: _flag_or(self, other)        # type: ignore[method-assign]
+TrampFlag.__ror__ = TrampFlag.__or__                                  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,22 @@ class FuncModel:
 
     @classmethod
     def from_prototype(cls, proto) -> "FuncModel":
-        params = proto.params
-        return cls(
-            nr_args=len(params),
-            arg_size=tuple(p.size for p in params),
-            arg_struct=tuple(p.kind == "struct" for p in params),
-            arg_signed=tuple(p.signed for p in params),
-            ret_size=proto.ret.size if proto.ret.kind != "void" else 0,
-            ret_struct=proto.ret.kind == "struct",
-        )
+        """The model of a prototype: a function of its parameters' and return value's size,
+        kind and signedness only, so prototypes alike share one (frozen) model."""
+        return _model(cls, tuple((p.size, p.kind, p.signed) for p in proto.params),
+                      proto.ret.size, proto.ret.kind)
+
+
+@lru_cache(maxsize=1 << 12, typed=True)
+def _model(cls, params: tuple, ret_size: int, ret_kind: str) -> FuncModel:
+    return cls(
+        nr_args=len(params),
+        arg_size=tuple(size for size, _, _ in params),
+        arg_struct=tuple(kind == "struct" for _, kind, _ in params),
+        arg_signed=tuple(signed for _, _, signed in params),
+        ret_size=ret_size if ret_kind != "void" else 0,
+        ret_struct=ret_kind == "struct",
+    )
 
 
 @dataclass(frozen=True)

@@ -695,6 +695,8 @@ def _verify_sequence(machine, writes: list[TextWrite]) -> None:
     class _View:
         def read(self, addr, n):
             base = machine.memory.read(addr, n)
+            if shadow.keys().isdisjoint(range(addr, addr + n)):
+                return base                       # no earlier write of the sequence overlaps
             return bytes(shadow.get(addr + i, base[i]) for i in range(n))
 
     class _M:
@@ -702,5 +704,4 @@ def _verify_sequence(machine, writes: list[TextWrite]) -> None:
 
     for w in writes:
         verify(_M, [w], machine.kallsyms)
-        for i, b in enumerate(w.new):
-            shadow[w.addr + i] = b
+        shadow.update(zip(range(w.addr, w.addr + len(w.new)), w.new))

@@ -238,7 +238,7 @@ class _Jit:
         self.call(e, link.enter)                             # call __bpf_prog_enter
         self.move(e, START_REG, "x0")                        # mov x20, x0
         # enter returns 0 when the prog is already running on this CPU (recursion): skip it.
-        e.emit(A.cbz("x0", e.pc, e.label_addr(skip)))        # cbz x0, skip
+        e.emit_to(skip, A.cbz, "x0")                         # cbz x0, skip
         e.emit(A.add_imm("x0", "sp", f.args))                # add x0, sp, #ctx
         # bpf_func's second arg (insnsi) only matters to the interpreter; JITed progs ignore
         # it, so x1 is not loaded (the kernel loads it only for !prog->jited).
@@ -313,7 +313,7 @@ class _Jit:
         for i, link in enumerate(self.spec.fmod_ret):
             self.invoke_prog(e, link, f"fmod_ret{i}", save_ret=True)
             e.emit(A.ldr(TMP, "sp", f.retval))               # ldr x10, [sp, #retval]
-            e.emit(A.cbnz(TMP, e.pc, e.label_addr("do_fexit")))  # cbnz x10, do_fexit
+            e.emit_to("do_fexit", A.cbnz, TMP)                   # cbnz x10, do_fexit
 
     def call_original(self, e: Emitter) -> None:
         f = self.frame

@@ -27,6 +27,7 @@ real pass may shorten (every call auipc+jalr, `im` loaded as RV_MAX_COUNT_IMM), 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .. import check_implements
@@ -93,9 +94,15 @@ def _saves_ret(flags: TrampFlag) -> bool:
 
 def frame_layout(spec: TrampolineSpec) -> Frame:
     """Offsets in the order the kernel allocates them, top of the frame first."""
-    if _version(spec) == V63:
-        return _frame_v63(spec)
-    slots, flags = spec.model.nr_arg_slots, spec.flags
+    return _layout(_version(spec), spec.model.nr_arg_slots, spec.flags)
+
+
+@functools.lru_cache(maxsize=1 << 12, typed=True)
+def _layout(version: str, slots: int, flags: TrampFlag) -> Frame:
+    """The frame of a trampoline with `slots` argument slots and `flags` (nothing else in the
+    spec moves an offset; Frame is frozen, so images share it)."""
+    if version == V63:
+        return _frame_v63(slots, flags)
     size = 16                                   # the traced function's record: t0, fp
     retval_off = None
     if _saves_ret(flags):
@@ -121,8 +128,7 @@ def frame_layout(spec: TrampolineSpec) -> Frame:
                  sreg_off, stk_arg_off=size)
 
 
-def _frame_v63(spec: TrampolineSpec) -> Frame:
-    slots, flags = spec.model.nr_arg_slots, spec.flags
+def _frame_v63(slots: int, flags: TrampFlag) -> Frame:
     size = 8                                    # FP-8: the parent's ra, stored by the sled
     size += 8
     retaddr_off = size                          # ra at entry: back into the function
@@ -191,11 +197,106 @@ def _signed64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
+
+# ----------------------------------------------------------------------------------------------
+# The kernel's emit_* choices (bpf_jit.h): compressed when the kernel would compress.  Pure
+# functions of (rvc, operands) -> bytes, memoized like the encoders (jit.memoize_encoders): a
+# large multi attach emits the same few hundred instructions tens of thousands of times.
+# ----------------------------------------------------------------------------------------------
+
+def _memo(fn):
+    return functools.lru_cache(maxsize=1 << 16, typed=True)(fn)
+
+
+@_memo
+def _choose_addi(rvc: bool, rd: str, rs: str, imm: int) -> bytes:
+    if rvc and rd == rs == "sp" and imm and -512 <= imm < 512 and not imm & 0xF:
+        return R.c_addi16sp(imm)                            # c.addi16sp sp, imm
+    if rvc and rd in CREGS and rs == "sp" and 0 < imm < 1024 and not imm & 3:
+        return R.c_addi4spn(rd, imm)                        # c.addi4spn rd, sp, imm
+    if rvc and rd != "zero" and rd == rs and imm and -32 <= imm < 32:
+        return R.c_addi(rd, imm)                            # c.addi rd, imm
+    return R.addi(rd, rs, imm)                              # addi rd, rs, imm
+
+
+@_memo
+def _choose_addiw(rvc: bool, rd: str, rs: str, imm: int) -> bytes:
+    if rvc and rd != "zero" and rd == rs and -32 <= imm < 32:
+        return R.c_addiw(rd, imm)                           # c.addiw rd, imm
+    return R.addiw(rd, rs, imm)                             # addiw rd, rs, imm
+
+
+@_memo
+def _choose_li(rvc: bool, rd: str, imm: int) -> bytes:
+    if rvc and rd != "zero" and -32 <= imm < 32:
+        return R.c_li(rd, imm)                              # c.li rd, imm
+    return R.addi(rd, "zero", imm)                          # li rd, imm  (addi rd, zero, imm)
+
+
+@_memo
+def _choose_lui(rvc: bool, rd: str, imm: int) -> bytes:
+    if rvc and rd not in ("zero", "sp") and imm and -32 <= imm < 32:
+        return R.c_lui(rd, imm)                             # c.lui rd, imm
+    return R.lui(rd, imm & 0xFFFFF)                         # lui rd, imm
+
+
+@_memo
+def _choose_slli(rvc: bool, rd: str, rs: str, shamt: int) -> bytes:
+    if rvc and rd != "zero" and rd == rs and 0 < shamt < 64:
+        return R.c_slli(rd, shamt)                          # c.slli rd, shamt
+    return R.slli(rd, rs, shamt)                            # slli rd, rs, shamt
+
+
+@_memo
+def _choose_mv(rvc: bool, rd: str, rs: str) -> bytes:
+    if rvc and rd != "zero" and rs != "zero":
+        return R.c_mv(rd, rs)                               # c.mv rd, rs
+    return R.mv(rd, rs)                                     # mv rd, rs
+
+
+@_memo
+def _choose_sd(rvc: bool, rs: str, base: str, off: int) -> bytes:
+    if rvc and base == "sp" and 0 <= off < 512 and not off & 7:
+        return R.c_sdsp(rs, off)                            # c.sdsp rs, off(sp)
+    if rvc and base in CREGS and rs in CREGS and 0 <= off < 256 and not off & 7:
+        return R.c_sd(rs, base, off)                        # c.sd rs, off(base)
+    return R.sd(rs, base, off)                              # sd rs, off(base)
+
+
+@_memo
+def _choose_ld(rvc: bool, rd: str, base: str, off: int) -> bytes:
+    if rvc and base == "sp" and rd != "zero" and 0 <= off < 512 and not off & 7:
+        return R.c_ldsp(rd, off)                            # c.ldsp rd, off(sp)
+    if rvc and base in CREGS and rd in CREGS and 0 <= off < 256 and not off & 7:
+        return R.c_ld(rd, base, off)                        # c.ld rd, off(base)
+    return R.ld(rd, base, off)                              # ld rd, off(base)
+
+
+@_memo
+def _choose_imm(rvc: bool, rd: str, value: int) -> bytes:
+    """emit_imm: any 64-bit constant, lowest bits last (addi/addiw sign-extend them)."""
+    val = _signed64(value)
+    upper = (val + (1 << 11)) >> 12
+    lower = _sext12(val)
+    if -(1 << 31) <= val < (1 << 31):
+        if not upper:
+            return _choose_li(rvc, rd, lower)               # li rd, lower
+        # lui, then addiw also when lower == 0: it wraps lui's 0x80000 back
+        return _choose_lui(rvc, rd, upper) + _choose_addiw(rvc, rd, rd, lower)
+    shift = (upper & -upper).bit_length() - 1
+    out = _choose_imm(rvc, rd, upper >> shift)              # li rd, upper >> shift
+    out += _choose_slli(rvc, rd, rd, shift + 12)
+    if lower:
+        out += _choose_addi(rvc, rd, rd, lower)
+    return out
+
+
 class _Jit:
     """One pass over the trampoline: `e` collects the code, `sizing` is the kernel's size pass."""
 
     def __init__(self, e: Emitter, spec: TrampolineSpec, frame: Frame, sizing: bool):
         self.e = e
+        self.emit = e.emit
         self.spec = spec
         self.f = frame
         self.sizing = sizing
@@ -207,92 +308,41 @@ class _Jit:
         return f"{what}{self.nlabels}"
 
     # -- the kernel's emit_* helpers: compressed when the kernel would compress ----------------
+    # (the choice and its bytes are pure functions of rvc and the operands: _choose_* below)
     def addi(self, rd: str, rs: str, imm: int) -> None:
-        e = self.e
-        if self.rvc and rd == rs == "sp" and imm and -512 <= imm < 512 and not imm & 0xF:
-            e.emit(R.c_addi16sp(imm))                       # c.addi16sp sp, imm
-        elif self.rvc and rd in CREGS and rs == "sp" and 0 < imm < 1024 and not imm & 3:
-            e.emit(R.c_addi4spn(rd, imm))                   # c.addi4spn rd, sp, imm
-        elif self.rvc and rd != "zero" and rd == rs and imm and -32 <= imm < 32:
-            e.emit(R.c_addi(rd, imm))                       # c.addi rd, imm
-        else:
-            e.emit(R.addi(rd, rs, imm))                     # addi rd, rs, imm
+        self.emit(_choose_addi(self.rvc, rd, rs, imm))
 
     def addiw(self, rd: str, rs: str, imm: int) -> None:
-        if self.rvc and rd != "zero" and rd == rs and -32 <= imm < 32:
-            self.e.emit(R.c_addiw(rd, imm))                 # c.addiw rd, imm
-        else:
-            self.e.emit(R.addiw(rd, rs, imm))               # addiw rd, rs, imm
+        self.emit(_choose_addiw(self.rvc, rd, rs, imm))
 
     def li(self, rd: str, imm: int) -> None:
-        if self.rvc and rd != "zero" and -32 <= imm < 32:
-            self.e.emit(R.c_li(rd, imm))                    # c.li rd, imm
-        else:
-            self.e.emit(R.addi(rd, "zero", imm))            # li rd, imm  (addi rd, zero, imm)
+        self.emit(_choose_li(self.rvc, rd, imm))
 
     def lui(self, rd: str, imm: int) -> None:
-        if self.rvc and rd not in ("zero", "sp") and imm and -32 <= imm < 32:
-            self.e.emit(R.c_lui(rd, imm))                   # c.lui rd, imm
-        else:
-            self.e.emit(R.lui(rd, imm & 0xFFFFF))           # lui rd, imm
+        self.emit(_choose_lui(self.rvc, rd, imm))
 
     def slli(self, rd: str, rs: str, shamt: int) -> None:
-        if self.rvc and rd != "zero" and rd == rs and 0 < shamt < 64:
-            self.e.emit(R.c_slli(rd, shamt))                # c.slli rd, shamt
-        else:
-            self.e.emit(R.slli(rd, rs, shamt))              # slli rd, rs, shamt
+        self.emit(_choose_slli(self.rvc, rd, rs, shamt))
 
     def mv(self, rd: str, rs: str) -> None:
-        if self.rvc and rd != "zero" and rs != "zero":
-            self.e.emit(R.c_mv(rd, rs))                     # c.mv rd, rs
-        else:
-            self.e.emit(R.mv(rd, rs))                       # mv rd, rs
+        self.emit(_choose_mv(self.rvc, rd, rs))
 
     def sd(self, rs: str, base: str, off: int) -> None:
-        e = self.e
-        if self.rvc and base == "sp" and 0 <= off < 512 and not off & 7:
-            e.emit(R.c_sdsp(rs, off))                       # c.sdsp rs, off(sp)
-        elif self.rvc and base in CREGS and rs in CREGS and 0 <= off < 256 and not off & 7:
-            e.emit(R.c_sd(rs, base, off))                   # c.sd rs, off(base)
-        else:
-            e.emit(R.sd(rs, base, off))                     # sd rs, off(base)
+        self.emit(_choose_sd(self.rvc, rs, base, off))
 
     def ld(self, rd: str, base: str, off: int) -> None:
-        e = self.e
-        if self.rvc and base == "sp" and rd != "zero" and 0 <= off < 512 and not off & 7:
-            e.emit(R.c_ldsp(rd, off))                       # c.ldsp rd, off(sp)
-        elif self.rvc and base in CREGS and rd in CREGS and 0 <= off < 256 and not off & 7:
-            e.emit(R.c_ld(rd, base, off))                   # c.ld rd, off(base)
-        else:
-            e.emit(R.ld(rd, base, off))                     # ld rd, off(base)
+        self.emit(_choose_ld(self.rvc, rd, base, off))
 
     def jr(self, rs: str) -> None:
-        if self.rvc:
-            self.e.emit(R.c_jr(rs))                         # c.jr rs   (jalr zero, 0(rs))
-        else:
-            self.e.emit(R.jr(rs))                           # jalr zero, 0(rs)
+        self.emit(R.c_jr(rs) if self.rvc else R.jr(rs))   # c.jr rs / jalr zero, 0(rs)
 
     def nop4(self) -> None:
         # always the 4-byte nop: these slots are rewritten later with 4-byte instructions
         self.e.emit(R.nop())                                # nop
 
     def imm(self, rd: str, value: int) -> None:
-        """emit_imm: any 64-bit constant, lowest bits last (addi/addiw sign-extend them)."""
-        val = _signed64(value)
-        upper = (val + (1 << 11)) >> 12
-        lower = _sext12(val)
-        if -(1 << 31) <= val < (1 << 31):
-            if not upper:
-                self.li(rd, lower)                          # li rd, lower
-                return
-            self.lui(rd, upper)
-            self.addiw(rd, rd, lower)       # also when lower == 0: wraps lui's 0x80000 back
-            return
-        shift = (upper & -upper).bit_length() - 1
-        self.imm(rd, upper >> shift)                        # li rd, upper >> shift
-        self.slli(rd, rd, shift + 12)
-        if lower:
-            self.addi(rd, rd, lower)
+        """emit_imm: any 64-bit constant (_choose_imm)."""
+        self.emit(_choose_imm(self.rvc, rd, value))
 
     def call(self, target: int) -> None:
         """emit_call(addr, fixed_addr=true): jal when it reaches, else auipc t1 + jalr ra.
@@ -350,7 +400,7 @@ class _Jit:
     def skip_if_recursing(self, skip: str) -> None:
         # enter returned 0: the prog is already running on this CPU
         e = self.e
-        e.emit(R.beq("a0", "zero", e.pc, e.label_addr(skip)))   # beq a0, zero, skip
+        e.emit_to(skip, R.beq, "a0", "zero")                # beq a0, zero, skip
 
     def prog_run(self, link: ProgLink, save_ret: bool) -> None:
         """a0 = bpf_func(ctx); keep it as the return value if asked."""
@@ -401,7 +451,7 @@ class _Jit:
         for n, link in enumerate(self.spec.fmod_ret):
             self.invoke_prog(link, True, f"fmod_ret{n}")
             self.ld("t1", "fp", -f.retval_off)              # ld t1, retval
-            e.emit(R.bne("t1", "zero", e.pc, e.label_addr("do_fexit")))   # bne t1, zero, do_fexit
+            e.emit_to("do_fexit", R.bne, "t1", "zero")         # bne t1, zero, do_fexit
 
     # -- the original ---------------------------------------------------------------------------
     def call_original(self) -> None:

@@ -379,7 +379,7 @@ class _Jit:
         e.emit(X.mov_rr("rbx", "rax"))                                  # mov rbx, rax
         e.emit(X.test_rr("rax", "rax"))                                 # test rax, rax
         skip = f"{tag}_skip"
-        e.emit(X.jcc_rel8("e", e.pc, e.label_addr(skip)))               # je skip (recursion)
+        e.emit_to(skip, X.jcc_rel8, "e")                                # je skip (recursion)
         e.note(f"{tag}: bpf_func(ctx)")
         e.emit(X.lea("rdi", "rbp", -f.regs_off))                        # lea rdi, [rbp-regs_off]
         self.call(e, link.bpf_func)                                     # call bpf_func
@@ -402,7 +402,7 @@ class _Jit:
         for i, link in enumerate(self.spec.fmod_ret):
             self.invoke_prog(e, link, True, f"fmod_ret{i}")
             e.emit(X.cmp_mem_imm8("rbp", -RETVAL_OFF, 0))               # cmp qword [rbp-8], 0
-            e.emit(X.jcc_rel32("ne", e.pc, e.label_addr("do_fexit")))   # jne do_fexit
+            e.emit_to("do_fexit", X.jcc_rel32, "ne")                    # jne do_fexit
 
     def call_original(self, e: Emitter) -> None:
         f = self.f
