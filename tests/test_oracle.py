@@ -58,10 +58,10 @@ def _plain(arch: str, version: str, tmp_path: Path) -> Path:
 KERNEL_BYTES = {
     ("x86_64", "6.12.117"): (100, 160, 232, 2718),
     ("arm64", "6.12.117"): (136, 196, 264, 2556),
-    ("riscv64", "6.12.117"): (116, 208, 280, 2772),
+    ("riscv64", "6.12.117"): (134, 218, 308, 3456),     # programs interpreted (no JIT)
     ("x86_64", "7.2.12"): (105, 156, 233, 2758),       # a nop5 before each program
     ("arm64", "7.2.12"): (140, 196, 268, 2648),        # a nop before each program
-    ("riscv64", "7.2.13"): (124, 208, 280, 3060),
+    ("riscv64", "7.2.13"): (144, 228, 328, 3820),
 }
 
 
@@ -90,9 +90,26 @@ LINK_LIMITS = {("x86_64", "7.2.12"): "prog 36 attach: E2BIG",
 
 def test_riscv_debian_interprets_by_default():
     """Debian riscv64 has BPF_JIT but not BPF_JIT_DEFAULT_ON: bpf_jit_enable is 0 and
-    trampolines call the interpreter; x86-64 and arm64 JIT by default."""
+    trampolines call the interpreter (with prog->insnsi in a1); x86-64 and arm64 JIT by default.
+    The profiles from the configs say the same (Profile.bpf_jit)."""
+    from tramplab.profiles import Profile
     assert parsed("riscv64").jit_default == parsed("riscv64", "7.2.13").jit_default == "0"
     assert parsed("x86_64").jit_default == parsed("arm64").jit_default == "1"
+    for (arch, version), cfg in RECORDED.items():
+        profile = Profile.from_kconfig(str(HERE / "configs" / cfg), version)
+        assert profile.bpf_jit == (arch != "riscv64"), (arch, version)
+    run = parsed("riscv64")
+    calls = [t.text for t in compare.tokens("riscv64", *_fentry_image("riscv64", run),
+                                            run.ksyms.get)]
+    assert "call (ra), <__bpf_prog_run32>" in calls
+
+
+def _fentry_image(arch: str, run) -> tuple[bytes, int]:
+    facts = get_port(arch).oracle
+    sr = run.shapes[0]
+    target = facts.site_target(*sr.sites[("attached", sr.progs[0].target)])
+    page = sr.memory[target]
+    return page[:facts.code_length(page)], target
 
 
 @pytest.mark.parametrize("arch,version", RECORDED)

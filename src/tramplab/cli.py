@@ -1211,8 +1211,8 @@ def _print_oracle(reports) -> None:
     for r in reports:
         note = ""
         if r.jit_default not in (None, "1"):
-            note = (f"; its default net.core.bpf_jit_enable={r.jit_default} (programs "
-                    "interpreted) was set to 1")
+            note = (f"; net.core.bpf_jit_enable={r.jit_default} by default: programs run in "
+                    "the interpreter, on both sides")
         if r.real_seconds == r.real_seconds:                 # not NaN: this run booted
             real = (f"real {r.real_seconds:.1f} s (QEMU TCG, boot included), model "
                     f"{r.model_seconds:.2f} s: {r.real_seconds / r.model_seconds:,.0f}x faster")

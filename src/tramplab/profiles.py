@@ -137,6 +137,10 @@ class Profile:
     # ip_after_call being turned into a jump to its epilogue when the image is put; seen on
     # Debian's 7.2.11/7.2.12/7.3.4 (tramplab oracle), absent from 6.12
     prog_skip: bool = False
+    # net.core.bpf_jit_enable at boot: BPF_JIT_DEFAULT_ON (or BPF_JIT_ALWAYS_ON).  Off (Debian's
+    # riscv64, which has BPF_JIT but not the default), programs run in the interpreter and a
+    # trampoline calls __bpf_prog_run32.. with prog->insnsi as the second argument
+    bpf_jit: bool = True
     # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
     # merged 2026 design: each function's own model), "max-args-2021" (Jiri Olsa's 2021
     # series: one model of every register argument as u64, the return value in a fixed slot)

@@ -55,6 +55,9 @@ FUNC_INSN_BYTES = 16          # what a JIT may read at the traced function (x86:
 _ids = itertools.count(1)
 
 
+PROG_STRUCT = 64                   # bytes of the struct bpf_prog stand-in
+INSNSI_OFF = 0x48                  # offsetof(struct bpf_prog, insnsi) (6.12 and 7.x, 64-bit)
+
 @dataclass(eq=False)
 class TrampImage:
     """struct bpf_tramp_image."""
@@ -159,6 +162,10 @@ class BpfManager(MultiAttach):
         self.exit = hc.register("__bpf_prog_exit_recur", self._prog_exit, 3)
         self.tramp_enter = hc.register("__bpf_tramp_enter", self._tramp_enter, 1)
         self.tramp_exit = hc.register("__bpf_tramp_exit", self._tramp_exit, 1)
+        # !bpf_jit_enable: every program runs in the interpreter, entered with (ctx, insnsi);
+        # the model's programs use little stack, so the 32-byte variant of __bpf_prog_run<N>
+        self.interp = (None if self.profile.bpf_jit else
+                       hc.register("__bpf_prog_run32", self._interpret, 2))
         self.machine.abort_hooks.append(self._unwind_cpu)
         self.direct = ops_for_profile(self)             # kernel functions: the API generation
         self.text_poke = TextPoke(self)                 # BPF programs: their own entry
@@ -226,12 +233,13 @@ class BpfManager(MultiAttach):
         """Give the program its struct, body and image; every step leaves its undo (a refusal
         -- ERANGE from the JIT, ENOMEM -- puts memory and tables back as they were)."""
         m = self.machine
-        mem = m.heap_arena.alloc(64, 16)
-        saved = m.memory.read(mem, 64)
+        size = PROG_STRUCT if self.profile.bpf_jit else INSNSI_OFF + 8   # insnsi[0] too
+        mem = m.heap_arena.alloc(size, 16)
+        saved = m.memory.read(mem, size)
         undo.append(lambda: (m.memory.write(mem, saved), m.heap_arena.free(mem)))
-        m.memory.write(mem, bytes(64))
+        m.memory.write(mem, bytes(size))
         prog.mem = mem
-        m.kallsyms.add(f"bpf_prog_struct:{prog.name}", mem, 64, "d")
+        m.kallsyms.add(f"bpf_prog_struct:{prog.name}", mem, size, "d")
         undo.append(lambda: m.kallsyms.remove(f"bpf_prog_struct:{prog.name}"))
         host = m.hostcalls.register(f"bpf_prog_body:{prog.name}", self._body_host(prog),
                                     5 if prog.kind in ("func", "freplace") else 2)
@@ -311,6 +319,22 @@ class BpfManager(MultiAttach):
                                    "(or None for 0)")
             return ret & 0xFFFFFFFFFFFFFFFF
         return run
+
+    def _prog_link(self, prog: BpfProg, cookie: int) -> ProgLink:
+        """What the trampoline calls for prog: its image, or (interpreted, !bpf_jit_enable)
+        the interpreter with prog->insnsi."""
+        if self.interp is None:
+            return ProgLink(prog.mem, prog.image, cookie, self.enter, self.exit)
+        return ProgLink(prog.mem, self.interp, cookie, self.enter, self.exit,
+                        insnsi=prog.mem + INSNSI_OFF)
+
+    def _interpret(self, cpu, ctx, insnsi):
+        """__bpf_prog_run32(ctx, insnsi): the interpreter running the program whose
+        prog->insnsi this is (the model runs its body)."""
+        prog = self._prog_mem.get(insnsi - INSNSI_OFF)
+        if prog is None:
+            raise self.machine.oops(cpu, f"__bpf_prog_run32: {insnsi:#x} is no program's insnsi")
+        return self._body_host(prog)(cpu, ctx)
 
     def _target_nargs(self, prog: BpfProg) -> int:
         t = prog.target
@@ -593,7 +617,7 @@ class BpfManager(MultiAttach):
 
     def _spec(self, tr: Trampoline, image: int, im: int) -> TrampolineSpec:
         p = self.profile
-        links = {k: tuple(ProgLink(l.prog.mem, l.prog.image, l.cookie, self.enter, self.exit)
+        links = {k: tuple(self._prog_link(l.prog, l.cookie)
                           for l in tr.links[k]) for k in BPF_TRAMP_KINDS}
         if tr.ftrace_managed:
             entry, skip = p.bpf_entry, p.bpf_site_skip

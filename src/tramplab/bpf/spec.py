@@ -92,6 +92,8 @@ class ProgLink:
     cookie: int        # bpf_cookie, stored in the run_ctx before enter
     enter: int         # __bpf_prog_enter_recur (or another enter variant)
     exit: int          # __bpf_prog_exit_recur
+    insnsi: int = 0    # an interpreted program (!prog->jited): bpf_func is the interpreter
+                       # and its second argument is prog->insnsi; 0 for a JITed one
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,10 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
         parsed = console.parse(out)
     except console.ConsoleError as e:
         raise OracleError(f"{arch}: {e} (console saved at {path})") from e
+    if parsed.jit_default is not None and (parsed.jit_default == "1") != profile.bpf_jit:
+        raise OracleError(f"{arch}: the kernel booted with net.core.bpf_jit_enable="
+                          f"{parsed.jit_default}, but the profile from its config has "
+                          f"bpf_jit={profile.bpf_jit} (console saved at {path})")
     real = observe_real(arch, parsed, shapes, proto_of)
     return ArchReport(arch, kernel, profile.name, diff(real, model), real_seconds,
                       model_seconds, parsed.jit_default, path)

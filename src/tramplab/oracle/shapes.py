@@ -136,6 +136,7 @@ def recorder(nslots: int, func_ip: bool, ret: int) -> bytes:
 
 # kernel functions the trampolines call, named on both sides (kallsyms prefixes)
 NAMED_CALLS = ("__bpf_prog_enter", "__bpf_prog_exit", "__bpf_tramp_enter", "__bpf_tramp_exit",
+               "__bpf_prog_run",
                "bpf_fentry_test", "bpf_modify_return_test", "ftrace_caller", "ftrace_stub",
                "ftrace_regs_caller", "ftrace_common", "__fentry__")
 

@@ -240,8 +240,10 @@ class _Jit:
         # enter returns 0 when the prog is already running on this CPU (recursion): skip it.
         e.emit_to(skip, A.cbz, "x0")                         # cbz x0, skip
         e.emit(A.add_imm("x0", "sp", f.args))                # add x0, sp, #ctx
-        # bpf_func's second arg (insnsi) only matters to the interpreter; JITed progs ignore
-        # it, so x1 is not loaded (the kernel loads it only for !prog->jited).
+        # bpf_func's second arg (insnsi) only matters to the interpreter: loaded only for
+        # !prog->jited (the profile's bpf_jit off)
+        if link.insnsi:
+            e.emit(A.mov_addr("x1", link.insnsi))            # movn/movk/movk x1, #insnsi
         self.call(e, link.bpf_func)                          # call bpf_func
         if save_ret:
             e.emit(A.str_("x0", "sp", f.retval))             # str x0, [sp, #retval]

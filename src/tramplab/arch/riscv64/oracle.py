@@ -101,8 +101,11 @@ def fold(insns, i) -> tuple | None:
     if first.mnemonic == "auipc" and i + 1 < len(insns) and insns[i + 1].mnemonic == "jalr":
         reg, hi = _ops(first)
         ops = _ops(insns[i + 1])
+        if len(ops) == 1:                        # capstone's alias of jalr ra, 0(rs)
+            ops = ["ra", ops[0], "0"]
         if len(ops) == 3 and ops[1] == reg and _int(ops[2]) is not None and _int(hi) is not None:
-            return 2, f"call ({ops[0]})", (first.addr + _sext32(_int(hi) << 12) + _int(ops[2])) & MASK64
+            target = first.addr + _sext32(_int(hi) << 12) + _int(ops[2])
+            return 2, f"call ({ops[0]})", target & MASK64
     got = _start(first)
     if not got:
         return None

@@ -406,6 +406,8 @@ class _Jit:
         """a0 = bpf_func(ctx); keep it as the return value if asked."""
         f = self.f
         self.addi("a0", "fp", -f.args_off)                  # addi a0, fp, -args_off  (ctx)
+        if link.insnsi:                                     # !prog->jited: the interpreter
+            self.imm("a1", link.insnsi)                     # li a1, insnsi
         self.call(link.bpf_func)                            # call bpf_func
         if not save_ret:
             return

@@ -382,6 +382,8 @@ class _Jit:
         e.emit_to(skip, X.jcc_rel8, "e")                                # je skip (recursion)
         e.note(f"{tag}: bpf_func(ctx)")
         e.emit(X.lea("rdi", "rbp", -f.regs_off))                        # lea rdi, [rbp-regs_off]
+        if link.insnsi:                                                 # !prog->jited
+            e.emit(X.mov_imm64("rsi", link.insnsi))                     # movabs rsi, insnsi
         self.call(e, link.bpf_func)                                     # call bpf_func
         if save_ret:
             e.emit(X.mov_store("rbp", -RETVAL_OFF, "rax"))              # mov [rbp-8], rax

@@ -730,8 +730,8 @@ void _start(void)
 	write_file("/proc/sys/net/core/bpf_jit_kallsyms", "1");
 	write_file("/proc/sys/kernel/printk", "1");
 	say("hello", "tramplab-oracle-guest 1");
-	/* The kernel's default (riscv64 has no BPF_JIT_DEFAULT_ON: programs are interpreted and
-	 * trampolines call __bpf_prog_run*); the model's programs are JITed, so the JIT goes on. */
+	/* The kernel's default, left as it is: without BPF_JIT_DEFAULT_ON (Debian's riscv64)
+	 * programs are interpreted and trampolines call __bpf_prog_run* with prog->insnsi. */
 	{
 		char was[8] = "";
 		long fd = open_ro("/proc/sys/net/core/bpf_jit_enable");
@@ -739,7 +739,6 @@ void _start(void)
 			sys6(SYS_read, fd, (long)was, 1, 0, 0, 0);
 			sys6(SYS_close, fd, 0, 0, 0, 0, 0);
 			say("jit-default", was);
-			write_file("/proc/sys/net/core/bpf_jit_enable", "1");
 		}
 	}
 	kcore_open();
