@@ -56,7 +56,8 @@ _ids = itertools.count(1)
 
 
 PROG_STRUCT = 64                   # bytes of the struct bpf_prog stand-in
-INSNSI_OFF = 0x48                  # offsetof(struct bpf_prog, insnsi) (6.12 and 7.x, 64-bit)
+INSNSI_OFF = 0x48                  # offsetof(struct bpf_prog, insnsi): 6.12 (0x60 on Debian 7.2.13; a
+                                   # pointer value the oracle compares aside)
 
 @dataclass(eq=False)
 class TrampImage:
