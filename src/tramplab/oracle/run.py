@@ -272,7 +272,10 @@ class ArchReport:
                     "code": o.code.hex(), "seen": o.seen, "retval": o.retval}
         return {
             "arch": self.arch, "kernel": self.kernel.release, "source": self.kernel.source,
-            "profile": self.profile, "real_seconds": round(self.real_seconds, 2),
+            "profile": self.profile,
+            # null for a saved console (nothing booted): NaN is not JSON
+            "real_seconds": (round(self.real_seconds, 2)
+                             if self.real_seconds == self.real_seconds else None),
             "model_seconds": round(self.model_seconds, 3), "same": self.same,
             "jit_default": self.jit_default, "console": self.console_path,
             "shapes": [{"shape": r.shape, "same_sequence": r.code.same if r.code else None,
@@ -291,7 +294,15 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
     than the model's timelines is compared with `latest` that way), and compare."""
     from ..kernel import Kernel
     from ..profiles import Profile
-    profile = Profile.from_kconfig(str(kernel.config), kernel.version, model_version)
+    from ..errors import UsageError
+    from ..profiles import LATEST
+    try:
+        profile = Profile.from_kconfig(str(kernel.config), kernel.version, model_version)
+    except UsageError as e:
+        if model_version is None and version_key(kernel.version) > version_key(LATEST):
+            raise UsageError(f"{e}; compare it with the model's latest timeline: "
+                             f"--model-version {LATEST}") from None
+        raise
     shapes = [s for s in shapes if version_key(kernel.version) >= version_key(s.since)]
     t0 = time.perf_counter()
     model = observe_model(arch, profile, shapes)
