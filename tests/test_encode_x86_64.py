@@ -150,6 +150,19 @@ def test_no_operand(fn, mnemonic, hexcode):
     check(fn(), mnemonic, [])
 
 
+# gen_endbr_poison() (arch/x86/include/asm/ibt.h), the 4-byte nop a sealed endbr64 becomes at
+# boot, as `tramplab oracle` read it at sealed functions of Debian's kernels: 6.12.117 the first,
+# 7.2.12 / 7.3.4 the one carrying UDB (0xd6) as its displacement
+@pytest.mark.parametrize("fn, op_str, hexcode", [
+    (E.nopl_osp_rax, "word ptr [rax]", "660f1f00"),
+    (E.nopl_m42_rax, "dword ptr [rax - 0x2a]", "0f1f40d6"),
+])
+def test_endbr_poisons(fn, op_str, hexcode):
+    assert fn() == bytes.fromhex(hexcode)
+    insn = decode(fn())
+    assert (insn.mnemonic, insn.op_str, insn.size) == ("nop", op_str, 4)
+
+
 # ---------------------------------------------------------------------------------------------
 # push / pop / indirect call and jmp
 

@@ -143,7 +143,7 @@ LAYOUT_OUTCOMES = {
     ("x86_64", "fentry", None): "ok:latest",
     ("x86_64", "fentry", "latest"): "ok:latest",
     ("x86_64", "fentry-ibt", None): "ok:v6.12-ibt",
-    ("x86_64", "fentry-ibt", "latest"): "ok:latest",          # endbr64 read at the function
+    ("x86_64", "fentry-ibt", "latest"): "ok:latest",          # endbr64/seal read at the function
     ("x86_64", "fentry-ibt", "v6.12"): "ok:v6.12",            # issue 13: called func+5 before
     ("x86_64", "fentry-ibt", "v6.6"): "ok:v6.6",
     ("x86_64", "fentry-ibt", "v5.5"): "usage:v5.5 kernels are built with layout fentry;",

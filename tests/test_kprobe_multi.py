@@ -9,17 +9,20 @@ from tramplab import Kernel, KernelError, UsageError
 # x86-64: (profile, bpf_get_func_ip() - &bpf_fentry_test1, cookie seen).  Kernel facts:
 # c09eb2e578eb "bpf: Adjust kprobe_multi entry_ip for CONFIG_X86_KERNEL_IBT" (v6.1): before it
 # an IBT kernel reported the record's ip, 4 bytes past endbr64, and found no cookie for it.
+# On an IBT kernel bpf_fentry_test1 keeps its endbr64 (exported) and bpf_fentry_test2 is sealed
+# at boot: get_entry_ip's is_endbr() steps back over the version's poison as over endbr64.
 ENTRY_IP = [
-    ("v6.0", 0, 5),            # no IBT: the record is the function's first byte
-    ("v6.0-ibt", 4, 0),        # IBT before the fix
-    ("v6.6-ibt", 0, 5),        # IBT, fixed
-    ("latest", 0, 5),
+    ("v6.0", None, 0, 5),              # no IBT: the record is the function's first byte
+    ("v6.0-ibt", None, 4, 0),          # IBT before the fix
+    ("v6.6-ibt", None, 0, 5),          # IBT, fixed; bpf_fentry_test2 sealed with 66 0f 1f 00
+    ("latest", None, 0, 5),
+    ("latest", "fentry-ibt", 0, 5),    # bpf_fentry_test2 sealed with 0f 1f 40 d6 (v7.2+)
 ]
 
 
-@pytest.mark.parametrize("profile,offset,cookie", ENTRY_IP)
-def test_entry_ip_and_cookie_by_kernel(profile, offset, cookie):
-    k = Kernel("x86_64", profile=profile)
+@pytest.mark.parametrize("profile,layout,offset,cookie", ENTRY_IP)
+def test_entry_ip_and_cookie_by_kernel(profile, layout, offset, cookie):
+    k = Kernel("x86_64", profile=profile, layout=layout)
     seen = []
     link = k.kprobe_multi(["bpf_fentry_test1", "bpf_fentry_test2"], cookies=[5, 6])(
         lambda ctx: seen.append((ctx.func_ip, ctx.cookie, ctx.arg(0))))

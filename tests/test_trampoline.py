@@ -26,8 +26,8 @@ LAYOUTS = [("x86_64", "fentry-ibt"), ("x86_64", "fentry"),
            ("arm64", "callops"), ("arm64", "callops-bti"), ("arm64", "pfe2"),
            ("riscv64", "pfe4"), ("riscv64", "callops"), ("riscv64", "pfe8")]
 # The layout each arch's tests use unless they say otherwise (the newest kernel; x86 with
-# endbr64 before its site, so site, site_skip and symbol all differ; any other port: its
-# newest kernel's own layout).
+# endbr64 -- or its boot seal -- before its site, so site, site_skip and symbol all differ;
+# any other port: its newest kernel's own layout).
 HOME = {"x86_64": "fentry-ibt", "arm64": "callops", "riscv64": "callops"}
 # Setups: (arch, layout, Harness keywords, attach keywords)
 SETUPS = {f"{a}-{lay}": (a, lay, {}, {}) for a, lay in LAYOUTS}

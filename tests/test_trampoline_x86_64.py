@@ -30,7 +30,8 @@ from tramplab.machine.machine import CallTask
 
 def x86(layout: str = "fentry-ibt", **kw) -> Harness:
     """The newest x86 kernel (v6.8+: no endbr64 in direct-call trampolines; v6.19+: jmp
-    mode), with endbr64 before every function's site unless `layout` says otherwise."""
+    mode), with endbr64 before every function's site unless `layout` says otherwise -- or,
+    where boot sealed it (its address not taken), the 4-byte nop is_endbr() still accepts."""
     return Harness("x86_64", layout, **kw)
 
 

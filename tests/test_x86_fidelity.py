@@ -4,14 +4,18 @@ does), IBT layouts only on kernels that had IBT, and the exact bytes of the tram
 version (pointer immediates masked)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tramplab import Kernel, UsageError
 from tramplab.arch.x86_64 import encode as X
 from tramplab.arch.x86_64.trampoline import is_endbr, orig_call
+from tramplab.bpf.spec import JitOptions
 from tramplab.ftrace.kconfig import ConfigError, check
 from tramplab.machine.disasm import disassemble
 from tramplab.profiles import get_profile, presets
+from tramplab.targets.loader import Ref
 
 
 def _image(k, func):
@@ -26,31 +30,104 @@ def _calls(k, func) -> list[int]:
 
 # ------------------------------------------------------------------------------ is_endbr
 # arch/x86/include/asm/ibt.h is_endbr(): endbr64 (f3 0f 1e fa), endbr32 (f3 0f 1e fb), or the
-# poison a sealed endbr64 became (gen_endbr_poison() = 0x001f0f66, `osp nopl (%rax)`).
-IS_ENDBR = [
-    ("f30f1efa", True), ("f30f1efb", True), ("660f1f00", True),
-    ("0f1f4000", False),            # the canonical nop4 is not the poison
-    ("0f1f440000", False),          # the site's nop5
-    ("e800000000", False),          # a patched call
-    ("", False),                    # nothing read (a BPF program's image: counted by the manager)
+# poison a sealed endbr64 became -- its own version's only: gen_endbr_poison() was 0x001f0f66
+# (`osp nopl (%rax)`, Debian 6.12.117), then `nopl -42(%rax)` (0f 1f 40 d6, Debian 7.2.12/7.3.4).
+OLD, NEW = JitOptions(endbr_poison_osp=True), JitOptions()
+IS_ENDBR = [   # bytes, is_endbr on a kernel with the old poison, with the new one
+    ("f30f1efa", True, True), ("f30f1efb", True, True),
+    ("660f1f00", True, False), ("0f1f40d6", False, True),
+    ("0f1f4000", False, False),     # the canonical nop4 is neither poison
+    ("0f1f440000", False, False),   # the site's nop5
+    ("e800000000", False, False),   # a patched call
+    ("", False, False),             # nothing read (a BPF program's image: counted by the manager)
 ]
 
 
-@pytest.mark.parametrize("hexbytes,want", IS_ENDBR)
-def test_is_endbr_is_the_kernels(hexbytes, want):
-    assert is_endbr(bytes.fromhex(hexbytes)) is want
+@pytest.mark.parametrize("hexbytes,old,new", IS_ENDBR)
+def test_is_endbr_is_the_kernels(hexbytes, old, new):
+    assert is_endbr(bytes.fromhex(hexbytes), OLD) is old
+    assert is_endbr(bytes.fromhex(hexbytes), NEW) is new
 
 
-def test_the_poison_encoder_is_osp_nopl_rax():
+def test_the_poison_encoders_are_nops_of_four_bytes():
     assert X.nopl_osp_rax() == bytes.fromhex("660f1f00")
-    insns = disassemble(Kernel("x86_64").arch, X.nopl_osp_rax(), 0)
-    assert [(i.mnemonic, i.size) for i in insns] == [("nop", 4)]
+    assert X.nopl_m42_rax() == bytes.fromhex("0f1f40d6")
+    for poison in (X.nopl_osp_rax(), X.nopl_m42_rax()):
+        insns = disassemble(Kernel("x86_64").arch, poison, 0)
+        assert [(i.mnemonic, i.size) for i in insns] == [("nop", 4)]
+
+
+# ------------------------------------------------------------------------------ sealing
+# apply_seal_endbr at boot, as `tramplab oracle` read the first 4 bytes of each function on
+# Debian's kernels (tests/oracle/console-x86_64-6.12.117.txt.xz, -7.2.12.txt.xz; 7.3.4 the
+# same): bpf_fentry_test1 keeps endbr64 (EXPORT_SYMBOL_GPL in net/bpf/test_run.c takes its
+# address); the rest are called directly only, so sealed with the version's poison.
+SEALING = [   # profile, layout, function, its first 4 bytes after boot
+    ("v6.12-ibt", None, "bpf_fentry_test1", "f30f1efa"),
+    ("v6.12-ibt", None, "bpf_fentry_test2", "660f1f00"),
+    ("v6.12-ibt", None, "bpf_fentry_test6", "660f1f00"),
+    ("v6.12-ibt", None, "bpf_modify_return_test", "660f1f00"),
+    ("v6.12-ibt", None, "bpf_modify_return_test2", "660f1f00"),
+    ("latest", "fentry-ibt", "bpf_fentry_test1", "f30f1efa"),
+    ("latest", "fentry-ibt", "bpf_fentry_test2", "0f1f40d6"),
+    ("latest", "fentry-ibt", "bpf_modify_return_test", "0f1f40d6"),
+    ("v7.2", "fentry-ibt", "bpf_fentry_test3", "0f1f40d6"),   # the first version seen with it
+    ("v6.6-ibt", None, "bpf_fentry_test3", "660f1f00"),
+]
+
+
+@pytest.mark.parametrize("profile,layout,func,want", SEALING)
+def test_boot_seals_every_endbr64_whose_address_is_not_taken(profile, layout, func, want):
+    k = Kernel("x86_64", profile=profile, layout=layout)
+    assert k.memory.read(k.function(func).addr, 4).hex() == want
+    assert (func in k.sealed) is (want != "f30f1efa")
+
+
+def test_the_address_taken_is_read_from_the_objects_relocations():
+    """Every reference the model's object makes to a traced function is a direct call (or an
+    __mcount_loc entry, which objtool ignores): only the sourced table keeps an endbr64."""
+    from tramplab.arch.x86_64.ibt import ADDRESS_TAKEN, address_taken
+    k = Kernel("x86_64", profile="v6.12-ibt")
+    assert address_taken(k.image, k.image.read) == set()
+    assert "bpf_fentry_test1" in ADDRESS_TAKEN and "bpf_fentry_test1" not in k.sealed
+    # a reference that is not a branch operand takes the address (lea bpf_fentry_test2(%rip))
+    fn = k.function("bpf_fentry_test2")
+    lea = Ref(".text", k.function("bpf_fentry_test1").addr + 3, "R_X86_64_PC32", fn.addr - 4)
+    obj = dataclasses.replace(k.image, refs=k.image.refs + (lea,))
+    read = lambda addr, n: bytes.fromhex("488d05")[-n:] if addr == lea.place - 2 else obj.read(addr, n)
+    assert address_taken(obj, read) == {"bpf_fentry_test2"}
+    data = Ref(".data", 0, "R_X86_64_64", fn.addr)
+    skipped = Ref("__mcount_loc", 0, "R_X86_64_64", fn.addr)
+    assert address_taken(dataclasses.replace(k.image, refs=(data,)), obj.read) == \
+        {"bpf_fentry_test2"}
+    assert address_taken(dataclasses.replace(k.image, refs=(skipped,)), obj.read) == set()
+
+
+@pytest.mark.parametrize("profile,layout", [("v6.12", None), ("latest", "fentry"),
+                                            ("v6.0-ibt", "fentry")])
+def test_without_ibt_nothing_is_sealed(profile, layout):
+    k = Kernel("x86_64", profile=profile, layout=layout)
+    assert k.sealed == ()
+    assert k.memory.read(k.function("bpf_fentry_test2").addr, 5) == X.nop(5)
+
+
+def test_a_kernel_before_ibt_seals_nothing():
+    """Before v5.18 there is no X86_KERNEL_IBT and no apply_seal_endbr: the Kconfig rule
+    refuses such a build (test above), and the sealing itself asks for the version too."""
+    from types import SimpleNamespace
+    from tramplab.arch.x86_64.ibt import seals
+    k = Kernel("x86_64", profile="v6.12-ibt")
+    for version, want in (("5.17", False), ("5.18", True), ("6.12", True)):
+        stand_in = SimpleNamespace(layout=k.layout, arch=k.arch,
+                                   profile=SimpleNamespace(kernel=version))
+        assert seals(stand_in) is want
 
 
 # ------------------------------------------------------------------------------ the skip
 def test_an_ibt_build_of_v612_calls_past_endbr64_and_the_site():
     """Issue 13: `--profile v6.12 --layout fentry-ibt` called func+5, the middle of the patched
-    call.  A Profile object built with the IBT layout (no skip of its own) works too."""
+    call.  A Profile object built with the IBT layout (no skip of its own) works too.
+    bpf_fentry_test1 keeps its endbr64 (exported)."""
     for profile in (get_profile("x86_64", "v6.12").with_(layout="fentry-ibt"),
                     "v6.12-ibt"):
         k = Kernel("x86_64", profile=profile)
@@ -70,25 +147,41 @@ def test_without_endbr64_the_original_is_called_past_the_site_only():
     assert k.call("bpf_fentry_test1", 1) == 2
 
 
-def test_a_sealed_function_is_still_skipped_past_its_poisoned_endbr64():
-    """A function never called indirectly has its endbr64 sealed at boot (apply_seal_endbr:
-    poison_endbr writes gen_endbr_poison()); is_endbr() accepts the poison, so the trampoline
-    still calls func+9 -- as Debian's 6.12 does for bpf_fentry_test1 (kernel-anchors §4.5)."""
-    k = Kernel("x86_64", profile="v6.12-ibt")
-    fn = k.function("bpf_fentry_test1")
-    k.machine.write_text(fn.addr, X.nopl_osp_rax())
+@pytest.mark.parametrize("profile,layout,poison", [("v6.12-ibt", None, "660f1f00"),
+                                                   ("latest", "fentry-ibt", "0f1f40d6")])
+def test_a_sealed_function_is_still_skipped_past_its_poisoned_endbr64(profile, layout, poison):
+    """bpf_fentry_test2 is sealed at boot (apply_seal_endbr: poison_endbr writes
+    gen_endbr_poison()); is_endbr() accepts the version's poison, so the trampoline still
+    calls func+9 and fexit sees the arguments and the return value -- as Debian's kernels do
+    (kernel-anchors §4.5)."""
+    k = Kernel("x86_64", profile=profile, layout=layout)
+    fn = k.function("bpf_fentry_test2")
+    assert k.memory.read(fn.addr, 4).hex() == poison
     seen = []
-    k.fexit("bpf_fentry_test1", name="x")(lambda ctx: seen.append(ctx.ret))
-    assert fn.addr + 9 in _calls(k, "bpf_fentry_test1")
-    assert k.call("bpf_fentry_test1", 41) == 42 and seen == [42]
+    k.fexit("bpf_fentry_test2", name="x")(lambda ctx: seen.append((list(ctx.args[:2]), ctx.ret)))
+    assert fn.addr + 9 in _calls(k, "bpf_fentry_test2")
+    assert fn.addr + 4 not in _calls(k, "bpf_fentry_test2")
+    assert k.call("bpf_fentry_test2", 2, 3) == 5 and seen == [([2, 3], 5)]
+
+
+def test_another_versions_poison_is_not_skipped():
+    """is_endbr() knows its own version's poison only: the old poison written into a 7.2+
+    kernel is just a nop to it, so the trampoline calls past the site only (func+5, the middle
+    of the patched call) -- why the model must write the version's poison."""
+    k = Kernel("x86_64", profile="latest", layout="fentry-ibt")
+    fn = k.function("bpf_fentry_test3")
+    k.machine.write_text(fn.addr, X.nopl_osp_rax())
+    k.fexit("bpf_fentry_test3", name="x")(lambda ctx: 0)
+    assert fn.addr + 5 in _calls(k, "bpf_fentry_test3")
 
 
 def test_orig_call_reads_the_function_not_the_profile():
     spec_like = type("S", (), {})()
     spec_like.func_addr, spec_like.site_skip = 0x1000, 5
-    for insn, want in ((X.endbr64(), 0x1009), (X.nopl_osp_rax(), 0x1009),
-                       (X.nop(5), 0x1005), (b"", 0x1005)):
-        spec_like.func_insn = insn
+    for options, insn, want in ((NEW, X.endbr64(), 0x1009), (OLD, X.nopl_osp_rax(), 0x1009),
+                                (NEW, X.nopl_m42_rax(), 0x1009), (NEW, X.nopl_osp_rax(), 0x1005),
+                                (NEW, X.nop(5), 0x1005), (OLD, b"", 0x1005)):
+        spec_like.func_insn, spec_like.options = insn, options
         assert orig_call(spec_like) == want
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .arch import arch_module, get_arch
+from .arch import arch_module, get_arch, get_port
+from .bpf.spec import JitOptions
 from .errors import KernelError, UsageError
 from .machine import Machine
 from .machine.callconv import assign, from_ret
@@ -19,7 +20,7 @@ from .machine.memory import Arena
 from .machine.machine import CallTask
 from .machine.scheduler import Scheduler
 from .ftrace.kconfig import check
-from .profiles import (Profile, get_profile, layout_violations, presets, version_key,
+from .profiles import (Profile, get_profile, has, layout_violations, presets, version_key,
                        with_layout)
 from .targets import get_layout, layouts_of, load_target
 from .unwind.dwarf import function_tables
@@ -79,6 +80,7 @@ class Kernel:
         self.layout = get_layout(self.arch, self.profile.layout)
         self.layout_name = self.layout.name
         self._ftrace = None
+        self.sealed: tuple[str, ...] = ()     # functions whose landing pad boot patching sealed
         if synth:
             self._room_for_synth(synth, machine_options)
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
@@ -124,6 +126,16 @@ class Kernel:
             from .ftrace import Ftrace
             self._ftrace = Ftrace(self, self.profile)
         return self._ftrace
+
+    @property
+    def jit_options(self):
+        """The kernel configuration the arch's JITs and boot patching follow (bpf.spec
+        JitOptions, from Port.jit_options of the profile and layout): computed once."""
+        if getattr(self, "_jit_options", None) is None:
+            p, port = self.profile, get_port(self.arch)
+            self._jit_options = JitOptions() if port.jit_options is None else \
+                port.jit_options(p, self.layout, lambda f: has(port.name, f, p.kernel))
+        return self._jit_options
 
     @property
     def bpf(self):
@@ -295,6 +307,9 @@ class Kernel:
             if seg.addr + len(seg.data) > m.kernel.end:
                 raise UsageError(f"segment {seg.name} does not fit in the kernel region")
             m.memory.write(seg.addr, seg.data)
+        port = get_port(self.arch)
+        if port.boot_patch is not None:
+            self.sealed = tuple(port.boot_patch(self))
         for cpu in m.cpus:
             cpu.invalidate(m.kernel.start, m.kernel.end)
         # The rest of the kernel region: text the model generates (ftrace_caller, samples) and

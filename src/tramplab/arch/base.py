@@ -205,6 +205,9 @@ class Port:
     era_switches: tuple[str, ...] = ()    # switches the era fixes whatever the layout
     # (profile, layout, has) -> bpf.spec.JitOptions: the configuration its JITs follow
     jit_options: Callable[[Any, Any, Callable[[str], bool]], Any] | None = None
+    # kernel -> names of the functions it changed: the arch's boot-time patching of the loaded
+    # kernel text, before anything runs (alternative_instructions(): x86 IBT's apply_seal_endbr)
+    boot_patch: Callable[[Any], Any] | None = None
     # check/scenarios.py name -> (buggy profile, fixed profile) on this arch
     scenarios: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     kconfig_rules: tuple[KconfigRule, ...] = ()

@@ -58,13 +58,11 @@ class KprobeMultiLink:
 
 def entry_ip(kernel, fentry_ip: int) -> int:
     """get_entry_ip(): the record's ip back to the function's address, where the kernel does
-    it (the landing pad before the site, e.g. endbr64, is read from memory as is_endbr() does)."""
+    it (the landing pad before the site -- endbr64, or its sealed poison -- is read from memory
+    as the arch's kernel reads it: ArchFtrace.entry_ip)."""
     if not has(kernel.arch.name, "kprobe_multi_entry_ip", kernel.profile.kernel):
         return fentry_ip
-    pad = kernel.layout.entry.landing_pad
-    if pad and kernel.memory.read(fentry_ip - len(pad), len(pad)) == pad:
-        return fentry_ip - len(pad)
-    return fentry_ip
+    return kernel.ftrace.arch.entry_ip(fentry_ip)
 
 
 def attach(kernel, targets, name: str, cookies, body: Callable) -> KprobeMultiLink:

@@ -637,17 +637,8 @@ class BpfManager(MultiAttach):
             options=options)
 
     def _jit_options(self) -> JitOptions:
-        """The port's JIT options for this kernel (its profile and layout never change):
-        computed once, not per trampoline."""
-        options = getattr(self, "_options", None)
-        if options is None:
-            p, port = self.profile, get_port(self.arch)
-            options = JitOptions()
-            if port.jit_options is not None:
-                options = port.jit_options(p, self.kernel.layout,
-                                           lambda f: has(port.name, f, p.kernel))
-            self._options = options
-        return options
+        """The port's JIT options for this kernel (its profile and layout never change)."""
+        return self.kernel.jit_options
 
     def _build_image(self, tr: Trampoline) -> TrampImage:
         """arch_bpf_trampoline_size + bpf_tramp_image_alloc + arch_prepare_bpf_trampoline.

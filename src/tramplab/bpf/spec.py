@@ -113,6 +113,9 @@ class JitOptions:
                                    # 6.1.72), not as 8-byte slots
     orig_stack_rax: bool = False   # x86: ORIG_STACK calls through rax, not rbx (before v6.6 /
                                    # 6.1.72)
+    endbr_poison_osp: bool = False  # x86: gen_endbr_poison(), what a sealed endbr64 became at
+                                    # boot, is `osp nopl (%rax)` (before v7.2), not `nopl
+                                    # -42(%rax)`; is_endbr() accepts only its version's
     prog_skip: bool = False        # a nop before each program (patched to jump over it when the
                                    # program is detached); no ip_after_call (Profile.prog_skip)
 

@@ -296,10 +296,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "for CONFIG_X86_KERNEL_IBT' (v6.1), reported by Martynas Pumputis",
              _kprobe_multi_func_ip,
              "fprobe hands its handler the ftrace record's ip.  With IBT every function starts "
-             "with endbr64, so the record is 4 bytes in: bpf_get_func_ip() returned the "
-             "function's address + 4, and bpf_get_attach_cookie(), which looks the cookie up "
-             "by that address, found none.  The fix reads the 4 bytes before the ip and steps "
-             "back over an endbr64 (get_entry_ip)."),
+             "with endbr64 (or the nop boot sealing wrote over it, as for bpf_fentry_test2), "
+             "so the record is 4 bytes in: bpf_get_func_ip() returned the function's address "
+             "+ 4, and bpf_get_attach_cookie(), which looks the cookie up by that address, "
+             "found none.  The fix reads the 4 bytes before the ip and steps back over what "
+             "is_endbr() accepts, the sealed poison included (get_entry_ip)."),
     Scenario("riscv-orig-stack-copy-paste", "riscv v6.19-rc: the trampoline calls the "
              "function from its first byte and re-enters itself",
              "'bpf: fix the usage of BPF_TRAMP_F_SKIP_FRAME' (v6.19-rc) and its riscv fix "

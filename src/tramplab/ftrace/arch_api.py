@@ -68,6 +68,12 @@ class ArchFtrace:
         """ftrace_init_nop / ftrace_make_nop at boot: compiler nops -> disabled state."""
         raise NotImplementedError
 
+    def entry_ip(self, fentry_ip: int) -> int:
+        """get_entry_ip() (kernel/trace/bpf_trace.c, kprobe.multi): the function's address from
+        a record's ip, stepping back over the landing pad the arch's kernel recognises before
+        the site; the ip itself where there is none."""
+        return fentry_ip
+
     # -- sites ----------------------------------------------------------------------------
     @property
     def ftrace_addr(self) -> int:

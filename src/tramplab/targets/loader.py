@@ -82,6 +82,17 @@ class Symbol:
 
 
 @dataclass(frozen=True)
+class Ref:
+    """One relocation applied to a placed section: what the object's code or data refers to
+    (an arch reads these to tell a direct call from an address taken: x86 IBT sealing)."""
+
+    section: str                # the input section holding the field (".text", "__mcount_loc")
+    place: int                  # the field's address
+    type: str                   # relocation type name (R_X86_64_PLT32 ...)
+    target: int                 # S + A, as the relocation computed it (pc-relative: not - P)
+
+
+@dataclass(frozen=True)
 class FrameInfo:
     """One FDE of .debug_frame, decoded: rows of (pc, (cfa register, offset), {column: (rule,
     argument)}) in DWARF register numbers; `ra_column` is the return-address column."""
@@ -163,6 +174,8 @@ class LoadedObject:
     frames: tuple["FrameInfo", ...] = ()
     # function address -> unwind/cfi.Table, for code generated rather than compiled (synth)
     unwind_tables: Mapping[int, object] = field(default_factory=dict)
+    # every relocation applied to the placed sections, in the order they were applied
+    refs: tuple[Ref, ...] = ()
 
     # --- lookups -----------------------------------------------------------------------
     def symbol(self, name: str) -> Symbol:
@@ -303,7 +316,7 @@ def _symbol_values(elf: ELFFile, symtab: SymbolTableSection, placed: dict[int, i
 
 def _apply_relocations(elf: ELFFile, arch: ArchInfo, target_idx: int, rel: RelocationSection,
                        buf: bytearray, sec_addr: int, sym_values: list, symtab,
-                       counts: dict[str, int] | None) -> None:
+                       counts: dict[str, int] | None, refs: list | None = None) -> None:
     port = get_port(arch)
     table = port.relocations
     if not table:
@@ -347,6 +360,9 @@ def _apply_relocations(elf: ELFFile, arch: ArchInfo, target_idx: int, rel: Reloc
                  sym.name, where, arch.byteorder, pcrel_hi))
         if counts is not None:
             counts[type_name] = counts.get(type_name, 0) + 1
+        if refs is not None:
+            refs.append(Ref(target.name, sec_addr + r["r_offset"], type_name,
+                            (S + r["r_addend"]) & (2**64 - 1)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -591,11 +607,12 @@ def load_object(path: str | Path, arch: str | ArchInfo, base: int | None = None,
         raise LoadError(f"{path.name}: undefined symbol(s) {', '.join(unresolved)}; pass their "
                         "addresses in extern={name: address}")
     counts: dict[str, int] = {}
+    refs: list[Ref] = []
     for rel in rel_secs:
         idx = rel["sh_info"]
         if idx in placed:
             _apply_relocations(elf, info, idx, rel, contents[idx], placed[idx], sym_values,
-                               symtab, counts)
+                               symtab, counts, refs)
 
     # Output sections -> segments.
     segs: dict[str, Segment] = {}
@@ -634,6 +651,7 @@ def load_object(path: str | Path, arch: str | ArchInfo, base: int | None = None,
         prototypes=MappingProxyType(protos),
         reloc_counts=MappingProxyType(dict(sorted(counts.items()))),
         frames=frames,
+        refs=tuple(refs),
     )
 
 

@@ -219,8 +219,15 @@ def endbr32() -> bytes:
 
 def nopl_osp_rax() -> bytes:
     """osp nopl (%rax): a 4-byte nop that is not the canonical nop4, so a sealed endbr64 stays
-    recognisable (the kernel's gen_endbr_poison(), arch/x86/include/asm/ibt.h, v5.18-v6.16)"""
+    recognisable (the kernel's first gen_endbr_poison(), arch/x86/include/asm/ibt.h, v5.18;
+    still in Debian's 6.12.117)"""
     return b"\x66\x0f\x1f\x00"
+
+
+def nopl_m42_rax() -> bytes:
+    """nopl -42(%rax): the later gen_endbr_poison() -- a 4-byte nop whose disp8 0xd6 is the
+    UDB opcode ("carries UDB as immediate"), seen in Debian's 7.2.12 and 7.3.4 kernels"""
+    return b"\x0f\x1f\x40\xd6"
 
 
 def int3() -> bytes:

@@ -23,11 +23,13 @@ from typing import Generator
 
 from ...errors import EncodeError, KernelError
 from ...faults import fault
+from ...machine.memory import MemoryFault
 from ...ftrace.arch_api import ArchFtrace, SiteState, TextWrite
 from ...jit import assemble
 from ...unwind import code_table
 from . import encode as X
 from .frames import leave_frame, push, push_rbp_frame
+from .trampoline import ENDBR_INSN_SIZE, is_endbr
 
 NOP5 = X.nop(5)
 INT3 = b"\xcc"
@@ -261,6 +263,18 @@ class ArchFtraceImpl(ArchFtrace):
         size = self.machine.module_arena.free(addr)
         self.machine.write_text(addr, b"\xcc" * size)
         self.machine.kallsyms.remove(self._trampolines.pop(addr))
+
+    def entry_ip(self, fentry_ip: int) -> int:
+        """get_entry_ip() under CONFIG_X86_KERNEL_IBT: `if (is_endbr(*(u32 *)(fentry_ip -
+        ENDBR_INSN_SIZE))) fentry_ip -= ENDBR_INSN_SIZE;` -- is_endbr() also accepts this
+        version's poison, so a sealed function's entry ip is its address too.  At the start of
+        a page the kernel reads with get_kernel_nofault(): nothing mapped there, no step back."""
+        try:
+            word = self.machine.memory.read(fentry_ip - ENDBR_INSN_SIZE, ENDBR_INSN_SIZE)
+        except MemoryFault:
+            return fentry_ip
+        return fentry_ip - ENDBR_INSN_SIZE if is_endbr(word, self.kernel.jit_options) \
+            else fentry_ip
 
     # -- records and sites ------------------------------------------------------------
     def rec_ip(self, site) -> int:

@@ -9,6 +9,7 @@ from ...profiles import version_key
 from ..base import ConfigFacts, KconfigRule, Port, StressEra
 from .. import register_port
 from .abi import ARCH
+from .ibt import apply_seal_endbr
 from .layouts import LAYOUTS
 from .oracle import ORACLE
 from .relocs import RELOCATIONS
@@ -39,6 +40,11 @@ TIMELINE = {
     # (bpf_trampoline_skip_prog), and no ip_after_call: seen in Debian's 7.2.11, 7.2.12 and
     # 7.3.4 kernels by `tramplab oracle` (not in 6.12; Debian no longer ships 7.0/7.1 configs)
     "tramp_prog_skip": "7.2",
+    # gen_endbr_poison() (arch/x86/include/asm/ibt.h) became `nopl -42(%rax)`, "carries UDB as
+    # immediate", replacing `osp nopl (%rax)`: `tramplab oracle` reads the old poison at sealed
+    # functions of Debian's 6.12.117 and the new one on 7.2.12 and 7.3.4.  The release that
+    # first had it is not pinned (Debian ships no 6.13-7.1): 7.2 is the first seen
+    "endbr_poison_udb": "7.2",
 }
 # Stable backports of trampoline changes: feature -> point releases of older branches with it
 # (the 6.1.72 announcement lists "bpf, x86: save/restore regs with BPF_DW size" and "bpf, x64:
@@ -87,13 +93,15 @@ def _has_backported(h, feature: str, version: str) -> bool:
 
 
 def jit_options(profile, layout, h) -> JitOptions:
-    """IBT kernels (endbr64 at every function) before v6.8 start every trampoline with endbr64.
+    """IBT kernels (endbr64 at every function) before v6.8 start every trampoline with endbr64;
+    a sealed endbr64 is the poison of the kernel's version (is_endbr, ibt.apply_seal_endbr).
     Before v6.6 the frame pushes rbx (473e3150e30a, the commit that brought stack arguments),
     and before v6.6 / 6.1.72 the arguments move at their own size (02a6dfa8ff43).
     (ASM_NOP_MAX went from 8 to 11 with "x86_64: Longer NOPs", 2023; its release is not pinned,
     so every profile uses 11.)"""
     ibt = layout.entry.landing_pad_name == "endbr64"
     return JitOptions(endbr=ibt and not h("tramp_endbr_indirect_only"),
+                      endbr_poison_osp=not h("endbr_poison_udb"),
                       push_rbx=not h("stack_args"),
                       sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel),
                       orig_stack_rax=not _has_backported(h, "tramp_orig_stack_rbx",
@@ -179,6 +187,7 @@ PORT = register_port(Port(
         "ibt-kprobe-multi-func-ip": ("v6.0-ibt", "v6.6-ibt"),
     },
     relocations=RELOCATIONS, stress_eras=STRESS, config=CONFIG, oracle=ORACLE,
+    boot_patch=apply_seal_endbr,
     faults={
         "no-int3": "each patched instruction's bytes are written in place (text_poke without "
                    "the int3 protocol), other CPUs running meanwhile and never serialised: "

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import check_implements
-from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from ...bpf.spec import JitOptions, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from ..frame import FrameSlot
@@ -58,18 +58,26 @@ STACK_ARGS_AT = {"call": 0x18, "jmp": 0x10}
 ENDBR_INSN_SIZE = 4
 
 
-def is_endbr(insn: bytes) -> bool:
+def gen_endbr_poison(options: JitOptions) -> bytes:
+    """arch/x86/include/asm/ibt.h gen_endbr_poison(): the 4-byte nop apply_seal_endbr writes over
+    a superfluous endbr64 -- `osp nopl (%rax)` first, `nopl -42(%rax)` (carrying UDB as its
+    displacement) since the change seen first in 7.2 (port TIMELINE "endbr_poison_udb")."""
+    return X.nopl_osp_rax() if options.endbr_poison_osp else X.nopl_m42_rax()
+
+
+def is_endbr(insn: bytes, options: JitOptions = JitOptions()) -> bool:
     """arch/x86/include/asm/ibt.h is_endbr(): the 4 bytes are endbr64 or endbr32, or the poison
     a sealed endbr64 was overwritten with at boot (apply_seal_endbr -> poison_endbr writes
-    gen_endbr_poison(), `osp nopl (%rax)`), so a sealed function is still skipped past."""
+    gen_endbr_poison()), so a sealed function is still skipped past.  Only this kernel's
+    poison: the other version's is just a nop to it."""
     word = bytes(insn[:ENDBR_INSN_SIZE])
-    return word in (X.endbr64(), X.endbr32(), X.nopl_osp_rax())
+    return word in (X.endbr64(), X.endbr32(), gen_endbr_poison(options))
 
 
 def orig_call(spec: TrampolineSpec) -> int:
     """Where the trampoline calls the original: the function, past an endbr64 (or its sealed
     poison) found at it, past the patch site."""
-    landing = ENDBR_INSN_SIZE if is_endbr(spec.func_insn) else 0
+    landing = ENDBR_INSN_SIZE if is_endbr(spec.func_insn, spec.options) else 0
     return spec.func_addr + landing + spec.site_skip
 
 
