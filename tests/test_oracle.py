@@ -132,6 +132,8 @@ def test_recorded_console_matches_the_model(arch, version, tmp_path):
     for shape in report["shapes"]:
         assert shape["same_values"], shape["shape"]
         assert shape["same_sequence"] in (True, None), shape["shape"]
+        # x86 compares the 4 bytes at the function before attaching (endbr64 or its seal)
+        assert shape["same_site"] is (True if arch == "x86_64" else None), shape["shape"]
         if shape["shape"] == "38 programs":
             assert shape["kernel"]["refused"] == LINK_LIMITS.get((arch, version))
 
@@ -233,5 +235,44 @@ def test_live_oracle_diff_all_arches():
     reports = json.loads(res.output)
     assert [r["arch"] for r in reports] == list(ARCHES)
     for r in reports:
-        bad = [s["shape"] for s in r["shapes"] if not (s["same_sequence"] and s["same_values"])]
+        bad = [s["shape"] for s in r["shapes"]
+               if not (s["same_sequence"] and s["same_values"] and s["same_site"] is not False)]
         assert not bad, f"{r['arch']} {r['kernel']}: {bad}"
+
+
+# What the x86 consoles show at each traced function before attaching (the window starts at
+# addr - 16): endbr64 where the address is taken (bpf_fentry_test1, EXPORT_SYMBOL_GPL), the
+# version's gen_endbr_poison() elsewhere -- the facts arch/x86_64/ibt.py models.
+SEALED_SEEN = [
+    ("6.12.117", "bpf_fentry_test1", "f30f1efa"), ("6.12.117", "bpf_fentry_test2", "660f1f00"),
+    ("6.12.117", "bpf_fentry_test6", "660f1f00"),
+    ("6.12.117", "bpf_modify_return_test", "660f1f00"),
+    ("6.12.117", "bpf_modify_return_test2", "660f1f00"),
+    ("7.2.12", "bpf_fentry_test1", "f30f1efa"), ("7.2.12", "bpf_fentry_test2", "0f1f40d6"),
+    ("7.2.12", "bpf_fentry_test6", "0f1f40d6"),
+    ("7.2.12", "bpf_modify_return_test", "0f1f40d6"),
+    ("7.2.12", "bpf_modify_return_test2", "0f1f40d6"),
+]
+
+
+@pytest.mark.parametrize("version,func,want", SEALED_SEEN)
+def test_the_x86_consoles_show_ibt_sealing(version, func, want):
+    run = parsed("x86_64", version)
+    seen = {w[16:20].hex() for sr in run.shapes for (when, f), (_, w) in sr.sites.items()
+            if when == "before" and f == func}
+    assert seen == {want}
+
+
+def test_a_different_entry_is_a_divergence():
+    """The site comparison can fail: a model that left endbr64 where the kernel sealed it (or
+    wrote the other version's poison) is reported, and the arch's report is not the same."""
+    from tramplab.oracle.run import ArchReport, Observed, diff
+    real = [Observed("fentry", refused="EINVAL", entry=bytes.fromhex("0f1f40d6"))]
+    for model_entry, want in (("0f1f40d6", True), ("f30f1efa", False), ("660f1f00", False)):
+        model = [Observed("fentry", refused="EINVAL", entry=bytes.fromhex(model_entry))]
+        (res,) = diff(real, model)
+        assert res.values_same and res.site_same is want
+        report = ArchReport("x86_64", None, "p", [res], float("nan"), 0.0, None, "-")
+        assert report.same is want
+    (res,) = diff([Observed("fentry", refused="EINVAL")], [Observed("fentry", refused="EINVAL")])
+    assert res.site_same is None                     # an arch that compares no entry bytes

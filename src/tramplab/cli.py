@@ -1144,7 +1144,9 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
                 as_json):
     """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both
     sides, the same sequence or not (pointer values aside: oracle/compare.py) and the first
-    divergence, and whether the programs saw the same values.  Exit 1 on any divergence."""
+    divergence, whether the programs saw the same values, and (x86) whether the function
+    starts with the same bytes before anything is attached: endbr64, or the poison IBT sealing
+    wrote at boot.  Exit 1 on any divergence."""
     if console_file and arch == "all":
         raise UsageError("--console reads one arch's console: give --arch")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
@@ -1193,10 +1195,13 @@ def _print_oracle(reports) -> None:
     for r in reports:
         for res in r.results:
             c = res.code
+            site = {None: "-", True: "yes", False: escape(
+                f"NO: kernel {res.kernel.entry.hex() if res.kernel.entry else '?'} / model "
+                f"{res.model.entry.hex() if res.model.entry else '?'}")}[res.site_same]
             if c is None:
                 seq = f"refused: kernel {res.kernel.refused}, model {res.model.refused}"
                 rows.append([r.arch, escape(res.shape), "-", "-", escape(seq),
-                             "yes" if res.values_same else "NO", ""])
+                             "yes" if res.values_same else "NO", site, ""])
                 continue
             where = "" if c.same else escape(
                 f"#{c.first}: kernel {c.kernel_at[2][0] if len(c.kernel_at) > 2 else '(end)'}"
@@ -1204,10 +1209,11 @@ def _print_oracle(reports) -> None:
             rows.append([r.arch, escape(res.shape), f"{c.kernel_insns} / {c.kernel_bytes}",
                          f"{c.model_insns} / {c.model_bytes}",
                          ("yes (identical bytes)" if c.identical_bytes else "yes") if c.same
-                         else "NO", "yes" if res.values_same else "NO", where])
+                         else "NO", "yes" if res.values_same else "NO", site, where])
     print_table(con, "real kernel vs model", ["arch", "shape", "kernel insns / bytes",
                                               "model insns / bytes", "same sequence",
-                                              "same values", "first divergence"], rows)
+                                              "same values", "same site", "first divergence"],
+                rows)
     for r in reports:
         note = ""
         if r.jit_default not in (None, "1"):

@@ -158,7 +158,9 @@ class OracleFacts:
     machine.disasm.Insn lists: `branch_target(insn)` is the absolute address a branch or call
     goes to (None for any other instruction); `fold(insns, i)` recognises a sequence starting
     at i that builds one value, returning (count, text, value): a constant load into a register
-    ("li x1", value) or a call through a register ("call", target); None otherwise."""
+    ("li x1", value) or a call through a register ("call", target); None otherwise.
+    `entry_bytes`: how many bytes at the function both sides compare before anything is
+    attached (x86: 4, the endbr64 or the poison boot sealed it with); 0: none compared."""
 
     debian_arch: str
     debian_series: Mapping[str, tuple[str, str]]
@@ -171,6 +173,7 @@ class OracleFacts:
     code_length: Callable[[bytes], int]
     branch_target: Callable[[object], int | None]
     fold: Callable[[list, int], tuple | None]
+    entry_bytes: int = 0
 
 
 @dataclass(frozen=True)

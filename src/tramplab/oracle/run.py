@@ -38,6 +38,8 @@ class Observed:
     seen: list = field(default_factory=list)        # per program: normalised record
     retval: int | None = None
     tokens: list = field(default_factory=list)
+    entry: bytes | None = None                      # OracleFacts.entry_bytes at the function,
+                                                    # before attaching (None: not compared)
 
 
 def nslots(proto_of, prog: S.Prog) -> int:
@@ -97,6 +99,9 @@ def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Obs
     for shape, sr in zip(shapes, run.shapes):
         obs = Observed(shape.name)
         out.append(obs)
+        before = sr.sites.get(("before", shape.progs[0].target))
+        if facts.entry_bytes and before and len(before[1]) >= 16 + facts.entry_bytes:
+            obs.entry = before[1][16:16 + facts.entry_bytes]    # the window starts at addr-16
         bad = [(i, p) for i, p in enumerate(sr.progs) if p.load_errno or p.attach_errno]
         if bad:
             i, p = bad[0]
@@ -153,10 +158,13 @@ def observe_model(arch: str, profile, shapes) -> list[Observed]:
     from ..kernel import Kernel
     k = Kernel(arch, profile=profile)
     proto_of = model_protos(k)
+    entry_bytes = get_port(arch).oracle.entry_bytes
     out = []
     for shape in shapes:
         obs = Observed(shape.name)
         out.append(obs)
+        if entry_bytes:
+            obs.entry = k.memory.read(k.function(shape.progs[0].target).addr, entry_bytes)
         records, progs = [], []
         try:
             for i, prog in enumerate(shape.progs):
@@ -235,6 +243,8 @@ class ShapeResult:
     model: Observed
     code: CodeDiff | None
     values_same: bool
+    site_same: bool | None = None           # the bytes at the function before attaching
+                                            # (OracleFacts.entry_bytes); None: not compared
 
 
 def diff(real: list[Observed], model: list[Observed]) -> list[ShapeResult]:
@@ -244,7 +254,8 @@ def diff(real: list[Observed], model: list[Observed]) -> list[ShapeResult]:
         if not r.refused and not m.refused:
             code = compare(r.tokens, m.tokens, r.code, m.code)
         values = (r.refused == m.refused and r.seen == m.seen and r.retval == m.retval)
-        out.append(ShapeResult(r.shape, r, m, code, values))
+        site = None if r.entry is None or m.entry is None else r.entry == m.entry
+        out.append(ShapeResult(r.shape, r, m, code, values, site))
     return out
 
 
@@ -264,12 +275,14 @@ class ArchReport:
 
     @property
     def same(self) -> bool:
-        return all(r.values_same and (r.code is None or r.code.same) for r in self.results)
+        return all(r.values_same and (r.code is None or r.code.same) and r.site_same is not False
+                   for r in self.results)
 
     def as_dict(self) -> dict:
         def side(o: Observed) -> dict:
             return {"refused": o.refused, "bytes": len(o.code), "insns": len(o.tokens),
-                    "code": o.code.hex(), "seen": o.seen, "retval": o.retval}
+                    "code": o.code.hex(), "seen": o.seen, "retval": o.retval,
+                    "entry": o.entry.hex() if o.entry is not None else None}
         return {
             "arch": self.arch, "kernel": self.kernel.release, "source": self.kernel.source,
             "profile": self.profile,
@@ -280,7 +293,7 @@ class ArchReport:
             "jit_default": self.jit_default, "console": self.console_path,
             "shapes": [{"shape": r.shape, "same_sequence": r.code.same if r.code else None,
                         "identical_bytes": r.code.identical_bytes if r.code else None,
-                        "same_values": r.values_same,
+                        "same_values": r.values_same, "same_site": r.site_same,
                         "first_divergence": None if not r.code or r.code.same else {
                             "index": r.code.first, "kernel": r.code.kernel_at,
                             "model": r.code.model_at},

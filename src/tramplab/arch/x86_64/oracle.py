@@ -55,4 +55,6 @@ ORACLE = OracleFacts(
     qemu=("qemu-system-x86_64", "-accel", "tcg", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
     site_target=site_target, code_length=code_length,
-    branch_target=branch_target, fold=fold)
+    branch_target=branch_target, fold=fold,
+    # endbr64, or the poison apply_seal_endbr wrote at boot (IBT kernels): compared per shape
+    entry_bytes=4)
