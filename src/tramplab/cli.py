@@ -1224,5 +1224,8 @@ def _print_oracle(reports) -> None:
                     f"{r.model_seconds:.2f} s: {r.real_seconds / r.model_seconds:,.0f}x faster")
         else:
             real = f"a saved console ({r.console_path}); model {r.model_seconds:.2f} s"
+        if r.paging is not None and r.paging != r.model_paging:
+            note += (f"; the kernel ran {r.paging} paging, the model's map is {r.model_paging} "
+                     "(pointer loads may differ in length; compared aside)")
         con.print(escape(f"{r.arch}: {r.kernel.release} ({r.kernel.source}) vs profile "
                          f"{r.profile}: {real}{note}"))

@@ -171,6 +171,10 @@ class OracleFacts:
     image_paths: tuple[str, ...]
     site_target: Callable[[int, bytes], int | None]
     code_length: Callable[[bytes], int]
+    # the paging mode: the model's memory map's, and the kernel's from what /proc/cpuinfo said
+    # (mmu line, la57 flag); None where cpuinfo does not tell
+    model_paging: str
+    paging: Callable[[str | None, bool], str | None]
     branch_target: Callable[[object], int | None]
     fold: Callable[[list, int], tuple | None]
     entry_bytes: int = 0

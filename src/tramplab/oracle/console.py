@@ -60,6 +60,8 @@ class GuestRun:
     triggers: dict = field(default_factory=dict)
     ksyms: dict = field(default_factory=dict)        # address -> name (oracle/shapes.NAMED_CALLS)
     jit_default: str | None = None                   # net.core.bpf_jit_enable before the guest
+    mmu: str | None = None                           # /proc/cpuinfo's "mmu" (riscv: sv57...)
+    la57: bool = False                               # the x86 CPU has 5-level paging
     finished: bool = False
     fatal: str | None = None
 
@@ -70,7 +72,10 @@ def parse(console: bytes) -> GuestRun:
     pages: dict = {}
     for f in lines(console):
         kind = f[0]
-        if kind == "jit-default":
+        if kind == "paging":
+            run.mmu = None if f[1] == "-" else f[1]
+            run.la57 = f[2] == "1"
+        elif kind == "jit-default":
             run.jit_default = f[1] if len(f) > 1 else ""
         elif kind == "ksym":
             run.ksyms.setdefault(int(f[1], 16), f[2])

@@ -272,6 +272,8 @@ class ArchReport:
     model_seconds: float                    # the model booted and run through the same shapes
     jit_default: str | None
     console_path: str
+    paging: str | None = None                # the kernel's paging mode, where cpuinfo says
+    model_paging: str = ""
 
     @property
     def same(self) -> bool:
@@ -291,6 +293,7 @@ class ArchReport:
                              if self.real_seconds == self.real_seconds else None),
             "model_seconds": round(self.model_seconds, 3), "same": self.same,
             "jit_default": self.jit_default, "console": self.console_path,
+            "paging": {"kernel": self.paging, "model": self.model_paging},
             "shapes": [{"shape": r.shape, "same_sequence": r.code.same if r.code else None,
                         "identical_bytes": r.code.identical_bytes if r.code else None,
                         "same_values": r.values_same, "same_site": r.site_same,
@@ -337,6 +340,8 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
                           f"{parsed.jit_default}, but the profile from its config has "
                           f"bpf_jit={profile.bpf_jit} (console saved at {path})")
     real = observe_real(arch, parsed, shapes, proto_of)
+    facts = get_port(arch).oracle
     return ArchReport(arch, kernel, profile.name, diff(real, model), real_seconds,
-                      model_seconds, parsed.jit_default, path)
+                      model_seconds, parsed.jit_default, path,
+                      facts.paging(parsed.mmu, parsed.la57), facts.model_paging)
 

@@ -572,6 +572,37 @@ static void say_ksym(u64 addr, const char *name, unsigned long nlen, void *ctx)
 	end();
 }
 
+/* What /proc/cpuinfo says of the paging mode: riscv's "mmu : sv57" line, x86's la57 flag. */
+static void report_paging(void)
+{
+	static char info[1 << 16];
+	char mmu[16] = "-";
+	int la57 = 0;
+	unsigned long n = slurp("/proc/cpuinfo", (u8 *)info, sizeof(info) - 1);
+	info[n] = 0;
+	for (char *p = info; *p; p++) {
+		if ((p == info || p[-1] == '\n') && sneq(p, "mmu", 3)) {
+			char *v = p + 3;
+			while (*v == ' ' || *v == '\t' || *v == ':')
+				v++;
+			int i = 0;
+			while (i < 15 && v[i] && v[i] != '\n' && v[i] != ' ') {
+				mmu[i] = v[i];
+				i++;
+			}
+			mmu[i] = 0;
+		}
+		if (sneq(p, " la57", 5) && (p[5] == ' ' || p[5] == '\n'))
+			la57 = 1;
+	}
+	begin("paging");
+	sp();
+	put(mmu);
+	sp();
+	put_u64((u64)la57);
+	end();
+}
+
 static long test_run(long prog_fd)
 {
 	memset(attr, 0, sizeof(attr));
@@ -741,6 +772,7 @@ void _start(void)
 			say("jit-default", was);
 		}
 	}
+	report_paging();
 	kcore_open();
 	btf_len = slurp("/sys/kernel/btf/vmlinux", btf, sizeof(btf));
 	unsigned long n = slurp("/shapes", shapes, sizeof(shapes));
