@@ -147,6 +147,17 @@ def test_recorded_console_matches_the_model(arch, version, tmp_path):
             assert shape["kernel"]["refused"] == LINK_LIMITS.get((arch, version))
 
 
+def test_oracle_run_lists_the_kernels_code_with_its_symbols(tmp_path):
+    res = CliRunner().invoke(main, ["oracle", "run", "--arch", "x86_64", "--console",
+                                    str(_plain("x86_64", "7.2.12", tmp_path)), "--config",
+                                    str(HERE / "configs" / RECORDED["x86_64", "7.2.12"]),
+                                    "--kernel", "7.2.12"])
+    assert res.exit_code == 0, res.output
+    assert "fentry: 105 bytes" in res.output and "a saved run" in res.output
+    assert "; call <__bpf_prog_enter_recur>" in res.output and "; call <prog 0>" in res.output
+    assert "38 programs: refused with prog 36 attach: E2BIG" in res.output
+
+
 def test_a_changed_instruction_is_a_divergence():
     """The comparison can fail: one register changed in the kernel's image is reported."""
     run = parsed("x86_64")

@@ -1162,21 +1162,25 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
 @oracle_group.command(name="run")
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @_oracle_options
+@click.option("--console", "console_file", default=None, metavar="FILE",
+              help="show a saved console of an earlier run instead of booting (with --config "
+                   "and --kernel VERSION no kernel package is fetched)")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, as_json):
+def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
+               as_json):
     """Boot the real kernel with the shapes and print what it generated: each trampoline's
-    disassembly, what the programs saw and the test_run retval (the console is kept)."""
-    from .machine.disasm import disassemble
-    from .arch import get_port
-    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, quiet=as_json,
-                              model_version=model_version)
+    disassembly (calls named by the kernel's symbols, pointer loads folded), what the programs
+    saw and the test_run retval (the console is kept)."""
+    reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
+                              quiet=as_json, model_version=model_version)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
         return
     con = _console()
     for r in reports:
-        con.print(escape(f"{r.arch} {r.kernel.release}: QEMU {r.real_seconds:.1f} s; "
-                         f"console {r.console_path}"))
+        took = (f"QEMU {r.real_seconds:.1f} s" if r.real_seconds == r.real_seconds
+                else "a saved run")
+        con.print(escape(f"{r.arch} {r.kernel.release}: {took}; console {r.console_path}"))
         for res in r.results:
             k = res.kernel
             if k.refused:
@@ -1184,8 +1188,10 @@ def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, as_
                 continue
             con.print(escape(f"\n{res.shape}: {len(k.code)} bytes at {k.addr:#x}; seen "
                              f"{k.seen}; test_run retval {k.retval}"))
-            for insn in disassemble(get_port(r.arch).info, k.code, k.addr):
-                con.print(escape(f"  {insn.addr:#x}  {insn.raw.hex():<16} {insn.text}"))
+            for t in k.tokens:                  # what the comparison reads, beside the code
+                raw = k.code[t.addr - k.addr:t.addr - k.addr + t.size].hex()
+                note = f"   ; {t.text}" if "<" in t.text or "@" in t.text else ""
+                con.print(escape(f"  {t.addr:#x}  {raw:<16} {t.listing}{note}"))
 
 
 def _print_oracle(reports) -> None:
