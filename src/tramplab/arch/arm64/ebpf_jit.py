@@ -19,6 +19,7 @@ instruction).
 from __future__ import annotations
 
 from ...bpf import extable
+from ...bpfobj.jitwalk import InsnJit, emit_program
 from ...errors import EncodeError, ObjectError
 from . import encode as A
 from .frames import pop_frame, push_frame
@@ -172,52 +173,46 @@ def _epilogue(e, stack_depth: int) -> None:
 
 def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
                   depths: dict[int, int]) -> None:
-    """The JITed image of a linked program (see x86_64's twin for the arguments)."""
+    """The JITed image of a linked program (see x86_64's twin for the arguments; the walk is
+    bpfobj/jitwalk.py's)."""
     bti = kernel.layout.entry.landing_pad_name == "bti c"
-    starts = sorted(set(entries) | {0})
-    ends = starts[1:] + [len(code)]
-    for fn, (lo, hi) in enumerate(zip(starts, ends)):
-        if fn == 0:
-            if bti:
-                e.emit(A.bti("jc"))                            # bti jc
-            e.emit(A.mov("x9", "x30"))                         # mov x9, x30
-            e.label("site")
-            e.emit(A.nop())                                    # nop  (patch site)
-        e.label(f"insn{lo}")
-        if fn and bti:
-            e.emit(A.bti("c"))                                 # bti c (a bl target)
-        _prologue(e, fn == 0, depths[lo])
-        for i in range(lo, hi):
-            ins = code[i]
-            if i != lo:
-                e.label(f"insn{i}")
-            if ins is None:
-                continue
-            cls = ins.op & 7
-            if cls in (4, 7):
-                _alu(e, ins)
-            elif cls in (5, 6):
-                _jmp(e, ins, i, helpers, f"exit{lo}")
-            elif cls == 1:                                     # ldx: base + (t1 = off)
-                _imm(e, T1, ins.off)                           # mov x10, #off
-                load = _w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
-                          REG[ins.dst])                        # ldr/ldrh/ldrb dst, [src, x10]
-                if ins.src == 10:                              # the BPF stack: BPF_MEM
-                    e.emit(load)
-                else:                                          # BPF_PROBE_MEM: extable entry
-                    extable.probe_load(e, f"x{REG[ins.dst]}", lambda: e.emit(load))
-            elif cls == 3:                                     # stx
-                _imm(e, T1, ins.off)                           # mov x10, #off
-                store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
-                e.emit(_w(store | REG[ins.src]))               # str/strh/strb src, [dst, x10]
-            elif cls == 2:                                     # st imm
-                _imm(e, T1, ins.off)                           # mov x10, #off
-                _imm(e, T2, ins.imm)                           # mov x11, #imm
-                store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
-                e.emit(_w(store | T2))                         # str/strh/strb x11, [dst, x10]
-            elif cls == 0:                                     # ld_imm64
-                _imm(e, REG[ins.dst], ins.imm)                 # mov dst, #imm64
-        e.label(f"exit{lo}")
-        _epilogue(e, depths[lo])
-        if fn == 0:
-            e.label("fp_end")
+
+    def main_entry(e) -> None:
+        if bti:
+            e.emit(A.bti("jc"))                            # bti jc
+        e.emit(A.mov("x9", "x30"))                         # mov x9, x30
+        e.label("site")
+        e.emit(A.nop())                                    # nop  (patch site)
+
+    def function_entry(e, first: bool) -> None:
+        if not first and bti:
+            e.emit(A.bti("c"))                             # bti c (a bl target)
+
+    def ldx(e, ins) -> None:                               # base + (x10 = off)
+        _imm(e, T1, ins.off)                               # mov x10, #off
+        load = _w(LDR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.src] << 5 |
+                  REG[ins.dst])                            # ldr/ldrh/ldrb dst, [src, x10]
+        if ins.src == 10:                                  # the BPF stack: BPF_MEM
+            e.emit(load)
+        else:                                              # BPF_PROBE_MEM: extable entry
+            extable.probe_load(e, f"x{REG[ins.dst]}", lambda: e.emit(load))
+
+    def stx(e, ins) -> None:
+        _imm(e, T1, ins.off)                               # mov x10, #off
+        store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
+        e.emit(_w(store | REG[ins.src]))                   # str/strh/strb src, [dst, x10]
+
+    def st(e, ins) -> None:
+        _imm(e, T1, ins.off)                               # mov x10, #off
+        _imm(e, T2, ins.imm)                               # mov x11, #imm
+        store = STR[SIZES[ins.op & 0x18]] | T1 << 16 | REG[ins.dst] << 5
+        e.emit(_w(store | T2))                             # str/strh/strb x11, [dst, x10]
+
+    def ld_imm64(e, ins) -> None:
+        _imm(e, REG[ins.dst], ins.imm)                     # mov dst, #imm64
+
+    jit = InsnJit(main_entry=main_entry, function_entry=function_entry, prologue=_prologue,
+                  epilogue=_epilogue, alu=lambda e, ins: _alu(e, ins),
+                  jmp=lambda e, ins, i, out: _jmp(e, ins, i, helpers, out),
+                  ldx=ldx, stx=stx, st=st, ld_imm64=ld_imm64)
+    emit_program(e, jit, code, entries, depths)

@@ -22,6 +22,7 @@ the next instruction).
 from __future__ import annotations
 
 from ...bpf import extable
+from ...bpfobj.jitwalk import InsnJit, emit_program, label_maker
 from ...errors import ObjectError
 from . import encode as R
 from .bpfjit import site_bytes
@@ -202,51 +203,40 @@ def _mem_base(e, base: str, off: int) -> tuple[str, int]:
 
 def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
                   depths: dict[int, int]) -> None:
-    """The JITed image of a linked program (see x86_64's twin for the arguments)."""
-    counter = [0]
+    """The JITed image of a linked program (see x86_64's twin for the arguments; the walk is
+    bpfobj/jitwalk.py's)."""
+    lab = label_maker()
 
-    def lab() -> str:
-        counter[0] += 1
-        return f"t{counter[0]}"
-    starts = sorted(set(entries) | {0})
-    ends = starts[1:] + [len(code)]
-    for fn, (lo, hi) in enumerate(zip(starts, ends)):
-        if fn == 0:
-            e.label("site")
-            e.emit(site_bytes(kernel, e.pc, None))          # nops  (patch site)
-        e.label(f"insn{lo}")
-        _prologue(e, fn == 0, depths[lo])
-        for i in range(lo, hi):
-            ins = code[i]
-            if i != lo:
-                e.label(f"insn{i}")
-            if ins is None:
-                continue
-            cls = ins.op & 7
-            if cls in (4, 7):
-                _alu(e, ins, lab)
-            elif cls in (5, 6):
-                _jmp(e, ins, i, helpers, f"exit{lo}")
-            elif cls == 1:
-                base, off = _mem_base(e, REG[ins.src], ins.off)
-                ld = LOADS[SIZES[ins.op & 0x18]]
-                load = ld(REG[ins.dst], base, off)          # ld/lwu/lhu/lbu dst, off(base)
-                if ins.src == 10:                  # the BPF stack: BPF_MEM, cannot fault
-                    e.emit(load)
-                else:                              # BPF_PROBE_MEM: an extable entry
-                    extable.probe_load(e, REG[ins.dst], lambda: e.emit(load))
-            elif cls == 3:
-                base, off = _mem_base(e, REG[ins.dst], ins.off)
-                st = STORES[SIZES[ins.op & 0x18]]
-                e.emit(st(REG[ins.src], base, off))         # sd/sw/sh/sb src, off(base)
-            elif cls == 2:
-                e.emit(R.li(T1, ins.imm))                   # li t1, imm
-                base, off = _mem_base(e, REG[ins.dst], ins.off)
-                st = STORES[SIZES[ins.op & 0x18]]
-                e.emit(st(T1, base, off))                   # sd/sw/sh/sb t1, off(base)
-            elif cls == 0:
-                e.emit(R.li(REG[ins.dst], ins.imm))         # li dst, imm64
-        e.label(f"exit{lo}")
-        _epilogue(e, depths[lo])
-        if fn == 0:
-            e.label("fp_end")
+    def main_entry(e) -> None:
+        e.label("site")
+        e.emit(site_bytes(kernel, e.pc, None))          # nops  (patch site)
+
+    def ldx(e, ins) -> None:
+        base, off = _mem_base(e, REG[ins.src], ins.off)
+        ld = LOADS[SIZES[ins.op & 0x18]]
+        load = ld(REG[ins.dst], base, off)              # ld/lwu/lhu/lbu dst, off(base)
+        if ins.src == 10:                  # the BPF stack: BPF_MEM, cannot fault
+            e.emit(load)
+        else:                              # BPF_PROBE_MEM: an extable entry
+            extable.probe_load(e, REG[ins.dst], lambda: e.emit(load))
+
+    def stx(e, ins) -> None:
+        base, off = _mem_base(e, REG[ins.dst], ins.off)
+        st = STORES[SIZES[ins.op & 0x18]]
+        e.emit(st(REG[ins.src], base, off))             # sd/sw/sh/sb src, off(base)
+
+    def st_imm(e, ins) -> None:
+        e.emit(R.li(T1, ins.imm))                       # li t1, imm
+        base, off = _mem_base(e, REG[ins.dst], ins.off)
+        st = STORES[SIZES[ins.op & 0x18]]
+        e.emit(st(T1, base, off))                       # sd/sw/sh/sb t1, off(base)
+
+    def ld_imm64(e, ins) -> None:
+        e.emit(R.li(REG[ins.dst], ins.imm))             # li dst, imm64
+
+    jit = InsnJit(main_entry=main_entry, function_entry=lambda e, first: None,
+                  prologue=_prologue, epilogue=_epilogue,
+                  alu=lambda e, ins: _alu(e, ins, lab),
+                  jmp=lambda e, ins, i, out: _jmp(e, ins, i, helpers, out),
+                  ldx=ldx, stx=stx, st=st_imm, ld_imm64=ld_imm64)
+    emit_program(e, jit, code, entries, depths)

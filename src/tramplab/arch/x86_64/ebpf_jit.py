@@ -20,6 +20,7 @@ addresses are unmapped here, so such a load faults and reads 0 all the same.
 from __future__ import annotations
 
 from ...bpf import extable
+from ...bpfobj.jitwalk import InsnJit, emit_program, label_maker
 from ...errors import ObjectError
 from . import encode as X
 from .frames import leave_frame, push_rbp_frame
@@ -107,7 +108,7 @@ def _divmod(e, ins, lab, w: bool, use_x: bool) -> None:
     """The verifier's divide-by-zero rewrite, then div: r11 = divisor, result via r10."""
     d, s = REG[ins.dst], REG[ins.src]
     mov = ALU_RR[0xB0][w]                                # mov r64, r64 / mov r32, r32
-    n = lab.fresh()
+    n = lab()
     e.emit(X.push("rax"))                                # push rax
     e.emit(X.push("rdx"))                                # push rdx
     if use_x:
@@ -173,15 +174,6 @@ def _jmp(e, ins, i: int, lab, helpers: dict, exit_label: str) -> None:
     e.emit(X.jcc_rel32(JCC[code], e.pc, target))         # j<cc> target
 
 
-class _Labels:
-    def __init__(self):
-        self.n = 0
-
-    def fresh(self) -> str:
-        self.n += 1
-        return f"t{self.n}"
-
-
 def _prologue(e, first: bool, stack_depth: int) -> None:
     push_rbp_frame(e)                                    # push rbp; mov rbp, rsp
     if first:
@@ -205,48 +197,39 @@ def gen_bpf_image(e, kernel, code, helpers: dict, entries: list[int],
     """The JITed image of a linked program: `code` (decoded instructions, None for the second
     slot of an ld_imm64), `helpers` id -> host address, `entries` the first instruction of
     every function (0 = the program), `depths` each function's stack_depth (by its first
-    instruction)."""
+    instruction); the walk is bpfobj/jitwalk.py's."""
     ibt = kernel.layout.entry.landing_pad_name == "endbr64"
-    lab = _Labels()
-    starts = sorted(set(entries) | {0})
-    ends = starts[1:] + [len(code)]
-    for fn, (lo, hi) in enumerate(zip(starts, ends)):
-        if fn == 0:
-            if ibt:
-                e.emit(X.endbr64())                      # endbr64
-            e.label("site")
-            e.emit(X.nop(5))                             # nop5  (patch site)
-        e.label(f"insn{lo}")
-        _prologue(e, fn == 0, depths[lo])
-        e.label(f"body{lo}")
-        for i in range(lo, hi):
-            ins = code[i]
-            if i != lo:
-                e.label(f"insn{i}")
-            if ins is None:
-                continue
-            cls = ins.op & 7
-            if cls in (4, 7):
-                _alu(e, ins, lab)
-            elif cls in (5, 6):
-                _jmp(e, ins, i, lab, helpers, f"exit{lo}")
-            elif cls == 1:                               # LDX
-                d, b, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
-                load = X.mov_load_disp32(d, b, ins.off, n)   # mov/movzx dst, [src + off]
-                if ins.src == 10:                        # the BPF stack: BPF_MEM, cannot fault
-                    e.emit(load)
-                else:                                    # BPF_PROBE_MEM: an extable entry
-                    extable.probe_load(e, d, lambda: e.emit(load))
-            elif cls == 3:                               # STX
-                b, s, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
-                e.emit(X.mov_store_disp32(b, ins.off, s, n))  # mov [dst + off], src
-            elif cls == 2:                               # ST imm
-                b, n = REG[ins.dst], SIZES[ins.op & 0x18]
-                imm = ins.imm & {1: 0xFF, 2: 0xFFFF, 4: U32, 8: -1}[n]   # the low n bytes
-                e.emit(X.mov_store_imm32_disp32(b, ins.off, imm, n))   # mov [dst + off], imm
-            elif cls == 0:                               # ld_imm64
-                e.emit(X.movabs(REG[ins.dst], ins.imm))  # movabs dst, imm64
-        e.label(f"exit{lo}")
-        _epilogue(e)
-        if fn == 0:
-            e.label("fp_end")
+    lab = label_maker()
+
+    def main_entry(e) -> None:
+        if ibt:
+            e.emit(X.endbr64())                          # endbr64
+        e.label("site")
+        e.emit(X.nop(5))                                 # nop5  (patch site)
+
+    def ldx(e, ins) -> None:
+        d, b, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
+        load = X.mov_load_disp32(d, b, ins.off, n)       # mov/movzx dst, [src + off]
+        if ins.src == 10:                                # the BPF stack: BPF_MEM, cannot fault
+            e.emit(load)
+        else:                                            # BPF_PROBE_MEM: an extable entry
+            extable.probe_load(e, d, lambda: e.emit(load))
+
+    def stx(e, ins) -> None:
+        b, s, n = REG[ins.dst], REG[ins.src], SIZES[ins.op & 0x18]
+        e.emit(X.mov_store_disp32(b, ins.off, s, n))     # mov [dst + off], src
+
+    def st(e, ins) -> None:
+        b, n = REG[ins.dst], SIZES[ins.op & 0x18]
+        imm = ins.imm & {1: 0xFF, 2: 0xFFFF, 4: U32, 8: -1}[n]   # the low n bytes
+        e.emit(X.mov_store_imm32_disp32(b, ins.off, imm, n))     # mov [dst + off], imm
+
+    def ld_imm64(e, ins) -> None:
+        e.emit(X.movabs(REG[ins.dst], ins.imm))          # movabs dst, imm64
+
+    jit = InsnJit(main_entry=main_entry, function_entry=lambda e, first: None,
+                  prologue=_prologue, epilogue=lambda e, depth: _epilogue(e),
+                  alu=lambda e, ins: _alu(e, ins, lab),
+                  jmp=lambda e, ins, i, out: _jmp(e, ins, i, lab, helpers, out),
+                  ldx=ldx, stx=stx, st=st, ld_imm64=ld_imm64)
+    emit_program(e, jit, code, entries, depths)
