@@ -5,12 +5,9 @@ clang they skip locally and fail under CI=true.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
-from tramplab.bpfobj import build, kcfg
+from tramplab.bpfobj import kcfg
 from tramplab.bpfobj.loader import BpfObject
 from tramplab.errors import ObjectError
 from tramplab.kernel import Kernel
@@ -58,28 +55,6 @@ int on_entry(__u64 *ctx)
 	return 0;
 }
 """ % use
-
-
-@pytest.fixture(scope="module")
-def compile_c(tmp_path_factory):
-    try:
-        clang = build.find_clang()
-    except ObjectError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must have clang: {e}")
-        pytest.skip(str(e))
-    d = tmp_path_factory.mktemp("kconfig")
-
-    def compile_c(name: str, src: str):
-        c = d / f"{name}.c"
-        c.write_text(src)
-        out = d / f"{name}.bpf.o"
-        r = subprocess.run([clang, "-g", "-O2", "-Wall", "-Werror", "--target=bpf",
-                            "-mcpu=v3", "-c", str(c), "-o", str(out)],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        return out
-    return compile_c
 
 
 def _profiles():

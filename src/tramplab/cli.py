@@ -1096,6 +1096,11 @@ def _oracle_kernels(arch, kernel, image, config, refresh, console_file=None):
 
 
 def _oracle_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="print the results as JSON")(f)
+    f = click.option("--console", "console_file", default=None, metavar="FILE",
+                     help="read a saved console of an earlier run instead of booting (one "
+                          "--arch; with --config and --kernel VERSION no kernel package is "
+                          "fetched)")(f)
     f = click.option("--model-version", default=None, metavar="VERSION",
                      help="derive the model's profile from the kernel's config at this "
                           "version's timeline instead of the kernel's own (e.g. 7.2, the "
@@ -1136,10 +1141,6 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
 @oracle_group.command(name="diff")
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @_oracle_options
-@click.option("--console", "console_file", default=None, metavar="FILE",
-              help="compare a saved console of an earlier run instead of booting (one --arch; "
-                   "with --config and --kernel VERSION no kernel package is fetched)")
-@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
                 as_json):
     """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both
@@ -1162,10 +1163,6 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
 @oracle_group.command(name="run")
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @_oracle_options
-@click.option("--console", "console_file", default=None, metavar="FILE",
-              help="show a saved console of an earlier run instead of booting (with --config "
-                   "and --kernel VERSION no kernel package is fetched)")
-@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
                as_json):
     """Boot the real kernel with the shapes and print what it generated: each trampoline's

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import UsageError
+from ..machine.callconv import sext
 
 KINDS = ("fentry", "fexit", "fmod_ret", "freplace")
 EINVAL = -_errno.EINVAL
@@ -26,11 +27,6 @@ EOPNOTSUPP = -_errno.EOPNOTSUPP
 
 def _slots(proto) -> int:
     return sum((p.size + 7) // 8 if p.kind == "struct" else 1 for p in proto.params)
-
-
-def _sext(value: int, bits: int) -> int:
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
 
 
 @dataclass(eq=False)
@@ -94,7 +90,7 @@ class Ctx:
     def arg_as(self, i: int, bits: int, signed: bool = True) -> int:
         """Cast a slot the way a BPF program's typed argument does (int a -> 32-bit)."""
         v = self.slot(i)
-        return _sext(v, bits) if signed else v & ((1 << bits) - 1)
+        return sext(v, bits) if signed else v & ((1 << bits) - 1)
 
     @property
     def args(self) -> list[int]:
@@ -128,7 +124,7 @@ class Ctx:
         if r.kind != "int":
             return raw
         # a narrow return leaves the rest of the register undefined (the ABI): cast it
-        return _sext(raw, r.size * 8) if r.signed else raw & ((1 << (r.size * 8)) - 1)
+        return sext(raw, r.size * 8) if r.signed else raw & ((1 << (r.size * 8)) - 1)
 
     # -- helpers with the kernel's return conventions --------------------------------------
     def _helper(self, feature: str, name: str) -> None:

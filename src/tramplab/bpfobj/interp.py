@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ObjectError
+from ..machine.callconv import sext
 
 MAX_BPF_STACK = 512
 MAX_CALL_FRAMES = 8
@@ -44,11 +45,6 @@ PSEUDO_KFUNC_CALL = 2
 HELPERS = {14: "bpf_get_current_pid_tgid", 113: "bpf_probe_read_kernel",
            173: "bpf_get_func_ip", 174: "bpf_get_attach_cookie", 183: "bpf_get_func_arg",
            184: "bpf_get_func_ret", 185: "bpf_get_func_arg_cnt"}
-
-
-def _s(v: int, bits: int) -> int:
-    v &= (1 << bits) - 1
-    return v - (1 << bits) if v >> (bits - 1) else v
 
 
 @dataclass(frozen=True)
@@ -161,7 +157,7 @@ def decode(raw: list[tuple[int, int, int, int, int]], name: str = "") -> list[In
                 if op & 0xE0 != 0x60:
                     raise _refuse(i, f"store opcode {op:#04x}")
             # imm and off are signed fields (raw tuples may carry them as unsigned)
-            code.append(Insn(op, dst, src, _s(off, 16), _s(imm, 32)))
+            code.append(Insn(op, dst, src, sext(off, 16), sext(imm, 32)))
             i += 1
     except ObjectError as e:
         raise ObjectError(where + str(e).split(": ", 1)[1], "EINVAL") from None
@@ -281,7 +277,7 @@ def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int,
             elif code_ == 0xB0:
                 v = b
             elif code_ == 0xC0:
-                v = _s(a, bits) >> (b & (bits - 1))
+                v = sext(a, bits) >> (b & (bits - 1))
             else:                                   # end: to_le / to_be, then truncate
                 w = ins.imm
                 x = r[ins.dst] & ((1 << w) - 1)
@@ -343,7 +339,7 @@ def run(code: list[Insn | None], r1: int, mem, call_helper, stack_base: int,
             elif code_ == 0xB0:
                 t = a <= b
             else:
-                sa, sb = _s(a, bits), _s(b, bits)
+                sa, sb = sext(a, bits), sext(b, bits)
                 t = (sa > sb if code_ == 0x60 else sa >= sb if code_ == 0x70 else
                      sa < sb if code_ == 0xC0 else sa <= sb)
             if t:

@@ -13,7 +13,8 @@ from ..errors import UsageError
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
-def _sext(value: int, bits: int) -> int:
+def sext(value: int, bits: int) -> int:
+    """The low `bits` bits of value as a signed integer (sign extension)."""
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
 
@@ -34,7 +35,7 @@ def to_word(arch, ctype, value: int) -> int:
     if ctype.kind == "ptr" or bits >= 64:
         return value & MASK64
     if ctype.signed or (arch.sign_extend_u32 and bits == 32):
-        return _sext(value, bits) & MASK64
+        return sext(value, bits) & MASK64
     return value & ((1 << bits) - 1)
 
 
@@ -105,4 +106,4 @@ def from_ret(ctype, word: int, word2: int = 0):
     if ctype.kind == "ptr":
         return word & MASK64
     bits = ctype.size * 8
-    return _sext(word, bits) if ctype.signed else word & ((1 << bits) - 1)
+    return sext(word, bits) if ctype.signed else word & ((1 << bits) - 1)

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import re
 
+from ...machine.callconv import sext
 from ..base import OracleFacts
-
-
-def _sext(v: int, bits: int) -> int:
-    return v - (((v >> (bits - 1)) & 1) << bits)
 
 
 def site_target(addr: int, window: bytes) -> int | None:
@@ -17,8 +14,8 @@ def site_target(addr: int, window: bytes) -> int | None:
         w1 = int.from_bytes(window[off:off + 4], "little")
         w2 = int.from_bytes(window[off + 4:off + 8], "little")
         if w1 & 0xFFF == 0x297 and w2 & 0xFFFFF == 0x282E7:     # auipc t0 / jalr t0, (t0)
-            hi = _sext(w1 >> 12, 20) << 12
-            lo = _sext(w2 >> 20, 12)
+            hi = sext(w1 >> 12, 20) << 12
+            lo = sext(w2 >> 20, 12)
             return (addr - 16 + off + hi + lo) & (2**64 - 1)
     return None
 
