@@ -4,11 +4,13 @@ from __future__ import annotations
 import re
 
 from ..base import OracleFacts
+from . import encode as X
 
-ENDBR64 = bytes.fromhex("f30f1efa")
-# endbr64 sealed at boot (IBT, apply_seal_endbr): gen_endbr_poison() was `osp nopl (%rax)`,
-# then `nopl -42(%rax)` ("carries UDB as immediate"; seen on Debian 7.3.4, 6.12.117 has the old)
-SEALED = (bytes.fromhex("660f1f00"), bytes.fromhex("0f1f40d6"))
+ENDBR64 = X.endbr64()                       # endbr64
+# endbr64 sealed at boot (IBT, apply_seal_endbr): gen_endbr_poison() was `osp nopl (%rax)`
+# (Debian 6.12.117), then `nopl -42(%rax)` ("carries UDB as immediate"; 7.2.12, 7.3.4); a real
+# kernel's site may show either
+SEALED = (X.nopl_osp_rax(), X.nopl_m42_rax())
 SAFETY = 64                                 # BPF_INSN_SAFETY zeros counted in the JIT's size
 
 
