@@ -1,6 +1,8 @@
 """Exact emission: one trampoline per arch, instruction by instruction, as the kernel's JIT emits it.
 
-The shape is fexit on bpf_fentry_test2 (two int arguments) with the `v6.12.107` profile (the measured Debian kernels): flags
+The shape is fexit on bpf_fentry_test2 (two int arguments) with the `v6.12.107` profile (the
+measured Debian kernels) in the paging mode those kernels booted in under QEMU (MEASURED_PAGING:
+riscv sv57, arm64 VA_BITS=52, so a pointer load has the length of the kernel's): flags
 CALL_ORIG | SKIP_FRAME, one fexit program, cookie 0, the trampoline in direct-call range of the
 helpers (arm64 `bl`) and of the program (riscv `jal`), the helpers out of riscv `jal` range.
 
@@ -25,6 +27,7 @@ from capstone import (CS_ARCH_ARM64, CS_ARCH_RISCV, CS_MODE_ARM, CS_MODE_RISCV64
                       Cs)
 
 from tramplab import Kernel
+from tramplab.profiles import get_profile
 
 ALL = 0xFFFFFFFF
 # arm64
@@ -104,7 +107,8 @@ RISCV64_FEXIT_TEST2 = [
     ("sd t1, -0x38(s0)", 0xFC643423, ALL, T + ": nregs_off"),
     ("sd a0, -0x30(s0)", 0xFCA43823, ALL, "store_args"),
     ("sd a1, -0x28(s0)", 0xFCB43C23, ALL, "store_args"),
-    ("c.li a0, <im>", 0x4501, CI_IMM, T + ": emit_imm(A0, im)"),
+    ("lui a0, <im>", 0x00000537, U_IMM, T + ": emit_imm(A0, im), a linear-map pointer"),
+    ("c.addiw a0, <im>", 0x2501, CI_IMM, "emit_imm"),
     ("c.slli a0, <im>", 0x0502, CI_IMM, "emit_imm"),
     ("addi a0, a0, <im>", 0x00050513, I_IMM, "emit_imm"),
     ("auipc t1, <__bpf_tramp_enter>", 0x00000317, U_IMM, "emit_call: out of jal range"),
@@ -118,9 +122,10 @@ RISCV64_FEXIT_TEST2 = [
     ("nop", 0x00000013, ALL, T + ": im->ip_after_call"),
     ("nop", 0x00000013, ALL, T + ": (auipc + jalr room)"),
     ("sd zero, -0x48(s0)", 0xFA043C23, ALL, "invoke_bpf_prog: cookie 0"),
-    ("c.li a0, <prog>", 0x4501, CI_IMM, "invoke_bpf_prog: emit_imm(A0, p)"),
+    ("c.li a0, <prog>", 0x4501, CI_IMM, "invoke_bpf_prog: emit_imm(A0, p), a vmalloc pointer"),
     ("c.slli a0, <prog>", 0x0502, CI_IMM, "emit_imm"),
     ("addi a0, a0, <prog>", 0x00050513, I_IMM, "emit_imm"),
+    ("c.slli a0, <prog>", 0x0502, CI_IMM, "emit_imm (the same four as the kernel's, 6.12.117)"),
     ("addi a1, s0, -0x48", 0xFB840593, ALL, "invoke_bpf_prog: emit_addi(A1, FP, -run_ctx_off)"),
     ("auipc t1, <enter>", 0x00000317, U_IMM, "invoke_bpf_prog: emit_call(enter)"),
     ("jalr ra, <enter>(t1)", 0x000300E7, I_IMM, "emit_call"),
@@ -128,14 +133,16 @@ RISCV64_FEXIT_TEST2 = [
     ("beqz a0, 0xc", 0x00050663, ALL, "invoke_bpf_prog: the nop patched to rv_beq"),
     ("addi a0, s0, -0x30", 0xFD040513, ALL, "invoke_bpf_prog: emit_addi(A0, FP, -args_off)"),
     ("jal ra, <bpf_func>", 0x000000EF, U_IMM, "invoke_bpf_prog: emit_call: jal in range"),
-    ("c.li a0, <prog>", 0x4501, CI_IMM, "invoke_bpf_prog: emit_imm(A0, p)"),
+    ("c.li a0, <prog>", 0x4501, CI_IMM, "invoke_bpf_prog: emit_imm(A0, p), a vmalloc pointer"),
     ("c.slli a0, <prog>", 0x0502, CI_IMM, "emit_imm"),
     ("addi a0, a0, <prog>", 0x00050513, I_IMM, "emit_imm"),
+    ("c.slli a0, <prog>", 0x0502, CI_IMM, "emit_imm (the same four as the kernel's, 6.12.117)"),
     ("c.mv a1, s1", 0x85A6, 0xFFFF, "invoke_bpf_prog: emit_mv(A1, S1)"),
     ("addi a2, s0, -0x48", 0xFB840613, ALL, "invoke_bpf_prog: emit_addi(A2, FP, -run_ctx_off)"),
     ("auipc t1, <exit>", 0x00000317, U_IMM, "invoke_bpf_prog: emit_call(exit)"),
     ("jalr ra, <exit>(t1)", 0x000300E7, I_IMM, "emit_call"),
-    ("c.li a0, <im>", 0x4501, CI_IMM, T + ": im->ip_epilogue, emit_imm(A0, im)"),
+    ("lui a0, <im>", 0x00000537, U_IMM, T + ": im->ip_epilogue, emit_imm(A0, im)"),
+    ("c.addiw a0, <im>", 0x2501, CI_IMM, "emit_imm"),
     ("c.slli a0, <im>", 0x0502, CI_IMM, "emit_imm"),
     ("addi a0, a0, <im>", 0x00050513, I_IMM, "emit_imm"),
     ("auipc t1, <__bpf_tramp_exit>", 0x00000317, U_IMM, "emit_call"),
@@ -167,9 +174,14 @@ def words(arch: str, code: bytes) -> list[tuple[int, int, str]]:
     return out
 
 
+# the paging mode Debian's 6.12 kernels booted in under tramplab oracle's QEMU (riscv: cpuinfo's
+# mmu line; arm64: the trampolines' kmalloc'd pointers at 0xfff0...; tests/oracle/)
+MEASURED_PAGING = {"x86_64": "4-level", "arm64": "VA_BITS=52", "riscv64": "sv57"}
+
+
 def trampoline(arch: str, profile: str = "v6.12.107", target: str = "bpf_fentry_test2",
                kind: str = "fexit", **kw) -> bytes:
-    k = Kernel(arch=arch, profile=profile)
+    k = Kernel(arch=arch, profile=get_profile(arch, profile).with_(paging=MEASURED_PAGING[arch]))
     getattr(k, kind)(target, name="p", **kw)(lambda ctx: 0)
     code = k.bpf.trampoline_of(target).cur_image.code
     if target == "bpf_fentry_test2":

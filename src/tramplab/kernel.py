@@ -81,6 +81,11 @@ class Kernel:
         self.layout_name = self.layout.name
         self._ftrace = None
         self.sealed: tuple[str, ...] = ()     # functions whose landing pad boot patching sealed
+        if "paging" in machine_options and machine_options["paging"] != self.profile.paging:
+            mode = self.profile.paging or "the arch's default"
+            raise UsageError(f"the paging mode is the profile's ({mode}): give a profile "
+                             f"with_(paging=...), not a machine option")
+        machine_options["paging"] = self.profile.paging
         if synth:
             self._room_for_synth(synth, machine_options)
         self.machine = Machine(self.arch, cpus=cpus, **machine_options)
@@ -106,7 +111,7 @@ class Kernel:
         from .machine.machine import HOSTCALL_SIZE
         from .targets.synth import size_estimate
         mib = 0x100000
-        lay = self.arch.memory
+        lay = self.arch.space(self.profile.paging).memory
         extra = size_estimate(self.arch, self.layout, count)
         size = options.setdefault("kernel_size", lay.kernel_size + -(-extra // mib) * mib)
         # room to trace them all: a trampoline and a program image each in the BPF area, an

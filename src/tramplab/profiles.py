@@ -141,6 +141,10 @@ class Profile:
     # riscv64, which has BPF_JIT but not the default), programs run in the interpreter and a
     # trampoline calls __bpf_prog_run32.. with prog->insnsi as the second argument
     bpf_jit: bool = True
+    # The paging mode the kernel booted in (ArchInfo.spaces: "5-level", "VA_BITS=52", "sv57"...;
+    # None: the arch's first), which places the linear map and vmalloc space.  A boot-time fact:
+    # a config allows some modes and the CPU picks among them (kconfig_profile.from_kconfig)
+    paging: str | None = None
     # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
     # merged 2026 design: each function's own model), "max-args-2021" (Jiri Olsa's 2021
     # series: one model of every register argument as u64, the return value in a fixed slot)

@@ -7,6 +7,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class MemoryLayout:
@@ -21,6 +23,33 @@ class MemoryLayout:
     stack_area: int           # per-CPU stacks (vmalloc-like), each with a guard page below
     stack_size: int           # bytes of stack per CPU (THREAD_SIZE)
     heap_area: int            # kmalloc-like data (the linear map): structs passed by pointer
+    # vmalloc'd data (struct bpf_prog: bpf_prog_alloc uses __vmalloc), page granular, after
+    # the per-CPU stacks in the same vmalloc space
+    vmalloc_area: int
+
+
+@dataclass(frozen=True)
+class AddressSpace:
+    """One paging mode of the arch (x86-64 4- or 5-level, arm64 VA_BITS, riscv satp mode):
+    the kernel's areas in it, and where the model maps its regions.  A mode moves the linear
+    map and vmalloc space; the kernel image, modules and the BPF area stay where they are, on
+    every arch and mode the model has (tests/test_memory_maps.py).
+
+    `areas`: the kernel's own areas, (name, start, end), first match wins; they name where a
+    kernel pointer points ("linear map", "vmalloc"...), for comparing a real kernel's pointers
+    with the model's (tramplab oracle).  `phys_bits`: Unicorn cannot map every kernel address 1:1
+    (x86-64): translate virtual -> physical by keeping the low `phys_bits` bits, a bijection on
+    the mode's canonical addresses; None: 1:1."""
+
+    name: str
+    kernel_space: int                     # the lowest kernel address
+    memory: MemoryLayout
+    areas: tuple[tuple[str, int, int], ...]
+    phys_bits: int | None = None
+    source: str = ""
+
+    def area_of(self, addr: int) -> str | None:
+        return next((name for name, lo, hi in self.areas if lo <= addr < hi), None)
 
 
 @dataclass(frozen=True)
@@ -86,18 +115,36 @@ class ArchInfo:
     uc_reg_prefix: str                    # e.g. "UC_X86_REG_"
     cs_arch: str
     cs_mode: tuple[str, ...]
-    # Unicorn cannot map this arch's kernel addresses 1:1 (x86-64 above 2^52): translate
-    # virtual -> physical by keeping the low `phys_bits` bits (a bijection on canonical addresses).
-    phys_bits: int | None
-
-    memory: MemoryLayout
+    # The paging modes the model has, the default (what a profile without `paging` gets) first
+    spaces: tuple[AddressSpace, ...]
     elf_machine: str                      # pyelftools e_machine name
-    # The kernel half of the address space in the paging mode `memory` is laid out for (x86-64
-    # 4-level paging, arm64 VA_BITS=48, riscv64 Sv39): where kernel addresses may start.
-    kernel_space: int
     byteorder: str = "little"             # "little" | "big": how memory holds a word
     extra_uc_regs: dict[str, int] = field(default_factory=dict)   # registers set at CPU reset
     ifetch: IfetchRules = IfetchRules()   # cross-modifying code rules (weak instruction fetch)
+
+    def space(self, paging: str | None = None) -> AddressSpace:
+        """The address space of paging mode `paging` (None: the default)."""
+        if paging is None:
+            return self.spaces[0]
+        for space in self.spaces:
+            if space.name == paging:
+                return space
+        raise UsageError(f"{self.name} has no paging mode {paging!r} in the model (it has "
+                         f"{', '.join(s.name for s in self.spaces)})")
+
+    # the default mode's, for code that does not depend on the mode (the kernel image, modules
+    # and BPF area are the same in every mode)
+    @property
+    def memory(self) -> MemoryLayout:
+        return self.spaces[0].memory
+
+    @property
+    def kernel_space(self) -> int:
+        return self.spaces[0].kernel_space
+
+    @property
+    def phys_bits(self) -> int | None:
+        return self.spaces[0].phys_bits
 
     def reg_number(self, name: str) -> int:
         try:

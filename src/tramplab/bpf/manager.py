@@ -235,9 +235,9 @@ class BpfManager(MultiAttach):
         -- ERANGE from the JIT, ENOMEM -- puts memory and tables back as they were)."""
         m = self.machine
         size = PROG_STRUCT if self.profile.bpf_jit else INSNSI_OFF + 8   # insnsi[0] too
-        mem = m.heap_arena.alloc(size, 16)
+        mem = m.vmalloc_arena.alloc(size)          # bpf_prog_alloc: __vmalloc, whole pages
         saved = m.memory.read(mem, size)
-        undo.append(lambda: (m.memory.write(mem, saved), m.heap_arena.free(mem)))
+        undo.append(lambda: (m.memory.write(mem, saved), m.vmalloc_arena.free(mem)))
         m.memory.write(mem, bytes(size))
         prog.mem = mem
         m.kallsyms.add(f"bpf_prog_struct:{prog.name}", mem, size, "d")

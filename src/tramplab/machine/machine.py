@@ -7,7 +7,8 @@ area out of branch range):
     hostcalls  the Python "C functions", right after the image              (executable)
     modules    module_alloc area                                            (executable)
     bpf        BPF programs and trampoline images                           (executable)
-    heap       kmalloc-like data
+    heap       kmalloc-like data (the linear map)
+    vmalloc    vmalloc'd data (struct bpf_prog), page granular, after the stacks
     stack:N    THREAD_SIZE stack of CPU N, an unmapped guard page below it
 
 Instruction fetch (`MachineConfig.ifetch`).  Each CPU is a Unicorn instance with its own cache
@@ -65,6 +66,8 @@ from .symbols import Kallsyms
 HOSTCALL_SIZE = 0x10000
 GUARD = PAGE_SIZE
 STACK_STRIDE_PAD = 0x10000      # room between per-CPU stacks (guard + spacing)
+VMALLOC_PER_HEAP = 4            # the vmalloc region is this many times the heap (whole pages
+                                # per allocation: a page per struct bpf_prog)
 
 _UC_ERRORS = {
     ucc.UC_ERR_INSN_INVALID: "invalid instruction",
@@ -96,6 +99,8 @@ class MachineConfig:
     ifetch: str = "coherent"            # "coherent" | "weak": how CPUs see text being patched
                                         # (see Machine.poke_text)
     ifetch_seed: int = 0                # weak mode: the order of a write's pieces
+    paging: str | None = None           # the arch's paging mode (ArchInfo.spaces; None: its
+                                        # default), which places the linear map and vmalloc
 
     IFETCH_MODES: ClassVar[tuple[str, ...]] = ("coherent", "weak")
     MAX_CPUS: ClassVar[int] = 64
@@ -142,8 +147,10 @@ class MachineConfig:
         if self.heap_size % PAGE_SIZE or self.heap_size > self.MAX_HEAP:
             raise UsageError(f"heap_size must be a multiple of the page size ({PAGE_SIZE:#x}) "
                              f"up to {self.MAX_HEAP:#x}, got {self.heap_size:#x}")
-        lay = arch.memory
-        low = arch.kernel_space
+        if self.paging is not None and not isinstance(self.paging, str):
+            raise UsageError(f"paging must be a paging mode's name or None, got {self.paging!r}")
+        space = arch.space(self.paging)
+        lay, low = space.memory, space.kernel_space
         for name, least in (("kernel_size", lay.kernel_size), ("bpf_size", lay.bpf_size)):
             if getattr(self, name) is None:
                 continue
@@ -173,7 +180,7 @@ class MachineConfig:
 
     def regions(self, arch) -> list[tuple[str, int, int]]:
         """(name, start, size) of every region a Machine of this configuration maps."""
-        lay = get_arch(arch).memory
+        lay = get_arch(arch).space(self.paging).memory
         ksize = self.kernel_size or lay.kernel_size
         out = [("kernel", lay.kernel_text, ksize),
                ("hostcalls", lay.kernel_text + ksize, HOSTCALL_SIZE),
@@ -181,7 +188,8 @@ class MachineConfig:
                 lay.module_size),
                ("bpf", lay.bpf_area if self.bpf_area is None else self.bpf_area,
                 self.bpf_size or lay.bpf_size),
-               ("heap", lay.heap_area, self.heap_size)]
+               ("heap", lay.heap_area, self.heap_size),
+               ("vmalloc", lay.vmalloc_area, VMALLOC_PER_HEAP * self.heap_size)]
         for i in range(self.cpus):
             base = lay.stack_area + i * (lay.stack_size + STACK_STRIDE_PAD) + GUARD
             out.append((f"stack:{i}", base - GUARD, lay.stack_size + GUARD))   # with its guard
@@ -224,8 +232,9 @@ class Machine:
         self.arch = get_arch(arch)
         self.config = MachineConfig.with_overrides(config, overrides)
         self.config.validate(self.arch)
-        lay = self.arch.memory
-        self.memory = Memory(self.arch.phys_bits, byteorder=self.arch.byteorder)
+        self.space = self.arch.space(self.config.paging)
+        lay = self.space.memory
+        self.memory = Memory(self.space.phys_bits, byteorder=self.arch.byteorder)
         self.kallsyms = Kallsyms()
         self.stats = Stats()
         self.trap_handlers: list[Callable] = []
@@ -247,11 +256,14 @@ class Machine:
                                 self.config.bpf_size or lay.bpf_size,
                                 "bpf", True)
         self.heap = m.add_region("heap", lay.heap_area, self.config.heap_size, "heap", False)
+        self.vmalloc = m.add_region("vmalloc", lay.vmalloc_area,
+                                    VMALLOC_PER_HEAP * self.config.heap_size, "heap", False)
         self.stacks = []
         for i in range(self.config.cpus):
             base = lay.stack_area + i * (lay.stack_size + STACK_STRIDE_PAD) + GUARD
             self.stacks.append(m.add_region(f"stack:{i}", base, lay.stack_size, "stack", False))
         self.heap_arena = Arena(self.heap, align=16)
+        self.vmalloc_arena = Arena(self.vmalloc, align=PAGE_SIZE)     # whole pages, as vmalloc
         self.module_arena = Arena(self.modules, align=PAGE_SIZE)
         self.bpf_arena = Arena(self.bpf, align=16)
         self.hostcalls = HostCalls(self, hc)

@@ -1,5 +1,41 @@
 """x86-64 facts: System V ABI, kernel memory map (Documentation/arch/x86/x86_64/mm.rst)."""
-from ..base import ArchInfo, IfetchRules, MemoryLayout
+from ..base import AddressSpace, ArchInfo, IfetchRules, MemoryLayout
+
+MM_RST = "Documentation/arch/x86/x86_64/mm.rst"
+# The image, modules and the BPF area (bpf_prog_pack in module space: Debian 6.12.117 put its
+# trampolines at 0xffffffffc0000780, tramplab oracle) are the same with 4- and 5-level paging.
+KERNEL_TEXT = 0xFFFFFFFF81000000          # __START_KERNEL_map + 16 MiB
+IMAGE_AREAS = (("kernel image", 0xFFFFFFFF80000000, 0xFFFFFFFFA0000000),
+               ("modules", 0xFFFFFFFFA0000000, 0xFFFFFFFFFF000000))
+
+
+def _memory(page_offset: int, vmalloc: int) -> MemoryLayout:
+    return MemoryLayout(
+        kernel_text=KERNEL_TEXT,
+        kernel_size=0x00400000,
+        module_area=0xFFFFFFFFA0000000,   # MODULES_VADDR
+        module_size=0x00400000,
+        bpf_area=0xFFFFFFFFC0000000,      # bpf_prog_pack lives in module space
+        bpf_size=0x00400000,
+        stack_area=vmalloc,               # vmalloc space (vmalloc_base)
+        stack_size=0x4000,                # THREAD_SIZE 16 KiB
+        heap_area=page_offset + 0x100000000,    # the direct map (page_offset_base)
+        vmalloc_area=vmalloc + 0x01000000,
+    )
+
+
+FOUR_LEVEL = AddressSpace(
+    name="4-level", kernel_space=0xFFFF800000000000, phys_bits=48,
+    memory=_memory(0xFFFF888000000000, 0xFFFFC90000000000),
+    areas=(("linear map", 0xFFFF888000000000, 0xFFFFC88000000000),
+           ("vmalloc", 0xFFFFC90000000000, 0xFFFFE90000000000), *IMAGE_AREAS),
+    source=MM_RST + ", 4-level page tables")
+FIVE_LEVEL = AddressSpace(
+    name="5-level", kernel_space=0xFF00000000000000, phys_bits=57,
+    memory=_memory(0xFF11000000000000, 0xFFA0000000000000),
+    areas=(("linear map", 0xFF11000000000000, 0xFF91000000000000),
+           ("vmalloc", 0xFFA0000000000000, 0xFFD2000000000000), *IMAGE_AREAS),
+    source=MM_RST + ", 5-level page tables (CONFIG_X86_5LEVEL, a CPU with LA57)")
 
 _GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -37,20 +73,8 @@ ARCH = ArchInfo(
     uc_reg_prefix="UC_X86_REG_",
     cs_arch="CS_ARCH_X86",
     cs_mode=("CS_MODE_64",),
-    phys_bits=48,
-    memory=MemoryLayout(
-        kernel_text=0xFFFFFFFF81000000,   # __START_KERNEL_map + 16 MiB
-        kernel_size=0x00400000,
-        module_area=0xFFFFFFFFA0000000,   # MODULES_VADDR
-        module_size=0x00400000,
-        bpf_area=0xFFFFFFFFC0000000,      # bpf_prog_pack lives in module space
-        bpf_size=0x00400000,
-        stack_area=0xFFFFC90000000000,    # vmalloc space
-        stack_size=0x4000,                # THREAD_SIZE 16 KiB
-        heap_area=0xFFFF888100000000,
-    ),
+    spaces=(FOUR_LEVEL, FIVE_LEVEL),
     elf_machine="EM_X86_64",
-    kernel_space=0xFFFF800000000000,           # x86-64 4-level paging: canonical 48-bit
     ifetch=IfetchRules(
         granule=1, trap_syncs=True, entry_syncs=False,
         source="Intel SDM vol. 3A, 'Handling Self- and Cross-Modifying Code' (8.1.3 in older "
