@@ -36,6 +36,7 @@ EXPECTED = {
         "preemption": (True, "CONFIG_PREEMPT_DYNAMIC selects CONFIG_PREEMPTION"),
         "multi_flags": ("SAVE_REGS", "v6.8's rule: SAVE_REGS with WITH_REGS"),
         "bpf_trampoline": (True, "CONFIG_BPF_JIT=y"),
+        "paging": ("5-level", "CONFIG_X86_5LEVEL=y, PGTABLE_LEVELS=5: the largest mode"),
     },
     "arm64": {
         "layout": ("callops", "CALL_OPS: -fpatchable-function-entry=4,2; no bti c: "
@@ -49,6 +50,7 @@ EXPECTED = {
         "preemption": (False, "CONFIG_PREEMPT_VOLUNTARY: no CONFIG_PREEMPTION"),
         "multi_flags": ("SAVE_ARGS", "v6.8's rule: SAVE_ARGS without WITH_REGS"),
         "bpf_trampoline": (True, "CONFIG_BPF_JIT=y"),
+        "paging": ("VA_BITS=52", "CONFIG_ARM64_VA_BITS=52 (LPA2 with 4K pages)"),
     },
     "riscv64": {
         "layout": ("pfe4", "no CALL_OPS at 6.12 (v6.16): -fpatchable-function-entry=4 "
@@ -63,15 +65,16 @@ EXPECTED = {
                               "!PREEMPTION before v6.16)"),
         "multi_flags": ("SAVE_ARGS", "v6.8's rule: SAVE_ARGS without WITH_REGS"),
         "bpf_trampoline": (True, "CONFIG_BPF_JIT=y"),
+        "paging": ("sv57", "CONFIG_PGTABLE_LEVELS=5: up to sv57"),
     },
 }
 BY_TIMELINE = {("riscv64", "site")}     # expected above, and decided by the version
 
 # What the model says it approximates for each (a symbol each line must name).
 APPROXIMATED = {
-    "x86_64": ("CONFIG_X86_5LEVEL=y", "CONFIG_CALL_PADDING=y", "CONFIG_RANDOMIZE_BASE=y"),
-    "arm64": ("CONFIG_ARM64_VA_BITS=52", "CONFIG_RANDOMIZE_BASE=y"),
-    "riscv64": ("CONFIG_PGTABLE_LEVELS=5",),
+    "x86_64": ("CONFIG_CALL_PADDING=y", "CONFIG_RANDOMIZE_BASE=y"),
+    "arm64": ("CONFIG_RANDOMIZE_BASE=y",),
+    "riscv64": (),
 }
 
 
@@ -96,17 +99,53 @@ def test_debian_612_configs_give_the_expected_profiles(arch):
     assert p.note.startswith(f"from {DEBIAN[arch].name}") and "approximated" in p.note
 
 
+# (config lines, paging given) -> what from_kconfig makes of them: the mode, or the rule broken
+PAGING = [
+    ("x86_64", "CONFIG_PGTABLE_LEVELS=4", None, "4-level"),
+    ("x86_64", "CONFIG_PGTABLE_LEVELS=4", "5-level", "boots in 4-level only"),
+    ("x86_64", "CONFIG_PGTABLE_LEVELS=5", "4-level", "4-level"),
+    ("arm64", "CONFIG_ARM64_VA_BITS=48", "VA_BITS=52", "boots in VA_BITS=48 only"),
+    ("arm64", "CONFIG_ARM64_VA_BITS=52", "VA_BITS=48", "VA_BITS=48"),
+    ("riscv64", "CONFIG_PGTABLE_LEVELS=3", None, "sv39"),
+    ("riscv64", "CONFIG_PGTABLE_LEVELS=4", "sv57", "boots in sv48 or sv39 only"),
+    ("riscv64", "CONFIG_PGTABLE_LEVELS=5", "sv48", "sv48"),
+]
+
+
+@pytest.mark.parametrize("arch, line, given, want", PAGING)
+def test_the_paging_mode_is_one_the_config_allows(tmp_path, arch, line, given, want):
+    symbol = line.split("=")[0][len("CONFIG_"):]
+    text = "".join(x + "\n" for x in lzma.decompress(DEBIAN[arch].read_bytes()).decode()
+                   .splitlines() if not x.startswith(f"CONFIG_{symbol}=")
+                   and not x.startswith("CONFIG_X86_5LEVEL="))
+    path = tmp_path / "config"
+    path.write_text(text + line + "\n")
+    if want.startswith("boots in"):
+        with pytest.raises(ConfigError, match=f"paging {given}: .*{want}"):
+            from_kconfig(path, "6.12", paging=given)
+    else:
+        assert from_kconfig(path, "6.12", paging=given).profile.paging == want
+
+
+def test_a_paging_mode_the_model_lacks_is_refused():
+    with pytest.raises(UsageError, match="riscv64 has no paging mode 'sv64'.*sv39, sv48, sv57"):
+        from_kconfig(DEBIAN["riscv64"], "6.12", paging="sv64")
+    derived = from_kconfig(DEBIAN["arm64"], "6.12")
+    assert derived.from_config["paging"].startswith("CONFIG_ARM64_VA_BITS=52")
+
+
 def test_the_derived_profiles_are_the_presets_of_that_kernel():
     """x86: Debian's IBT kernel is the v6.12-ibt preset; arm64 and riscv64: the v6.12 profile,
     arm64 with the config's voluntary preemption, riscv64 with programs interpreted (BPF_JIT
     without BPF_JIT_DEFAULT_ON: net.core.bpf_jit_enable is 0 at boot; tramplab oracle saw it)."""
     def same(p, q):
         return p.switches() == q.switches()
-    assert same(from_kconfig(DEBIAN["x86_64"], "6.12").profile, presets("x86_64")["v6.12-ibt"])
+    assert same(from_kconfig(DEBIAN["x86_64"], "6.12", paging="4-level").profile,
+                presets("x86_64")["v6.12-ibt"].with_(paging="4-level"))
     assert same(from_kconfig(DEBIAN["arm64"], "6.12").profile,
-                profile_for("arm64", "6.12").with_(preemption=False))
+                profile_for("arm64", "6.12").with_(preemption=False, paging="VA_BITS=52"))
     assert same(from_kconfig(DEBIAN["riscv64"], "6.12").profile,
-                profile_for("riscv64", "6.12").with_(bpf_jit=False))
+                profile_for("riscv64", "6.12").with_(bpf_jit=False, paging="sv57"))
 
 
 def test_the_version_defaults_to_the_header_and_point_releases_are_kept():
@@ -182,8 +221,8 @@ def test_hand_made_configs_decide_their_switches(tmp_path):
                                    PREEMPTION="y", PGTABLE_LEVELS="4", RISCV_ISA_C=None))
     assert (rv.profile.layout, rv.profile.site, rv.profile.preemption) == \
         ("callops", "callops-jalr", True)
-    assert [a.split(":")[0] for a in rv.approximated] == \
-        ["CONFIG_PGTABLE_LEVELS=4", "CONFIG_RISCV_ISA_C is not set"]
+    assert [a.split(":")[0] for a in rv.approximated] == ["CONFIG_RISCV_ISA_C is not set"]
+    assert rv.profile.paging == "sv48"                   # PGTABLE_LEVELS=4: up to sv48
     old_bti = from_kconfig(write_config(
         tmp_path, "arm64", "6.1", ARM64_BTI_KERNEL="y", DYNAMIC_FTRACE_WITH_REGS="y",
         DYNAMIC_FTRACE_WITH_ARGS=None, DYNAMIC_FTRACE_WITH_CALL_OPS=None,
@@ -273,7 +312,8 @@ def test_cli_profiles_from_config(tmp_path):
     assert out["arch"] == "arm64" and out["switches"]["layout"] == "callops"
     assert out["from_config"]["call_ops"] == "CONFIG_DYNAMIC_FTRACE_WITH_CALL_OPS=y"
     assert "bpf_site_skip" in out["from_timeline"]
-    assert any("ARM64_VA_BITS=52" in a for a in out["approximated"])
+    assert out["switches"]["paging"] == "VA_BITS=52"
+    assert out["from_config"]["paging"].startswith("CONFIG_ARM64_VA_BITS=52")
     r = runner.invoke(main, ["profiles", "--from-config", str(DEBIAN["riscv64"])],
                       env={"COLUMNS": "160"})
     assert r.exit_code == 0 and "approximated" in r.output and "sv57" in r.output, r.output

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tramplab.arch import get_port
+from tramplab.arch import get_arch, get_port
 from tramplab.cli import main
 from tramplab.oracle import compare, console, initramfs, shapes as S
 from tramplab.oracle.run import through_ops
@@ -96,11 +96,12 @@ LINK_LIMITS = {("x86_64", "7.2.12"): "prog 36 attach: E2BIG",
 
 def test_riscv_paging_is_chosen_at_boot():
     """The same QEMU, both configs with PGTABLE_LEVELS=5: 6.12.117 booted sv57, 7.2.13 sv48
-    (/proc/cpuinfo's mmu line, as the guest reports it); the model's map is sv39."""
+    (/proc/cpuinfo's mmu line, as the guest reports it); the model then runs in that mode."""
     assert parsed("riscv64").mmu == "sv57" and parsed("riscv64", "7.2.13").mmu == "sv48"
     facts = get_port("riscv64").oracle
-    assert facts.paging("sv57", False) == "sv57" and facts.model_paging == "sv39"
+    assert facts.paging("sv57", False) == "sv57"
     assert get_port("x86_64").oracle.paging(None, True) == "5-level"
+    assert get_port("x86_64").oracle.paging(None, False) == "4-level"
 
 
 def test_riscv_debian_interprets_by_default():
@@ -179,6 +180,28 @@ def test_a_changed_instruction_is_a_divergence():
     bad = code.replace(bytes.fromhex("4889e5"), bytes.fromhex("4889e3"), 1)   # mov rbx, rsp
     diff = compare.compare(kernel, compare.tokens("x86_64", bad, target, names), code, bad)
     assert not diff.same and diff.first == 1
+    assert compare.compare(kernel, kernel, code, code).same
+
+
+def test_a_pointer_into_another_area_is_a_divergence():
+    """Pointers are compared by the kernel area they point into: the riscv 6.12.117 fentry
+    image loads a struct bpf_prog (vmalloc, sv57) and is the same as itself; the same code
+    read as if that struct were kmalloc'd (the model before it vmalloc'd them) diverges at the
+    first load."""
+    run = parsed("riscv64")
+    sr = run.shapes[0]
+    facts = get_port("riscv64").oracle
+    target = facts.site_target(*sr.sites[("attached", sr.progs[0].target)])
+    code = sr.memory[target][:facts.code_length(sr.memory[target])]
+    space = get_arch("riscv64").space("sv57")
+    kernel = compare.tokens("riscv64", code, target, run.ksyms.get, space.area_of)
+    loads = [t.text for t in kernel if "<vmalloc>" in t.text]
+    assert loads and loads[0] == "li a0, <vmalloc>"
+    as_heap = compare.tokens("riscv64", code, target, run.ksyms.get,
+                             lambda a: "linear map" if space.area_of(a) == "vmalloc" else
+                             space.area_of(a))
+    diff = compare.compare(kernel, as_heap, code, code)
+    assert not diff.same and "<linear map>" in diff.model_at[2][0]
     assert compare.compare(kernel, kernel, code, code).same
 
 

@@ -22,6 +22,10 @@ from .profiles import LATEST, earliest
 MAX_CPUS = 64           # = MachineConfig.MAX_CPUS (not imported: keeps startup free of Unicorn)
 ARCH_HELP = (" | ".join(port_names()) + " (aliases: "
              + ", ".join(a for p in ports() for a in p.info.aliases[:1]) + ", ...)")
+PAGING_HELP = ("with --from-config: the paging mode the kernel booted in ("
+               + "; ".join(f"{p.name}: " + " | ".join(s.name for s in p.info.spaces)
+                           for p in ports())
+               + "); default: the largest the config allows")
 # The kernels the timelines cover (profiles.check_version): before its first kernel with
 # dynamic ftrace an arch has nothing to patch; after LATEST the timelines say nothing.
 VERSIONS_HELP = (f"from the arch's first kernel with dynamic ftrace ("
@@ -265,7 +269,9 @@ def layouts(as_json):
                    "profiles --from-config`); its arch is the config's")
 @click.option("--kernel", "-k", "version", default=None,
               help="with --from-config: the kernel version (default: the config's header)")
-def selftest(arch, profile, tests, as_json, kernel_progs, jit, config, version):
+@click.option("--paging", default=None, metavar="MODE",
+              help=PAGING_HELP)
+def selftest(arch, profile, tests, as_json, kernel_progs, jit, config, version, paging):
     """Run the kernel's BPF trampoline selftests (and the compiled-targets check) on every arch;
     exit 1 on any failure.  'n/a' = the kernel of that profile lacks the feature (its errno is
     in --json's detail).  With --kernel-progs: the kernel's compiled BPF programs instead of
@@ -288,13 +294,14 @@ def selftest(arch, profile, tests, as_json, kernel_progs, jit, config, version):
             raise UsageError("--from-config runs the Python selftests; not with --kernel-progs")
         if profile != "latest":
             raise UsageError("--from-config gives the profile: not with --profile")
-        profile = from_kconfig(config, version).profile
+        profile = from_kconfig(config, version, paging=paging).profile
         if arch != "all" and _arch(arch) != profile.arch:
             raise UsageError(f"{config} is the config of a {profile.arch} kernel, not "
                              f"{_arch(arch)}")
         arches = [profile.arch]
-    elif version is not None:
-        raise UsageError("--kernel goes with --from-config (otherwise: --profile vX.Y)")
+    elif version is not None or paging is not None:
+        raise UsageError(f"{'--kernel' if version is not None else '--paging'} goes with "
+                         f"--from-config (otherwise: --profile vX.Y)")
     if jit and not kernel_progs:
         raise UsageError("--jit runs the kernel's compiled programs: use it with --kernel-progs")
     with _progress_bar("selftests", as_json) as progress:
@@ -374,16 +381,19 @@ def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
 @click.option("--kernel", "-k", "version", default=None,
               help="with --from-config: the kernel version MAJOR.MINOR[.PATCH] (default: the "
                    "one in the config's header)")
-def profiles(arch, as_json, config, version):
+@click.option("--paging", default=None, metavar="MODE",
+              help=PAGING_HELP)
+def profiles(arch, as_json, config, version, paging):
     """List the profile presets (kernel eras) per arch with their switches.  With
     --from-config: the profile a kernel's .config gives, each switch with where it came from
     (the config or the version's timeline), and what the model approximates."""
     from .profiles import presets, version_key
     from .termtable import print_table
     if config is not None:
-        return _profile_from_config(arch, config, version, as_json)
-    if version is not None:
-        raise UsageError("--kernel goes with --from-config (the presets list every version)")
+        return _profile_from_config(arch, config, version, as_json, paging)
+    if version is not None or paging is not None:
+        raise UsageError(f"{'--kernel' if version is not None else '--paging'} goes with "
+                         f"--from-config (the presets list every version)")
     arches = list(port_names()) if arch == "all" else [_arch(arch)]
     cols = ("layout", "site", "with_regs", "with_args", "call_ops", "direct_calls", "direct_api",
             "multi_flags", "jmp", "single_direct_ops", "preemption", "bpf_entry", "bpf_site_skip",
@@ -409,10 +419,11 @@ def profiles(arch, as_json, config, version):
                 con.print(f"  {escape(name)}: {escape(p.note)}")
 
 
-def _profile_from_config(arch: str, config: str, version: str | None, as_json: bool) -> None:
+def _profile_from_config(arch: str, config: str, version: str | None, as_json: bool,
+                         paging: str | None = None) -> None:
     from .kconfig_profile import from_kconfig
     from .termtable import print_table
-    derived = from_kconfig(config, version)
+    derived = from_kconfig(config, version, paging=paging)
     p = derived.profile
     if arch != "all" and _arch(arch) != p.arch:
         raise UsageError(f"{config} is the config of a {p.arch} kernel, not {_arch(arch)}")
@@ -1227,8 +1238,9 @@ def _print_oracle(reports) -> None:
                     f"{r.model_seconds:.2f} s: {r.real_seconds / r.model_seconds:,.0f}x faster")
         else:
             real = f"a saved console ({r.console_path}); model {r.model_seconds:.2f} s"
-        if r.paging is not None and r.paging != r.model_paging:
-            note += (f"; the kernel ran {r.paging} paging, the model's map is {r.model_paging} "
-                     "(pointer loads may differ in length; compared aside)")
+        said = (f"the kernel booted in {r.paging} paging" if r.paging is not None else
+                 "cpuinfo does not say the kernel's paging mode")
+        note += (f"; {said}, the model's map is {r.model_paging}'s (pointers compared by the "
+                 f"area they point into, their values aside)")
         con.print(escape(f"{r.arch}: {r.kernel.release} ({r.kernel.source}) vs profile "
                          f"{r.profile}: {real}{note}"))

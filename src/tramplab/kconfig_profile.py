@@ -4,9 +4,10 @@ A kernel `.config` (plain, xz- or gzip-compressed: Debian's /boot/config-*, the
 linux-config-* packages, /proc/config.gz) decides some of a profile's switches outright; the rest
 (what a version's code does: the BPF trampoline's entry and skip, argument limits, the direct-call
 API) come from the version's timeline as for any profile (profiles.profile_for).  Which is which
-is kept in the result, with what the config implies that the model cannot represent (a paging
-mode other than the model's memory map, padding its compiled objects lack...): those are
-reported, never silently dropped, and never a reason to reject the config.
+is kept in the result, with what the config implies that the model cannot represent (padding
+its compiled objects lack, an arm64 VA size it has no map for...): those are reported, never
+silently dropped, and never a reason to reject the config.  The paging mode is chosen at boot
+among those the config allows (the largest by default, or the one given: `paging`).
 
 A config the kernel could not have produced at that version is rejected with the rule it breaks:
 an option =y the arch does not select at that version (the timeline), or a Kconfig rule of
@@ -22,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch import get_port, ports
+from .arch import get_arch, get_port, ports
 from .errors import UsageError
 from .ftrace.kconfig import ConfigError, violations
 from .machine.memory import PAGE_SIZE
@@ -165,13 +166,34 @@ def _page_size(cfg: KernelConfig, facts) -> tuple[int | None, str | None]:
     return None, None
 
 
-def from_kconfig(path, version: str | None = None, timeline: str | None = None) -> ConfigProfile:
+def _paging(cfg: KernelConfig, arch: str, facts, paging: str | None) -> tuple[str | None, str, list]:
+    """(the profile's paging mode, where it came from, rules broken).  Default: the largest
+    mode the config allows (what the kernel picks on a CPU that has it); `paging`: the one the
+    kernel booted in, which the config must allow."""
+    modes, why = facts.paging(cfg)
+    if paging is not None:
+        get_arch(arch).space(paging)              # a UsageError for a mode the model lacks
+    if not modes:
+        if paging is not None:
+            return paging, f"given; {why}", []
+        return None, why, []
+    if paging is None:
+        return modes[0], f"{why} (the largest; give the booted one with --paging)", []
+    if paging not in modes:
+        return paging, why, [f"paging {paging}: {why}; a kernel built with it boots in "
+                             f"{' or '.join(modes)} only"]
+    return paging, f"{why}; booted in {paging} (given)", []
+
+
+def from_kconfig(path, version: str | None = None, timeline: str | None = None,
+                 paging: str | None = None) -> ConfigProfile:
     """The profile of the kernel built with the config at `path`, at `version` (default: the
     version in the config's header).  UsageError for what is not a usable config, ConfigError
     (the rules broken, with the config's lines for the symbols they name) for a config no kernel
     of that version could have.  `timeline`: apply that version's timeline instead (a kernel
     newer than the model's timelines, compared with the latest the model knows); the profile's
-    name says so."""
+    name says so.  `paging`: the paging mode the kernel booted in (default: the largest the
+    config allows; _paging)."""
     cfg = read_config(path)
     arch = _arch_of(cfg)
     facts = get_port(arch).config
@@ -217,7 +239,10 @@ def from_kconfig(path, version: str | None = None, timeline: str | None = None) 
     fixed = layout_switches(arch, layout)
     for switch in fixed:
         from_config.setdefault(switch, f"the layout {layout!r}")
+    decided["paging"], from_config["paging"], paging_rules = _paging(cfg, arch, facts, paging)
     approximated = list(facts.approximated(cfg, decided))
+    if not facts.paging(cfg)[0]:
+        approximated.append(from_config["paging"])
     size, size_line = _page_size(cfg, facts)
     if size is not None and size != PAGE_SIZE:
         approximated.append(f"{size_line}: {size // 1024} KiB pages; the model's are "
@@ -230,7 +255,7 @@ def from_kconfig(path, version: str | None = None, timeline: str | None = None) 
     note = ("from " + Path(cfg.path).name
             + ("; approximated: " + "; ".join(approximated) if approximated else ""))
     profile = base.with_(**decided, **fixed, note=note)
-    rules = broken + violations(profile) + layout_violations(profile)
+    rules = broken + paging_rules + violations(profile) + layout_violations(profile)
     allowed = layouts_for(arch, version)
     if layout not in allowed:
         rules.append(f"the config's compiler flags give layout {layout!r}; tramplab models "

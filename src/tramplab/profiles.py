@@ -168,14 +168,15 @@ class Profile:
         return replace(self, **switches)
 
     @classmethod
-    def from_kconfig(cls, path, version: str | None = None,
-                     timeline: str | None = None) -> "Profile":
+    def from_kconfig(cls, path, version: str | None = None, timeline: str | None = None,
+                     paging: str | None = None) -> "Profile":
         """The profile of the kernel built with the .config at `path` (plain, .xz or .gz) at
         kernel `version` (default: the version in the config's header); what was taken from
         where and what the model approximates: kconfig_profile.from_kconfig (`timeline`: another
-        version's timeline, for kernels newer than the model's)."""
+        version's timeline, for kernels newer than the model's; `paging`: the paging mode it
+        booted in, default the largest the config allows)."""
         from .kconfig_profile import from_kconfig
-        return from_kconfig(path, version, timeline).profile
+        return from_kconfig(path, version, timeline, paging).profile
 
     def switches(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)

@@ -176,7 +176,9 @@ class ConfigFacts:
     what the config implies that the model does not represent (paging mode, padding...), each
     as one sentence naming its symbols.
     `page_symbols`: older configs' page-size choices (symbol -> bytes) where CONFIG_PAGE_SHIFT
-    is absent."""
+    is absent.  `paging(cfg)`: the paging modes (ArchInfo.spaces names) a kernel built with the
+    config may boot in, the largest first, and one sentence naming the symbols and who picks
+    at boot; no modes: the config's is one the model does not have (the sentence says so)."""
 
     arch_symbols: tuple[str, ...]
     layout: Callable[[Callable[[str], str | None], dict], str]
@@ -184,6 +186,8 @@ class ConfigFacts:
     approximated: Callable[[Callable[[str], str | None], dict], list[str]] = \
         lambda cfg, switches: []
     page_symbols: Mapping[str, int] = field(default_factory=dict)
+    paging: Callable[[Callable[[str], str | None]], tuple[tuple[str, ...], str]] = \
+        lambda cfg: ((), "")
 
 
 @dataclass(frozen=True)
@@ -218,9 +222,8 @@ class OracleFacts:
     image_paths: tuple[str, ...]
     site_target: Callable[[int, bytes], int | None]
     code_length: Callable[[bytes], int]
-    # the paging mode: the model's memory map's, and the kernel's from what /proc/cpuinfo said
-    # (mmu line, la57 flag); None where cpuinfo does not tell
-    model_paging: str
+    # the kernel's paging mode (an AddressSpace name) from what /proc/cpuinfo said (mmu line,
+    # la57 flag); None where cpuinfo does not tell
     paging: Callable[[str | None, bool], str | None]
     branch_target: Callable[[object], int | None]
     fold: Callable[[list, int], tuple | None]

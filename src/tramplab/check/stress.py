@@ -44,13 +44,19 @@ class Era:
     note: str = ""
     faults: tuple[str, ...] = ()   # known-bad protocols switched on (faults.py)
     ifetch: str = "coherent"       # the machine's instruction-fetch model (machine/machine.py)
+    paging: str | None = None      # the paging mode (None: the profile's)
 
     def kernel_profile(self):
-        """The profile to build: the named one, with the era's faults if any."""
-        if not self.faults:
+        """The profile to build: the named one, in the era's paging mode and with its faults
+        if any."""
+        if not self.faults and self.paging is None:
             return self.profile
         from ..profiles import get_profile
         base = get_profile(self.arch, self.profile)
+        if self.paging is not None:
+            base = base.with_(name=f"{base.name}@{self.paging}", paging=self.paging)
+        if not self.faults:
+            return base
         return base.with_(name=f"{base.name}+{'+'.join(self.faults)}", bug=True,
                           faults=tuple(self.faults))
 

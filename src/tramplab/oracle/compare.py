@@ -4,8 +4,11 @@ Both images are disassembled (Capstone) and turned into tokens: a constant built
 instructions is folded into one `li reg, value` (the arch's fold: arm64 movz/movk, riscv
 lui/addi/slli; how many instructions a pointer takes depends on its value), branches inside the
 image become `@k` (the index of the token they land on), and every value that is an address
-becomes the kernel symbol it names (`<__bpf_prog_enter_recur>`, `<prog 0>`) or `<ptr>`.
-Everything else (registers, offsets, small constants, the order) must match exactly."""
+becomes the kernel symbol it names (`<__bpf_prog_enter_recur>`, `<prog 0>`) or, for any other
+pointer, the kernel area it points into in the paging mode the kernel booted in
+(`<linear map>` for a kmalloc'd struct, `<vmalloc>` for a struct bpf_prog: AddressSpace.areas),
+`<ptr>` where no area holds it.  Everything else (registers, offsets, small constants, the order)
+must match exactly."""
 from __future__ import annotations
 
 import re
@@ -27,17 +30,20 @@ class Token:
     listing: str                            # the raw instructions it stands for
 
 
-def _render(value: int, lo: int, hi: int, resolve) -> str:
+def _render(value: int, lo: int, hi: int, resolve, area) -> str:
     if lo <= value < hi:
         return f"\0{value:x}\0"                # an instruction of the image: named by index below
     name = resolve(value)
     if name:
         return f"<{name}>"
-    return "<ptr>" if value >= POINTER_FLOOR else hex(value)
+    if value < POINTER_FLOOR:
+        return hex(value)
+    return f"<{area(value) or 'ptr'}>"
 
 
-def tokens(arch: str, code: bytes, addr: int, resolve) -> list[Token]:
-    """resolve(address) -> a canonical name for an address outside the image, or None."""
+def tokens(arch: str, code: bytes, addr: int, resolve, area=lambda value: None) -> list[Token]:
+    """resolve(address) -> a canonical name for an address outside the image, or None;
+    area(address) -> the name of the kernel area it lies in, or None."""
     facts = get_port(arch).oracle
     insns = disassemble(get_port(arch).info, code, addr)
     lo, hi = addr, addr + len(code)
@@ -58,7 +64,7 @@ def tokens(arch: str, code: bytes, addr: int, resolve) -> list[Token]:
                 text = f"{insn.mnemonic} {{}}"
             else:
                 text = insn.mnemonic + " " + HEX.sub(
-                    lambda m: (_render(int(m.group(0), 16), lo, hi, resolve)
+                    lambda m: (_render(int(m.group(0), 16), lo, hi, resolve, area)
                                if int(m.group(0), 16) >= POINTER_FLOOR or
                                lo <= int(m.group(0), 16) < hi
                                else m.group(0)), insn.op_str)
@@ -75,7 +81,7 @@ def tokens(arch: str, code: bytes, addr: int, resolve) -> list[Token]:
     result = []
     for (text, a, size, listing), target in zip(out, targets):
         if "{}" in text:
-            text = text.format(_render(target, lo, hi, resolve))
+            text = text.format(_render(target, lo, hi, resolve, area))
         result.append(Token(IN_IMAGE.sub(inside, text), a, size, listing))
     return result
 

@@ -88,8 +88,12 @@ def boot(arch: str, kernel: RealKernel, shapes_file: bytes, workdir) -> tuple[by
     return res.stdout, wall
 
 
-def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Observed]:
+def observe_real(arch: str, run: console.GuestRun, shapes, proto_of,
+                 space=None) -> list[Observed]:
+    """What the kernel generated and what its programs saw; pointers are named by the areas of
+    `space` (the paging mode it booted in: ArchInfo.space)."""
     facts = get_port(arch).oracle
+    area = space.area_of if space is not None else (lambda value: None)
     names = dict(run.ksyms)
     out = []
     if run.fatal:
@@ -124,7 +128,7 @@ def observe_real(arch: str, run: console.GuestRun, shapes, proto_of) -> list[Obs
         local = dict(names)
         local.update({a: f"prog {i}" for a, i in progs.items()})
         local.update({p.addr: p.target for p in sr.progs})
-        obs.tokens = tokens(arch, obs.code, obs.addr, local.get)
+        obs.tokens = tokens(arch, obs.code, obs.addr, local.get, area)
         obs.retval = sr.retval
         for prog, pr in zip(shape.progs, sr.progs):
             order = get_port(arch).info.byteorder
@@ -189,7 +193,8 @@ def observe_model(arch: str, profile, shapes) -> list[Observed]:
         im = k.bpf.trampoline_of(shape.progs[0].target).cur_image
         obs.code, obs.addr = bytes(im.code), im.addr
         prog_addr = {p.addr: f"prog {i}" for i, p in enumerate(progs) if hasattr(p, "addr")}
-        obs.tokens = tokens(arch, obs.code, obs.addr, lambda a: _model_name(k, a, prog_addr))
+        obs.tokens = tokens(arch, obs.code, obs.addr, lambda a: _model_name(k, a, prog_addr),
+                            k.machine.space.area_of)
         obs.retval = k.call("tramplab_test_run_modify_return" if shape.trigger == S.FMOD
                             else "tramplab_test_run_tracing") & 0xFFFFFFFF
         for prog, words in zip(shape.progs, records):
@@ -273,7 +278,7 @@ class ArchReport:
     jit_default: str | None
     console_path: str
     paging: str | None = None                # the kernel's paging mode, where cpuinfo says
-    model_paging: str = ""
+    model_paging: str = ""                   # the model's (the kernel's, or its config's largest)
 
     @property
     def same(self) -> bool:
@@ -308,24 +313,13 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
     """Boot `kernel` with the shapes (or read a saved console), run them on the model with the
     profile from the kernel's .config (at model_version's timeline when given: a kernel newer
     than the model's timelines is compared with `latest` that way), and compare."""
+    from ..ftrace.kconfig import ConfigError
     from ..kernel import Kernel
-    from ..profiles import Profile
-    from ..errors import UsageError
-    from ..profiles import LATEST
-    try:
-        profile = Profile.from_kconfig(str(kernel.config), kernel.version, model_version)
-    except UsageError as e:
-        if model_version is None and version_key(kernel.version) > version_key(LATEST):
-            raise UsageError(f"{e}; compare it with the model's latest timeline: "
-                             f"--model-version {LATEST}") from None
-        raise
+    profile = _config_profile(kernel, model_version)
     shapes = [s for s in shapes if version_key(kernel.version) >= version_key(s.since)]
-    t0 = time.perf_counter()
-    model = observe_model(arch, profile, shapes)
-    model_seconds = time.perf_counter() - t0
     proto_of = model_protos(Kernel(arch, profile=profile))
     if console_file:
-        out, real_seconds = open(console_file, "rb").read(), float("nan")
+        out, real_seconds = _read_console(console_file), float("nan")
         path = str(console_file)
     else:
         data = S.encode(shapes, lambda p: nslots(proto_of, p), get_port(arch).info.byteorder)
@@ -339,9 +333,45 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
         raise OracleError(f"{arch}: the kernel booted with net.core.bpf_jit_enable="
                           f"{parsed.jit_default}, but the profile from its config has "
                           f"bpf_jit={profile.bpf_jit} (console saved at {path})")
-    real = observe_real(arch, parsed, shapes, proto_of)
     facts = get_port(arch).oracle
+    paging = facts.paging(parsed.mmu, parsed.la57)
+    if paging is not None and paging != profile.paging:
+        try:                        # the model in the mode the kernel booted in
+            profile = _config_profile(kernel, model_version, paging)
+        except ConfigError as e:
+            raise OracleError(f"{arch}: the kernel booted in {paging} paging, which its config "
+                              f"does not allow: {e} (console saved at {path})") from e
+    space = get_port(arch).info.space(profile.paging)
+    real = observe_real(arch, parsed, shapes, proto_of, space)
+    t0 = time.perf_counter()
+    model = observe_model(arch, profile, shapes)
+    model_seconds = time.perf_counter() - t0
     return ArchReport(arch, kernel, profile.name, diff(real, model), real_seconds,
-                      model_seconds, parsed.jit_default, path,
-                      facts.paging(parsed.mmu, parsed.la57), facts.model_paging)
+                      model_seconds, parsed.jit_default, path, paging, space.name)
+
+
+def _read_console(path) -> bytes:
+    """A saved console, plain or xz-compressed (as tests/oracle/ keeps them)."""
+    import lzma
+    data = open(path, "rb").read()
+    if data.startswith(b"\xfd7zXZ\x00"):
+        try:
+            return lzma.decompress(data)
+        except lzma.LZMAError as e:
+            raise OracleError(f"{path}: a damaged xz file ({e})") from None
+    return data
+
+
+def _config_profile(kernel: RealKernel, model_version: str | None, paging: str | None = None):
+    """The profile from the kernel's .config (at model_version's timeline when given), in
+    `paging` (default: the largest mode the config allows)."""
+    from ..errors import UsageError
+    from ..profiles import LATEST, Profile
+    try:
+        return Profile.from_kconfig(str(kernel.config), kernel.version, model_version, paging)
+    except UsageError as e:
+        if model_version is None and version_key(kernel.version) > version_key(LATEST):
+            raise UsageError(f"{e}; compare it with the model's latest timeline: "
+                             f"--model-version {LATEST}") from None
+        raise
 

@@ -80,6 +80,6 @@ ORACLE = OracleFacts(
     qemu=("qemu-system-aarch64", "-M", "virt", "-cpu", "max,pauth-impdef=on", "-smp", "2"),
     console="ttyAMA0",
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
-    site_target=site_target, code_length=code_length, model_paging="VA_BITS=48",
+    site_target=site_target, code_length=code_length,
     paging=lambda mmu, la57: None,           # arm64's cpuinfo does not say
     branch_target=branch_target, fold=fold)

@@ -115,8 +115,6 @@ KCONFIG = (
                 and (v[:2] != SEED001_KERNEL or not p.with_regs or p.call_ops)),
 )
 
-MODEL_VA_BITS = 48           # abi.py's memory map and address encoder: VA_BITS=48
-
 
 def _config_layout(cfg, switches) -> str:
     """CALL_OPS: -fpatchable-function-entry=4,2 (callops); CONFIG_ARM64_BTI_KERNEL adds
@@ -130,13 +128,6 @@ def _config_layout(cfg, switches) -> str:
 
 def _config_approximated(cfg, switches) -> list[str]:
     out = []
-    va = cfg("ARM64_VA_BITS")
-    if va is not None and va.isdigit() and int(va) != MODEL_VA_BITS:
-        more = (f" on a CPU with {'LPA2' if cfg('ARM64_LPA2') == 'y' else 'LVA'} (48 "
-                f"otherwise)" if int(va) > MODEL_VA_BITS else "")
-        out.append(f"CONFIG_ARM64_VA_BITS={va}: the kernel uses {va}-bit virtual addresses"
-                   f"{more}; the model's memory map and address encoder are VA_BITS="
-                   f"{MODEL_VA_BITS}")
     if cfg("ARM64_BTI_KERNEL") == "y" and not switches["call_ops"]:
         out.append("CONFIG_ARM64_BTI_KERNEL=y without DYNAMIC_FTRACE_WITH_CALL_OPS: functions "
                    "start with bti c before the two nops; the model has no such layout and "
@@ -144,7 +135,22 @@ def _config_approximated(cfg, switches) -> list[str]:
     return out
 
 
-CONFIG = ConfigFacts(arch_symbols=("ARM64",), layout=_config_layout,
+def _config_paging(cfg) -> tuple[tuple[str, ...], str]:
+    """CONFIG_ARM64_VA_BITS=52: 52-bit VA on a CPU with LPA2 (4K/16K pages) or LVA (64K), the
+    48-bit map otherwise (VA_BITS_MIN); 48: 48.  The model has no 39/42/47-bit maps."""
+    va = cfg("ARM64_VA_BITS")
+    if va == "52":
+        feature = "LVA" if cfg("ARM64_64K_PAGES") == "y" else "LPA2"
+        return ("VA_BITS=52", "VA_BITS=48"), (
+            f"CONFIG_ARM64_VA_BITS=52: 52-bit virtual addresses on a CPU with {feature} "
+            f"(QEMU -cpu max), 48-bit otherwise")
+    if va == "48":
+        return ("VA_BITS=48",), "CONFIG_ARM64_VA_BITS=48"
+    return (), (f"CONFIG_ARM64_VA_BITS={va}: the model has memory maps for VA_BITS=48 and 52 "
+                f"only, and uses VA_BITS=48's (the linear map and vmalloc space move)")
+
+
+CONFIG = ConfigFacts(arch_symbols=("ARM64",), layout=_config_layout, paging=_config_paging,
                      layout_symbols=("DYNAMIC_FTRACE_WITH_CALL_OPS", "ARM64_BTI_KERNEL"),
                      approximated=_config_approximated,
                      page_symbols={"ARM64_4K_PAGES": 4096, "ARM64_16K_PAGES": 16384,

@@ -124,6 +124,6 @@ ORACLE = OracleFacts(
     clang_flags=("-march=rv64gc", "-mno-relax"),
     qemu=("qemu-system-riscv64", "-M", "virt", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinux-{kver}", "boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
-    site_target=site_target, code_length=code_length, model_paging="sv39",
+    site_target=site_target, code_length=code_length,
     paging=lambda mmu, la57: mmu,            # the satp mode chosen at boot
     branch_target=branch_target, fold=fold)

@@ -103,8 +103,7 @@ KCONFIG = (
                 and lay.entry.align < 4),
 )
 
-SATP_MODES = {3: "sv39", 4: "sv48", 5: "sv57"}   # CONFIG_PGTABLE_LEVELS -> the largest mode
-MODEL_SATP_MODE = "sv39"                           # abi.py's memory map
+SATP_MODES = ("sv39", "sv48", "sv57")             # CONFIG_PGTABLE_LEVELS = 3, 4, 5
 
 
 def _config_layout(cfg, switches) -> str:
@@ -117,13 +116,6 @@ def _config_layout(cfg, switches) -> str:
 
 def _config_approximated(cfg, switches) -> list[str]:
     out = []
-    levels = cfg("PGTABLE_LEVELS")
-    mode = SATP_MODES.get(int(levels)) if levels is not None and levels.isdigit() else None
-    if mode is not None and mode != MODEL_SATP_MODE:
-        out.append(f"CONFIG_PGTABLE_LEVELS={levels}: a 64-bit riscv kernel picks at boot the "
-                   f"largest paging mode the hart supports, up to {mode} ({mode} on QEMU "
-                   f"virt; the no5lvl/no4lvl command-line options lower it), which moves the "
-                   f"kernel's regions; the model assumes {MODEL_SATP_MODE} and its memory map")
     if cfg("RISCV_ISA_C") != "y":
         out.append("CONFIG_RISCV_ISA_C is not set: functions are padded with 4-byte nops; the "
                    "model's compiled objects are RVC (2-byte c.nop) and its JIT emits "
@@ -131,9 +123,22 @@ def _config_approximated(cfg, switches) -> list[str]:
     return out
 
 
+def _config_paging(cfg) -> tuple[tuple[str, ...], str]:
+    """A 64-bit riscv kernel picks at boot the largest satp mode the hart takes, up to
+    CONFIG_PGTABLE_LEVELS; no5lvl/no4lvl lower it, and so (17e9521044c9 "riscv: mm: Use
+    mmu-type from FDT to limit SATP mode") does the device tree's mmu-type: Debian's 6.12.117
+    booted sv57 under QEMU virt and 7.2.13 sv48, on the same QEMU (tramplab oracle)."""
+    levels = cfg("PGTABLE_LEVELS")
+    if levels not in ("3", "4", "5"):
+        return (), f"CONFIG_PGTABLE_LEVELS={levels}: not a 64-bit riscv paging mode"
+    modes = SATP_MODES[:int(levels) - 2][::-1]
+    return modes, (f"CONFIG_PGTABLE_LEVELS={levels}: up to {modes[0]}, the largest mode the "
+                   f"hart takes; no5lvl/no4lvl and a device tree's mmu-type lower it")
+
+
 CONFIG = ConfigFacts(arch_symbols=("RISCV", "64BIT"), layout=_config_layout,
                      layout_symbols=("DYNAMIC_FTRACE_WITH_CALL_OPS",),
-                     approximated=_config_approximated)
+                     approximated=_config_approximated, paging=_config_paging)
 
 STRESS = {
     "v6.8": StressEra("v6.8", "auipc+jalr sites, stop_machine, !PREEMPTION"),

@@ -56,7 +56,7 @@ ORACLE = OracleFacts(
     clang_flags=(),
     qemu=("qemu-system-x86_64", "-accel", "tcg", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
-    site_target=site_target, code_length=code_length, model_paging="4-level",
+    site_target=site_target, code_length=code_length,
     # CONFIG_X86_5LEVEL kernels use 5-level paging exactly when the CPU has LA57
     paging=lambda mmu, la57: "5-level" if la57 else "4-level",
     branch_target=branch_target, fold=fold,

@@ -149,10 +149,6 @@ def _config_layout(cfg, switches) -> str:
 
 def _config_approximated(cfg, switches) -> list[str]:
     out = []
-    if cfg("X86_5LEVEL") == "y":
-        out.append("CONFIG_X86_5LEVEL=y: the kernel uses 5-level paging (57-bit virtual "
-                   "addresses) on a CPU with LA57 and 4-level paging otherwise; the model's "
-                   "memory map is the 4-level one (48-bit)")
     if cfg("CALL_PADDING") == "y":
         out.append(f"CONFIG_CALL_PADDING=y: {cfg('FUNCTION_PADDING_BYTES') or 'some'} bytes "
                    "of padding before each function (-fpatchable-function-entry=N,N, for "
@@ -160,8 +156,19 @@ def _config_approximated(cfg, switches) -> list[str]:
     return out
 
 
+def _config_paging(cfg) -> tuple[tuple[str, ...], str]:
+    """CONFIG_PGTABLE_LEVELS=5 (X86_5LEVEL=y before v6.16, always since): 5-level paging on
+    a CPU with LA57, 4-level otherwise or with no5lvl."""
+    if cfg("PGTABLE_LEVELS") == "5" or cfg("X86_5LEVEL") == "y":
+        return ("5-level", "4-level"), (
+            "CONFIG_PGTABLE_LEVELS=5: 5-level paging on a CPU with LA57, 4-level on one "
+            "without (QEMU's default CPU) or with no5lvl")
+    return ("4-level",), f"CONFIG_PGTABLE_LEVELS={cfg('PGTABLE_LEVELS')}: 4-level paging"
+
+
 CONFIG = ConfigFacts(arch_symbols=("X86_64",), layout=_config_layout,
-                     layout_symbols=("X86_KERNEL_IBT",), approximated=_config_approximated)
+                     layout_symbols=("X86_KERNEL_IBT",), approximated=_config_approximated,
+                     paging=_config_paging)
 
 STRESS = {
     "v5.5": StressEra("v5.5", "direct by ip, int3 poke, SAVE_REGS direct ops"),
