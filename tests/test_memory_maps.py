@@ -35,6 +35,8 @@ MEASURED = [
     ("x86_64", "4-level", 0xFFFFC9000007D000, "vmalloc", "6.12.117: struct bpf_prog"),
     ("x86_64", "4-level", 0xFFFF888004F5E800, "linear map", "6.12.117: bpf_tramp_image"),
     ("x86_64", "4-level", 0xFFFFFFFFC0000780, "modules", "6.12.117: the trampoline"),
+    ("x86_64", "5-level", 0xFFA000000007D000, "vmalloc", "6.12.117, -cpu max: struct bpf_prog"),
+    ("x86_64", "5-level", 0xFF11000005218C00, "linear map", "6.12.117, -cpu max: the image struct"),
     ("arm64", "VA_BITS=52", 0xFFF0000003879C00, "linear map", "6.12.117: bpf_tramp_image"),
     ("arm64", "VA_BITS=52", 0xFFFF8000825AD000, "vmalloc", "6.12.117: struct bpf_prog"),
     ("riscv64", "sv57", 0xFF2000000006D000, "vmalloc", "6.12.117: struct bpf_prog"),

@@ -157,6 +157,27 @@ def test_recorded_console_matches_the_model(arch, version, tmp_path):
             assert shape["kernel"]["refused"] == LINK_LIMITS.get((arch, version))
 
 
+def test_a_5_level_boot_runs_the_model_in_5_level_paging(tmp_path):
+    """Debian 6.12.117 (X86_5LEVEL=y) booted with QEMU's `-cpu max` (LA57: `oracle diff --cpu
+    max`) runs 5-level paging; the model then does too, and every shape is the same, its
+    pointers in the same areas (vmalloc at 0xffa0..., the linear map at 0xff11...)."""
+    plain = tmp_path / "console.txt"
+    plain.write_bytes(lzma.decompress(
+        (HERE / "oracle" / "console-x86_64-6.12.117-la57.txt.xz").read_bytes()))
+    assert console.parse(plain.read_bytes()).la57
+    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", "x86_64", "--console",
+                                    str(plain), "--config",
+                                    str(HERE / "configs" / RECORDED["x86_64", "6.12.117"]),
+                                    "--kernel", "6.12.117", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)[0]
+    assert report["same"] and report["paging"] == {"kernel": "5-level", "model": "5-level"}
+    fentry = compare.tokens("x86_64", bytes.fromhex(report["shapes"][0]["kernel"]["code"]),
+                            0xFFFFFFFFC0000000, lambda a: None,
+                            get_arch("x86_64").space("5-level").area_of)
+    assert "movabs rdi, <vmalloc>" in [t.text for t in fentry]
+
+
 def test_oracle_run_lists_the_kernels_code_with_its_symbols(tmp_path):
     res = CliRunner().invoke(main, ["oracle", "run", "--arch", "x86_64", "--console",
                                     str(_plain("x86_64", "7.2.12", tmp_path)), "--config",

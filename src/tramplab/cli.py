@@ -1117,6 +1117,9 @@ def _oracle_options(f):
                           "version's timeline instead of the kernel's own (e.g. 7.2, the "
                           "model's latest, for a newer kernel)")(f)
     f = click.option("--refresh", is_flag=True, help="update the package lists first")(f)
+    f = click.option("--cpu", default=None, metavar="MODEL",
+                     help="QEMU's -cpu for the boot (default: the arch's; e.g. x86-64 max, "
+                          "whose LA57 boots a 5-level-paging kernel in 5-level paging)")(f)
     f = click.option("--out", "out_dir", default=None, metavar="DIR",
                      help="where to keep consoles and initrds (default: a cache directory)")(f)
     f = click.option("--config", default=None, metavar="FILE",
@@ -1131,7 +1134,7 @@ def _oracle_options(f):
 
 
 def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=None,
-                    quiet=False, model_version=None):
+                    quiet=False, model_version=None, cpu=None):
     from pathlib import Path
     from .oracle import run
     from .oracle.kernels import cache_dir
@@ -1143,7 +1146,7 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
         with _status(f"{rk.arch}: {rk.release} under QEMU and on the model", quiet):
             try:
                 reports.append(run.check(rk.arch, rk, workdir, console_file,
-                                         model_version=model_version))
+                                         model_version=model_version, cpu=cpu))
             except (run.OracleError, GuestBuildError) as e:
                 raise UsageError(f"{rk.arch} {rk.release}: {e}") from None
     return reports
@@ -1153,7 +1156,7 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
 @click.option("--arch", "-a", default="all", show_default=True, help=ARCH_HELP + " | all")
 @_oracle_options
 def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
-                as_json):
+                as_json, cpu):
     """Per shape: the real kernel's trampoline and the model's, instructions and bytes on both
     sides, the same sequence or not (pointer values aside: oracle/compare.py) and the first
     divergence, whether the programs saw the same values, and (x86) whether the function
@@ -1161,8 +1164,10 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
     wrote at boot.  Exit 1 on any divergence."""
     if console_file and arch == "all":
         raise UsageError("--console reads one arch's console: give --arch")
+    if console_file and cpu:
+        raise UsageError("--cpu is for a boot: a saved console was booted already")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
-                              quiet=as_json, model_version=model_version)
+                              quiet=as_json, model_version=model_version, cpu=cpu)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
     else:
@@ -1175,12 +1180,14 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
 @click.option("--arch", "-a", required=True, help=ARCH_HELP)
 @_oracle_options
 def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, console_file,
-               as_json):
+               as_json, cpu):
     """Boot the real kernel with the shapes and print what it generated: each trampoline's
     disassembly (calls named by the kernel's symbols, pointer loads folded), what the programs
     saw and the test_run retval (the console is kept)."""
+    if console_file and cpu:
+        raise UsageError("--cpu is for a boot: a saved console was booted already")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
-                              quiet=as_json, model_version=model_version)
+                              quiet=as_json, model_version=model_version, cpu=cpu)
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in reports], indent=1))
         return

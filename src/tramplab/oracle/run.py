@@ -67,14 +67,32 @@ def record(words: list[int], prog: S.Prog, shape: S.Shape, widths: list[int], fu
 # ---------------------------------------------------------------------------------------------
 # the real kernel
 # ---------------------------------------------------------------------------------------------
-def boot(arch: str, kernel: RealKernel, shapes_file: bytes, workdir) -> tuple[bytes, float]:
+CPU_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*")
+
+
+def qemu_command(arch: str, cpu: str | None = None) -> list[str]:
+    """The arch's QEMU line up to the kernel, with `cpu` as its -cpu (replacing the arch's)."""
+    base = list(get_port(arch).oracle.qemu)
+    if cpu is None:
+        return base
+    if not CPU_MODEL.fullmatch(cpu):
+        raise OracleError(f"--cpu {cpu!r}: not a QEMU CPU model (letters, digits and _.,=+-)")
+    if "-cpu" in base:
+        base[base.index("-cpu") + 1] = cpu
+        return base
+    return base + ["-cpu", cpu]
+
+
+def boot(arch: str, kernel: RealKernel, shapes_file: bytes, workdir,
+         cpu: str | None = None) -> tuple[bytes, float]:
     facts = get_port(arch).oracle
+    qemu = qemu_command(arch, cpu)
     if not shutil.which(facts.qemu[0]):
         raise OracleError(f"{facts.qemu[0]} is not installed (Debian: apt-get install "
                           "qemu-system-x86 qemu-system-arm qemu-system-misc opensbi)")
     initrd = workdir / f"initrd-{arch}.gz"
     initrd.write_bytes(guest.initrd(arch, shapes_file))
-    cmd = [*facts.qemu, "-m", MEMORY, "-nographic", "-no-reboot", "-kernel", str(kernel.image),
+    cmd = [*qemu, "-m", MEMORY, "-nographic", "-no-reboot", "-kernel", str(kernel.image),
            "-initrd", str(initrd), "-append",
            f"console={facts.console} panic=-1 nokaslr loglevel=1"]
     t0 = time.perf_counter()
@@ -85,6 +103,10 @@ def boot(arch: str, kernel: RealKernel, shapes_file: bytes, workdir) -> tuple[by
         raise OracleError(f"{kernel.release} did not power off within {BOOT_TIMEOUT} s") from e
     wall = time.perf_counter() - t0
     (workdir / f"console-{arch}.txt").write_bytes(res.stdout)
+    if res.returncode != 0 and b"@TL " not in res.stdout:
+        said = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise OracleError(f"{qemu[0]} exited with {res.returncode} before the guest ran: "
+                          f"{said[0]}")
     return res.stdout, wall
 
 
@@ -309,7 +331,7 @@ class ArchReport:
 
 
 def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SHAPES,
-          model_version: str | None = None) -> ArchReport:
+          model_version: str | None = None, cpu: str | None = None) -> ArchReport:
     """Boot `kernel` with the shapes (or read a saved console), run them on the model with the
     profile from the kernel's .config (at model_version's timeline when given: a kernel newer
     than the model's timelines is compared with `latest` that way), and compare."""
@@ -323,7 +345,7 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
         path = str(console_file)
     else:
         data = S.encode(shapes, lambda p: nslots(proto_of, p), get_port(arch).info.byteorder)
-        out, real_seconds = boot(arch, kernel, data, workdir)
+        out, real_seconds = boot(arch, kernel, data, workdir, cpu)
         path = str(workdir / f"console-{arch}.txt")
     try:
         parsed = console.parse(out)
