@@ -177,6 +177,7 @@ def test_the_default_budget_finds_a_known_bad_protocol(fault, era):
 def test_explore_covers_each_era_on_both_machines_by_default():
     names = [t.name for t in ex.targets_for("riscv64", ifetch="both")]
     assert names == ["riscv64:v6.8", "riscv64:v6.8@weak", "riscv64:latest", "riscv64:latest@weak",
-                     "riscv64:single-ops", "riscv64:single-ops@weak"]
+                     "riscv64:single-ops", "riscv64:single-ops@weak", "riscv64:optimized",
+                     "riscv64:optimized@weak"]
     with pytest.raises(ex.UsageError, match="ifetch"):
         ex.targets_for("riscv64", ifetch="sometimes")

@@ -99,9 +99,12 @@ def test_riscv_paging_is_chosen_at_boot():
     (/proc/cpuinfo's mmu line, as the guest reports it); the model then runs in that mode."""
     assert parsed("riscv64").mmu == "sv57" and parsed("riscv64", "7.2.13").mmu == "sv48"
     facts = get_port("riscv64").oracle
-    assert facts.paging("sv57", False) == "sv57"
-    assert get_port("x86_64").oracle.paging(None, True) == "5-level"
-    assert get_port("x86_64").oracle.paging(None, False) == "4-level"
+    assert facts.paging("sv57", False, True) == "sv57"
+    assert get_port("x86_64").oracle.paging(None, True, True) == "5-level"
+    assert get_port("x86_64").oracle.paging(None, False, False) == "4-level"
+    arm64 = get_port("arm64").oracle.paging
+    assert (arm64(None, False, True), arm64(None, False, False), arm64(None, False, None)) == \
+        ("VA_BITS=52", "VA_BITS=48", None)
 
 
 def test_riscv_debian_interprets_by_default():
@@ -178,6 +181,25 @@ def test_a_5_level_boot_runs_the_model_in_5_level_paging(tmp_path):
     assert "movabs rdi, <vmalloc>" in [t.text for t in fentry]
 
 
+@pytest.mark.parametrize("cpu, mode", [("a72", "VA_BITS=48"), ("max", "VA_BITS=52")])
+def test_arm64_runs_the_model_in_the_va_size_the_kernel_booted_in(tmp_path, cpu, mode):
+    """Debian's arm64 6.12.117 (ARM64_VA_BITS=52) under `oracle diff --cpu cortex-a72` (no
+    LPA2) runs 48-bit VA, under QEMU's default `-cpu max` 52-bit: the guest sees whether user
+    space reaches above 48 bits; the model follows, and the image struct's pointer is in the
+    linear map of either (0xffff0000... / 0xfff00000...)."""
+    plain = tmp_path / "console.txt"
+    plain.write_bytes(lzma.decompress(
+        (HERE / "oracle" / f"console-arm64-6.12.117-{cpu}.txt.xz").read_bytes()))
+    assert console.parse(plain.read_bytes()).wide_va is (mode == "VA_BITS=52")
+    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", "arm64", "--console",
+                                    str(plain), "--config",
+                                    str(HERE / "configs" / RECORDED["arm64", "6.12.117"]),
+                                    "--kernel", "6.12.117", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)[0]
+    assert report["same"] and report["paging"] == {"kernel": mode, "model": mode}
+
+
 def test_oracle_run_lists_the_kernels_code_with_its_symbols(tmp_path):
     res = CliRunner().invoke(main, ["oracle", "run", "--arch", "x86_64", "--console",
                                     str(_plain("x86_64", "7.2.12", tmp_path)), "--config",
@@ -251,6 +273,12 @@ def test_fold_builds_the_value(arch, code, fold):
 # ---------------------------------------------------------------------------------------------
 # the guest's formats
 # ---------------------------------------------------------------------------------------------
+def test_console_reads_the_wide_va_field():
+    body = b"@TL paging - 0 1"
+    run = console.parse(body + b" *%08x\n" % zlib.crc32(body))
+    assert (run.mmu, run.la57, run.wide_va) == (None, False, True)
+
+
 def test_console_reads_the_paging_line():
     body = b"@TL paging sv48 0"
     run = console.parse(body + b" *%08x\n" % zlib.crc32(body))

@@ -350,6 +350,7 @@ SWITCHES = [
     ("prog_skip", "arm64", "latest", {"prog_skip": False}, probe_fentry),
     ("bpf_jit", "riscv64", "latest", {"bpf_jit": False}, probe_fentry),
     ("paging", "riscv64", "latest", {"paging": "sv57"}, probe_fentry),
+    ("cookie_once", "x86_64", "latest", {"cookie_once": True}, probe_fentry),
     ("struct_args", "x86_64", "latest", {"struct_args": False},
      probe_attach("bpf_testmod_test_struct_arg_1")),
     ("multi_design", "x86_64", "latest", {"multi_design": "max-args-2021"}, probe_multi_clobber),

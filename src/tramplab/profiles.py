@@ -145,6 +145,9 @@ class Profile:
     # None: the arch's first), which places the linear map and vmalloc space.  A boot-time fact:
     # a config allows some modes and the CPU picks among them (kconfig_profile.from_kconfig)
     paging: str | None = None
+    # The trampoline stores run_ctx.bpf_cookie once for programs that share it instead of
+    # before every program (bpf/spec.CookieStores): the `optimized` profile, not a kernel
+    cookie_once: bool = False
     # How a trampoline serves a multi-function (tracing_multi) program: "per-function" (the
     # merged 2026 design: each function's own model), "max-args-2021" (Jiri Olsa's 2021
     # series: one model of every register argument as u64, the return value in a fixed slot)
@@ -308,6 +311,11 @@ def presets(arch: str) -> dict[str, Profile]:
         name="multi-2025", multi_design="by-arg-count-2025", bug=True,
         note="Menglong Dong's 2025 tracing multi-link: one global caller per argument count "
              "(functions grouped by it), register arguments only; not merged")
+    out["optimized"] = out["latest"].with_(
+        name="optimized", cookie_once=True,
+        note="latest with shorter trampolines, a tramplab design, not a kernel: run_ctx's "
+             "bpf_cookie is stored once for the programs that share it instead of before "
+             "every program (bpf/spec.CookieStores); passes every selftest")
     if not out["latest"].single_direct_ops:
         out["single-ops"] = out["latest"].with_(
             name="single-ops", single_direct_ops=True, direct_api="single", bug=True,

@@ -222,9 +222,10 @@ class OracleFacts:
     image_paths: tuple[str, ...]
     site_target: Callable[[int, bytes], int | None]
     code_length: Callable[[bytes], int]
-    # the kernel's paging mode (an AddressSpace name) from what /proc/cpuinfo said (mmu line,
-    # la57 flag); None where cpuinfo does not tell
-    paging: Callable[[str | None, bool], str | None]
+    # the kernel's paging mode (an AddressSpace name) from what the guest saw: /proc/cpuinfo's
+    # mmu line and la57 flag, and whether user space reaches above 48 bits (None: not said);
+    # None where that does not tell
+    paging: Callable[[str | None, bool, bool | None], str | None]
     branch_target: Callable[[object], int | None]
     fold: Callable[[list, int], tuple | None]
     entry_bytes: int = 0

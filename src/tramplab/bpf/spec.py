@@ -118,6 +118,41 @@ class JitOptions:
                                     # -42(%rax)`; is_endbr() accepts only its version's
     prog_skip: bool = False        # a nop before each program (patched to jump over it when the
                                    # program is detached); no ip_after_call (Profile.prog_skip)
+    cookie_once: bool = False      # run_ctx.bpf_cookie stored once for a run of programs with
+                                   # the same cookie (Profile.cookie_once, CookieStores)
+
+
+class CookieStores:
+    """Where a trampoline stores run_ctx.bpf_cookie, one tracker per pass over the image.
+
+    The kernel's invoke_bpf_prog stores it before every program.  With `once`
+    (JitOptions.cookie_once, the `optimized` profile) the first program's cookie is stored
+    before that program's block -- before its prog_skip nop, so detaching the program does not
+    skip it, and on the path every later program is reached by -- and a program whose cookie
+    is what run_ctx is then known to hold stores nothing.  A store inside a program's block
+    makes the value unknown for every later program: the block may be skipped (detached, or an
+    fmod_ret program's non-zero return jumping to the fexit programs), and nothing else writes
+    the cookie (__bpf_prog_enter/exit write other run_ctx fields; programs only read it)."""
+
+    UNSET = object()
+
+    def __init__(self, once: bool):
+        self.once = once
+        self.known = self.UNSET
+
+    def before_block(self, cookie: int) -> bool:
+        """Store `cookie` before this program's block (its nop)?  Only the first, with once."""
+        if self.once and self.known is self.UNSET:
+            self.known = cookie
+            return True
+        return False
+
+    def in_block(self, cookie: int) -> bool:
+        """Store `cookie` at the start of this program's block?"""
+        if self.once and self.known == cookie:
+            return False
+        self.known = None
+        return True
 
 
 @dataclass(frozen=True)

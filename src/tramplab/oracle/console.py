@@ -62,6 +62,8 @@ class GuestRun:
     jit_default: str | None = None                   # net.core.bpf_jit_enable before the guest
     mmu: str | None = None                           # /proc/cpuinfo's "mmu" (riscv: sv57...)
     la57: bool = False                               # the x86 CPU has 5-level paging
+    wide_va: bool | None = None                      # user addresses above 48 bits (None:
+                                                     # a console from before the guest said)
     finished: bool = False
     fatal: str | None = None
 
@@ -75,6 +77,7 @@ def parse(console: bytes) -> GuestRun:
         if kind == "paging":
             run.mmu = None if f[1] == "-" else f[1]
             run.la57 = f[2] == "1"
+            run.wide_va = f[3] == "1" if len(f) > 3 else None
         elif kind == "jit-default":
             run.jit_default = f[1] if len(f) > 1 else ""
         elif kind == "ksym":

@@ -356,7 +356,7 @@ def check(arch: str, kernel: RealKernel, workdir, console_file=None, shapes=S.SH
                           f"{parsed.jit_default}, but the profile from its config has "
                           f"bpf_jit={profile.bpf_jit} (console saved at {path})")
     facts = get_port(arch).oracle
-    paging = facts.paging(parsed.mmu, parsed.la57)
+    paging = facts.paging(parsed.mmu, parsed.la57, parsed.wide_va)
     if paging is not None and paging != profile.paging:
         try:                        # the model in the mode the kernel booted in
             profile = _config_profile(kernel, model_version, paging)

@@ -81,5 +81,8 @@ ORACLE = OracleFacts(
     console="ttyAMA0",
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
     site_target=site_target, code_length=code_length,
-    paging=lambda mmu, la57: None,           # arm64's cpuinfo does not say
+    # cpuinfo says nothing of the VA size: user space reaching above 48 bits does (a VA_BITS=52
+    # kernel on a CPU with LPA2, QEMU -cpu max; 48 without, e.g. cortex-a72)
+    paging=lambda mmu, la57, wide: None if wide is None else
+    "VA_BITS=52" if wide else "VA_BITS=48",
     branch_target=branch_target, fold=fold)

@@ -77,7 +77,8 @@ def jit_options(profile, layout, h) -> JitOptions:
     the JIT calls with `bl` where it reaches (options.has_direct_calls)."""
     return Arm64JitOptions(bti=layout.entry.landing_pad_name == "bti c",
                            direct_calls=has_direct_calls(profile.kernel),
-                           prog_skip=profile.prog_skip, mov_orr=h("a64_mov_orr"),
+                           prog_skip=profile.prog_skip, cookie_once=profile.cookie_once,
+                           mov_orr=h("a64_mov_orr"),
                            func_meta=h("fsession"))
 
 
@@ -168,6 +169,7 @@ STRESS = {
     "seed001-v2-far": StressEra("seed001-v2", "seed 001's v2, trampolines out of bl range: "
                                               "the literal and ldr x16/br x16 before the function",
                                 (("bpf_area", ARCH.memory.kernel_text - (1 << 30)),)),
+    "optimized": StressEra("optimized", "cookie stored once per image (tramplab design)"),
 }
 
 PORT = register_port(Port(

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import check_implements
-from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from ...bpf.spec import CookieStores, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from ..frame import FrameSlot
@@ -228,10 +228,13 @@ class _Jit:
         a nop comes first: `b <tag>_skip_end` once the prog is detached."""
         f = self.frame
         skip = f"{tag}_recursion"
+        if self.cookies.before_block(link.cookie):           # once for the image (optimized)
+            self.store_cookie(e, link.cookie)
         if self.spec.options.prog_skip:
             e.label(f"{tag}_skip_nop")
             e.emit(A.nop())                                  # nop (skip: b past the exit call)
-        self.store_cookie(e, link.cookie)
+        if self.cookies.in_block(link.cookie):
+            self.store_cookie(e, link.cookie)
         e.emit(A.mov_addr(PROG_REG, link.prog))              # movn/movk/movk x19, #prog
         self.move(e, "x0", PROG_REG)                         # mov x0, x19
         e.emit(A.add_imm("x1", "sp", f.run_ctx))             # add x1, sp, #run_ctx
@@ -364,6 +367,7 @@ class _Jit:
             e.emit(A.ret(TMP))                               # ret x10  (into the function)
 
     def __call__(self, e: Emitter) -> None:
+        self.cookies = CookieStores(self.spec.options.cookie_once)      # per pass
         # Stack on the way in and while the programs run (higher addresses first):
         #
         #   caller sp  -> [ stack arg 0 ... ]       the caller's stack args, x29 + 32 ...

@@ -125,5 +125,5 @@ ORACLE = OracleFacts(
     qemu=("qemu-system-riscv64", "-M", "virt", "-smp", "2"), console="ttyS0",
     image_paths=("boot/vmlinux-{kver}", "boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
     site_target=site_target, code_length=code_length,
-    paging=lambda mmu, la57: mmu,            # the satp mode chosen at boot
+    paging=lambda mmu, la57, wide: mmu,      # the satp mode chosen at boot
     branch_target=branch_target, fold=fold)

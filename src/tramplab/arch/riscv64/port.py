@@ -70,7 +70,7 @@ def jit_options(profile, layout, h) -> JitOptions:
     return RiscvJitOptions(rvc=len(layout.entry.nop) == 2,
                            skip_site_on=profile.bpf_skip_site_on,
                            ret_a5_first=reloads_a5_first(profile.kernel),
-                           prog_skip=profile.prog_skip)
+                           prog_skip=profile.prog_skip, cookie_once=profile.cookie_once)
 
 
 def special_presets(profile_for, with_layout) -> dict:
@@ -145,6 +145,7 @@ STRESS = {
     "latest": StressEra("latest", "CALL_OPS, jalr-only atomic patching"),
     "single-ops": StressEra("single-ops", "one direct ops for every BPF trampoline (a tramplab "
                                           "design): batched updates, call_direct_funcs by ip"),
+    "optimized": StressEra("optimized", "cookie stored once per image (tramplab design)"),
 }
 
 PORT = register_port(Port(

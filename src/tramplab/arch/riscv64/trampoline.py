@@ -31,7 +31,7 @@ import functools
 from dataclasses import dataclass
 
 from .. import check_implements
-from ...bpf.spec import ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from ...bpf.spec import CookieStores, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from ..frame import FrameSlot
@@ -298,6 +298,7 @@ class _Jit:
         self.e = e
         self.emit = e.emit
         self.spec = spec
+        self.cookies = CookieStores(spec.options.cookie_once)   # a _Jit is one pass
         self.f = frame
         self.sizing = sizing
         self.rvc = spec.options.rvc
@@ -385,14 +386,18 @@ class _Jit:
             self.sd("t1", "fp", -f.stk_arg_off + 8 * i)                 # sd t1, 8i(sp)
 
     # -- one program ----------------------------------------------------------------------------
-    def prog_enter(self, link: ProgLink) -> None:
-        """run_ctx.cookie = cookie; a0 = enter(prog, &run_ctx)."""
+    def store_cookie(self, cookie: int) -> None:
+        """run_ctx.cookie = cookie."""
         f = self.f
-        if link.cookie:
-            self.imm("t1", link.cookie)                     # li t1, cookie
+        if cookie:
+            self.imm("t1", cookie)                          # li t1, cookie
             self.sd("t1", "fp", -f.run_ctx_off + COOKIE_OFF)   # sd t1, run_ctx.cookie
         else:
             self.sd("zero", "fp", -f.run_ctx_off + COOKIE_OFF)  # sd zero, run_ctx.cookie
+
+    def prog_enter(self, link: ProgLink) -> None:
+        """a0 = enter(prog, &run_ctx)."""
+        f = self.f
         self.imm("a0", link.prog)                           # li a0, prog
         self.addi("a1", "fp", -f.run_ctx_off)               # addi a1, fp, -run_ctx_off
         self.call(link.enter)                               # call enter
@@ -429,9 +434,13 @@ class _Jit:
         detached (arch_bpf_trampoline_skip)."""
         skip = self.fresh_label("skip")
         self.e.note(tag)
+        if self.cookies.before_block(link.cookie):          # once for the image (optimized)
+            self.store_cookie(link.cookie)
         if self.spec.options.prog_skip:
             self.e.label(f"{tag}_skip_nop")
             self.nop4()                                     # nop (skip: jal past the exit)
+        if self.cookies.in_block(link.cookie):
+            self.store_cookie(link.cookie)
         self.prog_enter(link)
         if self.f.version == V63:
             # v6.3 tested before saving `start`: a skipped prog's exit gets a stale s1

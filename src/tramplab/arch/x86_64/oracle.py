@@ -58,7 +58,7 @@ ORACLE = OracleFacts(
     image_paths=("boot/vmlinuz-{kver}", "usr/lib/modules/{kver}/vmlinuz"),
     site_target=site_target, code_length=code_length,
     # CONFIG_X86_5LEVEL kernels use 5-level paging exactly when the CPU has LA57
-    paging=lambda mmu, la57: "5-level" if la57 else "4-level",
+    paging=lambda mmu, la57, wide: "5-level" if la57 else "4-level",
     branch_target=branch_target, fold=fold,
     # endbr64, or the poison apply_seal_endbr wrote at boot (IBT kernels): compared per shape
     entry_bytes=4)

@@ -106,7 +106,7 @@ def jit_options(profile, layout, h) -> JitOptions:
                       sized_arg_moves=not _has_backported(h, "tramp_args_dw", profile.kernel),
                       orig_stack_rax=not _has_backported(h, "tramp_orig_stack_rbx",
                                                          profile.kernel),
-                      prog_skip=profile.prog_skip)
+                      prog_skip=profile.prog_skip, cookie_once=profile.cookie_once)
 
 
 def special_presets(profile_for, with_layout) -> dict:
@@ -174,6 +174,7 @@ STRESS = {
     "v5.5": StressEra("v5.5", "direct by ip, int3 poke, SAVE_REGS direct ops"),
     "v6.6": StressEra("v6.6", "ops per trampoline, modify through a stub ops"),
     "latest": StressEra("latest", "single direct ops, jmp mode"),
+    "optimized": StressEra("optimized", "cookie stored once per image (tramplab design)"),
 }
 
 PORT = register_port(Port(

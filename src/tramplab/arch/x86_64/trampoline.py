@@ -37,7 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import check_implements
-from ...bpf.spec import JitOptions, ProgLink, TrampFlag, TrampolineImage, TrampolineSpec
+from ...bpf.spec import (CookieStores, JitOptions, ProgLink, TrampFlag, TrampolineImage,
+                         TrampolineSpec)
 from ...errors import KernelError, UsageError
 from ...jit import Emitter, assemble
 from ..frame import FrameSlot
@@ -255,6 +256,7 @@ class _Jit:
 
     # -- the trampoline -------------------------------------------------------------------------
     def generate(self, e: Emitter) -> None:
+        self.cookies = CookieStores(self.spec.options.cookie_once)      # per pass
         # Stack, after the prologue (rbp-relative; see stack_diagram() for this spec's numbers):
         #
         #   rbp + 0x18 + 8k  [ caller's stack arg k ]   call entry (jmp entry: rbp + 0x10 + 8k)
@@ -370,17 +372,24 @@ class _Jit:
         e.emit(X.mov_imm64("rdi", self.spec.im))                        # mov rdi, im
         self.call(e, self.spec.tramp_enter)                             # call __bpf_tramp_enter
 
+    def store_cookie(self, e: Emitter, cookie: int, why: str) -> None:
+        e.note(why)
+        e.emit(X.mov_imm64("rdi", cookie))                              # mov rdi, cookie
+        e.emit(X.mov_store("rbp", -self.f.run_ctx_off, "rdi"))          # mov [rbp-run_ctx_off], rdi
+
     def invoke_prog(self, e: Emitter, link: ProgLink, save_ret: bool, tag: str) -> None:
         """invoke_bpf_prog: enter (skipped prog if it returns 0), the prog, exit.  With
         prog_skip a nop5 comes first: `jmp <tag>_skip_end` once the prog is detached."""
         f = self.f
+        if self.cookies.before_block(link.cookie):
+            self.store_cookie(e, link.cookie, f"{tag}: run_ctx.bpf_cookie, once for the image")
         if self.spec.options.prog_skip:
             e.note(f"{tag}: nop, patched to skip this prog when it is detached")
             e.label(f"{tag}_skip_nop")
             e.emit(X.nop(X86_PATCH_SIZE))                               # nop5
-        e.note(f"{tag}: run_ctx.bpf_cookie = cookie; start = enter(prog, &run_ctx)")
-        e.emit(X.mov_imm64("rdi", link.cookie))                         # mov rdi, cookie
-        e.emit(X.mov_store("rbp", -f.run_ctx_off, "rdi"))               # mov [rbp-run_ctx_off], rdi
+        if self.cookies.in_block(link.cookie):
+            self.store_cookie(e, link.cookie, f"{tag}: run_ctx.bpf_cookie = cookie")
+        e.note(f"{tag}: start = enter(prog, &run_ctx)")
         e.emit(X.mov_imm64("rdi", link.prog))                           # mov rdi, prog
         e.emit(X.lea("rsi", "rbp", -f.run_ctx_off))                     # lea rsi, [rbp-run_ctx_off]
         self.call(e, link.enter)                                        # call enter

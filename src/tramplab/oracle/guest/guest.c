@@ -19,7 +19,7 @@ typedef long long s64;
 
 #if defined(__x86_64__)
 enum { SYS_read = 0, SYS_write = 1, SYS_close = 3, SYS_pread64 = 17, SYS_mount = 165,
-       SYS_reboot = 169, SYS_openat = 257, SYS_bpf = 321, SYS_exit = 60 };
+       SYS_reboot = 169, SYS_openat = 257, SYS_bpf = 321, SYS_exit = 60, SYS_mmap = 9 };
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
 	long ret;
@@ -32,7 +32,7 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 }
 #elif defined(__aarch64__)
 enum { SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_pread64 = 67, SYS_mount = 40,
-       SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93 };
+       SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93, SYS_mmap = 222 };
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
 	register long x8 __asm__("x8") = n;
@@ -48,7 +48,7 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 }
 #elif defined(__riscv)
 enum { SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_pread64 = 67, SYS_mount = 40,
-       SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93 };
+       SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93, SYS_mmap = 222 };
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
 	register long a7 __asm__("a7") = n;
@@ -572,7 +572,17 @@ static void say_ksym(u64 addr, const char *name, unsigned long nlen, void *ctx)
 	end();
 }
 
-/* What /proc/cpuinfo says of the paging mode: riscv's "mmu : sv57" line, x86's la57 flag. */
+/* Whether user space reaches above 48 bits: a hint there is honoured by a kernel running
+ * 52-bit VA (arm64 with LPA2/LVA), 5-level paging or sv57, and moved below otherwise. */
+static int wide_user_va(void)
+{
+	enum { PROT_READ = 1, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20 };
+	long a = sys6(SYS_mmap, 1L << 51, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return a > 0 && (unsigned long)a >= (1UL << 48);
+}
+
+/* What /proc/cpuinfo says of the paging mode: riscv's "mmu : sv57" line, x86's la57 flag; and
+ * whether user addresses go above 48 bits (arm64's cpuinfo says nothing of its VA size). */
 static void report_paging(void)
 {
 	static char info[1 << 16];
@@ -600,6 +610,8 @@ static void report_paging(void)
 	put(mmu);
 	sp();
 	put_u64((u64)la57);
+	sp();
+	put_u64((u64)wide_user_va());
 	end();
 }
 
