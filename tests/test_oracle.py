@@ -131,7 +131,10 @@ def _no_nan(name: str):
 def _fentry_image(arch: str, run) -> tuple[bytes, int]:
     facts = get_port(arch).oracle
     sr = run.shapes[0]
-    target = facts.site_target(*sr.sites[("attached", sr.progs[0].target)])
+    func = sr.progs[0].target
+    target = facts.site_target(*sr.sites[("attached", func)])
+    if target not in sr.memory:                             # CALL_OPS: through the ops
+        target = through_ops(sr, func, "little")
     page = sr.memory[target]
     return page[:facts.code_length(page)], target
 
@@ -383,3 +386,33 @@ def test_a_different_entry_is_a_divergence():
         assert report.same is want
     (res,) = diff([Observed("fentry", refused="EINVAL")], [Observed("fentry", refused="EINVAL")])
     assert res.site_same is None                     # an arch that compares no entry bytes
+
+
+def _riscv_loads(code: bytes, addr: int) -> dict:
+    """The first value each of `li a0` / `li a1` builds in a riscv image (the oracle's fold)."""
+    insns = disassemble(get_arch("riscv64"), code, addr)
+    facts = get_port("riscv64").oracle
+    loads, i = {}, 0
+    while i < len(insns):
+        folded = facts.fold(insns, i)
+        if folded and folded[1] in ("li a0", "li a1"):
+            loads.setdefault(folded[1], folded[2])
+        i += folded[0] if folded else 1
+    return loads
+
+
+@pytest.mark.parametrize("version, off", [("6.12.117", 0x48), ("7.2.13", 0x60)])
+def test_interpreted_trampolines_pass_prog_insnsi_at_the_versions_offset(version, off):
+    """offsetof(struct bpf_prog, insnsi), as Debian's riscv64 kernels (BPF interpreted) load
+    it: the fentry image's `li a1` (prog->insnsi) minus its `li a0` (prog); the model's
+    profile for that version does the same."""
+    from tramplab import Kernel
+    from tramplab.profiles import Profile
+    real = _riscv_loads(*_fentry_image("riscv64", parsed("riscv64", version)))
+    assert real["li a1"] - real["li a0"] == off
+    cfg = HERE / "configs" / RECORDED["riscv64", version]
+    k = Kernel("riscv64", profile=Profile.from_kconfig(str(cfg), version))
+    k.fentry("bpf_fentry_test1", name="pi")(lambda ctx: 0)
+    image = k.bpf.trampoline_of("bpf_fentry_test1").cur_image
+    model = _riscv_loads(bytes(image.code), image.addr)
+    assert model["li a1"] - model["li a0"] == off

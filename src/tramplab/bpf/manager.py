@@ -56,8 +56,14 @@ _ids = itertools.count(1)
 
 
 PROG_STRUCT = 64                   # bytes of the struct bpf_prog stand-in
-INSNSI_OFF = 0x48                  # offsetof(struct bpf_prog, insnsi): 6.12 (0x60 on Debian 7.2.13; a
-                                   # pointer value the oracle compares aside)
+# offsetof(struct bpf_prog, insnsi), from the version on (the interpreted trampolines' `li a1`
+# minus their `li a0`, tramplab oracle: Debian riscv64 6.12.117 and 7.2.13; 7.2 is the first
+# version checked, not the commit that grew the struct)
+INSNSI_OFF = (("0.0", 0x48), ("7.2", 0x60))
+
+
+def insnsi_off(version: str) -> int:
+    return [off for since, off in INSNSI_OFF if version_key(version) >= version_key(since)][-1]
 
 @dataclass(eq=False)
 class TrampImage:
@@ -143,6 +149,7 @@ class BpfManager(MultiAttach):
         self.kernel = kernel
         self.machine = kernel.machine
         self.profile = kernel.profile
+        self.insnsi_off = insnsi_off(kernel.profile.kernel)
         self.arch = kernel.arch
         self.jit = arch_module(self.arch, "trampoline")
         self.progjit = arch_module(self.arch, "bpfjit")
@@ -234,7 +241,7 @@ class BpfManager(MultiAttach):
         """Give the program its struct, body and image; every step leaves its undo (a refusal
         -- ERANGE from the JIT, ENOMEM -- puts memory and tables back as they were)."""
         m = self.machine
-        size = PROG_STRUCT if self.profile.bpf_jit else INSNSI_OFF + 8   # insnsi[0] too
+        size = PROG_STRUCT if self.profile.bpf_jit else self.insnsi_off + 8   # insnsi[0] too
         mem = m.vmalloc_arena.alloc(size)          # bpf_prog_alloc: __vmalloc, whole pages
         saved = m.memory.read(mem, size)
         undo.append(lambda: (m.memory.write(mem, saved), m.vmalloc_arena.free(mem)))
@@ -327,12 +334,12 @@ class BpfManager(MultiAttach):
         if self.interp is None:
             return ProgLink(prog.mem, prog.image, cookie, self.enter, self.exit)
         return ProgLink(prog.mem, self.interp, cookie, self.enter, self.exit,
-                        insnsi=prog.mem + INSNSI_OFF)
+                        insnsi=prog.mem + self.insnsi_off)
 
     def _interpret(self, cpu, ctx, insnsi):
         """__bpf_prog_run32(ctx, insnsi): the interpreter running the program whose
         prog->insnsi this is (the model runs its body)."""
-        prog = self._prog_mem.get(insnsi - INSNSI_OFF)
+        prog = self._prog_mem.get(insnsi - self.insnsi_off)
         if prog is None:
             raise self.machine.oops(cpu, f"__bpf_prog_run32: {insnsi:#x} is no program's insnsi")
         return self._body_host(prog)(cpu, ctx)
