@@ -338,3 +338,26 @@ def test_orig_stack_register_per_version(profile, load, call):
     at = raw.index(load)
     assert raw[at + 1] == call
     assert h.k.call("bpf_fentry_test1", 1) == 2
+
+
+@pytest.mark.parametrize("profile, func, want", [
+    ("v6.12-ibt", "bpf_fentry_test2", ("660f1f00", "sealed at boot")),
+    ("v6.12-ibt", "bpf_fentry_test1", ("f30f1efa", "the landing pad, kept")),  # exported
+    ("latest", "bpf_fentry_test2", None),                   # no IBT: the site is at func+0
+])
+def test_show_site_shows_the_bytes_before_the_site(profile, func, want):
+    """`tramplab show site` lists what sits before the site and ftrace never patches: the
+    endbr64, or the poison boot sealing wrote (the oracle's "same site" column, in the model)."""
+    from click.testing import CliRunner
+    from tramplab.cli import main
+    res = CliRunner().invoke(main, ["show", "--arch", "x86_64", "--profile", profile, "site",
+                                    func], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    before = [line for line in res.output.splitlines() if "before the site" in line]
+    if want is None:
+        assert not before
+        return
+    raw, why = want
+    assert len(before) == 1 and why in before[0]
+    listing = res.output.splitlines()[res.output.splitlines().index(before[0]) + 1]
+    assert f"<{func}+0x0/" in listing and raw in listing

@@ -37,6 +37,7 @@ def site_states(k, func: str) -> list[str]:
              f"rec->ip = {k.symbol(rec.ip)}"]
     states, impossible = site_state_table(k, func)
     lines += [f"  {note}" for note in impossible]
+    lines += _before_site(k, func, rec, states)
     for title, pieces in states:
         lines.append(f"-- {title}")
         for addr, data in pieces:
@@ -46,6 +47,23 @@ def site_states(k, func: str) -> list[str]:
                 continue
             lines += _listing(k, addr, data)
     return lines
+
+
+def _before_site(k, func: str, rec, states) -> list[str]:
+    """The function's bytes before its site that ftrace never patches (x86 IBT: endbr64, or the
+    poison boot sealing wrote over it where nothing takes the function's address)."""
+    patched = {a for _, pieces in states for addr, data in pieces
+               for a in range(addr, addr + len(data))}
+    start = rec.func_addr
+    end = start
+    while end < rec.ip and end not in patched:
+        end += 1
+    if end == start:
+        return []
+    why = ("sealed at boot: nothing takes its address (apply_seal_endbr)"
+           if func in k.sealed else "the landing pad, kept")
+    return [f"-- before the site (ftrace never patches it; {why})",
+            *_listing(k, start, k.memory.read(start, end - start))]
 
 
 def site_literal(k, rec, addr: int, data: bytes) -> str | None:
