@@ -171,3 +171,15 @@ def test_presets_agree_with_their_layouts(arch):
         assert presets(arch)["v6.6-ibt"].bpf_site_skip == 5
     if arch == "riscv64":
         assert layout_violations(presets(arch)["seed000-mismatch"])    # the seed's mismatch
+
+
+@pytest.mark.parametrize("switch, value, kind", [
+    ("cookie_once", "yes", "bool"), ("prog_skip", 1, "bool"), ("tramp_links_max", 2.0, "int"),
+    ("paging", 57, "str"), ("faults", ["free-at-once"], "tuple"), ("layout", None, "str"),
+])
+def test_a_switch_of_the_wrong_kind_is_refused(switch, value, kind):
+    """A flag given "yes" or a count given 2.0 is named, with the kind it must be, before
+    anything is built."""
+    p = get_profile("x86_64", "latest").with_(**{switch: value})
+    with pytest.raises(UsageError, match=rf"{switch}=.* must be a {kind}"):
+        Kernel("x86_64", profile=p)

@@ -43,6 +43,9 @@ def _choose_profile(arch: str, profile, layout: str | None) -> Profile:
     chosen = profile if isinstance(profile, Profile) else get_profile(arch, profile)
     if chosen.arch != arch:
         raise UsageError(f"profile {chosen.name} is for {chosen.arch}, not {arch}")
+    wrong = chosen.type_errors()
+    if wrong:
+        raise UsageError(f"profile {chosen.name}: " + "; ".join(wrong))
     if layout is not None and layout != chosen.layout:
         chosen = with_layout(chosen, layout)
     check(chosen)                                      # Kconfig rules first: ConfigError

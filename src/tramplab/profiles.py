@@ -181,6 +181,22 @@ class Profile:
         from .kconfig_profile import from_kconfig
         return from_kconfig(path, version, timeline, paging).profile
 
+    def type_errors(self) -> list[str]:
+        """Switches whose value is not of their kind (a flag given "yes", a count given 2.0):
+        each checked against the value the arch's `latest` preset has, None allowed where the
+        field's default is None."""
+        reference = {f.name: f.default for f in fields(self)}
+        latest = get_profile(self.arch, "latest")
+        out = []
+        for f in fields(self):
+            value, like = getattr(self, f.name), getattr(latest, f.name)
+            if value is None and reference[f.name] is None:
+                continue
+            kind = type(like) if like is not None else str
+            if type(value) is not kind:
+                out.append(f"{f.name}={value!r} must be a {kind.__name__}")
+        return out
+
     def switches(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("name", "arch", "kernel", "note", "bug")}
