@@ -125,3 +125,22 @@ def test_a_mode_the_arch_lacks_is_refused_before_anything_is_built():
         Kernel("x86_64", profile=get_profile("x86_64", "latest").with_(paging="sv57"))
     with pytest.raises(UsageError, match="the paging mode is the profile's"):
         Kernel("riscv64", paging="sv48")
+
+
+def test_show_and_trace_run_in_the_paging_mode_given():
+    """`show --paging sv57` loads struct bpf_prog in the form Debian's 6.12.117 did under sv57
+    (`c.li a0, -7; c.slli a0, 0x29; addi; c.slli a0, 0xc`, tests/oracle/); the default map
+    does not; a mode the arch lacks is refused."""
+    from click.testing import CliRunner
+    from tramplab.cli import main
+    run = CliRunner().invoke
+    cmd = ["show", "--arch", "riscv64", "--profile", "v6.12", "trampoline",
+           "fentry:bpf_fentry_test1"]
+    deep, default = run(main, cmd + ["--paging", "sv57"]), run(main, cmd)
+    assert deep.exit_code == default.exit_code == 0, deep.output
+    assert "c.slli a0, 0x29" in deep.output and "c.slli a0, 0x29" not in default.output
+    res = run(main, ["trace", "--arch", "x86_64", "--paging", "5-level",
+                     "fexit:bpf_fentry_test2", "--call", "2,3"])
+    assert res.exit_code == 0 and "returned 5" in res.output, res.output
+    res = run(main, cmd + ["--paging", "5-level"])
+    assert res.exit_code == 2 and "riscv64 has no paging mode '5-level'" in res.output

@@ -367,9 +367,23 @@ def _in_version_order(arch: str, names: list[str]) -> list[str]:
                                         n == "latest", n))
 
 
-def _profile_kernel(arch: str, profile: str | None, layout: str | None = None):
+def _profile_kernel(arch: str, profile: str | None, layout: str | None = None,
+                    paging: str | None = None):
+    """The kernel of a preset or version (default latest), in `paging` where given."""
     from .kernel import Kernel
+    from .profiles import get_profile
+    if paging is not None:
+        a = _arch(arch)
+        get_arch(a).space(paging)                 # a UsageError naming the arch's modes
+        profile = get_profile(a, profile).with_(paging=paging)
     return Kernel(_arch(arch), profile=profile, layout=layout)
+
+
+RUN_PAGING_HELP = ("the paging mode the kernel runs in, which places the heap and vmalloc "
+                   "space and so the pointers a trampoline loads (per arch: "
+                   + "; ".join(f"{p.name}: " + " | ".join(s.name for s in p.info.spaces)
+                               for p in ports())
+                   + "; default: the first)")
 
 
 @main.command()
@@ -545,9 +559,10 @@ def report(arch, profile, call_args, output, programs):
                    "what the layout fixes, e.g. x86 fentry-ibt's 9-byte skip, follows it); "
                    "without --profile: the newest preset using the layout")
 @click.argument("what", type=click.Choice(["site", "trampoline"]))
+@click.option("--paging", default=None, metavar="MODE", help=RUN_PAGING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("items", nargs=-1, required=True)
-def show(arch, profile, layout, what, items, as_json):
+def show(arch, profile, layout, what, paging, items, as_json):
     """Show a patch site in each state (`show site FUNC`) or a generated BPF trampoline with its
     stack layout (`show trampoline fexit:bpf_fentry_test1 [fentry:...]`)."""
     from . import show as views
@@ -556,7 +571,7 @@ def show(arch, profile, layout, what, items, as_json):
         if len(funcs) > 1:
             raise UsageError(f"one trampoline per function: {', '.join(funcs)} have one each; "
                              "show them one at a time")
-    k = _profile_kernel(arch, profile, layout)
+    k = _profile_kernel(arch, profile, layout, paging)
     if as_json:
         click.echo(json.dumps(_show_json(k, what, list(items)), indent=1))
         return
@@ -598,16 +613,17 @@ def _show_json(k, what: str, items: list[str]) -> dict:
 @click.option("--call", "call_args", default="", help="comma-separated arguments, e.g. 2,3")
 @click.option("--function", "-f", default=None,
               help="function to call (default: the first program's target), e.g. a caller")
+@click.option("--paging", default=None, metavar="MODE", help=RUN_PAGING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.argument("programs", nargs=-1)
-def trace(arch, profile, call_args, function, programs, as_json):
+def trace(arch, profile, call_args, function, paging, programs, as_json):
     """Run one call instruction by instruction and print its path with symbols: patch site,
     trampoline, programs, the original function, back to the caller.
 
     Example: tramplab trace --arch arm64 fexit:bpf_fentry_test2 --call 2,3
     """
     from . import show as views
-    k = _profile_kernel(arch, profile)
+    k = _profile_kernel(arch, profile, paging=paging)
     try:
         args = [int(a, 0) for a in call_args.split(",") if a.strip()]
     except ValueError:
