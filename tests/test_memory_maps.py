@@ -39,6 +39,8 @@ MEASURED = [
     ("x86_64", "5-level", 0xFF11000005218C00, "linear map", "6.12.117, -cpu max: the image struct"),
     ("arm64", "VA_BITS=52", 0xFFF0000003879C00, "linear map", "6.12.117: bpf_tramp_image"),
     ("arm64", "VA_BITS=52", 0xFFFF8000825AD000, "vmalloc", "6.12.117: struct bpf_prog"),
+    ("arm64", "VA_BITS=48", 0xFFFF000004980800, "linear map",
+     "6.12.117, -cpu cortex-a72: bpf_tramp_image"),
     ("riscv64", "sv57", 0xFF2000000006D000, "vmalloc", "6.12.117: struct bpf_prog"),
     ("riscv64", "sv57", 0xFF60000002CBB000, "linear map", "6.12.117: bpf_tramp_image"),
     ("riscv64", "sv57", 0xFFFFFFFF78000000, "modules", "6.12.117: the trampoline"),
