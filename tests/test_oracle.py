@@ -163,21 +163,27 @@ def test_recorded_console_matches_the_model(arch, version, tmp_path):
             assert shape["kernel"]["refused"] == LINK_LIMITS.get((arch, version))
 
 
-def test_a_5_level_boot_runs_the_model_in_5_level_paging(tmp_path):
-    """Debian 6.12.117 (X86_5LEVEL=y) booted with QEMU's `-cpu max` (LA57: `oracle diff --cpu
-    max`) runs 5-level paging; the model then does too, and every shape is the same, its
-    pointers in the same areas (vmalloc at 0xffa0..., the linear map at 0xff11...)."""
-    plain = tmp_path / "console.txt"
-    plain.write_bytes(lzma.decompress(
-        (HERE / "oracle" / "console-x86_64-6.12.117-la57.txt.xz").read_bytes()))
-    assert console.parse(plain.read_bytes()).la57
-    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", "x86_64", "--console",
-                                    str(plain), "--config",
-                                    str(HERE / "configs" / RECORDED["x86_64", "6.12.117"]),
+def _diff_saved(arch: str, name: str) -> tuple[console.GuestRun, dict]:
+    """The parsed console tests/oracle/console-<arch>-<name>.txt.xz (a 6.12.117 boot) and
+    `oracle diff --json` on it (which reads the .xz itself); the diff must find no
+    divergence."""
+    path = HERE / "oracle" / f"console-{arch}-{name}.txt.xz"
+    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", arch, "--console", str(path),
+                                    "--config",
+                                    str(HERE / "configs" / RECORDED[arch, "6.12.117"]),
                                     "--kernel", "6.12.117", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)[0]
-    assert report["same"] and report["paging"] == {"kernel": "5-level", "model": "5-level"}
+    assert report["same"]
+    return console.parse(lzma.decompress(path.read_bytes())), report
+
+
+def test_a_5_level_boot_runs_the_model_in_5_level_paging():
+    """Debian 6.12.117 (X86_5LEVEL=y) booted with QEMU's `-cpu max` (LA57: `oracle diff --cpu
+    max`) runs 5-level paging; the model then does too, and every shape is the same, its
+    pointers in the same areas (vmalloc at 0xffa0..., the linear map at 0xff11...)."""
+    run, report = _diff_saved("x86_64", "6.12.117-la57")
+    assert run.la57 and report["paging"] == {"kernel": "5-level", "model": "5-level"}
     fentry = compare.tokens("x86_64", bytes.fromhex(report["shapes"][0]["kernel"]["code"]),
                             0xFFFFFFFFC0000000, lambda a: None,
                             get_arch("x86_64").space("5-level").area_of)
@@ -185,22 +191,14 @@ def test_a_5_level_boot_runs_the_model_in_5_level_paging(tmp_path):
 
 
 @pytest.mark.parametrize("cpu, mode", [("a72", "VA_BITS=48"), ("max", "VA_BITS=52")])
-def test_arm64_runs_the_model_in_the_va_size_the_kernel_booted_in(tmp_path, cpu, mode):
+def test_arm64_runs_the_model_in_the_va_size_the_kernel_booted_in(cpu, mode):
     """Debian's arm64 6.12.117 (ARM64_VA_BITS=52) under `oracle diff --cpu cortex-a72` (no
     LPA2) runs 48-bit VA, under QEMU's default `-cpu max` 52-bit: the guest sees whether user
-    space reaches above 48 bits; the model follows, and the image struct's pointer is in the
-    linear map of either (0xffff0000... / 0xfff00000...)."""
-    plain = tmp_path / "console.txt"
-    plain.write_bytes(lzma.decompress(
-        (HERE / "oracle" / f"console-arm64-6.12.117-{cpu}.txt.xz").read_bytes()))
-    assert console.parse(plain.read_bytes()).wide_va is (mode == "VA_BITS=52")
-    res = CliRunner().invoke(main, ["oracle", "diff", "--arch", "arm64", "--console",
-                                    str(plain), "--config",
-                                    str(HERE / "configs" / RECORDED["arm64", "6.12.117"]),
-                                    "--kernel", "6.12.117", "--json"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.output)[0]
-    assert report["same"] and report["paging"] == {"kernel": mode, "model": mode}
+    space reaches above 48 bits; the model follows, and every pointer is in the same area
+    (the image struct in the linear map of either: 0xffff0000... / 0xfff00000...)."""
+    run, report = _diff_saved("arm64", f"6.12.117-{cpu}")
+    assert run.wide_va is (mode == "VA_BITS=52")
+    assert report["paging"] == {"kernel": mode, "model": mode}
 
 
 def test_oracle_run_lists_the_kernels_code_with_its_symbols(tmp_path):

@@ -1154,6 +1154,8 @@ def _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file=
     from pathlib import Path
     from .oracle import run
     from .oracle.kernels import cache_dir
+    if console_file and cpu:
+        raise UsageError("--cpu is for a boot: a saved console was booted already")
     reports = []
     for rk in _oracle_kernels(arch, kernel, image, config, refresh, console_file):
         workdir = Path(out_dir) if out_dir else cache_dir() / "runs" / rk.release
@@ -1180,8 +1182,6 @@ def oracle_diff(arch, kernel, image, config, refresh, model_version, out_dir, co
     wrote at boot.  Exit 1 on any divergence."""
     if console_file and arch == "all":
         raise UsageError("--console reads one arch's console: give --arch")
-    if console_file and cpu:
-        raise UsageError("--cpu is for a boot: a saved console was booted already")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
                               quiet=as_json, model_version=model_version, cpu=cpu)
     if as_json:
@@ -1200,8 +1200,6 @@ def oracle_run(arch, kernel, image, config, refresh, model_version, out_dir, con
     """Boot the real kernel with the shapes and print what it generated: each trampoline's
     disassembly (calls named by the kernel's symbols, pointer loads folded), what the programs
     saw and the test_run retval (the console is kept)."""
-    if console_file and cpu:
-        raise UsageError("--cpu is for a boot: a saved console was booted already")
     reports = _oracle_reports(arch, kernel, image, config, refresh, out_dir, console_file,
                               quiet=as_json, model_version=model_version, cpu=cpu)
     if as_json:

@@ -24,18 +24,23 @@ def _memory(page_offset: int, vmalloc: int) -> MemoryLayout:
     )
 
 
-FOUR_LEVEL = AddressSpace(
-    name="4-level", kernel_space=0xFFFF800000000000, phys_bits=48,
-    memory=_memory(0xFFFF888000000000, 0xFFFFC90000000000),
-    areas=(("linear map", 0xFFFF888000000000, 0xFFFFC88000000000),
-           ("vmalloc", 0xFFFFC90000000000, 0xFFFFE90000000000), *IMAGE_AREAS),
-    source=MM_RST + ", 4-level page tables")
-FIVE_LEVEL = AddressSpace(
-    name="5-level", kernel_space=0xFF00000000000000, phys_bits=57,
-    memory=_memory(0xFF11000000000000, 0xFFA0000000000000),
-    areas=(("linear map", 0xFF11000000000000, 0xFF91000000000000),
-           ("vmalloc", 0xFFA0000000000000, 0xFFD2000000000000), *IMAGE_AREAS),
-    source=MM_RST + ", 5-level page tables (CONFIG_X86_5LEVEL, a CPU with LA57)")
+def _space(name: str, low: int, phys_bits: int, linear: tuple[int, int],
+           vmalloc: tuple[int, int], how: str) -> AddressSpace:
+    """A paging mode: its lowest kernel address, the direct map's and vmalloc's spans."""
+    return AddressSpace(
+        name=name, kernel_space=low, phys_bits=phys_bits,
+        memory=_memory(linear[0], vmalloc[0]),
+        areas=(("linear map", *linear), ("vmalloc", *vmalloc), *IMAGE_AREAS),
+        source=f"{MM_RST}, {how}")
+
+
+FOUR_LEVEL = _space("4-level", 0xFFFF800000000000, 48,
+                    (0xFFFF888000000000, 0xFFFFC88000000000),
+                    (0xFFFFC90000000000, 0xFFFFE90000000000), "4-level page tables")
+FIVE_LEVEL = _space("5-level", 0xFF00000000000000, 57,
+                    (0xFF11000000000000, 0xFF91000000000000),
+                    (0xFFA0000000000000, 0xFFD2000000000000),
+                    "5-level page tables (CONFIG_X86_5LEVEL, a CPU with LA57)")
 
 _GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")

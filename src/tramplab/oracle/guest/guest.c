@@ -31,10 +31,16 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 			 "r"(r8), "r"(r9) : "rcx", "r11", "memory");
 	return ret;
 }
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__riscv)
+/* arm64 and riscv64 number their system calls alike (asm-generic/unistd.h) */
 enum { SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_pread64 = 67, SYS_mount = 40,
        SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93, SYS_mmap = 222,
        SYS_ioctl = 29 };
+#else
+#error "unsupported arch"
+#endif
+
+#if defined(__aarch64__)
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
 	register long x8 __asm__("x8") = n;
@@ -49,9 +55,6 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 	return x0;
 }
 #elif defined(__riscv)
-enum { SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_pread64 = 67, SYS_mount = 40,
-       SYS_reboot = 142, SYS_openat = 56, SYS_bpf = 280, SYS_exit = 93, SYS_mmap = 222,
-       SYS_ioctl = 29 };
 static long sys6(long n, long a, long b, long c, long d, long e, long f)
 {
 	register long a7 __asm__("a7") = n;
@@ -65,8 +68,6 @@ static long sys6(long n, long a, long b, long c, long d, long e, long f)
 			 "r"(a5) : "memory");
 	return a0;
 }
-#else
-#error "unsupported arch"
 #endif
 
 #define AT_FDCWD (-100)
